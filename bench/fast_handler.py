@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""A quiet ZHTTP handler that answers every request with a small 200.
+
+Used by http_bench.py for both condure implementations, so that the handler
+costs the same on both sides. It prints nothing per request.
+
+    python3 fast_handler.py ipc:///tmp/somewhere/client
+
+The argument is the same stream base condure got with --zclient-stream; the
+handler connects PULL to BASE-out and XPUB to BASE-in (tcp bases are not
+supported). XPUB lets it wait for condure's subscription before the first
+packet to an address, instead of losing it.
+"""
+
+import os
+import sys
+
+import tnetstring
+import zmq
+
+HEADERS = [[b"Content-Type", b"text/plain"]]
+BODY = b"hello world\n"
+
+
+def main():
+    if len(sys.argv) != 2 or not sys.argv[1].startswith("ipc://"):
+        sys.exit("usage: fast_handler.py ipc://BASE")
+    base = sys.argv[1]
+    instance_id = "fasthandler.{}".format(os.getpid()).encode()
+
+    ctx = zmq.Context()
+    requests = ctx.socket(zmq.PULL)
+    requests.connect(base + "-out")
+    responses = ctx.socket(zmq.XPUB)
+    responses.connect(base + "-in")
+
+    subscribed = set()  # prefixes condure's SUB sockets listen to
+
+    def read_subscription():
+        msg = responses.recv()
+        if msg[:1] == b"\x01":
+            subscribed.add(msg[1:])
+        elif msg[:1] == b"\x00":
+            subscribed.discard(msg[1:])
+
+    ready_addresses = set()  # addresses known to be subscribed
+
+    while True:
+        raw = requests.recv()
+        req = tnetstring.loads(raw[1:])
+        address = req[b"from"]
+        if address not in ready_addresses:
+            topic = address + b" T"
+            # Blocks until condure subscribes; it always does when it runs.
+            while not any(topic.startswith(p) for p in subscribed):
+                read_subscription()
+            ready_addresses.add(address)
+        resp = {
+            b"from": instance_id,
+            b"id": req[b"id"],
+            b"code": 200,
+            b"reason": b"OK",
+            b"headers": HEADERS,
+            b"body": BODY,
+        }
+        responses.send(address + b" T" + tnetstring.dumps(resp))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass

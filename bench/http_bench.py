@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""HTTP throughput and latency: this condure against the reference binary.
+
+For each round, each implementation in turn (ours, then the reference) is
+started with the same options on a free loopback port, with its ipc sockets
+in a fresh temporary directory, together with a fresh bench/fast_handler.py.
+After one probe request, wrk measures it at each connection count
+(keep-alive, one wrk thread). The Markdown summary takes the median over
+rounds; the JSON file in bench/results/ keeps every run.
+
+    python3 bench/http_bench.py                 # both, 3 rounds of 10 s runs
+    python3 bench/http_bench.py --only-ref --rounds 1 --duration 5
+
+Not a test: it needs wrk and, for the reference, /usr/bin/condure.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+READY_TIMEOUT = 15.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_line(proc, text, timeout):
+    """Read condure's stdout until it contains `text` (the reference's readiness)."""
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    buf = b""
+    while text.encode() not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeError("condure did not print {!r} within {} s".format(text, timeout))
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError("condure exited with status {}".format(proc.wait()))
+            buf += chunk
+
+
+def wait_for_notify(sock, proc, timeout):
+    """Wait for READY=1 on a NOTIFY_SOCKET (our condure's readiness)."""
+    deadline = time.monotonic() + timeout
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            if b"READY=1" in sock.recv(4096).split(b"\n"):
+                return
+        except socket.timeout:
+            if proc.poll() is not None:
+                raise RuntimeError("condure exited with status {}".format(proc.returncode))
+    raise RuntimeError("condure sent no READY=1 within {} s".format(timeout))
+
+
+class Server:
+    """One condure of either kind plus its fast handler, in a temp directory."""
+
+    def __init__(self, impl, args):
+        self.impl = impl
+        self.dir = tempfile.TemporaryDirectory(prefix="condure-bench-")
+        self.port = free_port()
+        base = "ipc://{}/client".format(self.dir.name)
+        options = [
+            "--listen", "127.0.0.1:{}".format(self.port),
+            "--zclient-stream", base,
+            "--workers", str(args.workers),
+        ]  # fmt: skip
+        self.notify = None
+        if impl == "ours":
+            notify_path = os.path.join(self.dir.name, "notify")
+            self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.notify.bind(notify_path)
+            env = dict(os.environ, NOTIFY_SOCKET=notify_path, PYTHONPATH=str(REPO))
+            cmd = [args.python, "-m", "condure", *options]
+        else:
+            env = dict(os.environ)
+            env.pop("NOTIFY_SOCKET", None)
+            cmd = [args.ref_binary, *options]
+        self.condure = subprocess.Popen(
+            cmd, cwd=self.dir.name, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.handler = None
+        self.drain = None
+        try:
+            if impl == "ours":
+                wait_for_notify(self.notify, self.condure, READY_TIMEOUT)
+            else:
+                wait_for_line(self.condure, "] started", READY_TIMEOUT)
+            # Discard the rest of the log, so the pipe neither fills nor breaks.
+            self.drain = threading.Thread(target=self._drain_log, daemon=True)
+            self.drain.start()
+            self.handler = subprocess.Popen(
+                [args.python, str(BENCH / "fast_handler.py"), base], cwd=self.dir.name
+            )
+            self.probe()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _drain_log(self):
+        fd = self.condure.stdout.fileno()
+        while os.read(fd, 65536):
+            pass
+
+    def probe(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=READY_TIMEOUT)
+        try:
+            conn.request("GET", "/probe")
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200 or body != b"hello world\n":
+            raise RuntimeError("probe got {} {!r}".format(resp.status, body))
+
+    def stop(self):
+        for proc in (self.handler, self.condure):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if self.drain is not None:
+            self.drain.join(timeout=5)
+        self.condure.stdout.close()
+        if self.notify is not None:
+            self.notify.close()
+        self.dir.cleanup()
+
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def to_ms(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError("unknown wrk duration {!r}".format(text))
+    return float(m.group(1)) * UNITS_MS[m.group(2)]
+
+
+def parse_wrk(output):
+    result = {"errors": {}, "non_2xx": 0}
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", output)
+    if not m:
+        raise RuntimeError("no Requests/sec in wrk output:\n" + output)
+    result["rps"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in", output)
+    result["requests"] = int(m.group(1)) if m else None
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(r"^\s+{}%\s+(\S+)".format(pct), output, re.M)
+        result["p" + pct + "_ms"] = to_ms(m.group(1)) if m else None
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if m:
+        result["errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if m:
+        result["non_2xx"] = int(m.group(1))
+    return result
+
+
+def run_wrk(args, port, connections):
+    cmd = [
+        args.wrk, "-t1", "-c{}".format(connections), "-d{}s".format(args.duration),
+        "--latency", "http://127.0.0.1:{}/".format(port),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60)
+    if out.returncode != 0:
+        raise RuntimeError("wrk failed: " + out.stderr)
+    return parse_wrk(out.stdout)
+
+
+def median(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(results, impls, connection_counts):
+    rows = {}
+    for impl in impls:
+        for c in connection_counts:
+            runs = [r for r in results if r["impl"] == impl and r["connections"] == c]
+            rows[(impl, c)] = {k: median(runs, k) for k in ("rps", "p50_ms", "p99_ms")}
+            rows[(impl, c)]["rounds"] = len(runs)
+    return rows
+
+
+def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows, impls, connection_counts):
+    lines = [
+        "| impl | connections | req/s | p50 (ms) | p99 (ms) | rounds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in connection_counts:
+        for impl in impls:
+            r = rows[(impl, c)]
+            lines.append(
+                "| {} | {} | {} | {} | {} | {} |".format(
+                    impl, c, fmt(r["rps"], ".0f"), fmt(r["p50_ms"], ".3f"),
+                    fmt(r["p99_ms"], ".3f"), r["rounds"],
+                )  # fmt: skip
+            )
+    if "ours" in impls and "ref" in impls:
+        lines += ["", "| connections | req/s ours/ref | p50 ours/ref | p99 ours/ref |"]
+        lines.append("|---:|---:|---:|---:|")
+        for c in connection_counts:
+            ours, ref = rows[("ours", c)], rows[("ref", c)]
+            ratios = [
+                fmt(ours[k] / ref[k], ".2f") if ours[k] and ref[k] else "-"
+                for k in ("rps", "p50_ms", "p99_ms")
+            ]
+            lines.append("| {} | {} |".format(c, " | ".join(ratios)))
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (10)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of ours+ref (3)")
+    p.add_argument("--connections", default="50,1", help="comma list of wrk -c values (50,1)")
+    p.add_argument("--workers", type=int, default=2, help="condure --workers for both (2)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--only-ref", action="store_true", help="measure the reference only")
+    which.add_argument("--only-ours", action="store_true", help="measure ours only")
+    p.add_argument("--ref-binary", default="/usr/bin/condure")
+    p.add_argument("--python", default=sys.executable, help="interpreter for ours and handler")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    p.add_argument("--results-dir", default=str(BENCH / "results"))
+    args = p.parse_args()
+
+    connection_counts = [int(c) for c in args.connections.split(",")]
+    impls = ["ref"] if args.only_ref else ["ours"] if args.only_ours else ["ours", "ref"]
+
+    results = []
+    for round_no in range(1, args.rounds + 1):
+        for impl in impls:
+            server = Server(impl, args)
+            try:
+                for c in connection_counts:
+                    r = run_wrk(args, server.port, c)
+                    r.update(impl=impl, connections=c, round=round_no)
+                    results.append(r)
+                    print(
+                        "round {} {:4} c={:<3} {:>9.0f} req/s  p50 {:.3f} ms  p99 {:.3f} ms"
+                        "  errors {} non-2xx {}".format(
+                            round_no, impl, c, r["rps"], r["p50_ms"], r["p99_ms"],
+                            sum(r["errors"].values()), r["non_2xx"],
+                        ),  # fmt: skip
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            finally:
+                server.stop()
+
+    rows = summarize(results, impls, connection_counts)
+    table = markdown(rows, impls, connection_counts)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    report = {
+        "date": stamp,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "options": vars(args),
+        "runs": results,
+        "summary": [{"impl": i, "connections": c, **rows[(i, c)]} for (i, c) in rows],
+    }
+    os.makedirs(args.results_dir, exist_ok=True)
+    path = os.path.join(args.results_dir, "http-{}.json".format(stamp))
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(table)
+    print("\nresults: {}".format(path), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from condure.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""Command line: argv -> :class:`Config` -> the worker.
+
+The parser is built from :data:`condure.options.OPTIONS`. Checks run in
+Condure's order so that, given several mistakes, the same one is reported:
+
+1. syntax (unknown option, missing value, an option given twice): usage on
+   stderr, exit status 2 (argparse);
+2. options this build does not implement yet: message on stderr, status 2;
+3. values, in table order, then the instance id, the worker count, the
+   connection totals, the listeners, and the ZeroMQ endpoint bases: logged
+   as ``[ERR]`` on stdout, status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from condure import __version__, log
+from condure.config import (
+    Config,
+    ConfigError,
+    ListenSpec,
+    NotSupportedYet,
+    parse_listen,
+    parse_uint,
+    stream_endpoints,
+)
+from condure.options import (
+    ACTION,
+    DEFAULT_LISTEN,
+    FLAG,
+    OCTAL,
+    OPTIONS,
+    UINT,
+    UNAVAILABLE_LISTEN_PARAMS,
+    Option,
+)
+
+WORKERS_MAX = 1024
+CONNS_MAX = 10_000_000
+DESCRIPTION = "HTTP/WebSocket connection manager"
+
+_logger = log.get_logger("condure")
+
+
+class _Once(argparse.Action):
+    """Store a value; a second occurrence is an error, as in Condure."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        if getattr(namespace, self.dest) is not None:
+            raise argparse.ArgumentError(self, "cannot be used multiple times")
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def _help_line(opt: Option) -> str:
+    text = opt.help
+    if opt.default_text():
+        text += f" [default: {opt.default_text()}]"
+    if not opt.available:
+        text += " (not supported yet)"
+    return text.replace("%", "%%")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="condure",
+        usage="condure [OPTIONS]",
+        description=DESCRIPTION,
+        add_help=False,
+        allow_abbrev=False,
+    )
+    for opt in OPTIONS:
+        flags = [opt.short, opt.flag] if opt.short else [opt.flag]
+        if opt.flag == "--help":
+            parser.add_argument(*flags, action="help", help=_help_line(opt))
+        elif opt.flag == "--version":
+            parser.add_argument(*flags, action="version", version=f"condure {__version__}",
+                                help=_help_line(opt))
+        elif opt.kind in (FLAG, ACTION):
+            parser.add_argument(*flags, dest=opt.dest, action=_Once, nargs=0, default=None,
+                                help=_help_line(opt))
+        elif opt.repeatable:
+            parser.add_argument(*flags, dest=opt.dest, action="append", default=None,
+                                metavar=opt.metavar, help=_help_line(opt))
+        else:
+            parser.add_argument(*flags, dest=opt.dest, action=_Once, default=None,
+                                metavar=opt.metavar, help=_help_line(opt))
+    return parser
+
+
+def _convert(opt: Option, text: str) -> int | str:
+    try:
+        if opt.kind == UINT:
+            return parse_uint(text)
+        if opt.kind == OCTAL:
+            return parse_uint(text, bits=32, radix=8)
+    except ValueError as e:
+        raise ConfigError(f"failed to parse {opt.name}: {e}") from None
+    return text
+
+
+def _parse_listeners(values: Sequence[str]) -> tuple[ListenSpec, ...]:
+    specs = []
+    for value in values:
+        spec, keys = parse_listen(value)
+        for key in keys:
+            if key in UNAVAILABLE_LISTEN_PARAMS:
+                raise NotSupportedYet(f"--listen parameter '{key}' is not supported yet")
+        specs.append(spec)
+    return tuple(specs)
+
+
+def parse(argv: Sequence[str]) -> tuple[Config, frozenset[str]]:
+    """Parse and validate argv. Returns the config and the set of option
+    destinations given explicitly. Raises SystemExit (syntax, help,
+    version), NotSupportedYet or ConfigError."""
+    namespace = build_parser().parse_args(list(argv))
+    given = frozenset(opt.dest for opt in OPTIONS
+                      if getattr(namespace, opt.dest, None) is not None)
+
+    for opt in OPTIONS:
+        if opt.dest in given and not opt.available:
+            raise NotSupportedYet(f"{opt.flag} is not supported yet")
+
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        if opt.kind == ACTION:
+            continue
+        raw = getattr(namespace, opt.dest)
+        if opt.kind == FLAG:
+            values[opt.dest] = bool(raw)
+        elif opt.repeatable:
+            values[opt.dest] = list(raw) if raw is not None else list(opt.default or ())
+        else:
+            values[opt.dest] = _convert(opt, raw if raw is not None else str(opt.default))
+
+    ident = values["id"]
+    if ident == "" or " " in ident:
+        raise ConfigError("failed to parse id: value cannot be empty or contain a space")
+    workers = values["workers"]
+    if workers > WORKERS_MAX:
+        raise ConfigError("failed to parse workers: value too large")
+    if workers == 0:
+        raise ConfigError("failed to parse workers: value must be at least 1")
+    if values["req_maxconn"] + values["stream_maxconn"] > CONNS_MAX:
+        raise ConfigError("total maxconn is too large")
+
+    listen = values["listen"]
+    if not listen and not values["zserver_req"] and not values["zserver_stream"]:
+        listen = [DEFAULT_LISTEN]
+    values["listen"] = _parse_listeners(listen)
+
+    if values["req_maxconn"] < workers:
+        raise ConfigError("req maxconn must be >= workers")
+    if values["stream_maxconn"] < workers:
+        raise ConfigError("stream maxconn must be >= workers")
+
+    fields = set(Config.__dataclass_fields__)
+    config = Config(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in values.items() if k in fields})
+    if config.uses_stream:
+        for base in config.zclient_stream:
+            stream_endpoints(base)
+    return config, given
+
+
+def parse_args(argv: Sequence[str]) -> Config:
+    """Parse and validate argv into a Config (see :func:`parse`)."""
+    return parse(argv)[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    try:
+        config, given = parse(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    except NotSupportedYet as e:
+        print(f"condure: error: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        # An error line shows at every level, so the default level will do.
+        log.setup(log.DEFAULT_LEVEL)
+        _logger.error("%s", e)
+        return 1
+
+    log.setup(config.log_level)
+    if "workers" in given and config.workers > 1:
+        _logger.warning("--workers %d: this build runs a single worker process",
+                        config.workers)
+
+    from condure import worker  # imported late: parsing must not need it
+
+    return worker.run(config)

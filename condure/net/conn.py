@@ -1,0 +1,203 @@
+"""The adapter between one client socket and its session.
+
+Every callback has one rhythm: feed the session, drain its actions
+(write, send packets, close), then re-check reading and re-file the timer.
+The adapter holds no protocol policy; what to do is the session's call.
+
+Invariants: the socket is non-blocking; output the kernel did not take sits
+in ``out`` and is written when the socket is writable; the session is told
+``output_flushed`` each time ``out`` empties, which is when flow-control
+credits go back to the handler.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from condure.session.actions import Close, Send, Write
+
+if TYPE_CHECKING:
+    from condure.worker import Worker
+
+log = logging.getLogger("condure.conn")
+
+LINGER = 2.0  # seconds to wait for the client's FIN after a graceful close
+_GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
+
+
+class Conn:
+    __slots__ = ("worker", "sock", "fd", "slot", "session", "out", "reading", "writing",
+                 "closing", "closed", "timer_key", "linger_until")
+
+    def __init__(self, worker: Worker, sock: socket.socket, slot: int, session) -> None:
+        self.worker = worker
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.slot = slot
+        self.session = session
+        self.out = bytearray()
+        self.reading = False
+        self.writing = False
+        self.closing = False  # graceful close under way: flush, then FIN
+        self.closed = False
+        self.timer_key: int | None = None
+        self.linger_until: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Conn slot={self.slot} fd={self.fd} out={len(self.out)} {self.session!r}>"
+
+    @property
+    def deadline(self) -> float | None:
+        if self.linger_until is not None:
+            return self.linger_until
+        return self.session.deadline
+
+    # -- event entry points -------------------------------------------------
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(self.worker.read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.debug("read error on slot %d: %s", self.slot, e)
+            data = b""
+        if self.closing:
+            if not data:
+                self._finish()
+            return  # discard what a client sends after we are done
+        self.session.receive_data(data, time.monotonic())
+        self.run()
+
+    def on_writable(self) -> None:
+        if self._flush():
+            self.run(flushed=True)
+
+    def on_timer(self) -> None:
+        if self.linger_until is not None:
+            self._finish()
+            return
+        self.session.handle_timer(time.monotonic())
+        self.run()
+
+    # -- the rhythm -----------------------------------------------------------
+
+    def run(self, flushed: bool = False) -> None:
+        session = self.session
+        worker = self.worker
+        while True:
+            actions = session.take_actions()
+            if not actions:
+                break
+            wrote = False
+            for action in actions:
+                kind = type(action)
+                if kind is Write:
+                    self.out += action.data
+                    wrote = True
+                elif kind is Send:
+                    worker.send_packet(action.packet, action.to)
+                elif kind is Close:
+                    self._close(action)
+                    if self.closed:
+                        return
+            if wrote and not self.closed:
+                flushed = self._flush() or flushed
+            if flushed and not self.out and not self.closing:
+                flushed = False
+                session.output_flushed(time.monotonic())
+        if self.closed:
+            return
+        if not self.closing:
+            want = session.wants_read
+            if want != self.reading:
+                self._set_reading(want)
+        worker.timers.schedule(self)
+
+    def _flush(self) -> bool:
+        """Write what the kernel takes; True when ``out`` is empty after."""
+        out = self.out
+        if not out:
+            return True
+        try:
+            sent = self.sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            if e.errno not in _GONE:
+                log.debug("write error on slot %d: %s", self.slot, e)
+            self.out.clear()
+            self.session.receive_data(b"", time.monotonic())
+            if self.closing:
+                self._finish()
+            else:
+                self.run()
+            return False
+        del out[:sent]
+        if out:
+            if not self.writing:
+                self.writing = True
+                self.worker.loop.add_writer(self.fd, self.on_writable)
+            return False
+        if self.writing:
+            self.writing = False
+            self.worker.loop.remove_writer(self.fd)
+        if self.closing:
+            self._half_close()
+        return True
+
+    def _set_reading(self, on: bool) -> None:
+        self.reading = on
+        if on:
+            self.worker.loop.add_reader(self.fd, self.on_readable)
+        else:
+            self.worker.loop.remove_reader(self.fd)
+
+    # -- endings --------------------------------------------------------------
+
+    def _close(self, action: Close) -> None:
+        log.debug("slot %d closing: %s", self.slot, action.reason)
+        if not action.graceful or self.closed:
+            self._finish()
+            return
+        self.closing = True
+        if not self.out:
+            self._half_close()
+        elif not self.writing:
+            self._flush()
+
+    def _half_close(self) -> None:
+        """All output is out: send FIN, then wait briefly for the client's,
+        discarding input, so that unread request bytes do not turn our
+        last response into a reset (RFC 9112 9.6)."""
+        if self.closed or self.linger_until is not None:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._finish()
+            return
+        self.linger_until = time.monotonic() + LINGER
+        if not self.reading:
+            self._set_reading(True)
+        self.worker.timers.schedule(self)
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.worker.loop
+        if self.reading:
+            loop.remove_reader(self.fd)
+        if self.writing:
+            loop.remove_writer(self.fd)
+        self.sock.close()
+        self.worker.release(self)
+
+    def abort(self) -> None:
+        """Drop the connection now (shutdown)."""
+        self._finish()

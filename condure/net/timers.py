@@ -1,0 +1,70 @@
+"""Bucketed timers for many thousands of connections.
+
+One periodic tick (``RESOLUTION``) serves every connection instead of one
+``call_later`` each. Deadlines move on almost every packet, so moving one
+must be O(1): an entry is only added when a deadline comes earlier than the
+bucket the owner already sits in; a later deadline is noticed when the old
+bucket fires and the owner is filed again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+RESOLUTION = 0.1  # seconds per bucket: timeouts are whole seconds, 100 ms is plenty
+
+
+class TimerOwner(Protocol):
+    timer_key: int | None  # bucket the owner is filed in, None if none
+
+    @property
+    def deadline(self) -> float | None: ...
+
+
+class TimerWheel:
+    def __init__(self) -> None:
+        self._buckets: dict[int, list[TimerOwner]] = {}
+        self._keys: list[int] = []  # heap of the keys in _buckets
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+    def schedule(self, owner: TimerOwner) -> None:
+        """File ``owner`` under its current deadline unless it already sits
+        in a bucket that fires no later."""
+        deadline = owner.deadline
+        if deadline is None:
+            return
+        key = math.ceil(deadline / RESOLUTION)
+        current = owner.timer_key
+        if current is not None and current <= key:
+            return
+        owner.timer_key = key
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._buckets[key] = [owner]
+            heapq.heappush(self._keys, key)
+        else:
+            bucket.append(owner)
+
+    def expire(self, now: float, fire: Callable[[TimerOwner], None]) -> None:
+        """Call ``fire`` for every owner whose deadline has passed; file the
+        others again under their current deadline."""
+        limit = math.floor(now / RESOLUTION)
+        keys = self._keys
+        while keys and keys[0] <= limit:
+            key = heapq.heappop(keys)
+            for owner in self._buckets.pop(key):
+                if owner.timer_key != key:
+                    continue  # filed again in an earlier bucket meanwhile
+                owner.timer_key = None
+                deadline = owner.deadline
+                if deadline is None:
+                    continue
+                if deadline <= now:
+                    fire(owner)
+                else:
+                    self.schedule(owner)

@@ -1,0 +1,187 @@
+"""ZeroMQ sockets of the server role in stream mode, on an asyncio loop.
+
+Invariant: a ZeroMQ socket's FD is edge-triggered and only says "events
+may have changed", so every wakeup drains the socket until EAGAIN (in
+batches, yielding to the loop between batches), and every send re-checks
+``EVENTS`` before trusting the FD again.
+
+Sockets (reference 3.2): PUSH (first packet of a session) to ``BASE-out``,
+ROUTER (later packets, addressed by handler identity) to ``BASE-out-stream``,
+SUB (everything from handlers, prefix ``"<id> "``) to ``BASE-in``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+
+import zmq
+
+from condure.config import Config, stream_endpoints
+
+log = logging.getLogger("condure.zmq")
+
+BATCH = 256  # packets handled per wakeup before yielding to client I/O
+ROUTER_RETRY = 0.05  # Condure retries a full handler queue every 50 ms
+FIRST_PACKET_HWM = 128  # Condure 1.10's SNDHWM for the first-packet socket
+
+
+def _bind_or_connect(sock: zmq.Socket, endpoint: str, connect: bool, file_mode: int) -> None:
+    if connect:
+        sock.connect(endpoint)
+        return
+    sock.bind(endpoint)
+    if file_mode and endpoint.startswith("ipc://"):
+        os.chmod(endpoint[len("ipc://"):], file_mode)
+
+
+class StreamSockets:
+    """The PUSH/ROUTER/SUB trio, shared by every session of one worker.
+
+    ``on_message(payload)`` is called with each message received on SUB,
+    the address prefix already checked and removed.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[bytes], None],
+        *,
+        instance_id: bytes,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.loop = loop
+        self.on_message = on_message
+        self.ctx = context or zmq.Context.instance()
+        self.prefix = instance_id + b" "
+        hwm = config.hwm
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.SNDHWM, FIRST_PACKET_HWM)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.SNDHWM, hwm)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, hwm)
+        self.sub.setsockopt(zmq.SUBSCRIBE, self.prefix)
+        for sock in (self.push, self.router, self.sub):
+            sock.setsockopt(zmq.LINGER, 0)
+        self.endpoints: list[tuple[str, str, str]] = []
+        for base in config.zclient_stream:
+            out, out_stream, in_ = stream_endpoints(base)
+            mode = config.ipc_file_mode
+            _bind_or_connect(self.push, out, config.zclient_connect, mode)
+            _bind_or_connect(self.router, out_stream, config.zclient_connect, mode)
+            _bind_or_connect(self.sub, in_, config.zclient_connect, mode)
+            self.endpoints.append((out, out_stream, in_))
+        self.push_queue: deque[bytes] = deque()
+        self.router_queue: deque[tuple[bytes, bytes]] = deque()
+        self._retry: asyncio.TimerHandle | None = None
+        self._sub_scheduled = False
+        self._push_fd = self.push.getsockopt(zmq.FD)
+        loop.add_reader(self.sub.getsockopt(zmq.FD), self._sub_ready)
+        # The FD may already be signalled; look once now.
+        loop.call_soon(self._sub_ready)
+
+    # -- receiving --------------------------------------------------------
+
+    def _sub_ready(self) -> None:
+        self._sub_scheduled = False
+        sub = self.sub
+        prefix = self.prefix
+        on_message = self.on_message
+        for _ in range(BATCH):
+            try:
+                frame = sub.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            while sub.getsockopt(zmq.RCVMORE):
+                sub.recv()  # only the first frame counts (reference 3.2)
+            if frame.startswith(prefix):
+                on_message(frame[len(prefix):])
+            # Other addresses are not ours (reference 4.9); drop quietly.
+        # More may be waiting: come back after client I/O has had a turn.
+        if not self._sub_scheduled:
+            self._sub_scheduled = True
+            self.loop.call_soon(self._sub_ready)
+
+    # -- sending ----------------------------------------------------------
+
+    def send_first(self, payload: bytes) -> None:
+        """The first packet of a session, round-robin to handlers. With no
+        handler connected it waits here until one connects."""
+        if not self.push_queue:
+            try:
+                self.push.send(payload, zmq.NOBLOCK, copy=True)
+                return
+            except zmq.Again:
+                pass
+        self.push_queue.append(payload)
+        if len(self.push_queue) == 1:
+            self.loop.add_reader(self._push_fd, self._flush_push)
+            self._arm_retry()
+
+    def _flush_push(self) -> None:
+        queue = self.push_queue
+        while queue:
+            try:
+                self.push.send(queue[0], zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            queue.popleft()
+        self.loop.remove_reader(self._push_fd)
+
+    def send_to(self, address: bytes, payload: bytes) -> None:
+        """A later packet, to the handler whose identity is ``address``."""
+        if self.router_queue:
+            self.router_queue.append((address, payload))
+            return
+        self._router_send(address, payload)
+
+    def _router_send(self, address: bytes, payload: bytes) -> bool:
+        try:
+            self.router.send_multipart((address, b"", payload), zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            self.router_queue.append((address, payload))
+            self._arm_retry()
+            return False
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                log.debug("handler %r unreachable, packet dropped", address)
+                return True
+            raise
+        return True
+
+    def _arm_retry(self) -> None:
+        if self._retry is None:
+            self._retry = self.loop.call_later(ROUTER_RETRY, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        if self.push_queue:
+            self._flush_push()
+            if self.push_queue:
+                self._arm_retry()
+        queue = self.router_queue
+        while queue:
+            address, payload = queue.popleft()
+            if not self._router_send(address, payload):
+                # _router_send put it back at the end; restore order.
+                queue.rotate(1)
+                return
+
+    def close(self) -> None:
+        for sock in (self.push, self.router, self.sub):
+            try:
+                self.loop.remove_reader(sock.getsockopt(zmq.FD))
+            except (ValueError, zmq.ZMQError):
+                pass
+        if self._retry is not None:
+            self._retry.cancel()
+        # Give packets still queued inside ZeroMQ (shutdown cancels) a moment.
+        self.router.close(linger=1000)
+        self.push.close(linger=1000)
+        self.sub.close()

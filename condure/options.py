@@ -1,0 +1,334 @@
+"""The table of command-line options.
+
+One row per option, in Condure 1.10's order. The table drives the argparse
+parser (:mod:`condure.cli`), ``docs/options.md`` (``python -m condure.options
+--markdown``) and the man page. To enable an option once it is implemented,
+flip its ``available`` flag; to add one, add a row (and, if it carries a value
+into :class:`condure.config.Config`, a field of the same name there).
+
+Defaults are written as command-line text and go through the same parser as
+a given value, as Condure does, so a default can never disagree with the
+validation of the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+# Value kinds. Each one names how cli.py turns the text into a value.
+UINT = "uint"  # unsigned decimal, parsed with Rust's rules (error texts included)
+OCTAL = "octal"  # unsigned octal (file modes)
+TEXT = "text"
+PATH = "path"
+LISTEN = "listen"  # see LISTEN_PARAMS and condure.config.parse_listen
+ZMQ_SPEC = "zmq-spec"  # a full ZeroMQ endpoint
+ZMQ_BASE = "zmq-base"  # an endpoint base expanded into three endpoints
+FLAG = "flag"  # no value
+ACTION = "action"  # no value, does something and exits (help, version, sizes)
+
+# The listener used when neither --listen nor a client-role spec is given.
+DEFAULT_LISTEN = "0.0.0.0:8000,stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    flag: str
+    kind: str
+    help: str
+    doc: str
+    metavar: str | None = None
+    default: str | tuple[str, ...] | bool | None = None
+    repeatable: bool = False
+    available: bool = True
+    short: str | None = None
+    shown_default: str | None = None  # for help/docs when the default is conditional
+
+    @property
+    def name(self) -> str:
+        """The flag without dashes, as used in Condure's error messages."""
+        return self.flag[2:]
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination, also the Config field name."""
+        return self.name.replace("-", "_")
+
+    @property
+    def takes_value(self) -> bool:
+        return self.kind not in (FLAG, ACTION)
+
+    def default_text(self) -> str:
+        """The default as shown in help and docs ("" when there is none)."""
+        if self.default is None or self.default is False:
+            return self.shown_default or ""
+        if isinstance(self.default, tuple):
+            return " ".join(self.default)
+        return str(self.default)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--log-level", UINT, "Log level (0 error .. 4 trace)",
+        "Verbosity of the log on standard output: 0 errors only, 1 adds "
+        "warnings, 2 adds informational lines (start, binds, listeners, stop), "
+        "3 adds debug lines, 4 or more adds trace lines including every ZHTTP "
+        "packet sent and received.",
+        metavar="N", default="2",
+    ),
+    Option(
+        "--id", TEXT, "Instance ID",
+        "Identifies this instance to handlers: it is the `from` field of every "
+        "packet sent, the prefix of the subscription on the SUB socket, and "
+        "the ROUTER identity in client mode. It must be non-empty and must not "
+        "contain a space.",
+        metavar="ID", default="condure",
+    ),
+    Option(
+        "--workers", UINT, "Number of workers",
+        "Number of workers sharing the connections (at most 1024, at least 1). "
+        "This build runs a single worker process whatever the value; a value "
+        "above 1 is accepted and a warning is logged. The connection limits "
+        "are checked against this value as Condure does.",
+        metavar="N", default="2",
+    ),
+    Option(
+        "--req-maxconn", UINT, "Maximum concurrent connections in req mode",
+        "Limit on concurrent connections of req-mode listeners, over all "
+        "workers. It must be at least the number of workers, and together "
+        "with --stream-maxconn at most 10,000,000.",
+        metavar="N", default="100", available=False,
+    ),
+    Option(
+        "--stream-maxconn", UINT, "Maximum concurrent connections in stream mode",
+        "Limit on concurrent connections of stream-mode listeners, over all "
+        "workers. It must be at least the number of workers. It also sets the "
+        "ZeroMQ high-water mark: max((req + stream maxconn) / 20, 1).",
+        metavar="N", default="10000",
+    ),
+    Option(
+        "--buffer-size", UINT, "Connection buffer size in bytes (two per connection)",
+        "Size of each of the two buffers of a connection. The request head "
+        "must fit in one buffer. It is also the credit offered to the handler "
+        "in a request packet and the largest body chunk put in one packet.",
+        metavar="N", default="8192",
+    ),
+    Option(
+        "--body-buffer-size", UINT, "Body buffer size in bytes for req mode",
+        "Req mode only: the largest request body and the largest response "
+        "body of one exchange.",
+        metavar="N", default="100000", available=False,
+    ),
+    Option(
+        "--messages-max", UINT, "Maximum queued WebSocket messages per connection",
+        "Largest number of handler-to-client WebSocket messages queued for "
+        "one connection.",
+        metavar="N", default="100", available=False,
+    ),
+    Option(
+        "--req-timeout", UINT, "Connection timeout in req mode (seconds)",
+        "Req mode: time allowed for one request cycle (receiving the request, "
+        "the handler's answer and writing it out).",
+        metavar="N", default="30", available=False,
+    ),
+    Option(
+        "--stream-timeout", UINT, "Connection timeout in stream mode (seconds)",
+        "Stream mode: a client connection with no activity for this long is "
+        "closed and the handler is sent a cancel.",
+        metavar="N", default="1800",
+    ),
+    Option(
+        "--listen", LISTEN, "Address to listen on",
+        "A listener, `[ADDR:]PORT[,PARAM...]` or `PATH,local[,PARAM...]`. "
+        "ADDR is an IPv4 address or a bracketed IPv6 address (`[::1]:8000`); "
+        "a port alone listens on 0.0.0.0; port 0 lets the kernel choose. "
+        "PARAM is one of the listen parameters below; a later `req` or "
+        "`stream` overrides an earlier one. Without any --listen (and "
+        "without --zserver-req/--zserver-stream) the listener is "
+        "`0.0.0.0:8000,stream`.",
+        metavar="[ADDR:]PORT[,PARAMS...]", repeatable=True, shown_default=DEFAULT_LISTEN,
+    ),
+    Option(
+        "--zclient-req", ZMQ_SPEC, "ZeroMQ endpoint of the req-mode DEALER socket",
+        "Server role, req mode: endpoint of the DEALER socket that carries "
+        "requests to handlers and their responses back.",
+        metavar="SPEC", default=("ipc://client",), repeatable=True, available=False,
+    ),
+    Option(
+        "--zclient-stream", ZMQ_BASE, "ZeroMQ endpoint base of the stream-mode sockets",
+        "Server role, stream mode: base of the three endpoints (PUSH for "
+        "first packets, ROUTER for later packets, SUB for packets from "
+        "handlers). `ipc://X` gives `ipc://X-out`, `ipc://X-out-stream`, "
+        "`ipc://X-in`; `tcp://HOST:P` gives ports P, P+1, P+2.",
+        metavar="BASE", default=("ipc://client",), repeatable=True,
+    ),
+    Option(
+        "--zclient-connect", FLAG, "Connect the server-role ZeroMQ sockets instead of binding",
+        "The ZeroMQ sockets of the server role connect to the given endpoints "
+        "instead of binding them.",
+        default=False,
+    ),
+    Option(
+        "--zserver-req", ZMQ_SPEC, "ZeroMQ endpoint of the client-mode req ROUTER socket",
+        "Client role, req mode: endpoint of the ROUTER socket on which "
+        "handlers send requests for outgoing HTTP connections.",
+        metavar="SPEC", repeatable=True, available=False,
+    ),
+    Option(
+        "--zserver-stream", ZMQ_BASE, "ZeroMQ endpoint base of the client-mode stream sockets",
+        "Client role, stream mode: base of the PULL, ROUTER and PUB endpoints "
+        "for outgoing connections.",
+        metavar="BASE", repeatable=True, available=False,
+    ),
+    Option(
+        "--zserver-connect", FLAG, "Connect the client-role ZeroMQ sockets instead of binding",
+        "The ZeroMQ sockets of the client role connect to the given endpoints "
+        "instead of binding them.",
+        default=False, available=False,
+    ),
+    Option(
+        "--ipc-file-mode", OCTAL, "Permissions (octal) of bound ZeroMQ ipc socket files",
+        "After binding an `ipc://` endpoint, set the socket file's permissions "
+        "to this octal mode (`600` is rw-------). 0 or absent: leave them as "
+        "created. (Condure 1.9.1 read this value as decimal.)",
+        metavar="OCTAL", default="0",
+    ),
+    Option(
+        "--tls-identities-dir", PATH, "Directory of TLS certificates and keys",
+        "Directory where the certificate and private key of a TLS listener "
+        "are looked up by server name.",
+        metavar="DIR", default=".", available=False,
+    ),
+    Option(
+        "--compression", FLAG, "Allow WebSocket compression",
+        "Allow permessage-deflate on WebSocket connections when the client "
+        "offers it.",
+        default=False, available=False,
+    ),
+    Option(
+        "--deny-out-internal", FLAG, "Refuse outgoing connections to internal addresses",
+        "Client role: refuse to connect to loopback, private and link-local "
+        "ranges (127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, "
+        "169.254.0.0/16, ::1/128, fc00::/7, fe80::/10).",
+        default=False, available=False,
+    ),
+    Option(
+        "--sizes", ACTION, "Print the sizes of internal objects and exit",
+        "Print the size of internal per-connection objects, one "
+        "`name: N bytes` line each, and exit with status 0.",
+        available=False,
+    ),
+    Option(
+        "--help", ACTION, "Print help and exit",
+        "Print a summary of the options and exit with status 0.",
+        short="-h",
+    ),
+    Option(
+        "--version", ACTION, "Print version and exit",
+        "Print `condure VERSION` and exit with status 0.",
+        short="-V",
+    ),
+)
+
+BY_FLAG: dict[str, Option] = {opt.flag: opt for opt in OPTIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class ListenParam:
+    key: str
+    value: str | None  # metavar of the value after "=", None for a bare key
+    help: str
+    available: bool = True
+
+
+LISTEN_PARAMS: tuple[ListenParam, ...] = (
+    ListenParam("stream", None, "stream mode (the default)"),
+    ListenParam("req", None, "req mode", available=False),
+    ListenParam("tls", None, "TLS on this TCP listener", available=False),
+    ListenParam("default-cert", "NAME",
+                "certificate used when SNI is absent or unmatched", available=False),
+    ListenParam("local", None,
+                "the address part is a filesystem path: listen on a Unix socket there",
+                available=False),
+    ListenParam("mode", "OCTAL", "with `local`: permissions of the socket file",
+                available=False),
+    ListenParam("user", "NAME", "with `local`: owner of the socket file", available=False),
+    ListenParam("group", "NAME", "with `local`: group of the socket file", available=False),
+)
+
+LISTEN_PARAM_KEYS: frozenset[str] = frozenset(p.key for p in LISTEN_PARAMS)
+UNAVAILABLE_LISTEN_PARAMS: frozenset[str] = frozenset(
+    p.key for p in LISTEN_PARAMS if not p.available
+)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown() -> str:
+    """The options reference as Markdown (the content of docs/options.md)."""
+    out = [
+        "# condure command-line options",
+        "",
+        "Generated from `condure/options.py` by "
+        "`python -m condure.options --markdown`; do not edit by hand.",
+        "",
+        "Options that can be repeated replace their default once given. "
+        "Options marked *not yet* are recognised but make condure exit with "
+        "status 2 when given.",
+        "",
+        "| option | value | default | repeatable | available | summary |",
+        "|---|---|---|---|---|---|",
+    ]
+    for opt in OPTIONS:
+        flags = f"`{opt.short}`, `{opt.flag}`" if opt.short else f"`{opt.flag}`"
+        value = f"`{opt.metavar}`" if opt.metavar else ""
+        default = f"`{opt.default_text()}`" if opt.default_text() else ""
+        out.append(
+            f"| {flags} | {_md_cell(value)} | {default} | "
+            f"{'yes' if opt.repeatable else ''} | {'yes' if opt.available else 'not yet'} | "
+            f"{_md_cell(opt.help)} |"
+        )
+    out += ["", "## Details", ""]
+    for opt in OPTIONS:
+        head = f"{opt.flag} {opt.metavar}" if opt.metavar else opt.flag
+        if opt.short:
+            head = f"{opt.short}, {head}"
+        out += [f"### `{head}`", ""]
+        if not opt.available:
+            out += ["*Not supported yet in this build.*", ""]
+        out += [opt.doc, ""]
+    out += [
+        "## Listen parameters",
+        "",
+        "| parameter | available | meaning |",
+        "|---|---|---|",
+    ]
+    for p in LISTEN_PARAMS:
+        key = f"{p.key}={p.value}" if p.value else p.key
+        out.append(f"| `{key}` | {'yes' if p.available else 'not yet'} | {_md_cell(p.help)} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m condure.options", description="Render the options table."
+    )
+    parser.add_argument("--markdown", action="store_true", required=True,
+                        help="print docs/options.md")
+    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+    args = parser.parse_args(argv)
+    text = render_markdown()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,549 @@
+"""The stream-mode HTTP/1.x session: one client connection, sans-I/O.
+
+Theory of operation. A connection carries a sequence of requests; each
+request is one ZHTTP session with a fresh id. A cycle goes:
+
+``HEAD``    reading the request head (h11 parses it). Bad input is answered
+            here with a 4xx/5xx and the connection closes; the handler
+            never hears of it.
+``WAIT``    the request packet (seq 0) went out on the first-packet socket;
+            the client is not read until the handler's first packet
+            arrives (Condure does the same, reference 5.10.2).
+``ACTIVE``  the handler answered. The request body (if any) flows to the
+            handler against the credits it grants; the response flows to
+            the client against the credits condure granted (``--buffer-size``
+            in the request packet), returned as bytes reach the client.
+
+When the response is complete and the request body was read to its end,
+a persistent connection goes back to ``HEAD`` with a new id (pipelined bytes
+already read are parsed next); otherwise it closes after the last byte.
+
+Everything the session wants done comes out of :meth:`take_actions`; it
+learns the time only from the ``now`` its callers pass. Between requests
+(``HEAD`` with no partial request read) it can be exported as a small
+record and rebuilt in another process (:mod:`condure.session.snapshot`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import h11
+
+from condure.session import httpwire
+from condure.session.actions import Action, Close, Send, Write
+from condure.zhttp.packets import (
+    Cancel,
+    Credit,
+    Data,
+    Error,
+    HandoffProceed,
+    HandoffStart,
+    Ident,
+    KeepAlive,
+    Packet,
+)
+
+SESSION_TIMEOUT = 60.0  # handler silence that ends a request cycle (reference 5.8)
+MAX_FROM = 64  # longest handler address accepted (reference 4.2)
+MAX_HEADERS = 64  # most request headers accepted (reference 7)
+
+HEAD, WAIT, ACTIVE, CLOSED = "HEAD", "WAIT", "ACTIVE", "CLOSED"
+# request body states
+NO_BODY, BODY_PENDING, BODY_READING, BODY_DONE, BODY_ABANDONED = (
+    "none", "pending", "reading", "done", "abandoned")
+# response states
+RESP_NONE, RESP_STREAMING, RESP_DONE = "none", "streaming", "done"
+
+
+class _Refuse(Exception):
+    """A request condure answers itself with ``status``."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _receive_buffer_len(parser: h11.Connection) -> int:
+    # h11 keeps unparsed bytes in a private buffer; its public accessor
+    # copies them, which is too costly on every read.
+    buf = getattr(parser, "_receive_buffer", None)
+    return len(buf) if buf is not None else len(parser.trailing_data[0])
+
+
+class HttpSession:
+    """One stream-mode HTTP/1.x connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: bytes,
+        new_id: Callable[[], bytes],
+        now: float,
+        buffer_size: int = 8192,
+        stream_timeout: float = 1800.0,
+        scheme: bytes = b"http",
+        peer_address: bytes | None = None,
+        peer_port: int | None = None,
+        leftover: bytes = b"",
+    ) -> None:
+        self.instance_id = instance_id
+        self.new_id = new_id
+        self.buffer_size = buffer_size
+        self.stream_timeout = stream_timeout
+        self.scheme = scheme
+        self.peer_address = peer_address
+        self.peer_port = peer_port
+        self.actions: list[Action] = []
+        self.state = HEAD
+        self.stream_deadline = now + stream_timeout
+        self._start_cycle(now, leftover)
+
+    # -- public surface ---------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (f"<HttpSession id={self.rid!r} state={self.state} body={self.body_state} "
+                f"resp={self.resp_state} handler={self.handler!r} out_seq={self.out_seq} "
+                f"in_seq={self.in_seq} paused={self.paused}>")
+
+    def take_actions(self) -> list[Action]:
+        actions, self.actions = self.actions, []
+        return actions
+
+    @property
+    def deadline(self) -> float | None:
+        if self.state is CLOSED:
+            return None
+        return min(self.session_deadline, self.stream_deadline)
+
+    @property
+    def wants_read(self) -> bool:
+        """Whether the adapter should read from the client now."""
+        if self.state is HEAD:
+            return True
+        if self.state is WAIT:
+            # Condure does not read while it waits for the handler. Without a
+            # body there is nothing to hold back, and reading on spares the
+            # loop a reader toggle per request; an EOF is kept for later.
+            return (self.body_state is NO_BODY and not self.client_gone
+                    and _receive_buffer_len(self.parser) < self.buffer_size)
+        if self.state is not ACTIVE or self.paused:
+            return False
+        if self.body_state is BODY_READING:
+            # Like Condure, read more body only once what was read has gone
+            # to the handler, so packets follow the client's reads.
+            return not self.body_pieces and _receive_buffer_len(self.parser) < self.buffer_size
+        if self.body_state is BODY_ABANDONED:
+            return False
+        # While the response is under way, keep watching for a disconnect;
+        # bytes of a pipelined next request wait in the parser, bounded.
+        return _receive_buffer_len(self.parser) < self.buffer_size
+
+    @property
+    def resumable(self) -> bool:
+        """True between requests: no request is being served and nothing
+        is owed to anyone, so the connection can move elsewhere (bytes of a
+        partly read next request travel with it)."""
+        return self.state is HEAD and self.handler is None and not self.actions
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the client; ``b""`` means end of input."""
+        if self.state is CLOSED:
+            return
+        if not data:
+            if self.state is WAIT:
+                # Noticed now, acted on when the handler answers (reference
+                # 5.10.2: the handler then gets a cancel).
+                self.client_gone = True
+                return
+            self._client_eof()
+            return
+        if self.state is HEAD and self._fed == 0:
+            # RFC 9112 2.2: ignore empty lines before a request line.
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return
+        self._fed += len(data)
+        self.parser.receive_data(data)
+        if self.state is HEAD:
+            self._read_head(now)
+        elif self.state is ACTIVE and self.body_state is BODY_READING:
+            self.stream_deadline = now + self.stream_timeout
+            self._pump_body(now)
+
+    def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
+        """A packet from the handler, already routed to this session's id."""
+        if self.state is CLOSED or self.state is HEAD:
+            return
+        if len(packet.from_) > MAX_FROM:
+            self._abort("handler address too long")
+            return
+        if ident.seq is not None:
+            if ident.seq != self.in_seq:
+                self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
+                return
+            self.in_seq += 1
+        self.handler = packet.from_
+        self.session_deadline = now + SESSION_TIMEOUT
+        self.paused = False
+        first = self.state is WAIT
+        if first:
+            self.state = ACTIVE
+            if self.client_gone:
+                self._cancel_and_close("client closed")
+                return
+        kind = type(packet)
+        if kind is Data:
+            if packet.credits:
+                self.body_credits += packet.credits
+            if self.body_state is BODY_PENDING or self.body_state is BODY_READING:
+                # The handler answered before the body was read: stop reading
+                # it and close after the response (reference 5.6).
+                self.body_state = BODY_ABANDONED
+                self.persistent = False
+            self._response_data(packet, now)
+        elif kind is Credit:
+            self.body_credits += packet.credits
+            if first:
+                self._begin_body(now)
+            elif self.body_state is BODY_READING:
+                self._pump_body(now)
+        elif kind is KeepAlive:
+            if first:
+                self._begin_body(now)
+        elif kind is Cancel or kind is Error:
+            self._close(graceful=False, reason="ended by handler")
+        elif kind is HandoffStart:
+            # Anything queued is already with the adapter, which writes what
+            # it can at once; then the session stands still until the next
+            # packet (reference 5.9).
+            self._send(HandoffProceed)
+            self.paused = True
+            if first:
+                self._begin_body(now)
+        else:
+            self._abort(f"unexpected {kind.__name__} packet")
+
+    def abort_unknown(self, reason: str) -> None:
+        """A packet of unknown type arrived for this session (reference 4.5)."""
+        if self.state is WAIT or self.state is ACTIVE:
+            self._abort(reason)
+
+    def output_flushed(self, now: float) -> None:
+        """The adapter wrote everything queued to the client."""
+        if self.unflushed and self.state is ACTIVE and self.resp_state is RESP_STREAMING:
+            credits, self.unflushed = self.unflushed, 0
+            self.stream_deadline = now + self.stream_timeout
+            self._send(Credit, credits=credits)
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is CLOSED:
+            return
+        if now >= self.session_deadline:
+            self._close(graceful=False, reason="session timeout")
+        elif now >= self.stream_deadline:
+            self._cancel_and_close("stream timeout")
+
+    def keep_alive(self) -> tuple[bytes, Ident] | None:
+        """The (handler address, id+seq) of a keep-alive for this session,
+        counted as sent, or None when no handler is known yet."""
+        if self.handler is None or self.state is not ACTIVE:
+            return None
+        ident = Ident(self.rid, self.out_seq)
+        self.out_seq += 1
+        return self.handler, ident
+
+    def shutdown(self) -> tuple[bytes, Ident] | None:
+        """Stop now (process exit): the cancel owed to the handler, if any."""
+        owed = self.keep_alive()
+        self._close(graceful=False, reason="shutdown")
+        self.actions.clear()
+        return owed
+
+    # -- request cycle ----------------------------------------------------
+
+    def _start_cycle(self, now: float, leftover: bytes) -> None:
+        self.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.buffer_size)
+        self._fed = 0
+        self.rid = self.new_id()
+        self.state = HEAD
+        self.handler: bytes | None = None
+        self.out_seq = 0
+        self.in_seq = 0
+        self.paused = False
+        self.session_deadline = now + SESSION_TIMEOUT
+        self.body_state = NO_BODY
+        self.body_pieces: list[bytes] = []  # body read, not yet sent, as the client's pieces
+        self.client_gone = False
+        self.body_eom = False
+        self.body_credits = 0
+        self.expect_continue = False
+        self.resp_state = RESP_NONE
+        self.resp_credits = self.buffer_size
+        self.unflushed = 0
+        self.chunked = False
+        self.discard_body = False
+        self.close_delimited = False
+        self.http11 = True
+        self.is_head = False
+        self.persistent = False
+        leftover = leftover.lstrip(b"\r\n")
+        if leftover:
+            self._fed = len(leftover)
+            self.parser.receive_data(leftover)
+            self._read_head(now)
+
+    def _read_head(self, now: float) -> None:
+        try:
+            event = self.parser.next_event()
+            if event is h11.NEED_DATA:
+                return
+            if type(event) is not h11.Request:
+                raise _Refuse(400)
+            self._check_head(event)
+        except h11.RemoteProtocolError as e:
+            self._refuse(e.error_status_hint or 400, str(e))
+            return
+        except _Refuse as e:
+            self._refuse(e.status, e.detail)
+            return
+        self.stream_deadline = now + self.stream_timeout
+        self._request(event)
+
+    def _check_head(self, event: h11.Request) -> None:
+        if event.http_version not in (b"1.1", b"1.0"):
+            raise _Refuse(505)
+        if self._fed - _receive_buffer_len(self.parser) > self.buffer_size:
+            raise _Refuse(431, "request head larger than the buffer")
+        if len(event.headers) > MAX_HEADERS:
+            raise _Refuse(431, "too many request headers")
+
+    def _request(self, event: h11.Request) -> None:
+        headers = tuple(event.headers.raw_items())
+        uri = httpwire.request_uri(self.scheme, headers, event.target)
+        if len(uri) > httpwire.MAX_URI:
+            self._refuse(414)
+            return
+        self.http11 = event.http_version == b"1.1"
+        self.is_head = event.method == b"HEAD"
+        connection = httpwire.header_tokens(headers, b"connection")
+        if self.http11:
+            self.persistent = b"close" not in connection
+        else:
+            self.persistent = b"keep-alive" in connection and b"close" not in connection
+        has_length = False
+        more = False
+        for key, value in headers:
+            name = key.lower()
+            if name == b"transfer-encoding":
+                has_length = more = True
+            elif name == b"content-length":
+                has_length = True
+                more = more or value.strip() != b"0"
+        if has_length:
+            self.body_state = BODY_PENDING
+            self.expect_continue = (
+                self.http11 and more and b"100-continue" in httpwire.header_tokens(headers, b"expect"))
+        self.state = WAIT
+        packet = Data(
+            from_=self.instance_id,
+            ids=(Ident(self.rid, 0),),
+            method=event.method,
+            uri=uri,
+            headers=headers or None,
+            credits=self.buffer_size,
+            more=more,
+            stream=True,
+            peer_address=self.peer_address,
+            peer_port=self.peer_port,
+        )
+        self.out_seq = 1
+        self.actions.append(Send(packet, None))
+
+    def _refuse(self, status: int, detail: str = "") -> None:
+        self.actions.append(Write(httpwire.error_response(status)))
+        self._close(graceful=True, reason=f"refused with {status}: {detail}")
+
+    # -- request body -----------------------------------------------------
+
+    def _begin_body(self, now: float) -> None:
+        if self.body_state is not BODY_PENDING:
+            return
+        self.body_state = BODY_READING
+        if self.expect_continue:
+            self.actions.append(Write(b"HTTP/1.1 100 Continue\r\n\r\n"))
+        self._pump_body(now)
+
+    def _pump_body(self, now: float) -> None:
+        """Move parsed body bytes to the handler as credits allow: one
+        packet per piece the parser yields (a chunk, or what one read
+        brought), split further only by credits and the buffer size. The
+        last piece carries no ``more`` when the end is already known."""
+        pieces = self.body_pieces
+        while self.body_credits > 0:
+            if not pieces and not self.body_eom:
+                self._pull_body()
+                if self.state is CLOSED or (not pieces and not self.body_eom):
+                    return
+            if pieces:
+                first = pieces[0]
+                size = min(self.body_credits, self.buffer_size, len(first))
+                piece = first[:size]
+                if size == len(first):
+                    del pieces[0]
+                else:
+                    pieces[0] = first[size:]
+            else:
+                size, piece = 0, b""
+            if not pieces and not self.body_eom:
+                self._pull_body()  # does the body end right after this piece?
+                if self.state is CLOSED:
+                    return
+            self.body_credits -= size
+            last = self.body_eom and not pieces
+            self._send(Data, body=piece, more=not last)
+            if last:
+                self.body_state = BODY_DONE
+                self._maybe_finish(now)
+                return
+
+    def _pull_body(self) -> None:
+        """Parse buffered input until one body piece or the end is found."""
+        pieces = self.body_pieces
+        while not self.body_eom and not pieces:
+            try:
+                event = self.parser.next_event()
+            except h11.RemoteProtocolError:
+                self._cancel_and_close("malformed request body")
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                if event.data:
+                    pieces.append(bytes(event.data))
+            elif kind is h11.EndOfMessage:
+                self.body_eom = True
+            elif kind is h11.ConnectionClosed:
+                self._cancel_and_close("client closed during the request body")
+                return
+            else:  # NEED_DATA, or PAUSED after the end
+                return
+
+    # -- response ---------------------------------------------------------
+
+    def _response_data(self, packet: Data, now: float) -> None:
+        if self.resp_state is RESP_DONE:
+            return
+        body = packet.body
+        if len(body) > self.resp_credits:
+            self._cancel_and_close("handler sent more than its credits")
+            return
+        self.resp_credits -= len(body)
+        if self.resp_state is RESP_NONE:
+            if not self._response_head(packet, now):
+                return
+        elif self.chunked:
+            if body or not packet.more:
+                self.actions.append(Write(httpwire.chunks(body, not packet.more)))
+        elif body and not self.discard_body:
+            self.actions.append(Write(body))
+        if packet.more:
+            if self.discard_body and body:
+                # Nothing reaches the client (HEAD, 204, 304): the credits
+                # come straight back so the handler can finish.
+                self._send(Credit, credits=len(body))
+            else:
+                self.unflushed += len(body)
+            if body:
+                self.stream_deadline = now + self.stream_timeout
+            return
+        self.resp_state = RESP_DONE
+        self._maybe_finish(now)
+
+    def _response_head(self, packet: Data, now: float) -> bool:
+        code = packet.code or 0
+        headers = packet.headers or ()
+        length: int | bytes | None = None
+        for key, value in headers:
+            if key.lower() == b"content-length":
+                value = value.strip()
+                if not value.isdigit():
+                    self._cancel_and_close("handler sent an invalid Content-Length")
+                    return False
+                length = value
+        no_body = code < 200 or code in (204, 304)
+        self.discard_body = no_body or self.is_head
+        if no_body:
+            length = None
+        elif length is None and not packet.more:
+            length = len(packet.body)
+        elif length is None and self.http11 and not self.is_head:
+            self.chunked = True
+        elif length is None and not self.is_head:
+            # HTTP/1.0 and no length: only closing can end the body.
+            self.close_delimited = True
+            self.persistent = False
+        if self.persistent:
+            connection = None if self.http11 else b"keep-alive"
+        else:
+            connection = b"close" if self.http11 else None
+        head = httpwire.response_head(
+            http11=self.http11, code=code, reason=packet.reason or b"", headers=headers,
+            connection=connection, content_length=length, chunked=self.chunked)
+        if len(head) > self.buffer_size:
+            self._cancel_and_close("response head larger than the buffer")
+            return False
+        body = packet.body
+        if self.chunked:
+            head += httpwire.chunks(body, not packet.more)
+        elif body and not self.discard_body:
+            head += body
+        self.actions.append(Write(head))
+        self.resp_state = RESP_STREAMING
+        self.stream_deadline = now + self.stream_timeout
+        return True
+
+    def _maybe_finish(self, now: float) -> None:
+        if self.resp_state is not RESP_DONE:
+            return
+        if self.body_state is BODY_PENDING or self.body_state is BODY_READING:
+            return
+        if self.persistent and self.body_state is not BODY_ABANDONED:
+            leftover, closed = self.parser.trailing_data
+            self._start_cycle(now, leftover)
+            if closed and self.state is HEAD:
+                self._client_eof()
+        else:
+            self._close(graceful=True, reason="response complete")
+
+    # -- endings ----------------------------------------------------------
+
+    def _client_eof(self) -> None:
+        if self.state is HEAD:
+            if _receive_buffer_len(self.parser):
+                self._close(graceful=False, reason="client closed mid-request")
+            else:
+                self._close(graceful=False, reason="client closed")
+            return
+        self._cancel_and_close("client closed")
+
+    def _send(self, kind: type, **fields: object) -> None:
+        ident = Ident(self.rid, self.out_seq)
+        self.out_seq += 1
+        self.actions.append(Send(kind(from_=self.instance_id, ids=(ident,), **fields),
+                                 self.handler))
+
+    def _cancel_and_close(self, reason: str) -> None:
+        if self.handler is not None and self.state is ACTIVE:
+            self._send(Cancel)
+        self._close(graceful=False, reason=reason)
+
+    def _abort(self, reason: str) -> None:
+        """Handler-caused end: close, and tell the handler nothing."""
+        self._close(graceful=False, reason=reason)
+
+    def _close(self, *, graceful: bool, reason: str) -> None:
+        if self.state is CLOSED:
+            return
+        self.state = CLOSED
+        self.actions.append(Close(graceful=graceful, reason=reason))

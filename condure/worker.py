@@ -1,0 +1,302 @@
+"""One worker process: listeners, ZeroMQ sockets and the session registry.
+
+The worker accepts client connections into numbered slots, gives each an
+HTTP session, routes handler packets to sessions by id, sweeps keep-alives
+and fires timers from one 100 ms tick.
+
+Ids are ``"<worker>-<slot>-<counter>"`` as Condure makes them (reference
+1.3): the slot part is what routes a handler's packet to its connection,
+and the full id must match the slot's current one, so packets for finished
+requests are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import math
+import signal
+import socket
+import time
+from collections import defaultdict
+
+import sdnotify
+
+from condure.config import Config, ListenSpec
+from condure.net.conn import Conn
+from condure.net.timers import RESOLUTION, TimerWheel
+from condure.net.zmqio import StreamSockets
+from condure.session.http import HttpSession
+from condure.zhttp import PacketError, UnknownType, decode, encode
+from condure.zhttp.packets import Cancel, Ident, KeepAlive, Packet
+
+log = logging.getLogger("condure")
+
+KEEP_ALIVE_INTERVAL = 45.0  # every session is visited once per 45 s (reference 5.8)
+MAX_IDS = 128  # ids per batched keep-alive/cancel packet
+ACCEPT_BATCH = 64  # connections accepted per wakeup
+# Accept errors that mean "out of resources": back off instead of spinning
+# (the connection stays in the backlog and is retried).
+_ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_BACKOFF = 0.1
+
+
+def bind_listener(spec: ListenSpec) -> socket.socket:
+    host = spec.host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, spec.port or 0))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Worker:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, index: int = 0) -> None:
+        self.config = config
+        self.loop = loop
+        self.index = index
+        self.instance_id = config.id.encode()
+        self.read_size = max(config.buffer_size, 1)
+        self.maxconn = config.stream_maxconn
+        self.slots: list[Conn | None] = []
+        self.free: list[int] = []
+        self.counter = 0
+        self.timers = TimerWheel()
+        self.listeners: list[tuple[socket.socket, ListenSpec]] = []
+        self.accepting = False
+        self.zmq: StreamSockets | None = None
+        self.sweep_pos = 0
+        self.sweep_batch = max(math.ceil(self.maxconn / (KEEP_ALIVE_INTERVAL / RESOLUTION)), 1)
+        self.tick_handle: asyncio.TimerHandle | None = None
+        self.stopped = loop.create_future()
+        self.prefix = f"{index}-".encode()
+
+    # -- start and stop -----------------------------------------------------
+
+    def start(self) -> None:
+        self.zmq = StreamSockets(self.config, self.loop, self.on_message,
+                                 instance_id=self.instance_id)
+        for out, out_stream, in_ in self.zmq.endpoints:
+            verb = "connect" if self.config.zclient_connect else "bind"
+            log.info("zhttp client %s %s %s %s", verb, out, out_stream, in_)
+        for spec in self.config.listen:
+            sock = bind_listener(spec)
+            self.listeners.append((sock, spec))
+            host, port = sock.getsockname()[:2]
+            log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        self._set_accepting(True)
+        self.tick_handle = self.loop.call_later(RESOLUTION, self.tick)
+
+    def stop(self) -> None:
+        """Condure's shutdown: cancel every session a handler knows about
+        (batched per handler), drop the connections, close sockets."""
+        self._set_accepting(False)
+        owed: dict[bytes, list[Ident]] = defaultdict(list)
+        for conn in self.slots:
+            if conn is None:
+                continue
+            entry = conn.session.shutdown()
+            if entry is not None:
+                owed[entry[0]].append(entry[1])
+            conn.abort()
+        self._send_batched(Cancel, owed)
+        if self.tick_handle is not None:
+            self.tick_handle.cancel()
+        for sock, _spec in self.listeners:
+            sock.close()
+
+    # -- accepting ------------------------------------------------------------
+
+    def _set_accepting(self, on: bool) -> None:
+        if on == self.accepting:
+            return
+        self.accepting = on
+        for sock, spec in self.listeners:
+            if on:
+                self.loop.add_reader(sock.fileno(), self._accept, sock, spec)
+            else:
+                self.loop.remove_reader(sock.fileno())
+
+    def _accept(self, lsock: socket.socket, spec: ListenSpec) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if not self.free and len(self.slots) >= self.maxconn:
+                # Every slot is taken: leave new clients in the backlog.
+                self._set_accepting(False)
+                return
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in _ACCEPT_BACKOFF:
+                    log.warning("accept: %s; pausing accepts briefly", e)
+                    self._set_accepting(False)
+                    self.loop.call_later(ACCEPT_BACKOFF, self._set_accepting, True)
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            self._adopt_socket(sock, addr, spec)
+
+    def _adopt_socket(self, sock: socket.socket, addr, spec: ListenSpec) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            peer_address, peer_port = addr[0].encode(), addr[1]
+        else:
+            peer_address, peer_port = None, None
+        slot = self.free.pop() if self.free else len(self.slots)
+        if slot == len(self.slots):
+            self.slots.append(None)
+        session = HttpSession(
+            instance_id=self.instance_id,
+            new_id=lambda: self.next_id(slot),
+            now=time.monotonic(),
+            buffer_size=self.config.buffer_size,
+            stream_timeout=float(self.config.stream_timeout),
+            scheme=b"https" if spec.tls else b"http",
+            peer_address=peer_address,
+            peer_port=peer_port,
+        )
+        conn = Conn(self, sock, slot, session)
+        self.slots[slot] = conn
+        conn.run()
+
+    def next_id(self, slot: int) -> bytes:
+        rid = b"%d-%d-%x" % (self.index, slot, self.counter)
+        self.counter += 1
+        return rid
+
+    def release(self, conn: Conn) -> None:
+        if self.slots[conn.slot] is conn:
+            self.slots[conn.slot] = None
+            self.free.append(conn.slot)
+            if not self.accepting and self.listeners and not self.stopped.done():
+                self._set_accepting(True)
+
+    # -- packets --------------------------------------------------------------
+
+    def send_packet(self, packet: Packet, to: bytes | None) -> None:
+        payload = encode(packet)
+        if to is None:
+            self.zmq.send_first(payload)
+        elif to:
+            self.zmq.send_to(to, payload)
+        else:
+            log.debug("no handler address for %r, packet dropped", packet.ids)
+
+    def on_message(self, payload: bytes) -> None:
+        try:
+            packet = decode(payload)
+        except UnknownType as e:
+            # Reference 4.5: a packet of unknown type aborts its sessions.
+            for ident in e.ids:
+                conn = self._route(ident.id)
+                if conn is not None:
+                    conn.session.abort_unknown(str(e))
+                    conn.run()
+            return
+        except PacketError as e:
+            log.debug("dropping unparsable packet: %s", e)
+            return
+        now = time.monotonic()
+        for ident in packet.ids:
+            conn = self._route(ident.id)
+            if conn is not None:
+                conn.session.receive_packet(packet, ident, now)
+                conn.run()
+
+    def _route(self, rid: bytes) -> Conn | None:
+        if not rid.startswith(self.prefix):
+            return None
+        rest = rid[len(self.prefix):]
+        slot_text, sep, _ = rest.partition(b"-")
+        if not sep or not slot_text.isdigit():
+            return None
+        slot = int(slot_text)
+        if slot >= len(self.slots):
+            return None
+        conn = self.slots[slot]
+        if conn is None or conn.session.rid != rid:
+            return None
+        return conn
+
+    # -- periodic work ----------------------------------------------------------
+
+    def tick(self) -> None:
+        self.tick_handle = self.loop.call_later(RESOLUTION, self.tick)
+        now = time.monotonic()
+        self.timers.expire(now, lambda conn: conn.on_timer())
+        self._sweep_keep_alives()
+
+    def _sweep_keep_alives(self) -> None:
+        # The sweep walks all maxconn slot positions, used or not, so each
+        # session is visited once per KEEP_ALIVE_INTERVAL whatever the load.
+        slots = self.slots
+        owed: dict[bytes, list[Ident]] = defaultdict(list)
+        pos = self.sweep_pos
+        for _ in range(self.sweep_batch):
+            pos = (pos + 1) % self.maxconn
+            conn = slots[pos] if pos < len(slots) else None
+            if conn is not None:
+                entry = conn.session.keep_alive()
+                if entry is not None:
+                    owed[entry[0]].append(entry[1])
+        self.sweep_pos = pos
+        self._send_batched(KeepAlive, owed)
+
+    def _send_batched(self, kind: type, owed: dict[bytes, list[Ident]]) -> None:
+        for address, idents in owed.items():
+            for i in range(0, len(idents), MAX_IDS):
+                group = tuple(idents[i:i + MAX_IDS])
+                packet = kind(from_=self.instance_id, ids=group, id_list=len(group) > 1)
+                self.send_packet(packet, address)
+
+
+def run(config: Config) -> int:
+    """Run one worker process until SIGTERM/SIGINT/SIGQUIT; returns the exit status."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = Worker(config, loop)
+    log.info("starting...")
+    try:
+        worker.start()
+    except (OSError, Exception) as e:  # noqa: BLE001 - reported as Condure does
+        log.error("%s", e)
+        return 1
+
+    def on_signal(signame: str) -> None:
+        if worker.stopped.done():
+            raise SystemExit(1)
+        log.info("stopping...")
+        worker.stopped.set_result(signame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    log.info("started")
+    sdnotify.SystemdNotifier().notify("READY=1")
+    try:
+        loop.run_until_complete(worker.stopped)
+        worker.stop()
+        # Let queued cancels leave (Condure spends at most 10 s on this).
+        loop.run_until_complete(_drain(worker, 10.0))
+    finally:
+        worker.zmq.close() if worker.zmq else None
+        loop.close()
+    log.info("stopped")
+    return 0
+
+
+async def _drain(worker: Worker, budget: float) -> None:
+    zmq_io = worker.zmq
+    if zmq_io is None:
+        return
+    deadline = time.monotonic() + budget
+    while (zmq_io.push_queue or zmq_io.router_queue) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Print the address and id of every request, and do nothing else.
+
+Each line is "<condure address> <request id>", which is what sendresp.py
+needs to answer that request from another process. The request stays open
+in condure until someone answers it (or condure gives up after 60 s).
+
+Run it from the directory where condure was started:
+
+    condure --listen 8000 --zclient-stream ipc://client
+    python3 printreq.py
+    curl -i http://localhost:8000/        # waits; printreq prints "condure 0-0-0"
+    python3 sendresp.py "responding from another process" condure 0-0-0
+
+Or let every request be answered by a new sendresp.py process:
+
+    python3 printreq.py | xargs -n 2 python3 sendresp.py "responding from another process"
+"""
+
+import tnetstring
+import zmq
+
+ctx = zmq.Context()
+requests = ctx.socket(zmq.PULL)
+requests.connect("ipc://client-out")
+
+while True:
+    # Only the first frame of a message carries the packet.
+    frames = requests.recv_multipart()
+    req = tnetstring.loads(frames[0][1:])
+    # Flush each line so that a pipe (such as xargs) sees it at once.
+    print("{} {}".format(req[b"from"].decode(), req[b"id"].decode()), flush=True)

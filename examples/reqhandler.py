@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Answer every request with "hello world", using condure's req mode.
+
+In req mode condure reads the whole request (body included) and sends it
+on a DEALER socket; the handler answers on the same socket, so a plain REP
+socket is all it takes. No `from` address, sequence numbers or credits are
+involved: condure matches the answer to the request by `id`.
+
+Run it from the directory where condure was started, with a req listener
+(the DEALER binds the endpoint given to --zclient-req as it is):
+
+    condure --listen 8000,req --zclient-req ipc://client
+    python3 reqhandler.py
+    curl -i http://localhost:8000/
+"""
+
+import tnetstring
+import zmq
+
+ctx = zmq.Context()
+sock = ctx.socket(zmq.REP)
+sock.connect("ipc://client")
+
+while True:
+    raw = sock.recv()
+    req = tnetstring.loads(raw[1:])
+    print("IN {}".format(req), flush=True)
+
+    resp = {
+        b"id": req[b"id"],
+        b"code": 200,
+        b"reason": b"OK",
+        b"headers": [[b"Content-Type", b"text/plain"]],
+        b"body": b"hello world\n",
+    }
+    print("OUT {}".format(resp), flush=True)
+    # REP sends the reply back to the DEALER that asked.
+    sock.send(b"T" + tnetstring.dumps(resp))

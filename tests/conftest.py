@@ -1,0 +1,74 @@
+"""Shared fixtures: every process or socket a test opens is closed here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.harness import http_client, procs
+
+
+def reference_available() -> bool:
+    return os.access(procs.REFERENCE_BIN, os.X_OK)
+
+
+@pytest.fixture
+def make_condure(tmp_path):
+    """``make_condure(impl, **kw)`` -> CondureProcess, stopped at teardown.
+
+    Each call gets its own directory under ``tmp_path`` (ipc base, logs).
+    """
+    started: list[procs.CondureProcess] = []
+
+    def factory(impl: str, **kw) -> procs.CondureProcess:
+        if impl == "reference" and not reference_available():
+            pytest.skip(f"{procs.REFERENCE_BIN} is not installed")
+        workdir = tmp_path / f"condure{len(started)}"
+        proc = procs.start_condure(impl, workdir, **kw)
+        started.append(proc)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def make_handler(tmp_path):
+    """``make_handler(condure_or_base, identity="handler1", **kw)`` -> HandlerClient.
+
+    Pass a running CondureProcess, or an ipc base string (e.g. with
+    ``bind=True, wait=False`` before starting condure with --zclient-connect).
+    """
+    started = []
+
+    def factory(condure, identity: str = "handler1", **kw):
+        if isinstance(condure, procs.CondureProcess):
+            kw.setdefault("sub_prefix", condure.instance_id)
+            base = condure.base
+        else:
+            base = condure
+        h = procs.start_handler(base, tmp_path, identity=identity,
+                                name=f"handler{len(started)}-{identity}", **kw)
+        started.append(h)
+        return h
+
+    yield factory
+    for h in started:
+        h.close()
+
+
+@pytest.fixture
+def make_conn():
+    """``make_conn(port)`` -> http_client.Conn, closed at teardown."""
+    conns: list[http_client.Conn] = []
+
+    def factory(port: int, timeout: float = http_client.DEFAULT_TIMEOUT) -> http_client.Conn:
+        conn = http_client.connect(port, timeout=timeout)
+        conns.append(conn)
+        return conn
+
+    yield factory
+    for conn in conns:
+        conn.close()
