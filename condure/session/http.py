@@ -127,18 +127,18 @@ class HttpSession:
             # body there is nothing to hold back, and reading on spares the
             # loop a reader toggle per request; an EOF is kept for later.
             return (self.body_state is NO_BODY and not self.client_gone
-                    and _receive_buffer_len(self.parser) < self.buffer_size)
+                    and self._buffered() < self.buffer_size)
         if self.state is not ACTIVE or self.paused:
             return False
         if self.body_state is BODY_READING:
             # Like Condure, read more body only once what was read has gone
             # to the handler, so packets follow the client's reads.
-            return not self.body_pieces and _receive_buffer_len(self.parser) < self.buffer_size
+            return not self.body_pieces and self._buffered() < self.buffer_size
         if self.body_state is BODY_ABANDONED:
             return False
         # While the response is under way, keep watching for a disconnect;
-        # bytes of a pipelined next request wait in the parser, bounded.
-        return _receive_buffer_len(self.parser) < self.buffer_size
+        # bytes of a pipelined next request wait, bounded.
+        return self._buffered() < self.buffer_size
 
     @property
     def resumable(self) -> bool:
@@ -153,19 +153,25 @@ class HttpSession:
             return
         if not data:
             if self.state is WAIT:
-                # Noticed now, acted on when the handler answers (reference
-                # 5.10.2: the handler then gets a cancel).
+                # Condure notices a disconnect in this phase only when the
+                # handler answers, and then sends it a cancel (reference
+                # 5.10.2); a half-close counts as a disconnect, as in nginx.
                 self.client_gone = True
                 return
             self._client_eof()
             return
-        if self.state is HEAD and self._fed == 0:
-            # RFC 9112 2.2: ignore empty lines before a request line.
-            data = data.lstrip(b"\r\n")
-            if not data:
-                return
-        self._fed += len(data)
-        self.parser.receive_data(data)
+        parser = self.parser
+        if parser is None:
+            inbuf = self.inbuf
+            if not inbuf and self.state is HEAD:
+                # RFC 9112 2.2: ignore empty lines before a request line.
+                data = data.lstrip(b"\r\n")
+            inbuf += data
+        else:
+            self._fed += len(data)
+            parser.receive_data(data)
+            if self.state is HEAD:
+                self.raw_head += data
         if self.state is HEAD:
             self._read_head(now)
         elif self.state is ACTIVE and self.body_state is BODY_READING:
@@ -234,6 +240,7 @@ class HttpSession:
         """The adapter wrote everything queued to the client."""
         if self.unflushed and self.state is ACTIVE and self.resp_state is RESP_STREAMING:
             credits, self.unflushed = self.unflushed, 0
+            self.resp_credits += credits
             self.stream_deadline = now + self.stream_timeout
             self._send(Credit, credits=credits)
 
@@ -264,7 +271,11 @@ class HttpSession:
     # -- request cycle ----------------------------------------------------
 
     def _start_cycle(self, now: float, leftover: bytes) -> None:
-        self.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.buffer_size)
+        # Input waits in ``inbuf`` until a request needs h11 (see
+        # _read_head); from then until the cycle ends h11 owns it.
+        self.inbuf = bytearray(leftover.lstrip(b"\r\n"))
+        self.parser: h11.Connection | None = None
+        self.raw_head = b""
         self._fed = 0
         self.rid = self.new_id()
         self.state = HEAD
@@ -288,13 +299,44 @@ class HttpSession:
         self.http11 = True
         self.is_head = False
         self.persistent = False
-        leftover = leftover.lstrip(b"\r\n")
-        if leftover:
-            self._fed = len(leftover)
-            self.parser.receive_data(leftover)
+        if self.inbuf:
             self._read_head(now)
 
+    def _buffered(self) -> int:
+        """Client bytes read but not parsed yet."""
+        if self.parser is None:
+            return len(self.inbuf)
+        return _receive_buffer_len(self.parser)
+
+    def _leftover(self) -> bytes:
+        if self.parser is None:
+            return bytes(self.inbuf)
+        return bytes(self.parser.trailing_data[0])
+
     def _read_head(self, now: float) -> None:
+        if self.parser is None:
+            inbuf = self.inbuf
+            end = inbuf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(inbuf) <= self.buffer_size and b"\n\n" not in inbuf \
+                        and b"\n\r\n" not in inbuf:
+                    return  # not complete yet
+            elif end + 4 <= self.buffer_size:
+                simple = httpwire.parse_simple_head(bytes(inbuf[:end]))
+                if simple is not None:
+                    del inbuf[:end + 4]
+                    self.stream_deadline = now + self.stream_timeout
+                    method, target, http11, headers = simple
+                    self._request(method, target, http11, tuple(headers))
+                    return
+            # Not a simple head: h11 takes over the input from here. The raw
+            # head is kept: h11 normalises some values (Transfer-Encoding,
+            # repeated Content-Length) that condure forwards verbatim.
+            self.raw_head = bytes(inbuf)
+            self.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.buffer_size)
+            self._fed = len(inbuf)
+            self.parser.receive_data(self.raw_head)
+            inbuf.clear()
         try:
             event = self.parser.next_event()
             if event is h11.NEED_DATA:
@@ -309,24 +351,30 @@ class HttpSession:
             self._refuse(e.status, e.detail)
             return
         self.stream_deadline = now + self.stream_timeout
-        self._request(event)
+        head_size = self._fed - _receive_buffer_len(self.parser)
+        headers = httpwire.raw_headers(self.raw_head[:head_size])
+        if headers is None:
+            self._refuse(400, "obsolete line folding")
+            return
+        self._request(event.method, event.target, event.http_version == b"1.1", headers)
 
     def _check_head(self, event: h11.Request) -> None:
         if event.http_version not in (b"1.1", b"1.0"):
             raise _Refuse(505)
         if self._fed - _receive_buffer_len(self.parser) > self.buffer_size:
             raise _Refuse(431, "request head larger than the buffer")
-        if len(event.headers) > MAX_HEADERS:
-            raise _Refuse(431, "too many request headers")
 
-    def _request(self, event: h11.Request) -> None:
-        headers = tuple(event.headers.raw_items())
-        uri = httpwire.request_uri(self.scheme, headers, event.target)
+    def _request(self, method: bytes, target: bytes, http11: bool,
+                 headers: tuple[tuple[bytes, bytes], ...]) -> None:
+        if len(headers) > MAX_HEADERS:
+            self._refuse(431, "too many request headers")
+            return
+        uri = httpwire.request_uri(self.scheme, headers, target)
         if len(uri) > httpwire.MAX_URI:
             self._refuse(414)
             return
-        self.http11 = event.http_version == b"1.1"
-        self.is_head = event.method == b"HEAD"
+        self.http11 = http11
+        self.is_head = method == b"HEAD"
         connection = httpwire.header_tokens(headers, b"connection")
         if self.http11:
             self.persistent = b"close" not in connection
@@ -349,7 +397,7 @@ class HttpSession:
         packet = Data(
             from_=self.instance_id,
             ids=(Ident(self.rid, 0),),
-            method=event.method,
+            method=method,
             uri=uri,
             headers=headers or None,
             credits=self.buffer_size,
@@ -451,6 +499,7 @@ class HttpSession:
             if self.discard_body and body:
                 # Nothing reaches the client (HEAD, 204, 304): the credits
                 # come straight back so the handler can finish.
+                self.resp_credits += len(body)
                 self._send(Credit, credits=len(body))
             else:
                 self.unflushed += len(body)
@@ -509,10 +558,7 @@ class HttpSession:
         if self.body_state is BODY_PENDING or self.body_state is BODY_READING:
             return
         if self.persistent and self.body_state is not BODY_ABANDONED:
-            leftover, closed = self.parser.trailing_data
-            self._start_cycle(now, leftover)
-            if closed and self.state is HEAD:
-                self._client_eof()
+            self._start_cycle(now, self._leftover())
         else:
             self._close(graceful=True, reason="response complete")
 
@@ -520,7 +566,7 @@ class HttpSession:
 
     def _client_eof(self) -> None:
         if self.state is HEAD:
-            if _receive_buffer_len(self.parser):
+            if self._buffered():
                 self._close(graceful=False, reason="client closed mid-request")
             else:
                 self._close(graceful=False, reason="client closed")

@@ -6,6 +6,7 @@ decides when. Nothing here keeps state.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from condure.zhttp.packets import Header
@@ -121,3 +122,65 @@ def chunks(data: bytes, last: bool) -> bytes:
     if last:
         out.append(b"0\r\n\r\n")
     return b"".join(out)
+
+
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def raw_headers(head: bytes) -> tuple[Header, ...] | None:
+    """The header fields of a request head h11 has accepted, as the client
+    sent them (names and values verbatim, repeats kept, OWS trimmed), or
+    None when the head uses obsolete line folding, which condure refuses
+    (RFC 9112 5.2 allows either refusing or unfolding)."""
+    lines = _LINE_END.split(head)
+    headers = []
+    for line in lines[1:]:
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            return None
+        name, _, value = line.partition(b":")
+        headers.append((name, value.strip(b" \t")))
+    return tuple(headers)
+
+
+# -- fast path for simple request heads ---------------------------------------
+#
+# Most requests are a request line and a few plain headers with no body.
+# Parsing those with h11 costs more than everything else condure does for a
+# request, so heads that match this strict subset of h11's own grammar
+# (RFC 9112) are taken here; anything else (a body, an odd line, a missing
+# or repeated Host, bare LF endings) goes to h11, which then decides,
+# errors included.
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_SIMPLE_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])\Z")
+_SIMPLE_HEADER = re.compile(
+    rb"(" + _TOKEN + rb"):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*\Z")
+_BODY_FRAMING = (b"content-length", b"transfer-encoding")
+
+
+def parse_simple_head(head: bytes) -> tuple[bytes, bytes, bool, list[Header]] | None:
+    """(method, target, is HTTP/1.1, headers) of a request head without its
+    final CRLF CRLF, or None when h11 must look at it."""
+    lines = head.split(b"\r\n")
+    match = _SIMPLE_REQUEST_LINE.match(lines[0])
+    if match is None:
+        return None
+    headers = []
+    hosts = 0
+    for line in lines[1:]:
+        field = _SIMPLE_HEADER.match(line)
+        if field is None:
+            return None
+        name = field.group(1)
+        lower = name.lower()
+        if lower == b"host":
+            hosts += 1
+        elif lower in _BODY_FRAMING:
+            return None
+        headers.append((name, field.group(2)))
+    http11 = match.group(3) == b"1"
+    if hosts > 1 or (http11 and hosts == 0):
+        return None
+    return match.group(1), match.group(2), http11, headers

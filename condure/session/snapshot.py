@@ -35,7 +35,7 @@ class SnapshotError(Exception):
 def export_http(session: HttpSession, now: float) -> dict[str, object]:
     if not session.resumable:
         raise SnapshotError(f"not at a resumable point: {session!r}")
-    leftover, _closed = session.parser.trailing_data
+    leftover = session._leftover()
     return {
         "v": VERSION,
         "kind": b"http",

@@ -99,9 +99,10 @@ def wait_ready_notify(notify, proc):
 
 
 class Condure:
-    def __init__(self, port, workdir):
+    def __init__(self, port, workdir, impl):
         self.port = port
         self.workdir = workdir
+        self.impl = impl
 
 
 @pytest.fixture(
@@ -150,7 +151,7 @@ def condure(request, tmp_path):
         reader = LineReader(proc.stdout)
         request.addfinalizer(lambda: stop(proc, reader))
         wait_ready_notify(notify, proc)
-    return Condure(port, tmp_path)
+    return Condure(port, tmp_path, request.param)
 
 
 @pytest.fixture
@@ -235,16 +236,23 @@ def test_streamhandler_streams_hello_world(condure, run_example):
 
 
 def read_until(sock, predicate):
+    """Read until `predicate(data)` holds, EOF or timeout; return what arrived."""
     data = b""
     while not predicate(data):
-        chunk = sock.recv(4096)
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            break
         if not chunk:
             break
         data += chunk
     return data
 
 
-def test_streamhandler_websocket_sends_hello_and_closes(condure, run_example):
+def test_streamhandler_websocket_sends_hello_and_closes(condure, run_example, request):
+    if condure.impl == "ours":
+        # WebSocket support comes with its own change; until then this must fail.
+        request.applymarker(pytest.mark.xfail(reason="WebSocket not implemented yet", strict=True))
     run_example("streamhandler")
     key = base64.b64encode(os.urandom(16)).decode()
     handshake = (
