@@ -24,6 +24,7 @@ from collections import defaultdict
 import sdnotify
 
 from condure.config import Config, ListenSpec
+from condure.log import TRACE, trace_enabled
 from condure.net.conn import Conn
 from condure.net.timers import RESOLUTION, TimerWheel
 from condure.net.zmqio import StreamSockets
@@ -75,6 +76,7 @@ class Worker:
         self.tick_handle: asyncio.TimerHandle | None = None
         self.stopped = loop.create_future()
         self.prefix = f"{index}-".encode()
+        self.trace = trace_enabled()  # checked once: packet logging is costly
 
     # -- start and stop -----------------------------------------------------
 
@@ -85,7 +87,10 @@ class Worker:
             verb = "connect" if self.config.zclient_connect else "bind"
             log.info("zhttp client %s %s %s %s", verb, out, out_stream, in_)
         for spec in self.config.listen:
-            sock = bind_listener(spec)
+            try:
+                sock = bind_listener(spec)
+            except OSError as e:
+                raise OSError(f"failed to bind {spec.host}:{spec.port}: {e.strerror}") from None
             self.listeners.append((sock, spec))
             host, port = sock.getsockname()[:2]
             log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
@@ -184,6 +189,9 @@ class Worker:
 
     def send_packet(self, packet: Packet, to: bytes | None) -> None:
         payload = encode(packet)
+        if self.trace:
+            log.log(TRACE, "OUT %s %r", to.decode("utf-8", "replace") if to else "(first)",
+                    payload)
         if to is None:
             self.zmq.send_first(payload)
         elif to:
@@ -192,6 +200,8 @@ class Worker:
             log.debug("no handler address for %r, packet dropped", packet.ids)
 
     def on_message(self, payload: bytes) -> None:
+        if self.trace:
+            log.log(TRACE, "IN %r", payload)
         try:
             packet = decode(payload)
         except UnknownType as e:
@@ -297,6 +307,7 @@ async def _drain(worker: Worker, budget: float) -> None:
     zmq_io = worker.zmq
     if zmq_io is None:
         return
+    # Only the cancels matter now; requests still waiting for a handler are moot.
     deadline = time.monotonic() + budget
-    while (zmq_io.push_queue or zmq_io.router_queue) and time.monotonic() < deadline:
+    while zmq_io.router_queue and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
