@@ -159,7 +159,15 @@ class Worker:
         slot = self.free.pop() if self.free else len(self.slots)
         if slot == len(self.slots):
             self.slots.append(None)
-        session = HttpSession(
+        session = self.make_session(spec, slot, peer_address, peer_port)
+        conn = Conn(self, sock, slot, session)
+        self.slots[slot] = conn
+        conn.run()
+
+    def make_session(self, spec: ListenSpec, slot: int, peer_address: bytes | None,
+                     peer_port: int | None) -> HttpSession:
+        """The session for a new connection on a listener of ``spec``."""
+        return HttpSession(
             instance_id=self.instance_id,
             new_id=lambda: self.next_id(slot),
             now=time.monotonic(),
@@ -169,9 +177,6 @@ class Worker:
             peer_address=peer_address,
             peer_port=peer_port,
         )
-        conn = Conn(self, sock, slot, session)
-        self.slots[slot] = conn
-        conn.run()
 
     def next_id(self, slot: int) -> bytes:
         rid = b"%d-%d-%x" % (self.index, slot, self.counter)

@@ -18,7 +18,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from condure.session.actions import Close, Send, Write
+from condure.session.actions import Close, Send, SwitchSession, Write
 
 if TYPE_CHECKING:
     from condure.worker import Worker
@@ -105,6 +105,8 @@ class Conn:
                     self._close(action)
                     if self.closed:
                         return
+                elif kind is SwitchSession:
+                    self.session = session = action.session
             if wrote and not self.closed:
                 flushed = self._flush() or flushed
             if flushed and not self.out and not self.closing:

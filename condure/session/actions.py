@@ -45,4 +45,13 @@ class Close:
     reason: str = ""
 
 
-Action = Write | Send | Close
+@dataclass(frozen=True, slots=True)
+class SwitchSession:
+    """From now on ``session`` drives this connection (for example a
+    WebSocket session after the upgrade). The adapter swaps sessions and
+    goes on draining the new one's actions."""
+
+    session: object
+
+
+Action = Write | Send | Close | SwitchSession

@@ -48,12 +48,22 @@ SESSION_TIMEOUT = 60.0  # handler silence that ends a request cycle (reference 5
 MAX_FROM = 64  # longest handler address accepted (reference 4.2)
 MAX_HEADERS = 64  # most request headers accepted (reference 7)
 
-HEAD, WAIT, ACTIVE, CLOSED = "HEAD", "WAIT", "ACTIVE", "CLOSED"
-# request body states
-NO_BODY, BODY_PENDING, BODY_READING, BODY_DONE, BODY_ABANDONED = (
-    "none", "pending", "reading", "done", "abandoned")
-# response states
-RESP_NONE, RESP_STREAMING, RESP_DONE = "none", "streaming", "done"
+from condure.session.http_body import BodyMixin
+from condure.session.http_response import ResponseMixin
+from condure.session.states import (  # noqa: F401 - re-exported for tests
+    ACTIVE,
+    BODY_ABANDONED,
+    BODY_DONE,
+    BODY_PENDING,
+    BODY_READING,
+    CLOSED,
+    HEAD,
+    NO_BODY,
+    RESP_DONE,
+    RESP_NONE,
+    RESP_STREAMING,
+    WAIT,
+)
 
 
 class _Refuse(Exception):
@@ -72,7 +82,7 @@ def _receive_buffer_len(parser: h11.Connection) -> int:
     return len(buf) if buf is not None else len(parser.trailing_data[0])
 
 
-class HttpSession:
+class HttpSession(BodyMixin, ResponseMixin):
     """One stream-mode HTTP/1.x connection (see the module docstring)."""
 
     def __init__(
@@ -412,145 +422,6 @@ class HttpSession:
     def _refuse(self, status: int, detail: str = "") -> None:
         self.actions.append(Write(httpwire.error_response(status)))
         self._close(graceful=True, reason=f"refused with {status}: {detail}")
-
-    # -- request body -----------------------------------------------------
-
-    def _begin_body(self, now: float) -> None:
-        if self.body_state is not BODY_PENDING:
-            return
-        self.body_state = BODY_READING
-        if self.expect_continue:
-            self.actions.append(Write(b"HTTP/1.1 100 Continue\r\n\r\n"))
-        self._pump_body(now)
-
-    def _pump_body(self, now: float) -> None:
-        """Move parsed body bytes to the handler as credits allow: one
-        packet per piece the parser yields (a chunk, or what one read
-        brought), split further only by credits and the buffer size. The
-        last piece carries no ``more`` when the end is already known."""
-        pieces = self.body_pieces
-        while self.body_credits > 0:
-            if not pieces and not self.body_eom:
-                self._pull_body()
-                if self.state is CLOSED or (not pieces and not self.body_eom):
-                    return
-            if pieces:
-                first = pieces[0]
-                size = min(self.body_credits, self.buffer_size, len(first))
-                piece = first[:size]
-                if size == len(first):
-                    del pieces[0]
-                else:
-                    pieces[0] = first[size:]
-            else:
-                size, piece = 0, b""
-            if not pieces and not self.body_eom:
-                self._pull_body()  # does the body end right after this piece?
-                if self.state is CLOSED:
-                    return
-            self.body_credits -= size
-            last = self.body_eom and not pieces
-            self._send(Data, body=piece, more=not last)
-            if last:
-                self.body_state = BODY_DONE
-                self._maybe_finish(now)
-                return
-
-    def _pull_body(self) -> None:
-        """Parse buffered input until one body piece or the end is found."""
-        pieces = self.body_pieces
-        while not self.body_eom and not pieces:
-            try:
-                event = self.parser.next_event()
-            except h11.RemoteProtocolError:
-                self._cancel_and_close("malformed request body")
-                return
-            kind = type(event)
-            if kind is h11.Data:
-                if event.data:
-                    pieces.append(bytes(event.data))
-            elif kind is h11.EndOfMessage:
-                self.body_eom = True
-            elif kind is h11.ConnectionClosed:
-                self._cancel_and_close("client closed during the request body")
-                return
-            else:  # NEED_DATA, or PAUSED after the end
-                return
-
-    # -- response ---------------------------------------------------------
-
-    def _response_data(self, packet: Data, now: float) -> None:
-        if self.resp_state is RESP_DONE:
-            return
-        body = packet.body
-        if len(body) > self.resp_credits:
-            self._cancel_and_close("handler sent more than its credits")
-            return
-        self.resp_credits -= len(body)
-        if self.resp_state is RESP_NONE:
-            if not self._response_head(packet, now):
-                return
-        elif self.chunked:
-            if body or not packet.more:
-                self.actions.append(Write(httpwire.chunks(body, not packet.more)))
-        elif body and not self.discard_body:
-            self.actions.append(Write(body))
-        if packet.more:
-            if self.discard_body and body:
-                # Nothing reaches the client (HEAD, 204, 304): the credits
-                # come straight back so the handler can finish.
-                self.resp_credits += len(body)
-                self._send(Credit, credits=len(body))
-            else:
-                self.unflushed += len(body)
-            if body:
-                self.stream_deadline = now + self.stream_timeout
-            return
-        self.resp_state = RESP_DONE
-        self._maybe_finish(now)
-
-    def _response_head(self, packet: Data, now: float) -> bool:
-        code = packet.code or 0
-        headers = packet.headers or ()
-        length: int | bytes | None = None
-        for key, value in headers:
-            if key.lower() == b"content-length":
-                value = value.strip()
-                if not value.isdigit():
-                    self._cancel_and_close("handler sent an invalid Content-Length")
-                    return False
-                length = value
-        no_body = code < 200 or code in (204, 304)
-        self.discard_body = no_body or self.is_head
-        if no_body:
-            length = None
-        elif length is None and not packet.more:
-            length = len(packet.body)
-        elif length is None and self.http11 and not self.is_head:
-            self.chunked = True
-        elif length is None and not self.is_head:
-            # HTTP/1.0 and no length: only closing can end the body.
-            self.close_delimited = True
-            self.persistent = False
-        if self.persistent:
-            connection = None if self.http11 else b"keep-alive"
-        else:
-            connection = b"close" if self.http11 else None
-        head = httpwire.response_head(
-            http11=self.http11, code=code, reason=packet.reason or b"", headers=headers,
-            connection=connection, content_length=length, chunked=self.chunked)
-        if len(head) > self.buffer_size:
-            self._cancel_and_close("response head larger than the buffer")
-            return False
-        body = packet.body
-        if self.chunked:
-            head += httpwire.chunks(body, not packet.more)
-        elif body and not self.discard_body:
-            head += body
-        self.actions.append(Write(head))
-        self.resp_state = RESP_STREAMING
-        self.stream_deadline = now + self.stream_timeout
-        return True
 
     def _maybe_finish(self, now: float) -> None:
         if self.resp_state is not RESP_DONE:
