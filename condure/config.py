@@ -63,6 +63,7 @@ class Config:
     buffer_size: int = 8192
     body_buffer_size: int = 100000
     messages_max: int = 100
+    max_message_size: int = 0
     req_timeout: int = 30
     stream_timeout: int = 1800
     listen: tuple[ListenSpec, ...] = field(default_factory=lambda: (ListenSpec(),))

@@ -98,7 +98,7 @@ OPTIONS: tuple[Option, ...] = (
         "Limit on concurrent connections of req-mode listeners, over all "
         "workers. It must be at least the number of workers, and together "
         "with --stream-maxconn at most 10,000,000.",
-        metavar="N", default="100", available=False,
+        metavar="N", default="100",
     ),
     Option(
         "--stream-maxconn", UINT, "Maximum concurrent connections in stream mode",
@@ -118,19 +118,29 @@ OPTIONS: tuple[Option, ...] = (
         "--body-buffer-size", UINT, "Body buffer size in bytes for req mode",
         "Req mode only: the largest request body and the largest response "
         "body of one exchange.",
-        metavar="N", default="100000", available=False,
+        metavar="N", default="100000",
     ),
     Option(
         "--messages-max", UINT, "Maximum queued WebSocket messages per connection",
         "Largest number of handler-to-client WebSocket messages queued for "
         "one connection.",
-        metavar="N", default="100", available=False,
+        metavar="N", default="100",
+    ),
+    Option(
+        "--max-message-size", UINT, "Largest WebSocket message from a client (0: no limit)",
+        "Largest WebSocket message, in bytes after decompression, that a client "
+        "may send. A longer message fails the connection with close code 1009 "
+        "(RFC 6455 7.4.1) and the handler gets a cancel. 0, the default, sets no "
+        "limit, as in Condure: messages are streamed to the handler in pieces "
+        "against its credits whatever their size. Not a Condure option.",
+        metavar="BYTES", default="0",
     ),
     Option(
         "--req-timeout", UINT, "Connection timeout in req mode (seconds)",
         "Req mode: time allowed for one request cycle (receiving the request, "
-        "the handler's answer and writing it out).",
-        metavar="N", default="30", available=False,
+        "the handler's answer and writing it out). It also limits how long "
+        "an idle persistent connection is kept.",
+        metavar="N", default="30",
     ),
     Option(
         "--stream-timeout", UINT, "Connection timeout in stream mode (seconds)",
@@ -153,7 +163,7 @@ OPTIONS: tuple[Option, ...] = (
         "--zclient-req", ZMQ_SPEC, "ZeroMQ endpoint of the req-mode DEALER socket",
         "Server role, req mode: endpoint of the DEALER socket that carries "
         "requests to handlers and their responses back.",
-        metavar="SPEC", default=("ipc://client",), repeatable=True, available=False,
+        metavar="SPEC", default=("ipc://client",), repeatable=True,
     ),
     Option(
         "--zclient-stream", ZMQ_BASE, "ZeroMQ endpoint base of the stream-mode sockets",
@@ -196,15 +206,20 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--tls-identities-dir", PATH, "Directory of TLS certificates and keys",
-        "Directory where the certificate and private key of a TLS listener "
-        "are looked up by server name.",
-        metavar="DIR", default=".", available=False,
+        "Directory of the certificates of TLS listeners: a name N is the PEM "
+        "certificate chain `N.crt` and the PEM private key `N.key`. The name "
+        "is the client's server name (SNI) in lower case, else the same with "
+        "its first label replaced by `_` (wildcard), else the listener's "
+        "`default-cert`; when none exists the handshake fails. Files are read "
+        "on first use and again whenever they change, so certificates can be "
+        "replaced without a restart.",
+        metavar="DIR", default=".",
     ),
     Option(
         "--compression", FLAG, "Allow WebSocket compression",
         "Allow permessage-deflate on WebSocket connections when the client "
         "offers it.",
-        default=False, available=False,
+        default=False,
     ),
     Option(
         "--deny-out-internal", FLAG, "Refuse outgoing connections to internal addresses",
@@ -244,17 +259,16 @@ class ListenParam:
 
 LISTEN_PARAMS: tuple[ListenParam, ...] = (
     ListenParam("stream", None, "stream mode (the default)"),
-    ListenParam("req", None, "req mode", available=False),
-    ListenParam("tls", None, "TLS on this TCP listener", available=False),
+    ListenParam("req", None, "req mode"),
+    ListenParam("tls", None, "TLS on this TCP listener (ignored with `local`)"),
     ListenParam("default-cert", "NAME",
-                "certificate used when SNI is absent or unmatched", available=False),
+                "certificate used when SNI is absent or unmatched"),
     ListenParam("local", None,
-                "the address part is a filesystem path: listen on a Unix socket there",
-                available=False),
-    ListenParam("mode", "OCTAL", "with `local`: permissions of the socket file",
-                available=False),
-    ListenParam("user", "NAME", "with `local`: owner of the socket file", available=False),
-    ListenParam("group", "NAME", "with `local`: group of the socket file", available=False),
+                "the address part is a filesystem path: listen on a Unix socket there "
+                "(an existing file is replaced; the file is removed at exit)"),
+    ListenParam("mode", "OCTAL", "with `local`: permissions of the socket file"),
+    ListenParam("user", "NAME", "with `local`: owner of the socket file"),
+    ListenParam("group", "NAME", "with `local`: group of the socket file"),
 )
 
 LISTEN_PARAM_KEYS: frozenset[str] = frozenset(p.key for p in LISTEN_PARAMS)

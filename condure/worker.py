@@ -25,10 +25,15 @@ import sdnotify
 
 from condure.config import Config, ListenSpec
 from condure.log import TRACE, trace_enabled
+from condure.net import listeners
+from condure.net.certs import CertStore
 from condure.net.conn import Conn
 from condure.net.timers import RESOLUTION, TimerWheel
+from condure.net.tls import TlsLayer
 from condure.net.zmqio import StreamSockets
+from condure.net.zmqreq import ReqSocket
 from condure.session.http import HttpSession
+from condure.session.req import REQ_SOCKET, ReqSession
 from condure.zhttp import PacketError, UnknownType, decode, encode
 from condure.zhttp.packets import Cancel, Ident, KeepAlive, Packet
 
@@ -43,19 +48,6 @@ _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_BACKOFF = 0.1
 
 
-def bind_listener(spec: ListenSpec) -> socket.socket:
-    host = spec.host or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((host, spec.port or 0))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 class Worker:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, index: int = 0) -> None:
         self.config = config
@@ -63,14 +55,23 @@ class Worker:
         self.index = index
         self.instance_id = config.id.encode()
         self.read_size = max(config.buffer_size, 1)
-        self.maxconn = config.stream_maxconn
+        # Req and stream connections share the slots (and the id space) but
+        # are limited separately (reference 1.2).
+        self.limits = {"stream": config.stream_maxconn, "req": config.req_maxconn}
+        self.counts = {"stream": 0, "req": 0}
+        self.slot_modes: dict[int, str] = {}
+        self.paused_modes: set[str] = set()
+        self.maxconn = sum(self.limits[m] for m in {spec.mode for spec in config.listen}) or 1
         self.slots: list[Conn | None] = []
         self.free: list[int] = []
         self.counter = 0
         self.timers = TimerWheel()
         self.listeners: list[tuple[socket.socket, ListenSpec]] = []
+        self.certs = CertStore(config.tls_identities_dir)
+        self.tls_contexts: dict[ListenSpec, object] = {}  # spec -> ssl.SSLContext
         self.accepting = False
         self.zmq: StreamSockets | None = None
+        self.req: ReqSocket | None = None
         self.sweep_pos = 0
         self.sweep_batch = max(math.ceil(self.maxconn / (KEEP_ALIVE_INTERVAL / RESOLUTION)), 1)
         self.tick_handle: asyncio.TimerHandle | None = None
@@ -81,19 +82,24 @@ class Worker:
     # -- start and stop -----------------------------------------------------
 
     def start(self) -> None:
-        self.zmq = StreamSockets(self.config, self.loop, self.on_message,
-                                 instance_id=self.instance_id)
-        for out, out_stream, in_ in self.zmq.endpoints:
-            verb = "connect" if self.config.zclient_connect else "bind"
-            log.info("zhttp client %s %s %s %s", verb, out, out_stream, in_)
+        verb = "connect" if self.config.zclient_connect else "bind"
+        # ZeroMQ sockets only for the modes in use (reference 2.3).
+        if self.config.uses_req:
+            self.req = ReqSocket(self.config, self.loop, self.on_message)
+            for spec in self.req.endpoints:
+                log.info("zhttp client %s %s", verb, spec)
+        if self.config.uses_stream:
+            self.zmq = StreamSockets(self.config, self.loop, self.on_message,
+                                     instance_id=self.instance_id)
+            for out, out_stream, in_ in self.zmq.endpoints:
+                log.info("zhttp client %s %s %s %s", verb, out, out_stream, in_)
         for spec in self.config.listen:
-            try:
-                sock = bind_listener(spec)
-            except OSError as e:
-                raise OSError(f"failed to bind {spec.host}:{spec.port}: {e.strerror}") from None
+            sock = listeners.bind(spec)  # ListenError: startup fails with its message
             self.listeners.append((sock, spec))
-            host, port = sock.getsockname()[:2]
-            log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            if spec.tls and not spec.is_local:
+                self.tls_contexts[spec] = self.certs.listener_context(spec.default_cert)
+            log.info("listening on %s%s", listeners.describe(sock, spec),
+                     " (tls)" if spec in self.tls_contexts else "")
         self._set_accepting(True)
         self.tick_handle = self.loop.call_later(RESOLUTION, self.tick)
 
@@ -112,8 +118,11 @@ class Worker:
         self._send_batched(Cancel, owed)
         if self.tick_handle is not None:
             self.tick_handle.cancel()
-        for sock, _spec in self.listeners:
-            sock.close()
+        self.close_listeners()
+
+    def close_listeners(self) -> None:
+        for sock, spec in self.listeners:
+            listeners.close(sock, spec)
 
     # -- accepting ------------------------------------------------------------
 
@@ -122,16 +131,31 @@ class Worker:
             return
         self.accepting = on
         for sock, spec in self.listeners:
-            if on:
+            if on and spec.mode not in self.paused_modes:
                 self.loop.add_reader(sock.fileno(), self._accept, sock, spec)
             else:
                 self.loop.remove_reader(sock.fileno())
 
+    def _pause_mode(self, mode: str, paused: bool) -> None:
+        """Stop (or resume) accepting on the listeners of one mode, whose
+        connection limit is reached: new clients wait in the backlog."""
+        if paused:
+            self.paused_modes.add(mode)
+        else:
+            self.paused_modes.discard(mode)
+        for sock, spec in self.listeners:
+            if spec.mode == mode:
+                if paused or not self.accepting:
+                    self.loop.remove_reader(sock.fileno())
+                else:
+                    self.loop.add_reader(sock.fileno(), self._accept, sock, spec)
+
     def _accept(self, lsock: socket.socket, spec: ListenSpec) -> None:
         for _ in range(ACCEPT_BATCH):
-            if not self.free and len(self.slots) >= self.maxconn:
-                # Every slot is taken: leave new clients in the backlog.
-                self._set_accepting(False)
+            if self.counts[spec.mode] >= self.limits[spec.mode]:
+                # Every connection of this mode is taken: leave new clients
+                # in the backlog.
+                self._pause_mode(spec.mode, True)
                 return
             try:
                 sock, addr = lsock.accept()
@@ -159,14 +183,30 @@ class Worker:
         slot = self.free.pop() if self.free else len(self.slots)
         if slot == len(self.slots):
             self.slots.append(None)
+        self.slot_modes[slot] = spec.mode
+        self.counts[spec.mode] += 1
         session = self.make_session(spec, slot, peer_address, peer_port)
-        conn = Conn(self, sock, slot, session)
+        context = self.tls_contexts.get(spec)
+        tls = TlsLayer(context) if context is not None else None
+        conn = Conn(self, sock, slot, session, tls)
         self.slots[slot] = conn
         conn.run()
 
     def make_session(self, spec: ListenSpec, slot: int, peer_address: bytes | None,
                      peer_port: int | None) -> HttpSession:
         """The session for a new connection on a listener of ``spec``."""
+        if spec.mode == "req":
+            return ReqSession(
+                instance_id=self.instance_id,
+                new_id=lambda: self.next_id(slot),
+                now=time.monotonic(),
+                buffer_size=self.config.buffer_size,
+                body_buffer_size=self.config.body_buffer_size,
+                req_timeout=float(self.config.req_timeout),
+                scheme=b"https" if spec.tls else b"http",
+                peer_address=peer_address,
+                peer_port=peer_port,
+            )
         return HttpSession(
             instance_id=self.instance_id,
             new_id=lambda: self.next_id(slot),
@@ -176,6 +216,9 @@ class Worker:
             scheme=b"https" if spec.tls else b"http",
             peer_address=peer_address,
             peer_port=peer_port,
+            compression=self.config.compression,
+            messages_max=self.config.messages_max,
+            max_message_size=self.config.max_message_size,
         )
 
     def next_id(self, slot: int) -> bytes:
@@ -187,7 +230,13 @@ class Worker:
         if self.slots[conn.slot] is conn:
             self.slots[conn.slot] = None
             self.free.append(conn.slot)
-            if not self.accepting and self.listeners and not self.stopped.done():
+            mode = self.slot_modes.pop(conn.slot, "stream")
+            self.counts[mode] -= 1
+            if self.stopped.done():
+                return
+            if mode in self.paused_modes:
+                self._pause_mode(mode, False)
+            if not self.accepting and self.listeners:
                 self._set_accepting(True)
 
     # -- packets --------------------------------------------------------------
@@ -195,9 +244,12 @@ class Worker:
     def send_packet(self, packet: Packet, to: bytes | None) -> None:
         payload = encode(packet)
         if self.trace:
-            log.log(TRACE, "OUT %s %r", to.decode("utf-8", "replace") if to else "(first)",
-                    payload)
-        if to is None:
+            where = ("(req)" if to is REQ_SOCKET else
+                     to.decode("utf-8", "replace") if to else "(first)")
+            log.log(TRACE, "OUT %s %r", where, payload)
+        if to is REQ_SOCKET:
+            self.req.send(payload)
+        elif to is None:
             self.zmq.send_first(payload)
         elif to:
             self.zmq.send_to(to, payload)
@@ -284,6 +336,7 @@ def run(config: Config) -> int:
         worker.start()
     except (OSError, Exception) as e:  # noqa: BLE001 - reported as Condure does
         log.error("%s", e)
+        worker.close_listeners()  # a Unix socket file bound before the failure
         return 1
 
     def on_signal(signame: str) -> None:
@@ -303,6 +356,7 @@ def run(config: Config) -> int:
         loop.run_until_complete(_drain(worker, 10.0))
     finally:
         worker.zmq.close() if worker.zmq else None
+        worker.req.close() if worker.req else None
         loop.close()
     log.info("stopped")
     return 0

@@ -18,6 +18,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from condure.net.tls import TlsError
 from condure.session.actions import Close, Send, SwitchSession, Write
 
 if TYPE_CHECKING:
@@ -31,9 +32,10 @@ _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
 
 class Conn:
     __slots__ = ("worker", "sock", "fd", "slot", "session", "out", "reading", "writing",
-                 "closing", "closed", "timer_key", "linger_until")
+                 "closing", "closed", "timer_key", "linger_until", "tls")
 
-    def __init__(self, worker: Worker, sock: socket.socket, slot: int, session) -> None:
+    def __init__(self, worker: Worker, sock: socket.socket, slot: int, session,
+                 tls=None) -> None:
         self.worker = worker
         self.sock = sock
         self.fd = sock.fileno()
@@ -46,6 +48,7 @@ class Conn:
         self.closed = False
         self.timer_key: int | None = None
         self.linger_until: float | None = None
+        self.tls = tls  # a condure.net.tls.TlsLayer, or None for plain connections
 
     def __repr__(self) -> str:
         return f"<Conn slot={self.slot} fd={self.fd} out={len(self.out)} {self.session!r}>"
@@ -55,6 +58,12 @@ class Conn:
         if self.linger_until is not None:
             return self.linger_until
         return self.session.deadline
+
+    @property
+    def exportable(self) -> bool:
+        """Whether the connection could move to another process (TLS state
+        lives inside OpenSSL and cannot)."""
+        return self.tls is None
 
     # -- event entry points -------------------------------------------------
 
@@ -70,7 +79,35 @@ class Conn:
             if not data:
                 self._finish()
             return  # discard what a client sends after we are done
+        if self.tls is not None:
+            self._tls_received(data)
+            return
         self.session.receive_data(data, time.monotonic())
+        self.run()
+
+    def _tls_received(self, raw: bytes) -> None:
+        tls = self.tls
+        try:
+            data, eof = tls.receive(raw)
+        except TlsError as e:
+            log.debug("slot %d: TLS: %s", self.slot, e)
+            try:
+                self.sock.send(tls.take_output())  # the alert, if any; best effort
+            except OSError:
+                pass
+            self._finish()
+            return
+        pending = tls.take_output()
+        if pending:
+            self.out += pending
+            self._flush()
+            if self.closed:
+                return
+        now = time.monotonic()
+        if data:
+            self.session.receive_data(data, now)
+        if eof:
+            self.session.receive_data(b"", now)
         self.run()
 
     def on_writable(self) -> None:
@@ -91,13 +128,14 @@ class Conn:
         worker = self.worker
         while True:
             actions = session.take_actions()
-            if not actions:
-                break
             wrote = False
             for action in actions:
                 kind = type(action)
                 if kind is Write:
-                    self.out += action.data
+                    if self.tls is None:
+                        self.out += action.data
+                    else:
+                        self.out += self.tls.encrypt(action.data)
                     wrote = True
                 elif kind is Send:
                     worker.send_packet(action.packet, action.to)
@@ -109,9 +147,14 @@ class Conn:
                     self.session = session = action.session
             if wrote and not self.closed:
                 flushed = self._flush() or flushed
-            if flushed and not self.out and not self.closing:
+            if flushed and not self.out and not self.closing and not self.closed:
+                # Everything reached the kernel: the session may owe credits
+                # (and may queue more actions in return, so go round again).
                 flushed = False
                 session.output_flushed(time.monotonic())
+                continue
+            if not actions:
+                break
         if self.closed:
             return
         if not self.closing:
@@ -179,6 +222,8 @@ class Conn:
         if self.closed or self.linger_until is not None:
             return
         try:
+            if self.tls is not None:
+                self.sock.send(self.tls.close_notify())  # a few bytes: best effort
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._finish()

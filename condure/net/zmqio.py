@@ -26,6 +26,7 @@ log = logging.getLogger("condure.zmq")
 
 BATCH = 256  # packets handled per wakeup before yielding to client I/O
 ROUTER_RETRY = 0.05  # Condure retries a full handler queue every 50 ms
+UNREACHABLE_GRACE = 1.0  # how long a handler that is still connecting is waited for
 FIRST_PACKET_HWM = 128  # Condure 1.10's SNDHWM for the first-packet socket
 
 
@@ -64,6 +65,9 @@ class StreamSockets:
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.SNDHWM, hwm)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A handler that restarts with the same identity takes over its route
+        # at once instead of being refused while the old pipe lingers.
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, hwm)
         self.sub.setsockopt(zmq.SUBSCRIBE, self.prefix)
@@ -78,7 +82,9 @@ class StreamSockets:
             _bind_or_connect(self.sub, in_, config.zclient_connect, mode)
             self.endpoints.append((out, out_stream, in_))
         self.push_queue: deque[bytes] = deque()
-        self.router_queue: deque[tuple[bytes, bytes]] = deque()
+        self.router_waiting: dict[bytes, deque[bytes]] = {}
+        self.router_since: dict[bytes, float] = {}  # when each queue last moved
+        self._unreachable = False
         self._retry: asyncio.TimerHandle | None = None
         self._sub_scheduled = False
         self._push_fd = self.push.getsockopt(zmq.FD)
@@ -135,25 +141,41 @@ class StreamSockets:
         self.loop.remove_reader(self._push_fd)
 
     def send_to(self, address: bytes, payload: bytes) -> None:
-        """A later packet, to the handler whose identity is ``address``."""
-        if self.router_queue:
-            self.router_queue.append((address, payload))
+        """A later packet, to the handler whose identity is ``address``.
+
+        Packets wait, in order and per handler, while that handler's queue
+        is full (Condure retries every 50 ms) or while its connection to us
+        is not up yet (``EHOSTUNREACH``; Condure drops at once, condure
+        gives a handler that is still connecting UNREACHABLE_GRACE seconds,
+        then drops). One slow handler never holds up the others.
+        """
+        waiting = self.router_waiting.get(address)
+        if waiting is not None:
+            waiting.append(payload)
             return
-        self._router_send(address, payload)
+        if not self._router_send(address, payload):
+            self.router_waiting[address] = deque((payload,))
+            self.router_since[address] = self.loop.time()
+            self._arm_retry()
 
     def _router_send(self, address: bytes, payload: bytes) -> bool:
+        """True when the packet left or was dropped for good."""
         try:
             self.router.send_multipart((address, b"", payload), zmq.NOBLOCK, copy=True)
         except zmq.Again:
-            self.router_queue.append((address, payload))
-            self._arm_retry()
+            self._unreachable = False
             return False
         except zmq.ZMQError as e:
-            if e.errno == zmq.EHOSTUNREACH:
-                log.debug("handler %r unreachable, packet dropped", address)
-                return True
-            raise
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            self._unreachable = True
+            return False
         return True
+
+    @property
+    def router_queue(self) -> bool:
+        """Whether packets for handlers are still waiting."""
+        return bool(self.router_waiting)
 
     def _arm_retry(self) -> None:
         if self._retry is None:
@@ -163,15 +185,23 @@ class StreamSockets:
         self._retry = None
         if self.push_queue:
             self._flush_push()
-            if self.push_queue:
-                self._arm_retry()
-        queue = self.router_queue
-        while queue:
-            address, payload = queue.popleft()
-            if not self._router_send(address, payload):
-                # _router_send put it back at the end; restore order.
-                queue.rotate(1)
-                return
+        now = self.loop.time()
+        for address in list(self.router_waiting):
+            queue = self.router_waiting[address]
+            while queue:
+                if self._router_send(address, queue[0]):
+                    queue.popleft()
+                    self.router_since[address] = now
+                    continue
+                if self._unreachable and now - self.router_since[address] > UNREACHABLE_GRACE:
+                    log.debug("handler %r unreachable, %d packets dropped", address, len(queue))
+                    queue.clear()
+                break
+            if not queue:
+                del self.router_waiting[address]
+                del self.router_since[address]
+        if self.push_queue or self.router_waiting:
+            self._arm_retry()
 
     def close(self) -> None:
         for sock in (self.push, self.router, self.sub):

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import h11
 
-from condure.session import httpwire
+from condure.session import httpwire, websocket
 from condure.session.actions import Action, Close, Send, Write
 from condure.zhttp.packets import (
     Cancel,
@@ -97,6 +97,9 @@ class HttpSession(BodyMixin, ResponseMixin):
         peer_address: bytes | None = None,
         peer_port: int | None = None,
         leftover: bytes = b"",
+        compression: bool = False,
+        messages_max: int = 100,
+        max_message_size: int = 0,
     ) -> None:
         self.instance_id = instance_id
         self.new_id = new_id
@@ -105,6 +108,9 @@ class HttpSession(BodyMixin, ResponseMixin):
         self.scheme = scheme
         self.peer_address = peer_address
         self.peer_port = peer_port
+        self.compression = compression  # WebSocket options (websocket.upgrade)
+        self.messages_max = messages_max
+        self.max_message_size = max_message_size
         self.actions: list[Action] = []
         self.state = HEAD
         self.stream_deadline = now + stream_timeout
@@ -382,6 +388,11 @@ class HttpSession(BodyMixin, ResponseMixin):
         uri = httpwire.request_uri(self.scheme, headers, target)
         if len(uri) > httpwire.MAX_URI:
             self._refuse(414)
+            return
+        if websocket.is_upgrade(headers):
+            # A WebSocket session takes the connection over (reference 5.7).
+            self.state = CLOSED
+            self.actions += websocket.upgrade(self, method, target, headers)
             return
         self.http11 = http11
         self.is_head = method == b"HEAD"

@@ -56,6 +56,9 @@ def restore_http(
     now: float,
     buffer_size: int,
     stream_timeout: float,
+    compression: bool = False,
+    messages_max: int = 100,
+    max_message_size: int = 0,
 ) -> HttpSession:
     if record.get("v") != VERSION or record.get("kind") != b"http":
         raise SnapshotError(f"unknown record version or kind: {record.get('v')!r} "
@@ -81,6 +84,9 @@ def restore_http(
         scheme=scheme,
         peer_address=address or None,
         peer_port=port if address else None,
+        compression=compression,
+        messages_max=messages_max,
+        max_message_size=max_message_size,
     )
     session.session_deadline = now + session_left
     session.stream_deadline = now + stream_left

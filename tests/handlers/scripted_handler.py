@@ -24,6 +24,19 @@ Commands, one JSON object per line on stdin, one JSON answer per line:
   has subscribed to a prefix of the address.
 - ``{"cmd": "send_raw", "hex": "..."}``: publish these bytes as one frame.
 - ``{"cmd": "quit"}``
+
+Req mode (``--req ENDPOINT``): one more socket, a ROUTER (``--req-type
+router``, the default) or a REP (``--req-type rep``) facing condure's
+DEALER; with ``--no-stream`` it is the only socket (and ``--base`` is not
+needed). Its packets are reported with ``"socket": "req"`` and
+``"envelope"`` (the hex frames before the payload). Ready means its
+handshake completed.
+
+- ``{"cmd": "req_send", "packet": {...}}``: encode the packet and reply on
+  the req socket; a ROUTER uses the envelope of the last request received
+  with the packet's ``id`` (or ``"envelope"``: hex frames given here).
+- ``{"cmd": "req_send_raw", "frames": ["hex", ...]}``: send these frames
+  as they are on the req socket.
 """
 
 from __future__ import annotations
@@ -41,13 +54,19 @@ from tests.harness import tnet
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    p.add_argument("--base", required=True, help="ipc://PATH or tcp://HOST:PORT")
+    p.add_argument("--base", help="ipc://PATH or tcp://HOST:PORT")
     p.add_argument("--identity", default="handler1")
     p.add_argument("--bind", action="store_true")
     p.add_argument("--no-pull", action="store_true")
     p.add_argument("--sub-prefix", default="condure")
     p.add_argument("--ready-timeout", type=float, default=10.0)
-    return p.parse_args(argv)
+    p.add_argument("--req", help="req-mode endpoint (condure's DEALER)")
+    p.add_argument("--req-type", choices=("router", "rep"), default="router")
+    p.add_argument("--no-stream", action="store_true")
+    args = p.parse_args(argv)
+    if not args.no_stream and not args.base:
+        p.error("--base is required unless --no-stream is given")
+    return args
 
 
 def endpoints(base: str) -> tuple[str, str, str]:
@@ -61,13 +80,30 @@ class Handler:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.ctx = zmq.Context()
+        self.monitors = []
+        self.poller = zmq.Poller()
+        self.subscriptions: list[bytes] = []
+        self.req = None
+        self.envelopes: dict[bytes, list[bytes]] = {}
+        if args.req:
+            kind = zmq.ROUTER if args.req_type == "router" else zmq.REP
+            self.req = self.ctx.socket(kind)
+            self.req.setsockopt(zmq.LINGER, 0)
+            self.monitors.append(self.req.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
+            if args.bind:
+                self.req.bind(args.req)
+            else:
+                self.req.connect(args.req)
+            self.poller.register(self.req, zmq.POLLIN)
+        if args.no_stream:
+            self.pull = self.router = self.xpub = None
+            return
         out, out_stream, inp = endpoints(args.base)
         self.pull = None if args.no_pull else self.ctx.socket(zmq.PULL)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.IDENTITY, args.identity.encode())
         self.xpub = self.ctx.socket(zmq.XPUB)
         self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.monitors = []
         for sock, ep in ((self.pull, out), (self.router, out_stream), (self.xpub, inp)):
             if sock is None:
                 continue
@@ -77,8 +113,6 @@ class Handler:
                 sock.bind(ep)
             else:
                 sock.connect(ep)
-        self.subscriptions: list[bytes] = []
-        self.poller = zmq.Poller()
         if self.pull is not None:
             self.poller.register(self.pull, zmq.POLLIN)
         self.poller.register(self.router, zmq.POLLIN)
@@ -100,20 +134,23 @@ class Handler:
         deadline = time.monotonic() + self.args.ready_timeout
         pending = list(self.monitors)
         prefix = self.args.sub_prefix.encode()
-        while pending or not any(s.startswith(prefix) for s in self.subscriptions):
+        while pending or (self.xpub is not None
+                          and not any(s.startswith(prefix) for s in self.subscriptions)):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("handler sockets not connected/subscribed in time")
             poller = zmq.Poller()
             for mon in pending:
                 poller.register(mon, zmq.POLLIN)
-            poller.register(self.xpub, zmq.POLLIN)
+            if self.xpub is not None:
+                poller.register(self.xpub, zmq.POLLIN)
             events = dict(poller.poll(remaining * 1000))
             for mon in list(pending):
                 if mon in events:
                     recv_monitor_message(mon)
                     pending.remove(mon)
-            self.take_subscriptions()
+            if self.xpub is not None:
+                self.take_subscriptions()
 
     def recv(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -122,8 +159,10 @@ class Handler:
             if remaining < 0:
                 return {"ok": False, "error": "timeout"}
             events = dict(self.poller.poll(max(remaining, 0) * 1000))
-            if self.xpub in events:
+            if self.xpub is not None and self.xpub in events:
                 self.take_subscriptions()
+            if self.req is not None and self.req in events:
+                return self.req_report(self.req.recv_multipart())
             if self.pull is not None and self.pull in events:
                 frames = self.pull.recv_multipart()
                 return self.report("pull", frames, frames[0])
@@ -145,6 +184,36 @@ class Handler:
             "decoded": decoded,
         }
 
+    def req_report(self, frames: list[bytes]) -> dict:
+        payload = frames[-1]
+        envelope = frames[:-1]
+        answer = self.report("req", frames, payload)
+        answer["envelope"] = [f.hex() for f in envelope]
+        try:
+            ident = tnet.decode_packet(payload).get("id")
+        except ValueError:
+            ident = None
+        if isinstance(ident, bytes):
+            self.envelopes[ident] = envelope
+        return answer
+
+    def req_send(self, cmd: dict) -> dict:
+        if self.req is None:
+            return {"ok": False, "error": "no req socket"}
+        fields = tnet.from_json(cmd["packet"])
+        payload = tnet.encode_packet(fields)
+        if self.args.req_type == "rep":
+            self.req.send(payload)
+            return {"ok": True}
+        if "envelope" in cmd:
+            envelope = [bytes.fromhex(f) for f in cmd["envelope"]]
+        else:
+            envelope = self.envelopes.get(fields.get("id"))
+            if envelope is None:
+                return {"ok": False, "error": "no request seen for that id"}
+        self.req.send_multipart(envelope + [payload])
+        return {"ok": True}
+
     def send(self, address: bytes, payload: bytes, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while not self.subscribed(address):
@@ -163,6 +232,11 @@ class Handler:
             payload = tnet.encode_packet(tnet.from_json(cmd["packet"]))
             address = cmd.get("address", self.args.sub_prefix).encode()
             return self.send(address, payload, float(cmd.get("timeout", 5.0)))
+        if name == "req_send":
+            return self.req_send(cmd)
+        if name == "req_send_raw":
+            self.req.send_multipart([bytes.fromhex(f) for f in cmd["frames"]])
+            return {"ok": True}
         if name == "send_raw":
             self.xpub.send(bytes.fromhex(cmd["hex"]))
             return {"ok": True}

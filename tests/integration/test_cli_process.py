@@ -70,9 +70,9 @@ def test_semantic_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv, flag", [
-    (["--compression"], "--compression"),
-    (["--zclient-req=ipc://x"], "--zclient-req"),
-    (["--listen", "80,tls"], "--listen parameter 'tls'"),
+    (["--zserver-stream=ipc://x"], "--zserver-stream"),
+    (["--deny-out-internal"], "--deny-out-internal"),
+    (["--sizes"], "--sizes"),
 ])
 def test_not_supported_yet(argv: list[str], flag: str, tmp_path: Path) -> None:
     proc = ours(argv, tmp_path)

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import reference_available
 from tests.harness import procs
-from tests.harness.normalize import Normalizer, describe
+from tests.harness.normalize import Normalizer, describe, without_keep_alives
 from tests.harness import scenarios as diff_scenarios
 
 pytestmark = [
@@ -40,7 +40,8 @@ _reference_results: dict[str, dict] = {}
 def normalised_result(ctx: diff_scenarios.Ctx, status: int) -> dict:
     norm = Normalizer(INSTANCE_ID)
     packets = {
-        h.name.split("-", 1)[1]: [(p.socket, norm.packet(p.raw)) for p in h.received]
+        h.name.split("-", 1)[1]: [(sock, norm.packet(raw))
+                                  for sock, raw in without_keep_alives(h.received)]
         for h in ctx.handlers
     }
     http = [(c.received, "open" if c.end is None else "closed") for c in ctx.conns]

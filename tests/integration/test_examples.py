@@ -249,10 +249,7 @@ def read_until(sock, predicate):
     return data
 
 
-def test_streamhandler_websocket_sends_hello_and_closes(condure, run_example, request):
-    if condure.impl == "ours":
-        # WebSocket support comes with its own change; until then this must fail.
-        request.applymarker(pytest.mark.xfail(reason="WebSocket not implemented yet", strict=True))
+def test_streamhandler_websocket_sends_hello_and_closes(condure, run_example):
     run_example("streamhandler")
     key = base64.b64encode(os.urandom(16)).decode()
     handshake = (

@@ -22,6 +22,7 @@ SESSION_TIMEOUT = 60.0
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
     with flows.running(tmp_path_factory.mktemp("keepalive")) as server:
+        server.handler.client.skip_keep_alives = False  # they are the subject here
         yield server.begin()
         server.end()
 

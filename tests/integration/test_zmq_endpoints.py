@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import pytest
 
@@ -65,4 +66,42 @@ def test_zclient_connect_reaches_a_binding_handler(tmp_path, make_handler):
         handler.wait_ready()
         serve_one(condure, handler, "/connect")
     finally:
+        assert condure.stop() == 0
+
+
+def test_packets_wait_for_a_handler_still_connecting(tmp_path):
+    """A handler whose ROUTER connects a moment after it answered still gets
+    condure's next packets (they wait up to a second, per handler)."""
+    import zmq
+
+    import tnetstring
+
+    condure = procs.start_condure("ours", tmp_path)
+    ctx = zmq.Context()
+    try:
+        pull = ctx.socket(zmq.PULL)
+        pull.connect(f"{condure.base}-out")
+        pub = ctx.socket(zmq.XPUB)
+        pub.connect(f"{condure.base}-in")
+        assert pub.poll(5000) and pub.recv().startswith(b"\x01")  # condure subscribed
+        with connect(condure.port) as c:
+            c.send(request("POST", "/late", HOST + [("Content-Length", "5")]) + b"hello")
+            assert pull.poll(5000)
+            req = tnetstring.loads(pull.recv()[1:])
+            credit = {b"from": b"late", b"id": req[b"id"], b"seq": 0,
+                      b"type": b"credit", b"credits": 100}
+            pub.send(condure.instance_id.encode() + b" T" + tnetstring.dumps(credit))
+            # The handler's ROUTER comes up a while later (several of
+            # condure's 50 ms retries), well within the grace.
+            time.sleep(0.3)
+            router = ctx.socket(zmq.ROUTER)
+            router.setsockopt(zmq.IDENTITY, b"late")
+            router.connect(f"{condure.base}-out-stream")
+            assert router.poll(5000), "the body packet was dropped"
+            _cid, _empty, payload = router.recv_multipart()
+            body = tnetstring.loads(payload[1:])
+            assert body[b"id"] == req[b"id"] and body[b"body"] == b"hello"
+            router.close(0)
+    finally:
+        ctx.destroy(0)
         assert condure.stop() == 0

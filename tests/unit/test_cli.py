@@ -24,7 +24,7 @@ from condure.config import (
     parse_uint,
     stream_endpoints,
 )
-from condure.options import LISTEN_PARAMS, OPTIONS, render_markdown
+from condure.options import LISTEN_PARAMS, OPTIONS, UNAVAILABLE_LISTEN_PARAMS, render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(
@@ -306,22 +306,26 @@ def test_listen_errors(value: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "value, key",
+    "value, field, expected",
     [
-        ("80,req", "req"),
-        ("80,req,stream", "req"),
-        ("80,tls", "tls"),
-        ("80,default-cert=x", "default-cert"),
-        ("/tmp/s,local", "local"),
-        ("/tmp/s,local,mode=600", "local"),
-        ("80,mode=600", "mode"),
-        ("80,user=a", "user"),
-        ("80,group=a", "group"),
+        ("80,req", "mode", "req"),
+        ("80,req,stream", "mode", "stream"),
+        ("80,stream,req", "mode", "req"),
+        ("80,tls", "tls", True),
+        ("80,tls,default-cert=x", "default_cert", "x"),
+        ("/tmp/s,local", "path", "/tmp/s"),
+        ("/tmp/s,local,mode=600", "file_mode", 0o600),
+        ("/tmp/s,local,user=a", "user", "a"),
+        ("/tmp/s,local,group=b", "group", "b"),
     ],
 )
-def test_listen_params_not_supported_yet(value: str, key: str) -> None:
-    with pytest.raises(NotSupportedYet, match=f"--listen parameter '{key}' is not supported yet"):
-        parse_args(["--listen", value])
+def test_listen_params(value: str, field: str, expected: object) -> None:
+    (spec,) = parse_args(["--listen", value]).listen
+    assert getattr(spec, field) == expected
+
+
+def test_every_listen_param_is_available() -> None:
+    assert UNAVAILABLE_LISTEN_PARAMS == frozenset()
 
 
 # ---------------------------------------------------------------- not supported yet
@@ -335,10 +339,10 @@ def test_unavailable_options_fail_when_given(opt) -> None:  # type: ignore[no-un
 
 
 def test_unavailable_list_is_the_expected_one() -> None:
+    # Client mode (outgoing connections) and --sizes are all that is left.
     assert {o.flag for o in OPTIONS if not o.available} == {
-        "--compression", "--zserver-req", "--zserver-stream", "--zserver-connect",
-        "--deny-out-internal", "--sizes", "--zclient-req", "--req-maxconn",
-        "--req-timeout", "--body-buffer-size", "--messages-max", "--tls-identities-dir",
+        "--zserver-req", "--zserver-stream", "--zserver-connect",
+        "--deny-out-internal", "--sizes",
     }
 
 
@@ -421,8 +425,8 @@ def test_main_semantic_error(fake_worker: list[Config],
 
 def test_main_not_supported(fake_worker: list[Config],
                             capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--compression"]) == 2
-    assert "--compression is not supported yet" in capsys.readouterr().err
+    assert main(["--zserver-stream=ipc://x"]) == 2
+    assert "--zserver-stream is not supported yet" in capsys.readouterr().err
     assert fake_worker == []
 
 

@@ -1,0 +1,238 @@
+"""The WebSocket opening handshake, server side (RFC 6455 4.2; reference
+5.7.1, 5.7.3, 5.7.7, 10.1).
+
+Pure rules: whether a request is an upgrade, whether the upgrade is valid,
+the ``Sec-WebSocket-Accept`` value, the parsing of
+``Sec-WebSocket-Extensions`` offers and the permessage-deflate choice, and
+the response heads condure writes. The session decides when.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from condure.zhttp.packets import Header
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_KEY_INPUT = 256  # key + GUID, as Condure bounds it
+
+# Headers condure writes itself in a 101 or a rejection; the handler's
+# copies are dropped (reference 5.7.3, 5.7.7).
+_OWN = frozenset((b"upgrade", b"connection", b"sec-websocket-accept",
+                  b"sec-websocket-extensions", b"content-length", b"transfer-encoding"))
+
+
+class HandshakeError(Exception):
+    """A bad upgrade; ``status`` is the answer (400 or 426)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Deflate:
+    """Negotiated permessage-deflate parameters."""
+
+    client_no_context_takeover: bool = False
+    server_no_context_takeover: bool = False
+
+    @property
+    def header(self) -> bytes:
+        value = b"permessage-deflate"
+        if self.client_no_context_takeover:
+            value += b"; client_no_context_takeover"
+        if self.server_no_context_takeover:
+            value += b"; server_no_context_takeover"
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """A valid upgrade request: what the session needs from it."""
+
+    key: bytes
+    deflate: Deflate | None
+
+
+def is_upgrade(headers: Iterable[Header]) -> bool:
+    """An ``Upgrade`` header (any case) whose value is exactly
+    ``websocket`` (reference 5.7.1; ``WebSocket`` is plain HTTP there)."""
+    return any(value == b"websocket" and key.lower() == b"upgrade" for key, value in headers)
+
+
+def check_upgrade(method: bytes, headers: Iterable[Header], *, compression: bool) -> Upgrade:
+    """Validate an upgrade request (reference 5.7.1); raises HandshakeError."""
+    if method != b"GET":
+        raise HandshakeError(400, "WebSocket upgrade must be a GET")
+    key = version = None
+    offers: list[bytes] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            if value.strip() != b"0":
+                raise HandshakeError(400, "WebSocket upgrade with a body")
+        elif lower == b"transfer-encoding":
+            raise HandshakeError(400, "WebSocket upgrade with a body")
+        elif lower == b"sec-websocket-version":
+            version = value
+        elif lower == b"sec-websocket-key":
+            key = value
+        elif lower == b"sec-websocket-extensions":
+            offers.append(value)
+    if version != b"13":
+        raise HandshakeError(426, "unsupported Sec-WebSocket-Version")
+    if key is None:
+        raise HandshakeError(400, "missing Sec-WebSocket-Key")
+    if len(key) + len(GUID) > MAX_KEY_INPUT:
+        raise HandshakeError(400, "Sec-WebSocket-Key too long")
+    parsed = []
+    for value in offers:
+        try:
+            parsed += parse_extensions(value)
+        except ValueError as e:
+            raise HandshakeError(400, f"bad Sec-WebSocket-Extensions: {e}") from None
+    return Upgrade(key, negotiate(parsed) if compression else None)
+
+
+def accept_value(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+# -- Sec-WebSocket-Extensions (RFC 6455 9.1) ---------------------------------
+
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+_OWS = re.compile(rb"[ \t]*")
+
+Offer = tuple[bytes, list[tuple[bytes, bytes | None]]]
+
+
+def parse_extensions(value: bytes) -> list[Offer]:
+    """``name; key; key=value, name2`` -> [(name, [(key, value|None)])];
+    raises ValueError on a syntax error (an empty element included)."""
+    offers: list[Offer] = []
+    pos = 0
+    n = len(value)
+
+    def ows() -> None:
+        nonlocal pos
+        pos = _OWS.match(value, pos).end()
+
+    def token(what: str) -> bytes:
+        nonlocal pos
+        m = _TOKEN.match(value, pos)
+        if m is None:
+            raise ValueError(f"expected {what} at offset {pos}")
+        pos = m.end()
+        return m.group()
+
+    while True:
+        ows()
+        name = token("an extension name")
+        params: list[tuple[bytes, bytes | None]] = []
+        ows()
+        while pos < n and value[pos:pos + 1] == b";":
+            pos += 1
+            ows()
+            key = token("a parameter name")
+            ows()
+            val = None
+            if value[pos:pos + 1] == b"=":
+                pos += 1
+                ows()
+                if value[pos:pos + 1] == b'"':
+                    m = _QUOTED.match(value, pos)
+                    if m is None:
+                        raise ValueError("unterminated quoted string")
+                    val = re.sub(rb"\\(.)", rb"\1", m.group(1))
+                    pos = m.end()
+                else:
+                    val = token("a parameter value")
+                ows()
+            params.append((key, val))
+        offers.append((name, params))
+        if pos == n:
+            return offers
+        if value[pos:pos + 1] != b",":
+            raise ValueError(f"unexpected byte at offset {pos}")
+        pos += 1
+
+
+def _bits(value: bytes | None) -> int | None:
+    if value is None or not value.isdigit() or len(value) > 2:
+        return None
+    return int(value)
+
+
+def _acceptable(params: list[tuple[bytes, bytes | None]]) -> Deflate | None:
+    seen: set[bytes] = set()
+    for key, val in params:
+        if key in seen:
+            return None
+        seen.add(key)
+        if key in (b"client_no_context_takeover", b"server_no_context_takeover"):
+            if val is not None:
+                return None
+        elif key == b"client_max_window_bits":
+            if val is not None and not 8 <= (_bits(val) or 0) <= 15:
+                return None
+        elif key == b"server_max_window_bits":
+            if _bits(val) != 15:  # condure only deflates with a 15-bit window
+                return None
+        else:
+            return None
+    return Deflate(b"client_no_context_takeover" in seen, b"server_no_context_takeover" in seen)
+
+
+def negotiate(offers: list[Offer]) -> Deflate | None:
+    """The first acceptable permessage-deflate offer (reference 10.1)."""
+    for name, params in offers:
+        if name.lower() == b"permessage-deflate":
+            chosen = _acceptable(params)
+            if chosen is not None:
+                return chosen
+    return None
+
+
+# -- response heads ------------------------------------------------------------
+
+def _handler_headers(headers: Iterable[Header] | None) -> list[bytes]:
+    parts = []
+    for key, value in headers or ():
+        if key.lower() not in _OWN:
+            parts += (key, b": ", value, b"\r\n")
+    return parts
+
+
+def accept_head(code: int, reason: bytes, headers: Iterable[Header] | None, key: bytes,
+                deflate: Deflate | None) -> bytes:
+    """The 101 head (reference 5.7.3)."""
+    parts = [b"HTTP/1.1 %d " % code, reason, b"\r\n", *_handler_headers(headers),
+             b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+             accept_value(key), b"\r\n"]
+    if deflate is not None:
+        parts += (b"Sec-WebSocket-Extensions: ", deflate.header, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def rejection(code: int, reason: bytes, headers: Iterable[Header] | None, body: bytes) -> bytes:
+    """A complete response refusing the upgrade, after which condure closes
+    (reference 5.7.7, plus ``Connection: close``, RFC 9112 9.6)."""
+    return b"".join((b"HTTP/1.1 %d " % code, reason, b"\r\n", *_handler_headers(headers),
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+
+
+def refusal(status: int, detail: str) -> bytes:
+    """condure's own answer to a bad upgrade (RFC 6455 4.2.1, 4.4)."""
+    if status == 426:
+        return rejection(426, b"Upgrade Required", [(b"Sec-WebSocket-Version", b"13"),
+                         (b"Content-Type", b"text/plain")], detail.encode() + b"\n")
+    return rejection(400, b"Bad Request", [(b"Content-Type", b"text/plain")],
+                     detail.encode() + b"\n")
