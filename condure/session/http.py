@@ -31,25 +31,10 @@ from collections.abc import Callable
 import h11
 
 from condure.session import httpwire, websocket
-from condure.session.actions import Action, Close, Send, Write
-from condure.zhttp.packets import (
-    Cancel,
-    Credit,
-    Data,
-    Error,
-    HandoffProceed,
-    HandoffStart,
-    Ident,
-    KeepAlive,
-    Packet,
-)
-
-SESSION_TIMEOUT = 60.0  # handler silence that ends a request cycle (reference 5.8)
-MAX_FROM = 64  # longest handler address accepted (reference 4.2)
-MAX_HEADERS = 64  # most request headers accepted (reference 7)
-
+from condure.session.actions import Action, Send, Write
 from condure.session.http_body import BodyMixin
 from condure.session.http_response import ResponseMixin
+from condure.session.peer import SESSION_TIMEOUT, ZhttpPeer
 from condure.session.states import (  # noqa: F401 - re-exported for tests
     ACTIVE,
     BODY_ABANDONED,
@@ -64,6 +49,19 @@ from condure.session.states import (  # noqa: F401 - re-exported for tests
     RESP_STREAMING,
     WAIT,
 )
+from condure.zhttp.packets import (
+    Cancel,
+    Credit,
+    Data,
+    Error,
+    HandoffProceed,
+    HandoffStart,
+    Ident,
+    KeepAlive,
+    Packet,
+)
+
+MAX_HEADERS = 64  # most request headers accepted (reference 7)
 
 
 class _Refuse(Exception):
@@ -82,7 +80,7 @@ def _receive_buffer_len(parser: h11.Connection) -> int:
     return len(buf) if buf is not None else len(parser.trailing_data[0])
 
 
-class HttpSession(BodyMixin, ResponseMixin):
+class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
     """One stream-mode HTTP/1.x connection (see the module docstring)."""
 
     def __init__(
@@ -122,10 +120,6 @@ class HttpSession(BodyMixin, ResponseMixin):
         return (f"<HttpSession id={self.rid!r} state={self.state} body={self.body_state} "
                 f"resp={self.resp_state} handler={self.handler!r} out_seq={self.out_seq} "
                 f"in_seq={self.in_seq} paused={self.paused}>")
-
-    def take_actions(self) -> list[Action]:
-        actions, self.actions = self.actions, []
-        return actions
 
     @property
     def deadline(self) -> float | None:
@@ -198,17 +192,8 @@ class HttpSession(BodyMixin, ResponseMixin):
         """A packet from the handler, already routed to this session's id."""
         if self.state is CLOSED or self.state is HEAD:
             return
-        if len(packet.from_) > MAX_FROM:
-            self._abort("handler address too long")
+        if not self._accept_packet(packet, ident, now):
             return
-        if ident.seq is not None:
-            if ident.seq != self.in_seq:
-                self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
-                return
-            self.in_seq += 1
-        self.handler = packet.from_
-        self.session_deadline = now + SESSION_TIMEOUT
-        self.paused = False
         first = self.state is WAIT
         if first:
             self.state = ACTIVE
@@ -259,30 +244,6 @@ class HttpSession(BodyMixin, ResponseMixin):
             self.resp_credits += credits
             self.stream_deadline = now + self.stream_timeout
             self._send(Credit, credits=credits)
-
-    def handle_timer(self, now: float) -> None:
-        if self.state is CLOSED:
-            return
-        if now >= self.session_deadline:
-            self._close(graceful=False, reason="session timeout")
-        elif now >= self.stream_deadline:
-            self._cancel_and_close("stream timeout")
-
-    def keep_alive(self) -> tuple[bytes, Ident] | None:
-        """The (handler address, id+seq) of a keep-alive for this session,
-        counted as sent, or None when no handler is known yet."""
-        if self.handler is None or self.state is not ACTIVE:
-            return None
-        ident = Ident(self.rid, self.out_seq)
-        self.out_seq += 1
-        return self.handler, ident
-
-    def shutdown(self) -> tuple[bytes, Ident] | None:
-        """Stop now (process exit): the cancel owed to the handler, if any."""
-        owed = self.keep_alive()
-        self._close(graceful=False, reason="shutdown")
-        self.actions.clear()
-        return owed
 
     # -- request cycle ----------------------------------------------------
 
@@ -455,23 +416,3 @@ class HttpSession(BodyMixin, ResponseMixin):
             return
         self._cancel_and_close("client closed")
 
-    def _send(self, kind: type, **fields: object) -> None:
-        ident = Ident(self.rid, self.out_seq)
-        self.out_seq += 1
-        self.actions.append(Send(kind(from_=self.instance_id, ids=(ident,), **fields),
-                                 self.handler))
-
-    def _cancel_and_close(self, reason: str) -> None:
-        if self.handler is not None and self.state is ACTIVE:
-            self._send(Cancel)
-        self._close(graceful=False, reason=reason)
-
-    def _abort(self, reason: str) -> None:
-        """Handler-caused end: close, and tell the handler nothing."""
-        self._close(graceful=False, reason=reason)
-
-    def _close(self, *, graceful: bool, reason: str) -> None:
-        if self.state is CLOSED:
-            return
-        self.state = CLOSED
-        self.actions.append(Close(graceful=graceful, reason=reason))

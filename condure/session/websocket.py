@@ -33,6 +33,8 @@ import struct
 
 from condure.session.actions import Action, Close, Send, SwitchSession, Write
 from condure.session.httpwire import request_uri
+from condure.session.peer import ZhttpPeer
+from condure.session.states import CLOSED, WAIT
 from condure.session.ws_frames import (
     BINARY,
     CLOSE,
@@ -71,10 +73,6 @@ from condure.zhttp.packets import (
 )
 from condure.zhttp.packets import Close as ClosePacket
 
-SESSION_TIMEOUT = 60.0  # handler silence that ends a session (reference 5.8)
-MAX_FROM = 64  # longest handler address accepted (reference 4.2)
-
-WAIT, CLOSED = "WAIT", "CLOSED"
 __all__ = ["WebSocketSession", "is_upgrade", "upgrade"]
 
 
@@ -98,7 +96,7 @@ def upgrade(http, method: bytes, target: bytes, headers: tuple[Header, ...]) -> 
     return [SwitchSession(ws)]
 
 
-class WebSocketSession(InputMixin):
+class WebSocketSession(ZhttpPeer, InputMixin):
     """One WebSocket connection in stream mode (see the module docstring)."""
 
     def __init__(self, *, instance_id: bytes, rid: bytes, key: bytes, deflate: Deflate | None,
@@ -165,10 +163,6 @@ class WebSocketSession(InputMixin):
 
     # -- the session interface ----------------------------------------------
 
-    def take_actions(self) -> list[Action]:
-        actions, self.actions = self.actions, []
-        return actions
-
     @property
     def deadline(self) -> float | None:
         if self.state is CLOSED:
@@ -217,17 +211,8 @@ class WebSocketSession(InputMixin):
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         if self.state is CLOSED:
             return
-        if len(packet.from_) > MAX_FROM:
-            self._close(graceful=False, reason="handler address too long")
+        if not self._accept_packet(packet, ident, now):
             return
-        if ident.seq is not None:
-            if ident.seq != self.in_seq:
-                self._close(graceful=False, reason=f"bad seq {ident.seq}, expected {self.in_seq}")
-                return
-            self.in_seq += 1
-        self.handler = packet.from_
-        self.session_deadline = now + SESSION_TIMEOUT
-        self.paused = False
         kind = type(packet)
         if kind is Cancel or kind is Error and (self.state is OPEN or packet.condition != b"rejected"):
             self._close(graceful=False, reason="ended by handler")
@@ -271,27 +256,6 @@ class WebSocketSession(InputMixin):
             self.out_credits += credits
             self.stream_deadline = now + self.stream_timeout
             self._send(Credit, credits=credits)
-
-    def handle_timer(self, now: float) -> None:
-        if self.state is CLOSED:
-            return
-        if now >= self.session_deadline:
-            self._close(graceful=False, reason="session timeout")
-        elif now >= self.stream_deadline:
-            self._cancel_and_close("stream timeout")
-
-    def keep_alive(self) -> tuple[bytes, Ident] | None:
-        if self.handler is None or self.state is CLOSED:
-            return None
-        ident = Ident(self.rid, self.out_seq)
-        self.out_seq += 1
-        return self.handler, ident
-
-    def shutdown(self) -> tuple[bytes, Ident] | None:
-        owed = self.keep_alive()
-        self._close(graceful=False, reason="shutdown")
-        self.actions.clear()
-        return owed
 
     # -- handler -> client ----------------------------------------------------
 
@@ -367,12 +331,6 @@ class WebSocketSession(InputMixin):
 
     # -- endings ------------------------------------------------------------
 
-    def _send(self, kind: type, **fields: object) -> None:
-        ident = Ident(self.rid, self.out_seq)
-        self.out_seq += 1
-        self.actions.append(Send(kind(from_=self.instance_id, ids=(ident,), **fields),
-                                 self.handler))
-
     def _fail(self, code: int, reason: str) -> None:
         """Fail the WebSocket connection (RFC 6455 7.1.7): close frame,
         cancel to the handler, then a graceful TCP close."""
@@ -381,13 +339,3 @@ class WebSocketSession(InputMixin):
             self.out_closed = True
         self._cancel_and_close(reason, graceful=True)
 
-    def _cancel_and_close(self, reason: str, graceful: bool = False) -> None:
-        if self.handler is not None and self.state is not CLOSED:
-            self._send(Cancel)
-        self._close(graceful=graceful, reason=reason)
-
-    def _close(self, *, graceful: bool, reason: str) -> None:
-        if self.state is CLOSED:
-            return
-        self.state = CLOSED
-        self.actions.append(Close(graceful=graceful, reason=reason))

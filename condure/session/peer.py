@@ -1,0 +1,90 @@
+"""What every stream-mode session shares: its end of one ZHTTP session.
+
+The HTTP and WebSocket sessions differ in what they do with a packet, not
+in how a packet is accepted (address length, sequence number, liveness),
+how condure numbers its own packets, or how a session ends. That part
+lives here. A subclass sets ``instance_id``, ``rid``, ``state``,
+``handler``, ``out_seq``, ``in_seq``, ``paused``, ``session_deadline``,
+``stream_deadline`` and ``actions``; the handler is known (``handler`` is
+not None) only while a ZHTTP session is under way.
+"""
+
+from __future__ import annotations
+
+from condure.session.actions import Action, Close, Send
+from condure.session.states import CLOSED
+from condure.zhttp.packets import Cancel, Ident, Packet
+
+SESSION_TIMEOUT = 60.0  # handler silence that ends a session (reference 5.8)
+MAX_FROM = 64  # longest handler address accepted (reference 4.2)
+
+
+class ZhttpPeer:
+    actions: list[Action]
+
+    def take_actions(self) -> list[Action]:
+        actions, self.actions = self.actions, []
+        return actions
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is CLOSED:
+            return
+        if now >= self.session_deadline:
+            # No cancel: the handler's silence is the cause (reference 5.8).
+            self._close(graceful=False, reason="session timeout")
+        elif now >= self.stream_deadline:
+            self._cancel_and_close("stream timeout")  # Condure 1.10 sends cancel
+
+    def keep_alive(self) -> tuple[bytes, Ident] | None:
+        """The (handler address, id+seq) of a keep-alive for this session,
+        counted as sent, or None when no handler is known."""
+        if self.handler is None or self.state is CLOSED:
+            return None
+        ident = Ident(self.rid, self.out_seq)
+        self.out_seq += 1
+        return self.handler, ident
+
+    def shutdown(self) -> tuple[bytes, Ident] | None:
+        """Stop now (process exit): the cancel owed to the handler, if any."""
+        owed = self.keep_alive()
+        self._close(graceful=False, reason="shutdown")
+        self.actions.clear()
+        return owed
+
+    def _accept_packet(self, packet: Packet, ident: Ident, now: float) -> bool:
+        """Reference 4.2 and 4.6: check the sender's address and the seq;
+        an accepted packet names the handler and proves it alive. False when
+        the packet ended the session instead."""
+        if len(packet.from_) > MAX_FROM:
+            self._abort("handler address too long")
+            return False
+        if ident.seq is not None:
+            if ident.seq != self.in_seq:
+                self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
+                return False
+            self.in_seq += 1
+        self.handler = packet.from_
+        self.session_deadline = now + SESSION_TIMEOUT
+        self.paused = False
+        return True
+
+    def _send(self, kind: type, **fields: object) -> None:
+        ident = Ident(self.rid, self.out_seq)
+        self.out_seq += 1
+        self.actions.append(Send(kind(from_=self.instance_id, ids=(ident,), **fields),
+                                 self.handler))
+
+    def _cancel_and_close(self, reason: str, graceful: bool = False) -> None:
+        if self.handler is not None and self.state is not CLOSED:
+            self._send(Cancel)
+        self._close(graceful=graceful, reason=reason)
+
+    def _abort(self, reason: str) -> None:
+        """Handler-caused end: close, and tell the handler nothing."""
+        self._close(graceful=False, reason=reason)
+
+    def _close(self, *, graceful: bool, reason: str) -> None:
+        if self.state is CLOSED:
+            return
+        self.state = CLOSED
+        self.actions.append(Close(graceful=graceful, reason=reason))
