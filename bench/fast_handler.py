@@ -4,7 +4,11 @@
 Used by http_bench.py for both condure implementations, so that the handler
 costs the same on both sides. It prints nothing per request.
 
-    python3 fast_handler.py ipc:///tmp/somewhere/client
+    python3 fast_handler.py ipc:///tmp/somewhere/client [--count FILE]
+
+With --count, it tallies requests and connections per condure worker (from
+the request ids, ``<worker>-<slot>-<counter>``) and writes them to FILE as
+JSON when it gets SIGTERM (accept_modes.py uses that).
 
 The argument is the same stream base condure got with --zclient-stream; the
 handler connects PULL to BASE-out and XPUB to BASE-in (tcp bases are not
@@ -12,7 +16,9 @@ supported). XPUB lets it wait for condure's subscription before the first
 packet to an address, instead of losing it.
 """
 
+import json
 import os
+import signal
 import sys
 
 import tnetstring
@@ -23,9 +29,26 @@ BODY = b"hello world\n"
 
 
 def main():
-    if len(sys.argv) != 2 or not sys.argv[1].startswith("ipc://"):
-        sys.exit("usage: fast_handler.py ipc://BASE")
-    base = sys.argv[1]
+    argv = sys.argv[1:]
+    count_path = None
+    if len(argv) == 3 and argv[1] == "--count":
+        count_path = argv.pop(2)
+        argv.pop(1)
+    if len(argv) != 1 or not argv[0].startswith("ipc://"):
+        sys.exit("usage: fast_handler.py ipc://BASE [--count FILE]")
+    base = argv[0]
+    requests_by_worker = {}
+    slots_by_worker = {}
+
+    def write_counts(signum, frame):
+        out = {w: {"requests": n, "connections": len(slots_by_worker[w])}
+               for w, n in requests_by_worker.items()}
+        with open(count_path, "w") as f:
+            json.dump(out, f)
+        sys.exit(0)
+
+    if count_path:
+        signal.signal(signal.SIGTERM, write_counts)
     instance_id = "fasthandler.{}".format(os.getpid()).encode()
 
     ctx = zmq.Context()
@@ -49,6 +72,10 @@ def main():
         raw = requests.recv()
         req = tnetstring.loads(raw[1:])
         address = req[b"from"]
+        if count_path:
+            worker, slot, _ = req[b"id"].decode().split("-", 2)
+            requests_by_worker[worker] = requests_by_worker.get(worker, 0) + 1
+            slots_by_worker.setdefault(worker, set()).add(slot)
         if address not in ready_addresses:
             topic = address + b" T"
             # Blocks until condure subscribes; it always does when it runs.

@@ -1,4 +1,4 @@
-"""Command line: argv -> :class:`Config` -> the worker.
+"""Command line: argv -> :class:`Config` -> the supervisor.
 
 The parser is built from :data:`condure.options.OPTIONS`. Checks run in
 Condure's order so that, given several mistakes, the same one is reported:
@@ -134,6 +134,8 @@ def parse(argv: Sequence[str]) -> tuple[Config, frozenset[str]]:
             values[opt.dest] = bool(raw)
         elif opt.repeatable:
             values[opt.dest] = list(raw) if raw is not None else list(opt.default or ())
+        elif raw is None and opt.default is None:
+            values[opt.dest] = None  # an optional value left out (--pid-file)
         else:
             values[opt.dest] = _convert(opt, raw if raw is not None else str(opt.default))
 
@@ -189,10 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     log.setup(config.log_level)
-    if "workers" in given and config.workers > 1:
-        _logger.warning("--workers %d: this build runs a single worker process",
-                        config.workers)
 
-    from condure import worker  # imported late: parsing must not need it
+    # Imported late: parsing must not need it. condure.worker.run(config)
+    # still runs a single worker in this process (tests, inetd style).
+    from condure.supervisor import main as supervisor
 
-    return worker.run(config)
+    return supervisor.run(config)

@@ -38,6 +38,7 @@ class ListenSpec:
     file_mode: int | None = None  # mode= (octal) for local sockets
     user: str | None = None
     group: str | None = None
+    fd_name: str | None = None  # fd-name=: an inherited (socket-activated) socket
 
     @property
     def is_local(self) -> bool:
@@ -48,6 +49,8 @@ class ListenSpec:
         """``127.0.0.1:8000``, ``[::1]:8000`` or the socket path."""
         if self.path is not None:
             return self.path
+        if self.host is None and self.fd_name is not None:
+            return f"fd-name={self.fd_name}"
         if self.host is not None and ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
@@ -77,6 +80,14 @@ class Config:
     tls_identities_dir: str = "."
     compression: bool = False
     deny_out_internal: bool = False
+    accept_mode: str = "auto"
+    drain_timeout: int = 30
+    pid_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.accept_mode not in ACCEPT_MODES:
+            raise ConfigError("failed to parse accept-mode: expected one of "
+                              + ", ".join(ACCEPT_MODES))
 
     @property
     def hwm(self) -> int:
@@ -91,6 +102,10 @@ class Config:
     def uses_req(self) -> bool:
         return any(spec.mode == "req" for spec in self.listen)
 
+
+# --accept-mode values; "auto" is reuseport when condure binds its listeners,
+# shared under socket activation (docs/accept-modes.md).
+ACCEPT_MODES = ("auto", "reuseport", "shared", "dispatch")
 
 # Rust's integer parse errors, which Condure puts in its messages.
 EMPTY = "cannot parse integer from empty string"
@@ -147,8 +162,11 @@ def parse_listen(value: str) -> tuple[ListenSpec, tuple[str, ...]]:
     can refuse the ones this build does not implement.
     """
     first, *params = value.split(",")
+    if first.startswith("fd-name="):
+        # An inherited socket needs no address: "fd-name=NAME[,PARAM...]".
+        first, params = "", [first, *params]
     mode, tls, default_cert, local = "stream", False, None, False
-    file_mode = user = group = None
+    file_mode = user = group = fd_name = None
     keys: list[str] = []
     for part in params:
         key, _, arg = part.partition("=")
@@ -171,12 +189,24 @@ def parse_listen(value: str) -> tuple[ListenSpec, tuple[str, ...]]:
             user = arg
         elif key == "group":
             group = arg
+        elif key == "fd-name":
+            if not arg or ":" in arg:
+                raise ConfigError(f"failed to parse listen: invalid fd name: {arg}")
+            fd_name = arg
         else:
             raise ConfigError(f"failed to parse listen: invalid param: {part}")
         keys.append(key)
+    if fd_name is not None:
+        if file_mode is not None or user is not None or group is not None:
+            raise ConfigError("failed to parse listen: mode, user and group do not apply "
+                              "to an inherited socket (set them in the socket unit)")
+        if first == "":
+            spec = ListenSpec(host=None, port=None, path=None, mode=mode, tls=tls,
+                              default_cert=default_cert, fd_name=fd_name)
+            return spec, tuple(keys)
     if local:
         spec = ListenSpec(host=None, port=None, path=first, mode=mode,
-                          file_mode=file_mode, user=user, group=group)
+                          file_mode=file_mode, user=user, group=group, fd_name=fd_name)
         return spec, tuple(keys)
     # The text after the last ":" (or all of it) must be a 16-bit port first;
     # only then is the whole address checked.
@@ -186,7 +216,8 @@ def parse_listen(value: str) -> tuple[ListenSpec, tuple[str, ...]]:
     except ValueError:
         raise ConfigError(f"failed to parse listen: invalid port {port_text}") from None
     host, port = parse_socket_addr(first if ":" in first else f"0.0.0.0:{first}")
-    spec = ListenSpec(host=host, port=port, mode=mode, tls=tls, default_cert=default_cert)
+    spec = ListenSpec(host=host, port=port, mode=mode, tls=tls, default_cert=default_cert,
+                      fd_name=fd_name)
     return spec, tuple(keys)
 
 

@@ -5,6 +5,11 @@
 LEVEL is ERR, WARN, INFO, DEBUG or TRACE and the time is local. ``--log-level``
 0..4 selects error, warn, info, debug, trace (anything above 4 is trace).
 
+Under systemd, when standard output is the journal (``JOURNAL_STREAM``
+names its device and inode, see systemd.exec(5)), each line starts with
+the syslog priority in angle brackets (``<3>`` error ... ``<7>`` debug and
+trace), which journald strips and records as the entry's priority.
+
 Trace logging sits on hot paths (every packet), so callers guard it with
 :func:`trace_enabled` before building any message::
 
@@ -15,6 +20,7 @@ Trace logging sits on hot paths (every packet), so callers guard it with
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -35,16 +41,47 @@ _LABEL = {
     TRACE: "TRACE",
 }
 
+# syslog priorities journald understands as a "<N>" line prefix (sd-daemon(3))
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+    TRACE: 7,
+}
+
 _trace = False
 
 
+def writes_to_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is the journal stream systemd connected us to:
+    ``JOURNAL_STREAM`` is ``DEVICE:INODE`` of that stream, and must match
+    (a child whose output was redirected inherits the variable)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 class CondureFormatter(logging.Formatter):
+    def __init__(self, journal: bool = False) -> None:
+        super().__init__()
+        self.journal = journal
+
     def format(self, record: logging.LogRecord) -> str:
         label = _LABEL.get(record.levelno, record.levelname)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
         line = f"[{label}] {stamp}.{int(record.msecs):03d} [{record.name}] {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        if self.journal:
+            # Every physical line gets the prefix: journald reads line by line.
+            prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+            line = "\n".join(prefix + part for part in line.split("\n"))
         return line
 
 
@@ -61,8 +98,9 @@ def setup(level: int, stream: TextIO | None = None) -> None:
     logger = logging.getLogger(ROOT)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout if stream is None else stream)
-    handler.setFormatter(CondureFormatter())
+    stream = sys.stdout if stream is None else stream
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(CondureFormatter(journal=writes_to_journal(stream)))
     logger.addHandler(handler)
     logger.setLevel(level_for(level))
     # Output is the product; it must not also go through whatever the

@@ -87,11 +87,37 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--workers", UINT, "Number of workers",
-        "Number of workers sharing the connections (at most 1024, at least 1). "
-        "This build runs a single worker process whatever the value; a value "
-        "above 1 is accepted and a warning is logged. The connection limits "
-        "are checked against this value as Condure does.",
+        "Number of worker processes sharing the connections (at most 1024, at "
+        "least 1). Each is one event loop; a supervisor process starts them, "
+        "restarts one that dies (with a growing delay) and replaces them one "
+        "by one on SIGHUP. The connection limits are checked against this "
+        "value as Condure does.",
         metavar="N", default="2",
+    ),
+    Option(
+        "--accept-mode", TEXT, "How workers get connections: reuseport, shared or dispatch",
+        "`reuseport`: one SO_REUSEPORT listening socket per worker, bound and "
+        "kept by the supervisor (Unix sockets and inherited sockets are shared "
+        "instead); `shared`: every worker accepts on one socket, a few "
+        "connections per wakeup; `dispatch`: the supervisor accepts and passes "
+        "each connection to the least-loaded worker. `auto`: reuseport when "
+        "condure binds its listeners, shared under socket activation. See "
+        "docs/accept-modes.md. Not a Condure option.",
+        metavar="MODE", default="auto",
+    ),
+    Option(
+        "--drain-timeout", UINT, "Seconds a graceful stop waits for requests in flight",
+        "On SIGTERM (and for each worker replaced on SIGHUP) a worker stops "
+        "accepting, closes idle connections (WebSocket: close frame 1001), "
+        "and gives requests in flight this many seconds to finish before "
+        "cancelling them. SIGINT stops at once. Not a Condure option.",
+        metavar="SECONDS", default="30",
+    ),
+    Option(
+        "--pid-file", PATH, "Write the supervisor's pid to this file",
+        "Write the supervisor's process id to this file at start and remove "
+        "it at exit. Not a Condure option.",
+        metavar="PATH",
     ),
     Option(
         "--req-maxconn", UINT, "Maximum concurrent connections in req mode",
@@ -269,6 +295,10 @@ LISTEN_PARAMS: tuple[ListenParam, ...] = (
     ListenParam("mode", "OCTAL", "with `local`: permissions of the socket file"),
     ListenParam("user", "NAME", "with `local`: owner of the socket file"),
     ListenParam("group", "NAME", "with `local`: group of the socket file"),
+    ListenParam("fd-name", "NAME",
+                "use the inherited socket of this name (socket activation, "
+                "`FileDescriptorName=`) instead of binding; the address may then be "
+                "left out (`--listen fd-name=web,tls`)"),
 )
 
 LISTEN_PARAM_KEYS: frozenset[str] = frozenset(p.key for p in LISTEN_PARAMS)

@@ -16,6 +16,7 @@ import asyncio
 import errno
 import logging
 import math
+import os
 import signal
 import socket
 import time
@@ -32,6 +33,7 @@ from condure.net.timers import RESOLUTION, TimerWheel
 from condure.net.tls import TlsLayer
 from condure.net.zmqio import StreamSockets
 from condure.net.zmqreq import ReqSocket
+from condure.supervisor.reqrelay import routing_id
 from condure.session.http import HttpSession
 from condure.session.req import REQ_SOCKET, ReqSession
 from condure.zhttp import PacketError, UnknownType, decode, encode
@@ -42,6 +44,10 @@ log = logging.getLogger("condure")
 KEEP_ALIVE_INTERVAL = 45.0  # every session is visited once per 45 s (reference 5.8)
 MAX_IDS = 128  # ids per batched keep-alive/cancel packet
 ACCEPT_BATCH = 64  # connections accepted per wakeup
+# On a socket every worker accepts on (--accept-mode shared), each worker
+# takes only a few per wakeup, so one that woke first does not drain the
+# whole backlog while the others sit idle (docs/accept-modes.md).
+SHARED_ACCEPT_BUDGET = 4
 # Accept errors that mean "out of resources": back off instead of spinning
 # (the connection stays in the backlog and is retried).
 _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -49,11 +55,20 @@ ACCEPT_BACKOFF = 0.1
 
 
 class Worker:
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, index: int = 0) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, index: int = 0, *,
+                 listen_socks: list[tuple[socket.socket, ListenSpec]] | None = None,
+                 address: str | None = None, zmq_spec: dict | None = None) -> None:
         self.config = config
+        # The worker spec's "zmq" part (docs/supervisor.md); None: the
+        # configured endpoints, bound or connected as the options say.
+        self.zmq_spec = zmq_spec
+        # Listening sockets handed over by the supervisor; None: bind our own.
+        self.given_listeners = listen_socks
+        self.requests = 0  # request packets sent, for the supervisor's stats
         self.loop = loop
         self.index = index
-        self.instance_id = config.id.encode()
+        # Our ZHTTP "from" and SUB prefix: --id, or --id.<index> with workers.
+        self.instance_id = (address if address is not None else config.id).encode()
         self.read_size = max(config.buffer_size, 1)
         # Req and stream connections share the slots (and the id space) but
         # are limited separately (reference 1.2).
@@ -82,19 +97,26 @@ class Worker:
     # -- start and stop -----------------------------------------------------
 
     def start(self) -> None:
-        verb = "connect" if self.config.zclient_connect else "bind"
+        zspec = self.zmq_spec or {}
+        verb = "connect" if zspec.get("connect", self.config.zclient_connect) else "bind"
+        # The supervisor logs the public binds; the proxy's internal
+        # endpoints are an implementation detail.
+        level = logging.DEBUG if zspec.get("proxy") else logging.INFO
         # ZeroMQ sockets only for the modes in use (reference 2.3).
         if self.config.uses_req:
-            self.req = ReqSocket(self.config, self.loop, self.on_message)
+            rid = routing_id(self.index, os.getpid()) if zspec.get("proxy") else None
+            self.req = ReqSocket(self.config, self.loop, self.on_message,
+                                 zmq_spec=self.zmq_spec, routing_id=rid)
             for spec in self.req.endpoints:
-                log.info("zhttp client %s %s", verb, spec)
+                log.log(level, "zhttp client %s %s", verb, spec)
         if self.config.uses_stream:
             self.zmq = StreamSockets(self.config, self.loop, self.on_message,
-                                     instance_id=self.instance_id)
+                                     instance_id=self.instance_id, zmq_spec=self.zmq_spec)
             for out, out_stream, in_ in self.zmq.endpoints:
-                log.info("zhttp client %s %s %s %s", verb, out, out_stream, in_)
-        for spec in self.config.listen:
-            sock = listeners.bind(spec)  # ListenError: startup fails with its message
+                log.log(level, "zhttp client %s %s %s %s", verb, out, out_stream, in_)
+            if not self.zmq.wait_subscribed():
+                log.warning("no connection to the supervisor's proxy yet; accepting anyway")
+        for sock, spec in self._listen_sockets():
             self.listeners.append((sock, spec))
             if spec.tls and not spec.is_local:
                 self.tls_contexts[spec] = self.certs.listener_context(spec.default_cert)
@@ -102,6 +124,13 @@ class Worker:
                      " (tls)" if spec in self.tls_contexts else "")
         self._set_accepting(True)
         self.tick_handle = self.loop.call_later(RESOLUTION, self.tick)
+
+    def _listen_sockets(self):
+        if self.given_listeners is not None:
+            yield from self.given_listeners
+            return
+        for spec in self.config.listen:
+            yield listeners.bind(spec), spec  # ListenError: startup fails with its message
 
     def stop(self) -> None:
         """Condure's shutdown: cancel every session a handler knows about
@@ -150,8 +179,34 @@ class Worker:
                 else:
                     self.loop.add_reader(sock.fileno(), self._accept, sock, spec)
 
+    def _accept_budget(self, spec: ListenSpec) -> int:
+        mode = self.config.accept_mode
+        alone = self.config.workers == 1 or (
+            mode == "reuseport" and not spec.is_local and spec.fd_name is None)
+        return ACCEPT_BATCH if alone else SHARED_ACCEPT_BUDGET
+
+    def adopt_connection(self, sock: socket.socket, spec_index: int) -> bool:
+        """Serve a connection the supervisor accepted (dispatch mode) for
+        ``config.listen[spec_index]``; False (and closed) if it cannot be."""
+        try:
+            spec = self.config.listen[spec_index]
+            addr = sock.getpeername()
+        except (IndexError, OSError) as e:
+            log.debug("dropping a passed connection: %s", e)
+            sock.close()
+            return False
+        if self.stopped.done() or self.counts[spec.mode] >= self.limits[spec.mode]:
+            log.debug("dropping a passed connection: %s",
+                      "stopping" if self.stopped.done() else "connection limit reached")
+            sock.close()
+            return False
+        if spec.tls and not spec.is_local and spec not in self.tls_contexts:
+            self.tls_contexts[spec] = self.certs.listener_context(spec.default_cert)
+        self._adopt_socket(sock, addr, spec)
+        return True
+
     def _accept(self, lsock: socket.socket, spec: ListenSpec) -> None:
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(self._accept_budget(spec)):
             if self.counts[spec.mode] >= self.limits[spec.mode]:
                 # Every connection of this mode is taken: leave new clients
                 # in the backlog.
@@ -248,8 +303,10 @@ class Worker:
                      to.decode("utf-8", "replace") if to else "(first)")
             log.log(TRACE, "OUT %s %r", where, payload)
         if to is REQ_SOCKET:
+            self.requests += 1
             self.req.send(payload)
         elif to is None:
+            self.requests += 1
             self.zmq.send_first(payload)
         elif to:
             self.zmq.send_to(to, payload)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -54,32 +55,44 @@ class StreamSockets:
         *,
         instance_id: bytes,
         context: zmq.Context | None = None,
+        zmq_spec: dict | None = None,
     ) -> None:
         self.loop = loop
         self.on_message = on_message
         self.ctx = context or zmq.Context.instance()
         self.prefix = instance_id + b" "
         hwm = config.hwm
+        # zmq_spec: the worker spec's "zmq" part (docs/supervisor.md); with
+        # "proxy" the later-packets socket is a PUSH to the supervisor's
+        # relay carrying the ROUTER's frames [handler-id, "", T...].
+        spec = zmq_spec or {}
+        bases = spec.get("stream", config.zclient_stream)
+        connect = spec.get("connect", config.zclient_connect)
+        self.proxied = bool(spec.get("proxy"))
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.SNDHWM, FIRST_PACKET_HWM)
-        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router = self.ctx.socket(zmq.PUSH if self.proxied else zmq.ROUTER)
         self.router.setsockopt(zmq.SNDHWM, hwm)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A handler that restarts with the same identity takes over its route
-        # at once instead of being refused while the old pipe lingers.
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if not self.proxied:
+            self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # A handler that restarts with the same identity takes over its
+            # route at once instead of being refused while the old pipe lingers.
+            self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, hwm)
         self.sub.setsockopt(zmq.SUBSCRIBE, self.prefix)
         for sock in (self.push, self.router, self.sub):
             sock.setsockopt(zmq.LINGER, 0)
+        # Watched before connecting, so that no handshake goes unseen.
+        self._sub_monitor = (self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+                             if self.proxied else None)
         self.endpoints: list[tuple[str, str, str]] = []
-        for base in config.zclient_stream:
+        for base in bases:
             out, out_stream, in_ = stream_endpoints(base)
             mode = config.ipc_file_mode
-            _bind_or_connect(self.push, out, config.zclient_connect, mode)
-            _bind_or_connect(self.router, out_stream, config.zclient_connect, mode)
-            _bind_or_connect(self.sub, in_, config.zclient_connect, mode)
+            _bind_or_connect(self.push, out, connect, mode)
+            _bind_or_connect(self.router, out_stream, connect, mode)
+            _bind_or_connect(self.sub, in_, connect, mode)
             self.endpoints.append((out, out_stream, in_))
         self.push_queue: deque[bytes] = deque()
         self.router_waiting: dict[bytes, deque[bytes]] = {}
@@ -91,6 +104,32 @@ class StreamSockets:
         loop.add_reader(self.sub.getsockopt(zmq.FD), self._sub_ready)
         # The FD may already be signalled; look once now.
         loop.call_soon(self._sub_ready)
+
+    def wait_subscribed(self, timeout: float = 5.0) -> bool:
+        """Block until the SUB socket's connections have completed their
+        ZeroMQ handshake (at which point its subscription is on its way
+        ahead of anything else), or ``timeout``. Used by workers behind the
+        supervisor's proxy before they start accepting: a reply for a
+        request accepted earlier could otherwise reach the proxy before the
+        worker's subscription does, and be lost."""
+        monitor = self._sub_monitor
+        if monitor is None:
+            return True
+        self._sub_monitor = None
+        wanted = len(self.endpoints)
+        try:
+            deadline = time.monotonic() + timeout
+            done = 0
+            while done < wanted:
+                left = deadline - time.monotonic()
+                if left <= 0 or not monitor.poll(left * 1000):
+                    return False
+                monitor.recv_multipart()
+                done += 1
+            return True
+        finally:
+            self.sub.disable_monitor()
+            monitor.close(0)
 
     # -- receiving --------------------------------------------------------
 

@@ -53,17 +53,25 @@ class ReqSocket:
         on_message: Callable[[bytes], None],
         *,
         context: zmq.Context | None = None,
+        zmq_spec: dict | None = None,
+        routing_id: bytes | None = None,
     ) -> None:
         self.loop = loop
         self.on_message = on_message
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
+        if routing_id is not None:
+            # Behind the supervisor's relay, which routes replies by it.
+            self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
         self.sock.setsockopt(zmq.SNDHWM, FIRST_PACKET_HWM)
         self.sock.setsockopt(zmq.RCVHWM, config.hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.endpoints: list[str] = []
-        for spec in config.zclient_req:
-            _bind_or_connect(self.sock, spec, config.zclient_connect, config.ipc_file_mode)
+        # zmq_spec: the worker spec's "zmq" part (docs/supervisor.md).
+        specs = (zmq_spec or {}).get("req", config.zclient_req)
+        connect = (zmq_spec or {}).get("connect", config.zclient_connect)
+        for spec in specs:
+            _bind_or_connect(self.sock, spec, connect, config.ipc_file_mode)
             self.endpoints.append(spec)
         self.queue: deque[bytes] = deque()
         self._retry: asyncio.TimerHandle | None = None
@@ -101,11 +109,19 @@ class ReqSocket:
         if not self.queue:
             try:
                 self.sock.send_multipart((b"", payload), zmq.NOBLOCK, copy=True)
+                self._recheck()
                 return
             except zmq.Again:
                 pass
         self.queue.append(payload)
         self._arm_retry()
+
+    def _recheck(self) -> None:
+        """A send on this socket may consume the FD's edge that said a reply
+        is waiting: look at ``EVENTS`` and read soon if so."""
+        if not self._scheduled and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._scheduled = True
+            self.loop.call_soon(self._ready)
 
     def _flush(self) -> None:
         queue = self.queue
@@ -123,6 +139,7 @@ class ReqSocket:
     def _retry_now(self) -> None:
         self._retry = None
         self._flush()
+        self._recheck()
         if self.queue:
             self._arm_retry()
 

@@ -62,6 +62,9 @@ from condure.zhttp.packets import (
 )
 
 MAX_HEADERS = 64  # most request headers accepted (reference 7)
+# A connection accepted just before a graceful stop may not have sent its
+# request yet; this is how long a drain waits for it.
+FRESH_GRACE = 1.0
 
 
 class _Refuse(Exception):
@@ -82,6 +85,10 @@ def _receive_buffer_len(parser: h11.Connection) -> int:
 
 class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
     """One stream-mode HTTP/1.x connection (see the module docstring)."""
+
+    leaving = False  # the process is stopping: no further request on this connection
+    served = 0  # requests completed on this connection
+    leave_at: float | None = None  # when a fresh connection is closed in a drain
 
     def __init__(
         self,
@@ -156,6 +163,26 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
         is owed to anyone, so the connection can move elsewhere (bytes of a
         partly read next request travel with it)."""
         return self.state is HEAD and self.handler is None and not self.actions
+
+    def going_away(self, now: float | None = None) -> None:
+        """Graceful stop of the process (called repeatedly while draining):
+        an idle keep-alive connection closes now (its client retries, RFC
+        9112 9.3.1); a new connection whose first request may still be on
+        its way gets FRESH_GRACE seconds; a request under way finishes and
+        its response says ``Connection: close`` if its head has not gone
+        out, then the connection closes."""
+        if self.state is CLOSED:
+            return
+        self.leaving = True
+        if self.state is HEAD and not self._buffered() and not self.actions:
+            if self.served or now is None:
+                self._close(graceful=True, reason="going away")
+            elif self.leave_at is None:
+                self.leave_at = now + FRESH_GRACE
+            elif now >= self.leave_at:
+                self._close(graceful=True, reason="going away: no request came")
+        elif self.state is not HEAD:
+            self.persistent = False
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the client; ``b""`` means end of input."""
@@ -362,6 +389,8 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
             self.persistent = b"close" not in connection
         else:
             self.persistent = b"keep-alive" in connection and b"close" not in connection
+        if self.leaving:
+            self.persistent = False  # the process is stopping: last request here
         has_length = False
         more = False
         for key, value in headers:
@@ -400,7 +429,8 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
             return
         if self.body_state is BODY_PENDING or self.body_state is BODY_READING:
             return
-        if self.persistent and self.body_state is not BODY_ABANDONED:
+        self.served += 1
+        if self.persistent and not self.leaving and self.body_state is not BODY_ABANDONED:
             self._start_cycle(now, self._leftover())
         else:
             self._close(graceful=True, reason="response complete")

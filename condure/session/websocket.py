@@ -249,6 +249,13 @@ class WebSocketSession(ZhttpPeer, InputMixin):
         if self.state is not CLOSED:
             self._close(graceful=False, reason=reason)
 
+    def going_away(self, now: float | None = None) -> None:
+        """Graceful stop of the process: close frame 1001 (RFC 6455 7.4.1),
+        cancel to the handler. A handshake still awaiting the handler is
+        left alone (asked again once open)."""
+        if self.state is OPEN:
+            self._fail(1001, "going away")
+
     def output_flushed(self, now: float) -> None:
         self.out_messages = 0
         if self.unflushed and self.state is OPEN:

@@ -31,7 +31,10 @@ class Ctx:
         self.conns: list[Conn] = []
 
     def handler(self, identity: str = "handler1", pull: bool = True) -> HandlerClient:
+        # With --zclient-connect condure connects: the handler binds.
+        bind = self.impl.endswith("-connect")
         h = procs.start_handler(self.condure.base, self.workdir, identity=identity, pull=pull,
+                                bind=bind,
                                 sub_prefix=self.condure.instance_id,
                                 name=f"h{len(self.handlers)}-{identity}")
         self.stack.callback(h.close)
@@ -369,3 +372,7 @@ SCENARIOS = {
         no_content_with_body, empty_post_after_credit,
     )
 }
+
+# Scenarios with a second handler process: in connect mode both would have
+# to bind the same endpoints.
+TWO_HANDLERS = frozenset({"handoff"})

@@ -51,10 +51,17 @@ def normalised_result(ctx: diff_scenarios.Ctx, status: int) -> dict:
 def run_scenario(impl: str, name: str, workdir: Path) -> dict:
     """Run one scenario against one implementation; every process is stopped."""
     scenario = diff_scenarios.SCENARIOS[name]
-    workers = 1 if impl == "reference" else None
+    # "ours-4": four worker processes behind the supervisor's ZeroMQ relay
+    # (bind mode); packets carry "condure.<n>", which the normaliser accepts.
+    # "ours-4-connect": four workers connecting straight to the handler,
+    # which binds (--zclient-connect).
+    workers = 4 if impl.startswith("ours-4") else 1
+    extra = ["--zclient-connect"] if impl.endswith("-connect") else []
     with contextlib.ExitStack() as stack:
         try:
-            condure = procs.start_condure(impl, workdir, instance_id=INSTANCE_ID, workers=workers)
+            condure = procs.start_condure("reference" if impl == "reference" else "ours",
+                                          workdir, instance_id=INSTANCE_ID, workers=workers,
+                                          extra_args=extra)
         except procs.StartupError as e:
             failure = f"{impl} condure did not start:\n{e}"
         else:
@@ -84,15 +91,17 @@ def reference_result(name: str, tmp_path: Path) -> dict:
 
 
 @pytest.mark.parametrize("name", list(diff_scenarios.SCENARIOS))
-@pytest.mark.parametrize("impl", ["reference", "ours"])
+@pytest.mark.parametrize("impl", ["reference", "ours", "ours-4", "ours-4-connect"])
 def test_scenario(impl: str, name: str, tmp_path: Path) -> None:
+    if impl.endswith("-connect") and name in diff_scenarios.TWO_HANDLERS:
+        pytest.skip("two handlers cannot both bind the endpoints condure connects to")
     if impl == "reference":
         _reference_results.pop(name, None)
         result = reference_result(name, tmp_path)
         assert result["status"] == 0
         return
     expected = reference_result(name, tmp_path)
-    result = run_scenario("ours", name, tmp_path / "ours")
+    result = run_scenario(impl, name, tmp_path / impl)
     for handler, ref_packets in expected["packets"].items():
         got = result["packets"].get(handler, [])
         assert got == ref_packets, (

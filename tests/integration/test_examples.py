@@ -15,6 +15,7 @@ import base64
 import http.client
 import os
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -104,15 +105,48 @@ class Condure:
         self.workdir = workdir
         self.impl = impl
 
+    @property
+    def address(self):
+        """The ZHTTP address of condure's packets: the instance id, or the
+        id of one worker (``condure.<n>``) when there are several."""
+        if self.impl in ("ours-1", "reference"):
+            return re.compile(r"condure")
+        return re.compile(r"condure\.[0-9]+")
+
+
+def broker(request, tmp_path):
+    """Handler-side endpoints for condure in --zclient-connect mode.
+
+    The examples connect to ipc://client-* as they would to a condure in
+    bind mode; here the bound side is the supervisor's relay (ZmqProxy), run
+    in the test, and condure's workers connect to its internal endpoints.
+    Its later-packets endpoint is a PULL, which a ROUTER cannot talk to, so
+    in this mode handlers get no packets on their ROUTER (the examples only
+    print those). Returns the base condure connects to.
+    """
+    from condure.config import Config
+    from condure.supervisor.zmqproxy import ZmqProxy
+
+    proxy = ZmqProxy(Config(zclient_stream=("ipc://{}".format(tmp_path / "client"),)))
+    spec = proxy.start()
+    request.addfinalizer(proxy.close)
+    return spec["stream"][0]
+
 
 @pytest.fixture(
     params=[
-        "ours",
+        "ours-1",
+        "ours-4",
+        "ours-4-connect",
         pytest.param("reference", marks=pytest.mark.reference),
     ]
 )
 def condure(request, tmp_path):
-    """A running condure listening on 127.0.0.1 with ipc sockets in tmp_path."""
+    """A running condure listening on 127.0.0.1 with ipc sockets in tmp_path.
+
+    Ours runs with one worker, with 4 workers (the supervisor binds the
+    endpoints), and with 4 workers each connecting (``--zclient-connect``).
+    """
     port = free_port()
     args = [
         "--listen",
@@ -120,6 +154,13 @@ def condure(request, tmp_path):
         "--zclient-stream",
         "ipc://{}".format(tmp_path / "client"),
     ]
+    if request.param == "ours-1":
+        args += ["--workers", "1"]
+    elif request.param == "ours-4":
+        args += ["--workers", "4"]
+    elif request.param == "ours-4-connect":
+        args[3] = broker(request, tmp_path)
+        args += ["--workers", "4", "--zclient-connect"]
     if request.param == "reference":
         if not os.access(REFERENCE_BINARY, os.X_OK):
             pytest.skip("{} is not installed".format(REFERENCE_BINARY))
@@ -202,7 +243,7 @@ def test_printreq_and_sendresp_answer_from_another_process(condure, run_example)
     try:
         conn.request("GET", "/held")
         address, request_id = printed.wait_for(lambda line: True).split(" ")
-        assert address == "condure"
+        assert condure.address.fullmatch(address), address
         sender = subprocess.run(
             [
                 sys.executable,

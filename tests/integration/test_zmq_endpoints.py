@@ -76,7 +76,7 @@ def test_packets_wait_for_a_handler_still_connecting(tmp_path):
 
     import tnetstring
 
-    condure = procs.start_condure("ours", tmp_path)
+    condure = procs.start_condure("ours", tmp_path, workers=1)  # its address is --id
     ctx = zmq.Context()
     try:
         pull = ctx.socket(zmq.PULL)

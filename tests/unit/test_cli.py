@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-import sys
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -379,59 +377,33 @@ def test_parser_is_built_from_the_table() -> None:
 
 
 @pytest.fixture
-def fake_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Config]]:
-    seen: list[Config] = []
-    module = types.ModuleType("condure.worker")
+def no_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """These command lines must stop before anything runs: a guard that
+    fails the test if main() got as far as starting the supervisor."""
+    from condure.supervisor import main as supervisor
 
     def run(config: Config) -> int:
-        seen.append(config)
-        return 7
+        raise AssertionError(f"main() ran the supervisor for {config!r}")
 
-    module.run = run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "condure.worker", module)
-    yield seen
+    monkeypatch.setattr(supervisor, "run", run)
+    yield
     log.setup(log.DEFAULT_LEVEL, io.StringIO())  # detach from the captured stdout
 
 
-def test_main_runs_worker_with_config(fake_worker: list[Config]) -> None:
-    assert main(["--listen", "127.0.0.1:0", "--id", "x"]) == 7
-    assert fake_worker[0].id == "x" and fake_worker[0].listen[0].port == 0
-
-
-def test_main_warns_about_workers(fake_worker: list[Config],
-                                  capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--workers", "3"])
-    (line,) = capsys.readouterr().out.splitlines()
-    m = LINE.match(line)
-    assert m and m.group(1) == "WARN" and m.group(2) == "condure"
-    assert m.group(3) == "--workers 3: this build runs a single worker process"
-
-
-def test_main_no_warning_for_default_workers(fake_worker: list[Config],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    main([])
-    assert capsys.readouterr().out == ""
-
-
-def test_main_semantic_error(fake_worker: list[Config],
-                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_semantic_error(no_run: None, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--id", ""]) == 1
     (line,) = capsys.readouterr().out.splitlines()
     m = LINE.match(line)
     assert m and m.groups() == (
         "ERR", "condure", "failed to parse id: value cannot be empty or contain a space")
-    assert fake_worker == []
 
 
-def test_main_not_supported(fake_worker: list[Config],
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_not_supported(no_run: None, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--zserver-stream=ipc://x"]) == 2
     assert "--zserver-stream is not supported yet" in capsys.readouterr().err
-    assert fake_worker == []
 
 
-def test_main_syntax_error_returns_2(fake_worker: list[Config],
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_syntax_error_returns_2(no_run: None) -> None:
     assert main(["--bogus"]) == 2
     assert main(["--help"]) == 0
 

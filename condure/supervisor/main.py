@@ -1,0 +1,508 @@
+"""The supervisor: start the workers, keep them running, stop them.
+
+Theory of operation. Signal handlers only enqueue; one loop (asyncio, so
+the dispatch-mode accept loop can share it) wakes on a signal, a control
+message or a timer and runs the same phases every time: dispatch queued
+signals (``handle_term``, ``handle_int``, ``handle_hup``, ``handle_chld``),
+reap exited workers, then maintain (respawn due slots, move a reload on by
+one slot, kill workers overdue to stop, tell systemd what changed).
+
+A slot is one worker position 0..N-1 with its own address and, in
+reuseport mode, its own listening sockets. A worker that dies is
+respawned after a delay that doubles per crash (0.1 s up to 30 s) and
+resets once a worker of that slot has run for ``STABLE`` seconds. Workers
+that die before ever saying ``ready`` are boot failures: ``BOOT_FAILURES``
+in a row stop condure with status 1, since respawning cannot help.
+
+SIGHUP replaces the workers one slot at a time: the successor starts next
+to the old worker, and only once it is ready does the old one get a
+graceful stop (it drains while the successor accepts). SIGTERM stops every
+worker gracefully, SIGINT and SIGQUIT at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import condure
+from condure.config import Config
+from condure.supervisor import control, sockets
+from condure.supervisor.notify import Notifier, status_text
+
+log = logging.getLogger("condure")
+
+BACKOFF_MIN = 0.1  # seconds before the first respawn of a slot
+BACKOFF_MAX = 30.0
+STABLE = 10.0  # a worker up this long resets its slot's backoff
+BOOT_FAILURES = 3  # workers in a row dying before "ready": give up
+READY_TIMEOUT = 60.0  # a worker not ready by then is killed (a boot failure)
+KILL_GRACE = 5.0  # beyond its drain time, a stopping worker gets this long
+FAST_STOP = 12.0  # a fast stop: the worker's cancel flush (10 s) and some
+TICK = 0.5  # maintenance at least this often
+# Variables meant for the supervisor only.
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
+                "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+@dataclass(eq=False)
+class Child:
+    slot: int
+    generation: int
+    popen: subprocess.Popen
+    ctl: object  # socket.socket, the supervisor's end
+    started: float
+    ready_at: float | None = None
+    connections: int = 0
+    requests: int = 0
+    stop_deadline: float | None = None
+    graceful: bool = True
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
+
+
+@dataclass
+class State:
+    slots: list[Child | None]
+    successors: dict[int, Child] = field(default_factory=dict)
+    retiring: list[Child] = field(default_factory=list)
+    respawn_at: dict[int, float] = field(default_factory=dict)
+    crashes: dict[int, int] = field(default_factory=dict)
+    reload_pending: list[int] = field(default_factory=list)
+    reloading: bool = False
+
+
+def acquire_listeners(config: Config, n_workers: int) -> sockets.Listeners:
+    """The listening sockets (inherited or bound); raises AcquireError."""
+    return sockets.acquire_listeners(config, n_workers)
+
+
+def start_zmq(config: Config):
+    """(proxy or None, the worker spec's ``zmq`` part)."""
+    if config.zclient_connect or not (config.uses_stream or config.uses_req):
+        return None, {"stream": list(config.zclient_stream), "req": list(config.zclient_req),
+                      "connect": True}
+    from condure.supervisor.zmqproxy import ZmqProxy
+
+    proxy = ZmqProxy(config)
+    return proxy, proxy.start()
+
+
+def _describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            return f"signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"signal {-status}"
+    return f"status {status}"
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.n = config.workers
+        self.notify = Notifier()
+        self.signals: deque[int] = deque()
+        self.state = State(slots=[None] * self.n)
+        self.generation = 0
+        self.boot_failures = 0
+        self.stopping: str | None = None  # "graceful" or "fast"
+        self.exit_status = 0
+        self.announced = False
+        self.listeners: sockets.Listeners | None = None
+        self.zmq_spec: dict | None = None
+        self.proxy = None
+        self.dispatcher = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.wake: asyncio.Event | None = None
+        self.last_watchdog = 0.0
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self) -> int:
+        log.info("starting...")
+        try:
+            self.listeners = acquire_listeners(self.config, self.n)
+        except (sockets.AcquireError, OSError) as e:
+            log.error("%s", e)
+            return 1
+        if self.listeners.connection is not None:
+            # Accept=yes: systemd passed one connected socket; serve it here,
+            # in this one process, and exit when it ends.
+            from condure.supervisor import inetd
+            return inetd.run(self.listeners)
+        try:
+            self.proxy, self.zmq_spec = start_zmq(self.listeners.config)
+        except Exception as e:  # noqa: BLE001 - zmq.ZMQError, OSError: reported as Condure does
+            log.error("%s", e)
+            self.listeners.close()
+            return 1
+        try:
+            write_pid_file(self.config.pid_file)
+        except OSError as e:
+            log.error("failed to write pid file %s: %s", self.config.pid_file, e.strerror)
+            self.listeners.close()
+            if self.proxy is not None:
+                self.proxy.close()
+            return 1
+        self.loop = asyncio.new_event_loop()
+        try:
+            return self.loop.run_until_complete(self._main())
+        finally:
+            if self.dispatcher is not None:
+                self.dispatcher.close()
+            self.listeners.close()
+            if self.proxy is not None:
+                self.proxy.close()
+            self.loop.close()
+            remove_pid_file(self.config.pid_file)
+            log.info("stopped")
+
+    async def _main(self) -> int:
+        loop = self.loop
+        self.wake = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+            loop.add_signal_handler(sig, self._enqueue, sig)
+        for slot in range(self.n):
+            self.state.slots[slot] = self.spawn(slot)
+        if self.listeners.mode == sockets.DISPATCH:
+            self.dispatcher = sockets.Dispatcher(self.listeners, loop, self.dispatch_conn)
+            self.dispatcher.start()
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), TICK)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            while self.signals:
+                sig = self.signals.popleft()
+                handler = getattr(self, "handle_" + signal.Signals(sig).name[3:].lower(), None)
+                if handler is not None:
+                    handler()
+            self.reap()
+            if self.stopping and not self.children():
+                return self.exit_status
+            self.maintain()
+
+    def _enqueue(self, sig: int) -> None:
+        self.signals.append(sig)
+        self.wake.set()
+
+    def children(self) -> list[Child]:
+        st = self.state
+        return ([c for c in st.slots if c is not None] + list(st.successors.values())
+                + st.retiring)
+
+    # -- signals ---------------------------------------------------------------
+
+    def handle_term(self) -> None:
+        if self.stopping:
+            return
+        log.info("stopping...")
+        self.notify.stopping()
+        self.stopping = "graceful"
+        self._stop_all(graceful=True)
+
+    def handle_int(self) -> None:
+        if self.stopping == "fast":
+            return
+        if not self.stopping:
+            log.info("stopping...")
+            self.notify.stopping()
+        self.stopping = "fast"
+        self._stop_all(graceful=False)
+
+    handle_quit = handle_int
+
+    def handle_hup(self) -> None:
+        st = self.state
+        if self.stopping:
+            return
+        if st.reloading:
+            log.info("reload already under way")
+            return
+        log.info("reloading: replacing %d workers one by one", self.n)
+        self.notify.reloading()
+        st.reloading = True
+        st.reload_pending = list(range(self.n))
+
+    def handle_chld(self) -> None:
+        pass  # reap() runs after every wakeup
+
+    def _stop_all(self, graceful: bool) -> None:
+        st = self.state
+        st.respawn_at.clear()
+        st.reload_pending.clear()
+        st.reloading = False
+        if self.dispatcher is not None:
+            self.dispatcher.pause()
+        for child in self.children():
+            if child.stop_deadline is None or (not graceful and child.graceful):
+                self.stop_child(child, graceful)
+
+    # -- workers -----------------------------------------------------------------
+
+    def spawn(self, slot: int) -> Child:
+        self.generation += 1
+        config = self.listeners.config
+        sup_end, worker_end = control.socketpair()
+        worker_listeners = self.listeners.worker_listeners(slot)
+        address = config.id if self.n == 1 else f"{config.id}.{slot}"
+        spec = {
+            "index": slot, "generation": self.generation,
+            "config": control.config_to_json(config), "address": address,
+            "control_fd": worker_end.fileno(), "listeners": worker_listeners,
+            "zmq": self.zmq_spec,
+        }
+        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        env[control.SPEC_VARIABLE] = json.dumps(spec)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(condure.__file__)))
+        path = env.get("PYTHONPATH", "")
+        if root not in path.split(os.pathsep):
+            env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
+        fds = [worker_end.fileno()] + [item["fd"] for item in worker_listeners]
+        try:
+            popen = subprocess.Popen([sys.executable, "-m", "condure.workerproc"],
+                                     env=env, pass_fds=fds, close_fds=True)
+        finally:
+            worker_end.close()
+        sup_end.setblocking(False)
+        child = Child(slot, self.generation, popen, sup_end, time.monotonic())
+        self.loop.add_reader(sup_end.fileno(), self.on_control, child)
+        log.debug("worker %d started (pid %d)", slot, popen.pid)
+        return child
+
+    def stop_child(self, child: Child, graceful: bool) -> None:
+        drain = float(self.config.drain_timeout)
+        child.graceful = graceful
+        child.stop_deadline = time.monotonic() + (drain + KILL_GRACE if graceful else FAST_STOP)
+        try:
+            control.send(child.ctl, {"type": "stop", "graceful": graceful, "drain": drain})
+        except OSError:
+            pass  # it is exiting already; reap() will see
+
+    def on_control(self, child: Child) -> None:
+        while True:
+            try:
+                message, fds = control.recv(child.ctl)
+            except BlockingIOError:
+                return
+            except (control.ControlError, OSError) as e:
+                log.warning("worker %d control channel: %s", child.slot, e)
+                message, fds = None, []
+            control.close_fds(fds)
+            if message is None:
+                self.loop.remove_reader(child.ctl.fileno())
+                self.wake.set()
+                return
+            kind = message["type"]
+            if kind == "stats":
+                child.connections = int(message.get("connections", 0))
+                child.requests = int(message.get("requests", 0))
+                if self.dispatcher is not None:
+                    self.dispatcher_load(child)
+            elif kind == "ready":
+                child.ready_at = time.monotonic()
+                self.boot_failures = 0
+                log.debug("worker %d ready (pid %d)", child.slot, child.pid)
+                self.wake.set()
+            elif kind == "drained":
+                log.debug("worker %d drained (pid %d)", child.slot, child.pid)
+
+    def reap(self) -> None:
+        for child in self.children():
+            status = child.popen.poll()
+            if status is not None:
+                self.on_exit(child, status)
+
+    def _forget(self, child: Child) -> None:
+        try:
+            self.loop.remove_reader(child.ctl.fileno())
+        except (ValueError, OSError):
+            pass
+        child.ctl.close()
+
+    def on_exit(self, child: Child, status: int) -> None:
+        st = self.state
+        self._forget(child)
+        how = _describe_exit(status)
+        if child in st.retiring:
+            st.retiring.remove(child)
+            log.debug("worker %d (pid %d) exited with %s", child.slot, child.pid, how)
+            return
+        now = time.monotonic()
+        if st.successors.get(child.slot) is child:
+            del st.successors[child.slot]
+            if self.stopping:
+                return
+            self.boot_failures += 1
+            log.warning("new worker %d (pid %d) exited with %s before it was ready",
+                        child.slot, child.pid, how)
+            if self.boot_failures >= BOOT_FAILURES:
+                log.error("reload failed: new workers cannot start (%d failures in a row); "
+                          "keeping the running workers", self.boot_failures)
+                self.boot_failures = 0
+                st.reload_pending.clear()
+            return
+        if st.slots[child.slot] is child:
+            st.slots[child.slot] = None
+        if self.stopping:
+            return
+        if not child.ready:
+            self.boot_failures += 1
+            if self.boot_failures >= BOOT_FAILURES:
+                log.error("workers failed to start %d times in a row (last: worker %d exited "
+                          "with %s); giving up", self.boot_failures, child.slot, how)
+                self.exit_status = 1
+                self.handle_int()
+                return
+        crashes = st.crashes.get(child.slot, 0)
+        if child.ready_at is not None and now - child.ready_at >= STABLE:
+            crashes = 0
+        delay = min(BACKOFF_MIN * 2 ** crashes, BACKOFF_MAX)
+        st.crashes[child.slot] = crashes + 1
+        st.respawn_at[child.slot] = now + delay
+        log.warning("worker %d (pid %d) exited with %s; restarting in %.1fs",
+                    child.slot, child.pid, how, delay)
+
+    # -- maintenance -------------------------------------------------------------
+
+    def maintain(self) -> None:
+        st = self.state
+        now = time.monotonic()
+        for child in self.children():
+            if child.stop_deadline is not None and now >= child.stop_deadline:
+                log.warning("worker %d (pid %d) did not stop in time; killing it",
+                            child.slot, child.pid)
+                child.popen.kill()
+                child.stop_deadline = now + KILL_GRACE
+            elif not child.ready and now - child.started > READY_TIMEOUT:
+                log.warning("worker %d (pid %d) not ready after %.0fs; killing it",
+                            child.slot, child.pid, READY_TIMEOUT)
+                child.popen.kill()
+                child.started = now
+        if self.stopping:
+            self.update_status()
+            return
+        for slot, due in list(st.respawn_at.items()):
+            if now >= due:
+                del st.respawn_at[slot]
+                st.slots[slot] = self.spawn(slot)
+        self.step_reload(now)
+        ready = self.all_ready()
+        if ready and not self.announced:
+            self.announced = True
+            log.info("started")
+            self.notify.ready(self.status())
+            if self.dispatcher is not None:
+                self.dispatcher.resume()
+        self.update_status()
+        interval = self.notify.watchdog_interval
+        if interval and ready and now - self.last_watchdog >= interval:
+            self.last_watchdog = now
+            self.notify.watchdog()
+
+    def step_reload(self, now: float) -> None:
+        st = self.state
+        if not st.reloading:
+            return
+        while st.reload_pending:
+            slot = st.reload_pending[0]
+            old = st.slots[slot]
+            succ = st.successors.get(slot)
+            if old is None:
+                st.reload_pending.pop(0)  # respawning anyway, with fresh code
+                continue
+            if succ is None:
+                if slot not in st.respawn_at or now >= st.respawn_at[slot]:
+                    st.respawn_at.pop(slot, None)
+                    st.successors[slot] = self.spawn(slot)
+                return
+            if not succ.ready:
+                return
+            del st.successors[slot]
+            st.slots[slot] = succ
+            self.stop_child(old, graceful=True)
+            st.retiring.append(old)
+            st.reload_pending.pop(0)
+            log.info("worker %d replaced (pid %d -> %d)", slot, old.pid, succ.pid)
+        if not st.successors and self.all_ready():
+            st.reloading = False
+            log.info("reloaded")
+            self.notify.ready(self.status())
+
+    def all_ready(self) -> bool:
+        return all(c is not None and c.ready for c in self.state.slots)
+
+    def status(self) -> str:
+        ready = sum(1 for c in self.state.slots if c is not None and c.ready)
+        conns = sum(c.connections for c in self.children())
+        return status_text(ready, self.n, conns)
+
+    def update_status(self) -> None:
+        if self.announced:
+            self.notify.status(self.status())
+
+    # -- dispatch mode -------------------------------------------------------------
+
+    def dispatcher_load(self, child: Child) -> None:
+        self._load().report(child.slot, child.connections)
+
+    def _load(self) -> sockets.LeastLoaded:
+        if not hasattr(self, "_least_loaded"):
+            self._least_loaded = sockets.LeastLoaded()
+        return self._least_loaded
+
+    def dispatch_conn(self, sock, spec: int) -> bool:
+        """Pass one accepted connection to the least-loaded ready worker."""
+        ready = {c.slot: c for c in self.state.slots
+                 if c is not None and c.ready and c.stop_deadline is None}
+        slot = self._load().pick(ready)
+        if slot is None:
+            return False
+        control.send(ready[slot].ctl, {"type": "conn", "spec": spec}, [sock.fileno()])
+        self._load().dispatched(slot)
+        return True
+
+
+# -- pid file --------------------------------------------------------------------
+
+def write_pid_file(path: str | None) -> None:
+    if not path:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def remove_pid_file(path: str | None) -> None:
+    """Remove the pid file if it is still ours."""
+    if not path:
+        return
+    try:
+        with open(path, encoding="ascii") as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def run(config: Config) -> int:
+    """Run the supervisor and its workers until stopped; the exit status."""
+    return Supervisor(config).run()

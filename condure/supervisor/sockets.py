@@ -1,0 +1,399 @@
+"""The supervisor's listening sockets: inherited or bound, per accept mode.
+
+:func:`acquire_listeners` decides, once at start-up, which sockets exist and
+which worker accepts on which (docs/accept-modes.md):
+
+- sockets passed by systemd (:mod:`condure.supervisor.activation`) are
+  matched to ``--listen`` entries by ``fd-name=NAME``; a named socket that is
+  missing, or a passed socket no entry names, is an error (a socket nobody
+  accepts on would leave clients hanging). Without any ``--listen``, every
+  passed socket is a stream listener. Inherited sockets are never
+  ``listen()``ed again and are always shared (or dispatched): one cannot
+  make SO_REUSEPORT siblings of a socket systemd bound;
+- other entries are bound here: ``reuseport`` binds one SO_REUSEPORT socket
+  per worker slot for each TCP entry (Unix sockets cannot be balanced by
+  the kernel and are shared), ``shared`` and ``dispatch`` one socket each.
+
+The supervisor keeps every socket for its whole life, so connections
+queued on a worker's socket survive that worker's death and wait for its
+replacement. In ``dispatch`` mode the :class:`Dispatcher` accepts and
+hands each connection to a worker.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field, replace
+
+from condure.config import Config, ListenSpec
+from condure.net import listeners as binder
+from condure.supervisor import activation
+from condure.supervisor.activation import Inherited, local_address
+
+log = logging.getLogger("condure")
+
+REUSEPORT, SHARED, DISPATCH, AUTO = "reuseport", "shared", "dispatch", "auto"
+DISPATCH_BATCH = 64  # connections the dispatcher accepts per wakeup
+# Accept errors that mean "out of resources" (descriptors per process or
+# system, socket buffers, kernel memory): retrying at once would spin, so
+# accepting pauses and the connection waits in the backlog.
+_ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_BACKOFF = 0.1  # seconds
+# The peer gave up between SYN and accept: skip it.
+_ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO}
+
+
+class AcquireError(Exception):
+    """The listeners cannot be set up; the message is for the log (exit 1)."""
+
+
+@dataclass(slots=True)
+class Listener:
+    sock: socket.socket
+    spec: int  # index of its entry in Listeners.config.listen
+    slot: int | None = None  # reuseport: the worker slot it belongs to; None: all
+    name: str | None = None  # the descriptor name, for inherited sockets
+
+    @property
+    def inherited(self) -> bool:
+        return self.name is not None
+
+
+@dataclass(slots=True)
+class Listeners:
+    """What the supervisor owns. ``config`` is the Config the workers get:
+    ``listen`` completed from the passed sockets, ``accept_mode`` resolved."""
+
+    config: Config
+    mode: str
+    items: list[Listener] = field(default_factory=list)
+    connection: Inherited | None = None  # inetd style: one connected socket
+
+    def for_worker(self, index: int) -> list[Listener]:
+        """The sockets worker slot ``index`` accepts on (none in dispatch mode)."""
+        if self.mode == DISPATCH:
+            return []
+        return [item for item in self.items if item.slot in (None, index)]
+
+    def worker_listeners(self, index: int) -> list[dict[str, int]]:
+        """The worker spec's ``listeners`` list; the fds go in ``pass_fds``."""
+        return [{"fd": item.sock.fileno(), "spec": item.spec} for item in self.for_worker(index)]
+
+    def close(self) -> None:
+        for item in self.items:
+            if item.inherited:
+                item.sock.close()
+            else:  # a bound Unix socket's file goes too
+                binder.close(item.sock, self.config.listen[item.spec])
+        self.items.clear()
+        if self.connection is not None:
+            self.connection.sock.close()
+
+
+def acquire_listeners(config: Config, n_workers: int, accept_mode: str | None = None, *,
+                      listen_given: bool | None = None,
+                      environ: MutableMapping[str, str] | None = None) -> Listeners:
+    """Take the passed sockets and bind the rest; raises AcquireError.
+
+    ``accept_mode`` defaults to ``config.accept_mode``. ``listen_given``
+    says whether ``--listen`` was on the command line; when None it is
+    guessed from ``config.listen`` differing from the built-in default.
+    """
+    try:
+        passed = activation.inherited_sockets(environ)
+    except activation.ActivationError as e:
+        raise AcquireError(f"socket activation: {e}") from None
+    if listen_given is None:
+        listen_given = config.listen != Config().listen
+    try:
+        return match_listeners(config, n_workers, accept_mode or config.accept_mode,
+                               listen_given, passed)
+    except BaseException:
+        for item in passed:
+            item.sock.close()
+        raise
+
+
+def match_listeners(config: Config, n_workers: int, requested: str, listen_given: bool,
+                    passed: list[Inherited]) -> Listeners:
+    """The matching and binding of :func:`acquire_listeners`, given the
+    passed sockets already identified (tests call this directly)."""
+    for item in passed:
+        if item.type != socket.SOCK_STREAM:
+            raise AcquireError(f"passed {item.describe()} is not a stream socket")
+    connected = [item for item in passed if not item.listening]
+    if connected:
+        if len(passed) > 1:
+            raise AcquireError(f"passed {connected[0].describe()} is a connected socket "
+                               "(Accept=yes); it must be the only one passed")
+        return _inetd(config, connected[0], listen_given)
+    mode = requested
+    if mode == AUTO:
+        mode = SHARED if passed else REUSEPORT
+    if passed and not listen_given:
+        specs = tuple(_spec_for(item) for item in passed)
+        items = [Listener(item.sock, i, None, item.name) for i, item in enumerate(passed)]
+        config = replace(config, listen=specs, accept_mode=mode)
+        result = Listeners(config, mode, items)
+        _log(result)
+        return result
+    specs = list(config.listen)
+    result = Listeners(replace(config, accept_mode=mode), mode)
+    unused = list(passed)
+    try:
+        for index, spec in enumerate(specs):
+            if spec.fd_name is not None:
+                matched = [item for item in unused if item.name == spec.fd_name]
+                if not matched:
+                    raise AcquireError(_missing(spec, passed))
+                for item in matched:
+                    _check_address(spec, item)
+                    unused.remove(item)
+                    result.items.append(Listener(item.sock, index, None, item.name))
+                if len(matched) == 1 and spec.host is None and spec.path is None:
+                    # "fd-name=web" alone: the entry takes the socket's address
+                    # (for the log, and so a Unix socket counts as local).
+                    specs[index] = replace(_spec_for(matched[0]), mode=spec.mode,
+                                           tls=spec.tls, default_cert=spec.default_cert)
+            elif mode == REUSEPORT and not spec.is_local:
+                for slot, sock in enumerate(bind_reuseport(spec, n_workers)):
+                    result.items.append(Listener(sock, index, slot))
+            else:
+                if mode == REUSEPORT:
+                    log.info("listen %s: a Unix socket is shared by all workers "
+                             "(no SO_REUSEPORT for Unix sockets)", spec.path)
+                result.items.append(Listener(binder.bind(spec), index))
+        if unused:
+            names = ", ".join(item.describe() for item in unused)
+            raise AcquireError(f"passed socket not named by any --listen fd-name=: {names}")
+    except BaseException as e:
+        # Passed sockets are closed by the caller; close only what we bound.
+        result.items = [item for item in result.items if not item.inherited]
+        result.close()
+        if isinstance(e, binder.ListenError):
+            raise AcquireError(str(e)) from None
+        raise
+    result.config = replace(result.config, listen=tuple(specs))
+    _log(result)
+    return result
+
+
+def _inetd(config: Config, item: Inherited, listen_given: bool) -> Listeners:
+    if listen_given:
+        named = [spec for spec in config.listen if spec.fd_name == item.name]
+        if not named:
+            raise AcquireError(f"passed {item.describe()} is not named by any "
+                               f"--listen (add --listen fd-name={item.name})")
+        spec = named[0]
+    else:
+        spec = ListenSpec(host=None, port=None, fd_name=item.name)
+    config = replace(config, listen=(spec,), accept_mode=SHARED)
+    return Listeners(config, SHARED, [], item)
+
+
+def _spec_for(item: Inherited) -> ListenSpec:
+    """A stream ListenSpec describing a passed listening socket."""
+    if item.family == socket.AF_UNIX:
+        return ListenSpec(host=None, port=None, path=local_address(item.sock),
+                          fd_name=item.name)
+    host, port = item.sock.getsockname()[:2]
+    return ListenSpec(host=host, port=port, fd_name=item.name)
+
+
+def _missing(spec: ListenSpec, passed: list[Inherited]) -> str:
+    if not passed:
+        return (f"--listen fd-name={spec.fd_name}: no sockets were passed "
+                "(LISTEN_FDS unset or not for this process)")
+    names = ", ".join(sorted({item.name for item in passed}))
+    return f"--listen fd-name={spec.fd_name}: no passed socket has that name (passed: {names})"
+
+
+def _check_address(spec: ListenSpec, item: Inherited) -> None:
+    """An entry that gives an address as well as a name must agree with the
+    socket (a guard against a unit and a command line drifting apart)."""
+    if spec.path is not None:
+        ok = item.family == socket.AF_UNIX and local_address(item.sock) == spec.path
+    elif spec.host is not None:
+        ok = item.family in (socket.AF_INET, socket.AF_INET6) and (
+            not spec.port or item.sock.getsockname()[1] == spec.port)
+    else:
+        return
+    if not ok:
+        raise AcquireError(f"--listen {spec.address},fd-name={spec.fd_name}: "
+                           f"the passed socket is {item.describe()}")
+
+
+def bind_reuseport(spec: ListenSpec, count: int) -> list[socket.socket]:
+    """``count`` listening TCP sockets on one address with SO_REUSEPORT.
+
+    A plain bind is tried first so that a port some other process already
+    serves, even with SO_REUSEPORT, is refused instead of silently shared.
+    Port 0: the first socket's port is used for the rest."""
+    host = spec.host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    port = spec.port or 0
+    socks: list[socket.socket] = []
+    try:
+        if port:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind((host, port))
+        for _ in range(max(count, 1)):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(binder.BACKLOG)
+            sock.setblocking(False)
+            port = sock.getsockname()[1]
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        raise binder.ListenError(f"failed to bind {host}:{spec.port}: {e.strerror}") from None
+    return socks
+
+
+def _log(result: Listeners) -> None:
+    for item in result.items:
+        if item.slot:
+            continue  # one line per reuseport group
+        if item.inherited:
+            how = f'passed fd {item.sock.fileno()} "{item.name}"'
+        elif item.slot == 0:
+            count = sum(1 for other in result.items if other.spec == item.spec)
+            how = f"{count} SO_REUSEPORT sockets"
+        else:
+            how = "bound"
+        mode = SHARED if result.mode == REUSEPORT and item.slot is None else result.mode
+        log.info("listen %s (%s, %s mode)", local_address(item.sock), how, mode)
+
+
+# -- dispatch mode --------------------------------------------------------------
+
+class LeastLoaded:
+    """Which worker gets the next dispatched connection: the fewest
+    connections by its last ``stats`` report plus those sent to it since
+    (reports come once a second, so counting our own sends keeps a burst
+    from landing on one worker)."""
+
+    def __init__(self) -> None:
+        self.reported: dict[int, int] = {}
+        self.sent: dict[int, int] = {}
+        self.turn = 0
+
+    def report(self, index: int, connections: int) -> None:
+        self.reported[index] = connections
+        self.sent[index] = 0
+
+    def forget(self, index: int) -> None:
+        self.reported.pop(index, None)
+        self.sent.pop(index, None)
+
+    def pick(self, candidates: Iterable[int]) -> int | None:
+        """The least-loaded candidate (ties rotate), or None."""
+        best = None
+        self.turn += 1
+        for index in candidates:
+            load = self.reported.get(index, 0) + self.sent.get(index, 0)
+            key = (load, (index - self.turn) % 1024)
+            if best is None or key < best[0]:
+                best = (key, index)
+        return None if best is None else best[1]
+
+    def dispatched(self, index: int) -> None:
+        self.sent[index] = self.sent.get(index, 0) + 1
+
+
+class Dispatcher:
+    """Accepts on every listener (dispatch mode) in the supervisor's asyncio
+    loop and passes each connection on with ``send(sock, spec_index)``.
+
+    ``send`` picks a worker and sends ``{"type": "conn", "spec": I}`` with
+    the descriptor over its control socket; it returns False when no worker
+    can take the connection now. The dispatcher closes its own copy of each
+    connection once sent. Connections no worker took wait (accepting
+    pauses) until :meth:`resume`, which the supervisor calls when a worker
+    becomes ready.
+    """
+
+    def __init__(self, listeners: Listeners, loop, send: Callable[[socket.socket, int], bool]):
+        self.loop = loop
+        self.send = send
+        self.sockets = [(item.sock, item.spec) for item in listeners.items]
+        self.pending: deque[tuple[socket.socket, int]] = deque()
+        self.running = False
+        self.backoff = None
+
+    def start(self) -> None:
+        self.resume()
+
+    def resume(self) -> None:
+        while self.pending:
+            sock, spec = self.pending[0]
+            if not self._hand_over(sock, spec):
+                return
+            self.pending.popleft()
+        if not self.running and self.backoff is None:
+            self.running = True
+            for sock, spec in self.sockets:
+                self.loop.add_reader(sock.fileno(), self._accept, sock, spec)
+
+    def pause(self) -> None:
+        if self.running:
+            self.running = False
+            for sock, _ in self.sockets:
+                self.loop.remove_reader(sock.fileno())
+
+    def close(self) -> None:
+        """Stop accepting; connections not yet handed over are closed."""
+        self.pause()
+        if self.backoff is not None:
+            self.backoff.cancel()
+            self.backoff = None
+        while self.pending:
+            self.pending.popleft()[0].close()
+
+    def _end_backoff(self) -> None:
+        self.backoff = None
+        self.resume()
+
+    def _accept(self, lsock: socket.socket, spec: int) -> None:
+        for _ in range(DISPATCH_BATCH):
+            if not self.running:
+                return
+            try:
+                sock, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in _ACCEPT_SKIP:
+                    continue
+                if e.errno in _ACCEPT_BACKOFF:
+                    log.warning("accept: %s; pausing accepts briefly", e)
+                    self.pause()
+                    self.backoff = self.loop.call_later(ACCEPT_BACKOFF, self._end_backoff)
+                    return
+                raise
+            if not self._hand_over(sock, spec):
+                self.pending.append((sock, spec))
+                self.pause()
+                return
+
+    def _hand_over(self, sock: socket.socket, spec: int) -> bool:
+        try:
+            taken = self.send(sock, spec)
+        except OSError as e:
+            log.warning("passing a connection to a worker failed: %s", e)
+            taken = False
+        if taken:
+            sock.close()  # the worker has its own copy now
+        return taken

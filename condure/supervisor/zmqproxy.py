@@ -1,0 +1,329 @@
+"""The supervisor's ZeroMQ relay for bind mode with several workers.
+
+Handlers see one condure: the public endpoints are bound here exactly as a
+single condure binds them (same names, high-water marks, ``--ipc-file-mode``,
+log lines). Workers connect to internal ``ipc://`` endpoints in a private
+runtime directory (mode 0700, removed by :meth:`ZmqProxy.close`):
+
+=========================  ================================  ================
+public (bound)             internal (bound, workers connect)  relay
+=========================  ================================  ================
+PUSH ``BASE-out``          PULL ``stream-out``               PULL -> PUSH
+ROUTER ``BASE-out-stream`` PULL ``stream-out-stream``        PULL -> ROUTER
+XSUB ``BASE-in``           XPUB ``stream-in``                XSUB <-> XPUB
+DEALER req spec            ROUTER ``req``                    ROUTER <-> DEALER
+=========================  ================================  ================
+
+Each relay runs in its own thread. Two are ``zmq.proxy_steerable`` (the
+copying happens in libzmq, without the GIL); req mode has its own relay
+(``reqrelay``: replies go by packet id, handlers see no extra envelope
+frame); the later-packets relay is a loop here, because a packet for one handler may have to wait: while that
+handler's queue is full (retried every 50 ms, as Condure does) or while it
+is not connected yet (given ``UNREACHABLE_GRACE`` seconds, then dropped),
+without holding up packets for other handlers. Workers push those packets
+as ``[handler-id, "", T...]``, the frames a ROUTER sends.
+
+Every thread listens on an ``inproc`` control socket; :meth:`close` sends
+``TERMINATE`` to each, joins the threads, closes the sockets and the
+context.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+
+import zmq
+
+from condure.config import Config, stream_endpoints
+from condure.net.zmqio import (
+    BATCH,
+    FIRST_PACKET_HWM,
+    ROUTER_RETRY,
+    UNREACHABLE_GRACE,
+    _bind_or_connect,
+)
+from condure.supervisor.reqrelay import relay_req
+
+log = logging.getLogger("condure")
+
+TERMINATE = b"TERMINATE"
+CLOSE_LINGER_MS = 1000  # packets still queued at close (cancels) get this long
+FINAL_FLUSH = 1.0  # seconds the later-packets relay keeps trying at close
+
+
+def runtime_parent() -> str | None:
+    """Where the private directory goes: systemd's ``RuntimeDirectory=``
+    (``RUNTIME_DIRECTORY``), else ``XDG_RUNTIME_DIR``, else the temp dir."""
+    for name in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+        value = os.environ.get(name, "").split(":")[0]
+        if value and os.path.isdir(value) and os.access(value, os.W_OK | os.X_OK):
+            return value
+    return None
+
+
+class ZmqProxy:
+    """Bind the public endpoints, relay to internal ones; see the module doc.
+
+    ``start()`` returns the ``zmq`` part of the worker spec; ``close()``
+    stops the relays and removes the runtime directory. Both run in the
+    supervisor's main thread.
+    """
+
+    def __init__(self, config: Config, *, runtime_dir: str | None = None) -> None:
+        self.config = config
+        self._parent = runtime_dir
+        self.dir: str | None = None
+        self.ctx: zmq.Context | None = None
+        self._sockets: list[zmq.Socket] = []
+        self._controls: list[zmq.Socket] = []
+        self._threads: list[threading.Thread] = []
+        self.spec: dict | None = None
+
+    # -- start ------------------------------------------------------------
+
+    def start(self) -> dict:
+        """Bind everything and start the relays. Raises ``zmq.ZMQError`` or
+        ``OSError`` (everything already set up is undone)."""
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> dict:
+        config = self.config
+        self.dir = tempfile.mkdtemp(prefix="condure-", dir=self._parent or runtime_parent())
+        os.chmod(self.dir, 0o700)
+        self.ctx = zmq.Context()
+        spec: dict = {"stream": [], "req": [], "connect": True, "proxy": True}
+        mode = config.ipc_file_mode
+        # Same order as a single worker: req first, then stream (log lines).
+        if config.uses_req:
+            internal = f"ipc://{self.dir}/req"
+            router = self._socket(zmq.ROUTER, rcvhwm=config.hwm, sndhwm=config.hwm)
+            router.bind(internal)
+            dealer = self._socket(zmq.DEALER, sndhwm=FIRST_PACKET_HWM, rcvhwm=config.hwm)
+            for endpoint in config.zclient_req:
+                _bind_or_connect(dealer, endpoint, False, mode)
+                log.info("zhttp client bind %s", endpoint)
+            self._start_thread("req", relay_req, router, dealer)
+            spec["req"] = [internal]
+        if config.uses_stream:
+            base = f"ipc://{self.dir}/stream"
+            in_out, in_out_stream, in_in = stream_endpoints(base)
+            push = self._socket(zmq.PUSH, sndhwm=FIRST_PACKET_HWM)
+            router = self._socket(zmq.ROUTER, sndhwm=config.hwm)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            xsub = self._socket(zmq.XSUB, rcvhwm=config.hwm)
+            for public in config.zclient_stream:
+                out, out_stream, in_ = stream_endpoints(public)
+                _bind_or_connect(push, out, False, mode)
+                _bind_or_connect(router, out_stream, False, mode)
+                _bind_or_connect(xsub, in_, False, mode)
+                log.info("zhttp client bind %s %s %s", out, out_stream, in_)
+            first = self._socket(zmq.PULL, rcvhwm=FIRST_PACKET_HWM)
+            first.bind(in_out)
+            later = self._socket(zmq.PULL, rcvhwm=config.hwm)
+            later.bind(in_out_stream)
+            xpub = self._socket(zmq.XPUB, sndhwm=config.hwm)
+            xpub.bind(in_in)
+            self._run_proxy("out", first, push)
+            self._run_proxy("in", xsub, xpub)
+            self._start_thread("out-stream", _relay_later, later, router)
+            spec["stream"] = [base]
+        self.spec = spec
+        return spec
+
+    def _socket(self, kind: int, *, sndhwm: int | None = None,
+                rcvhwm: int | None = None) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        self._sockets.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        if sndhwm is not None:
+            sock.setsockopt(zmq.SNDHWM, sndhwm)
+        if rcvhwm is not None:
+            sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        return sock
+
+    def _control(self, name: str) -> zmq.Socket:
+        """A PAIR for the thread (connected); ours (bound) goes to _controls."""
+        endpoint = f"inproc://condure-proxy-{name}-{id(self)}"
+        ours = self.ctx.socket(zmq.PAIR)
+        ours.setsockopt(zmq.LINGER, 0)
+        ours.bind(endpoint)
+        self._controls.append(ours)
+        theirs = self._socket(zmq.PAIR)
+        theirs.connect(endpoint)
+        return theirs
+
+    def _run_proxy(self, name: str, frontend: zmq.Socket, backend: zmq.Socket) -> None:
+        self._start_thread(name, _steerable, frontend, backend)
+
+    def _start_thread(self, name: str, target, *sockets: zmq.Socket) -> None:
+        # Sockets move to the thread here; thread start is the memory barrier
+        # ZeroMQ asks for, and only that thread uses them until join().
+        control = self._control(name)
+        thread = threading.Thread(target=target, args=(*sockets, control),
+                                  name=f"zmq-proxy-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # -- stop -------------------------------------------------------------
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the relays, close every socket, remove the runtime dir.
+        Safe to call more than once, and after a failed start."""
+        for ctl in self._controls:
+            try:
+                ctl.send(TERMINATE, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        for thread in self._threads:
+            thread.join(timeout)
+        stuck = any(t.is_alive() for t in self._threads)
+        if not stuck:
+            for sock in self._sockets:
+                # Public sockets get a moment to deliver what is queued.
+                sock.close(linger=CLOSE_LINGER_MS)
+            for ctl in self._controls:
+                ctl.close(linger=0)
+            if self.ctx is not None:
+                self.ctx.term()
+        else:
+            log.warning("zmq proxy threads did not stop; leaving them")
+        self._sockets, self._controls, self._threads = [], [], []
+        self.ctx = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> ZmqProxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- relay threads ----------------------------------------------------------
+
+
+def _steerable(frontend: zmq.Socket, backend: zmq.Socket, control: zmq.Socket) -> None:
+    try:
+        zmq.proxy_steerable(frontend, backend, None, control)
+    except zmq.ContextTerminated:
+        pass
+    except zmq.ZMQError as e:  # pragma: no cover - reported, thread ends
+        log.error("zmq proxy %s: %s", threading.current_thread().name, e)
+
+
+class LaterRelay:
+    """Packets from workers (``[handler-id, "", T...]``) to the public ROUTER,
+    queued per handler while it cannot take them (see the module doc)."""
+
+    def __init__(self, router: zmq.Socket, clock=time.monotonic) -> None:
+        self.router = router
+        self.clock = clock
+        self.waiting: dict[bytes, deque[list[bytes]]] = {}
+        self.since: dict[bytes, float] = {}  # when each queue last moved
+        self.dropped = 0
+
+    def offer(self, frames: list[bytes]) -> None:
+        if len(frames) < 3 or frames[1] != b"":
+            log.debug("zmq proxy: malformed packet from a worker dropped")
+            return
+        address = frames[0]
+        queue = self.waiting.get(address)
+        if queue is not None:
+            queue.append(frames)
+            return
+        if self._send(frames) is None:
+            return
+        self.waiting[address] = deque((frames,))
+        self.since[address] = self.clock()
+
+    def _send(self, frames: list[bytes]) -> bool | None:
+        """None when sent; else whether the handler was unreachable."""
+        try:
+            self.router.send_multipart(frames, zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            return True
+        return None
+
+    def retry(self) -> None:
+        now = self.clock()
+        for address in list(self.waiting):
+            queue = self.waiting[address]
+            while queue:
+                unreachable = self._send(queue[0])
+                if unreachable is None:
+                    queue.popleft()
+                    self.since[address] = now
+                    continue
+                if unreachable and now - self.since[address] > UNREACHABLE_GRACE:
+                    log.debug("handler %r unreachable, %d packets dropped", address, len(queue))
+                    self.dropped += len(queue)
+                    queue.clear()
+                break
+            if not queue:
+                del self.waiting[address]
+                del self.since[address]
+
+
+def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> None:
+    relay = LaterRelay(router)
+    poller = zmq.Poller()
+    poller.register(pull, zmq.POLLIN)
+    poller.register(router, zmq.POLLIN)  # handlers never send here; discard
+    poller.register(control, zmq.POLLIN)
+    next_retry = 0.0
+    try:
+        while True:
+            timeout = None
+            if relay.waiting:
+                timeout = max(next_retry - time.monotonic(), 0.0) * 1000
+            events = dict(poller.poll(timeout))
+            if control in events:
+                control.recv()
+                break
+            if router in events:
+                for _ in range(BATCH):
+                    try:
+                        router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+            if pull in events:
+                had_waiting = bool(relay.waiting)
+                for _ in range(BATCH):
+                    try:
+                        frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    relay.offer(frames)
+                if relay.waiting and not had_waiting:
+                    next_retry = time.monotonic() + ROUTER_RETRY
+            if relay.waiting and time.monotonic() >= next_retry:
+                relay.retry()
+                next_retry = time.monotonic() + ROUTER_RETRY
+        # Closing: pass on what the workers sent last (their cancels).
+        deadline = time.monotonic() + FINAL_FLUSH
+        while True:
+            try:
+                relay.offer(pull.recv_multipart(zmq.NOBLOCK, copy=True))
+            except zmq.Again:
+                break
+        while relay.waiting and time.monotonic() < deadline:
+            relay.retry()
+            time.sleep(ROUTER_RETRY)
+    except zmq.ContextTerminated:
+        pass

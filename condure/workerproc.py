@@ -1,0 +1,205 @@
+"""One worker process, as the supervisor starts it.
+
+``python -m condure.workerproc`` reads its instructions from the
+``CONDURE_WORKER`` variable (the worker spec, docs/supervisor.md): the
+Config, its index and generation, its ZHTTP address, its control
+descriptor, the listening descriptors it accepts on and its ZeroMQ
+endpoints. It builds a :class:`condure.worker.Worker` from them and then
+talks to the supervisor over the control socket:
+
+- ``ready`` once the worker accepts, ``stats`` every second;
+- ``stop``: graceful (stop accepting, idle connections closed politely,
+  requests in flight given ``drain`` seconds, then ``drained``) or fast
+  (Condure's shutdown: batched cancels);
+- ``conn``: one connection accepted by the supervisor (dispatch mode);
+- EOF on the control socket (the supervisor is gone): graceful stop.
+
+SIGINT and SIGHUP are ignored (a terminal's Ctrl-C reaches the whole
+process group; the supervisor decides); SIGTERM stops gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from condure import log as condure_log
+from condure.supervisor import control
+from condure.worker import Worker, _drain
+
+log = logging.getLogger("condure")
+
+STATS_INTERVAL = 1.0
+DRAIN_SWEEP = 0.1  # idle connections are looked for again this often while draining
+CANCEL_FLUSH = 10.0  # Condure spends at most this long getting cancels out
+BOOT_FAILURE = 3  # exit status of a worker that could not start
+
+
+class WorkerProcess:
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.config = control.config_from_json(spec["config"])
+        self.index = int(spec.get("index", 0))
+        self.generation = int(spec.get("generation", 0))
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.ctl = socket.socket(fileno=spec["control_fd"])
+        self.ctl.setblocking(False)
+        self.listen_socks = []
+        for item in spec.get("listeners", ()):
+            sock = socket.socket(fileno=item["fd"])
+            sock.setblocking(False)
+            self.listen_socks.append((sock, self.config.listen[item["spec"]]))
+        self.worker = Worker(self.config, self.loop, self.index, listen_socks=self.listen_socks,
+                             address=spec.get("address"), zmq_spec=spec.get("zmq"))
+        # Ids stay unique across restarts of the same slot: a retiring worker
+        # and its successor share the address while the old one drains.
+        self.worker.counter = (self.generation & 0xFFFF) << 32
+        self.stop_request: asyncio.Future = self.loop.create_future()
+        self.stats_handle: asyncio.TimerHandle | None = None
+        self._fast = asyncio.Event()
+
+    # -- control channel ------------------------------------------------------
+
+    def send(self, message: dict) -> None:
+        try:
+            control.send(self.ctl, message)
+        except BlockingIOError:
+            log.debug("control socket full, %s dropped", message["type"])
+        except OSError:
+            pass  # the supervisor is gone; EOF will say so
+
+    def on_control(self) -> None:
+        while True:
+            try:
+                message, fds = control.recv(self.ctl)
+            except BlockingIOError:
+                return
+            except control.ControlError as e:
+                log.error("control channel: %s", e)
+                continue
+            except OSError:
+                message, fds = None, []
+            if message is None:
+                self.loop.remove_reader(self.ctl.fileno())
+                self.request_stop(True, float(self.config.drain_timeout))
+                return
+            kind = message["type"]
+            if kind == "stop":
+                self.request_stop(bool(message.get("graceful", True)),
+                                  float(message.get("drain", self.config.drain_timeout)))
+            elif kind == "conn" and fds:
+                self.adopt(fds[0], int(message.get("spec", 0)))
+                control.close_fds(fds[1:])
+            else:
+                control.close_fds(fds)
+                log.debug("control: unexpected %r", message)
+
+    def adopt(self, fd: int, spec_index: int) -> None:
+        """A connection the supervisor accepted (dispatch mode)."""
+        sock = socket.socket(fileno=fd)
+        worker = self.worker
+        spec = self.config.listen[spec_index]
+        if worker.stopped.done() or worker.counts[spec.mode] >= worker.limits[spec.mode]:
+            sock.close()
+            return
+        try:
+            addr = sock.getpeername()
+        except OSError:
+            sock.close()
+            return
+        worker._adopt_socket(sock, addr, spec)
+
+    def request_stop(self, graceful: bool, drain: float) -> None:
+        if not self.stop_request.done():
+            self.stop_request.set_result((graceful, drain))
+        elif not graceful:
+            self._fast.set()  # a fast stop cuts a graceful one short
+
+    def stats(self) -> None:
+        self.stats_handle = self.loop.call_later(STATS_INTERVAL, self.stats)
+        worker = self.worker
+        self.send({"type": "stats", "connections": sum(worker.counts.values()),
+                   "requests": worker.requests})
+
+    # -- running --------------------------------------------------------------
+
+    def run(self) -> int:
+        loop, worker = self.loop, self.worker
+        try:
+            worker.start()
+        except Exception as e:  # noqa: BLE001 - reported, and the supervisor counts it
+            log.error("%s", e)
+            return BOOT_FAILURE
+        loop.add_reader(self.ctl.fileno(), self.on_control)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, True,
+                                float(self.config.drain_timeout))
+        self.send({"type": "ready", "pid": os.getpid()})
+        self.stats_handle = loop.call_later(STATS_INTERVAL, self.stats)
+        try:
+            graceful, drain = loop.run_until_complete(self.stop_request)
+            worker.stopped.set_result("stop")  # no accept restarts from here on
+            if graceful:
+                loop.run_until_complete(self.drain(drain))
+            worker.stop()
+            loop.run_until_complete(_drain(worker, CANCEL_FLUSH))
+            if graceful:
+                self.send({"type": "drained"})
+        finally:
+            if self.stats_handle is not None:
+                self.stats_handle.cancel()
+            worker.zmq.close() if worker.zmq else None
+            worker.req.close() if worker.req else None
+            loop.close()
+        return 0
+
+    async def drain(self, seconds: float) -> None:
+        """Graceful stop: no new connections; idle ones closed politely,
+        the others once their request is done, within ``seconds``."""
+        worker, loop = self.worker, self.loop
+        worker._set_accepting(False)
+        worker.close_listeners()
+        deadline = loop.time() + seconds
+        while not self._fast.is_set():
+            live = [conn for conn in worker.slots if conn is not None and not conn.closed]
+            if not live:
+                return
+            if loop.time() >= deadline:
+                log.info("drain time over, %d connections left", len(live))
+                return
+            for conn in live:
+                going_away = getattr(conn.session, "going_away", None)
+                if going_away is not None and not conn.closed:
+                    going_away(time.monotonic())
+                    conn.run()
+            try:
+                await asyncio.wait_for(self._fast.wait(), DRAIN_SWEEP)
+            except TimeoutError:
+                pass
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    text = os.environ.pop(control.SPEC_VARIABLE, None)
+    if text is None:
+        print(f"condure worker: {control.SPEC_VARIABLE} is not set", file=sys.stderr)
+        return 2
+    spec = json.loads(text)
+    condure_log.setup(int(spec["config"].get("log_level", 2)))
+    try:
+        process = WorkerProcess(spec)
+    except Exception as e:  # noqa: BLE001 - a bad spec or Config: a boot failure
+        log.error("worker %s: %s", spec.get("index"), e)
+        return BOOT_FAILURE
+    return process.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

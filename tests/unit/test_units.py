@@ -1,0 +1,59 @@
+"""systemd/condure.socket and systemd/condure.service pass systemd-analyze."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.harness.procs import REPO_ROOT
+from tests.harness.systemd_ns import adapt_unit, exec_start_python
+
+UNITS = REPO_ROOT / "systemd"
+
+pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                reason="systemd-analyze is not installed")
+
+
+def _verify(tmp_path, service: str) -> subprocess.CompletedProcess:
+    (tmp_path / "condure.service").write_text(service)
+    shutil.copy(UNITS / "condure.socket", tmp_path / "condure.socket")
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--man=no",
+         str(tmp_path / "condure.socket"), str(tmp_path / "condure.service")],
+        capture_output=True, text=True, timeout=60)
+
+
+def test_units_verify_clean(tmp_path):
+    # ExecStart must name an existing binary: this checkout's interpreter.
+    service = adapt_unit((UNITS / "condure.service").read_text(), {
+        ("Service", "ExecStart"): [exec_start_python(["--listen", "fd-name=http"])],
+    })
+    r = _verify(tmp_path, service)
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
+
+
+def test_verify_can_fail(tmp_path):
+    service = (UNITS / "condure.service").read_text().replace("Type=notify", "Type=notifyy")
+    r = _verify(tmp_path, service)
+    assert "service type" in r.stderr and "notifyy" in r.stderr
+
+
+def test_service_contract():
+    text = (UNITS / "condure.service").read_text()
+    settings = dict(line.split("=", 1) for line in text.splitlines()
+                    if "=" in line and not line.startswith(("#", " ")))
+    assert settings["Type"] == "notify"
+    assert settings["NotifyAccess"] == "main"
+    assert settings["KillMode"] == "mixed"
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert settings["Restart"] == "on-failure"
+    assert int(settings["LimitNOFILE"]) == 20000
+    assert int(settings["FileDescriptorStoreMax"]) > 0
+    # A graceful stop (--drain-timeout, default 30 s) must not be cut short.
+    assert int(settings["TimeoutStopSec"]) > 30
+    socket_text = (UNITS / "condure.socket").read_text()
+    name = next(line.split("=", 1)[1] for line in socket_text.splitlines()
+                if line.startswith("FileDescriptorName="))
+    assert f"fd-name={name}" in text

@@ -1,0 +1,239 @@
+"""The supervisor's ZeroMQ relay between real sockets.
+
+Workers and handlers are plain pyzmq sockets here: "worker" sockets connect
+to the internal endpoints the proxy returns, "handler" sockets connect to
+the public ones, as examples/ handlers do.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import pytest
+import zmq
+
+from condure.config import Config, ListenSpec
+from condure.supervisor.reqrelay import reply_index, routing_id
+from condure.supervisor.zmqproxy import UNREACHABLE_GRACE, ZmqProxy
+from condure.zhttp import tnetstring
+
+TIMEOUT_MS = 5000
+
+
+class Sockets:
+    """Makes test sockets and keeps them, so none is garbage-collected
+    unclosed; closed at teardown."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.made: list[zmq.Socket] = []
+
+    def __call__(self, kind, endpoint, **opts):
+        s = self.ctx.socket(kind)
+        self.made.append(s)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
+        for name, value in opts.items():
+            s.setsockopt(getattr(zmq, name), value)
+        s.connect(endpoint)
+        return s
+
+    def close(self) -> None:
+        for s in self.made:
+            s.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def sock():
+    sockets = Sockets()
+    yield sockets
+    sockets.close()
+
+
+@pytest.fixture
+def start_proxy(tmp_path):
+    proxies: list[ZmqProxy] = []
+
+    def start(**kw) -> tuple[ZmqProxy, dict]:
+        base = f"ipc://{tmp_path}/client"
+        kw.setdefault("zclient_stream", (base,))
+        kw.setdefault("zclient_req", (f"ipc://{tmp_path}/req",))
+        config = Config(**kw)
+        proxy = ZmqProxy(config, runtime_dir=str(tmp_path))
+        proxies.append(proxy)
+        return proxy, proxy.start()
+
+    yield start
+    for p in proxies:
+        p.close()
+
+
+def internal(spec, suffix):
+    return spec["stream"][0] + suffix
+
+
+def test_spec_and_runtime_dir(start_proxy, tmp_path):
+    proxy, spec = start_proxy()
+    assert spec["connect"] is True and spec["proxy"] is True
+    assert spec["req"] == []  # no req listener: no req socket, as Condure
+    assert spec["stream"][0].startswith(f"ipc://{proxy.dir}/")
+    assert stat.S_IMODE(os.stat(proxy.dir).st_mode) == 0o700
+    for name in ("client-out", "client-out-stream", "client-in"):
+        assert (tmp_path / name).exists()
+    directory = proxy.dir
+    proxy.close()
+    assert not os.path.exists(directory)
+    proxy.close()  # twice is fine
+
+
+def test_ipc_file_mode_applies_to_public_endpoints(start_proxy, tmp_path):
+    start_proxy(ipc_file_mode=0o660)
+    for name in ("client-out", "client-out-stream", "client-in"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o660
+
+
+def test_first_packets_reach_a_handler(start_proxy, sock, tmp_path):
+    _, spec = start_proxy()
+    workers = [sock(zmq.PUSH, internal(spec, "-out")) for _ in range(2)]
+    handler = sock(zmq.PULL, f"ipc://{tmp_path}/client-out")
+    # Sent before or after the handler is up: kept until delivered.
+    workers[0].send(b"T-first-0")
+    workers[1].send(b"T-first-1")
+    assert {handler.recv(), handler.recv()} == {b"T-first-0", b"T-first-1"}
+
+
+def test_later_packets_routed_by_handler_identity(start_proxy, sock, tmp_path):
+    _, spec = start_proxy()
+    worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
+    h1 = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"h1")
+    h2 = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"h2")
+    for i in range(5):
+        worker.send_multipart([b"h1", b"", b"T1-%d" % i])
+        worker.send_multipart([b"h2", b"", b"T2-%d" % i])
+    # Packets to a handler that never comes are dropped without blocking others.
+    worker.send_multipart([b"nobody", b"", b"Tlost"])
+    worker.send_multipart([b"h1", b"", b"T1-last"])
+    got1 = [h1.recv_multipart()[1:] for _ in range(6)]
+    got2 = [h2.recv_multipart()[1:] for _ in range(5)]
+    assert got1 == [[b"", b"T1-%d" % i] for i in range(5)] + [[b"", b"T1-last"]]
+    assert got2 == [[b"", b"T2-%d" % i] for i in range(5)]
+
+
+def test_later_packets_wait_for_a_connecting_handler(start_proxy, sock, tmp_path):
+    _, spec = start_proxy()
+    worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
+    for i in range(3):
+        worker.send_multipart([b"late", b"", b"T%d" % i])
+    # Connects well within the grace period (it is 1 s).
+    handler = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"late")
+    got = [handler.recv_multipart()[2] for _ in range(3)]
+    assert got == [b"T0", b"T1", b"T2"]
+
+
+def test_later_packets_dropped_after_grace(start_proxy, sock, tmp_path):
+    _, spec = start_proxy()
+    worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
+    worker.send_multipart([b"gone", b"", b"Told"])
+    time.sleep(UNREACHABLE_GRACE + 0.5)  # the behaviour under test is a timeout
+    handler = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"gone")
+    # The handshake may take a moment: keep sending until something arrives.
+    handler.setsockopt(zmq.RCVTIMEO, 100)
+    deadline = time.monotonic() + 5
+    while True:
+        worker.send_multipart([b"gone", b"", b"Tnew"])
+        try:
+            frames = handler.recv_multipart()
+            break
+        except zmq.Again:
+            assert time.monotonic() < deadline
+    assert frames[2] == b"Tnew"
+
+
+def test_malformed_worker_packets_are_dropped(start_proxy, sock, tmp_path):
+    _, spec = start_proxy()
+    worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
+    handler = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"h")
+    worker.send(b"Tjust-one-frame")
+    worker.send_multipart([b"h", b"not-empty", b"Tx"])
+    worker.send_multipart([b"h", b"", b"Tgood"])
+    assert handler.recv_multipart()[1:] == [b"", b"Tgood"]
+
+
+def wait_subscription(xpub, prefix: bytes) -> None:
+    while True:
+        msg = xpub.recv()
+        if msg == b"\x01" + prefix:
+            return
+
+
+def test_handler_packets_reach_the_subscribed_worker(start_proxy, sock, tmp_path):
+    _, spec = start_proxy()
+    w0 = sock(zmq.SUB, internal(spec, "-in"), SUBSCRIBE=b"condure.0 ")
+    w1 = sock(zmq.SUB, internal(spec, "-in"), SUBSCRIBE=b"condure.1 ")
+    handler = sock(zmq.XPUB, f"ipc://{tmp_path}/client-in")
+    # The workers' subscriptions travel to the handler (readiness signal).
+    seen = {handler.recv(), handler.recv()}
+    assert seen == {b"\x01condure.0 ", b"\x01condure.1 "}
+    handler.send(b"condure.1 Tone")
+    handler.send(b"condure.0 Tzero")
+    handler.send(b"other Tnobody")
+    assert w0.recv() == b"condure.0 Tzero"
+    assert w1.recv() == b"condure.1 Tone"
+    w0.setsockopt(zmq.RCVTIMEO, 200)
+    with pytest.raises(zmq.Again):
+        w0.recv()
+
+
+def req_packet(rid: bytes, body: bytes) -> bytes:
+    return b"T" + tnetstring.dumps({b"id": rid, b"body": body})
+
+
+@pytest.mark.parametrize("kind", ["rep", "router"])
+def test_req_replies_return_to_the_asking_worker(start_proxy, sock, tmp_path, kind):
+    _, spec = start_proxy(listen=(ListenSpec(port=1, mode="req"),))
+    assert spec["stream"] == [] and len(spec["req"]) == 1
+    workers = [sock(zmq.DEALER, spec["req"][0], ROUTING_ID=routing_id(i, 100 + i))
+               for i in range(3)]
+    handler = sock(zmq.REP if kind == "rep" else zmq.ROUTER, f"ipc://{tmp_path}/req")
+    for i, w in enumerate(workers):
+        w.send_multipart([b"", req_packet(b"%d-0-0" % i, b"q%d" % i)])
+    for _ in workers:
+        if kind == "rep":
+            packet = handler.recv()
+            handler.send(packet.replace(b"q", b"a"))
+        else:
+            # The handler sees what one condure sends: its peer, "", packet.
+            peer, empty, packet = handler.recv_multipart()
+            assert empty == b""
+            # Replies are routed by id, whatever the envelope says.
+            handler.send_multipart([peer, b"x", b"y", b"", packet.replace(b"q", b"a")])
+    for i, w in enumerate(workers):
+        assert w.recv_multipart() == [b"", req_packet(b"%d-0-0" % i, b"a%d" % i)]
+
+
+def test_req_reply_index_parsing():
+    assert reply_index(req_packet(b"12-3-4", b"")) == b"12"
+    multi = b"T" + tnetstring.dumps({b"id": [{b"id": b"2-0-1"}]})
+    assert reply_index(multi) == b"2"
+    assert reply_index(b"Tnot a tnetstring") is None
+    assert reply_index(b"xyz") is None
+
+
+def test_bind_failure_undoes_everything(start_proxy, tmp_path):
+    with pytest.raises(zmq.ZMQError):
+        start_proxy(zclient_stream=("tcp://256.0.0.1:1",))
+    # the private directory of the failed proxy is gone
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("condure-")]
+
+
+def test_close_with_traffic_in_flight(start_proxy, sock, tmp_path):
+    proxy, spec = start_proxy()
+    worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
+    for i in range(100):
+        worker.send_multipart([b"nobody", b"", b"T%d" % i])
+    started = time.monotonic()
+    proxy.close()
+    assert time.monotonic() - started < 4
