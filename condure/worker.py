@@ -383,6 +383,20 @@ class Worker:
                 self.send_packet(packet, address)
 
 
+def install_stop_signals(loop: asyncio.AbstractEventLoop, worker: Worker) -> None:
+    """Condure's stop signals for a worker running on its own: the first
+    TERM/INT/QUIT stops it; a second one while stopping exits at once (1)."""
+
+    def on_signal(signame: str) -> None:
+        if worker.stopped.done():
+            raise SystemExit(1)
+        log.info("stopping...")
+        worker.stopped.set_result(signame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+
 def run(config: Config) -> int:
     """Run one worker process until SIGTERM/SIGINT/SIGQUIT; returns the exit status."""
     loop = asyncio.new_event_loop()
@@ -396,14 +410,7 @@ def run(config: Config) -> int:
         worker.close_listeners()  # a Unix socket file bound before the failure
         return 1
 
-    def on_signal(signame: str) -> None:
-        if worker.stopped.done():
-            raise SystemExit(1)
-        log.info("stopping...")
-        worker.stopped.set_result(signame)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+    install_stop_signals(loop, worker)
     log.info("started")
     sdnotify.SystemdNotifier().notify("READY=1")
     try:

@@ -129,12 +129,6 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
                 f"in_seq={self.in_seq} paused={self.paused}>")
 
     @property
-    def deadline(self) -> float | None:
-        if self.state is CLOSED:
-            return None
-        return min(self.session_deadline, self.stream_deadline)
-
-    @property
     def wants_read(self) -> bool:
         """Whether the adapter should read from the client now."""
         if self.state is HEAD:

@@ -22,6 +22,13 @@ MAX_FROM = 64  # longest handler address accepted (reference 4.2)
 class ZhttpPeer:
     actions: list[Action]
 
+    @property
+    def deadline(self) -> float | None:
+        """When ``handle_timer`` must be called next (None: never)."""
+        if self.state is CLOSED:
+            return None
+        return min(self.session_deadline, self.stream_deadline)
+
     def take_actions(self) -> list[Action]:
         actions, self.actions = self.actions, []
         return actions

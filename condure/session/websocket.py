@@ -164,12 +164,6 @@ class WebSocketSession(ZhttpPeer, InputMixin):
     # -- the session interface ----------------------------------------------
 
     @property
-    def deadline(self) -> float | None:
-        if self.state is CLOSED:
-            return None
-        return min(self.session_deadline, self.stream_deadline)
-
-    @property
     def wants_read(self) -> bool:
         if self.state is WAIT:
             # Only to notice a disconnect; frames wait for the acceptance.

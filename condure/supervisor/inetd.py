@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import sdnotify
 
 from condure.net.conn import Conn
 from condure.supervisor.activation import local_address
 from condure.supervisor.sockets import Listeners
-from condure.worker import Worker, _drain
+from condure.worker import Worker, _drain, install_stop_signals
 
 log = logging.getLogger("condure")
 
@@ -58,14 +57,7 @@ def run(acquired: Listeners) -> int:
         loop.close()
         return 1
 
-    def on_signal(signame: str) -> None:
-        if worker.stopped.done():
-            raise SystemExit(1)
-        log.info("stopping...")
-        worker.stopped.set_result(signame)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+    install_stop_signals(loop, worker)
     try:
         peer = item.sock.getpeername()
     except OSError:

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 SYSTEMD = "/lib/systemd/systemd"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CGROUP2 = Path("/sys/fs/cgroup/unified")
 CGROUP_PREFIX = "condure-systemd-"
 PRIVATE_DIRS = ("/run", "/tmp", "/var/tmp", "/var/log", "/var/lib", "/var/cache")
@@ -193,8 +194,15 @@ class SystemdNamespace:
             (unit_dir / name).write_text(text)
             paths.append(unit_dir / name)
         keep_rw = [str(self.workdir)] if under_private_dir(str(self.workdir)) else []
-        keep_ro = sorted({p for p in (sys.prefix, *self.keep)
-                          if under_private_dir(p) and not p.startswith(str(self.workdir))})
+        # What the units run must stay visible under the private tmpfs
+        # mounts: the interpreter's prefix (a venv) and this checkout (the
+        # editable install points at it), wherever they live (a fresh clone
+        # may well be under /tmp).
+        wanted = {os.path.realpath(p) for p in (sys.prefix, str(REPO_ROOT), *self.keep)}
+        wanted = {p for p in wanted
+                  if under_private_dir(p) and not p.startswith(str(self.workdir))}
+        keep_ro = sorted(p for p in wanted
+                         if not any(p != q and p.startswith(q + "/") for q in wanted))
         script = self.workdir / "boot.sh"
         script.write_text(boot_script(paths, keep_rw, keep_ro,
                                       os.readlink("/proc/self/ns/cgroup")))
