@@ -192,8 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log.setup(config.log_level)
 
-    # Imported late: parsing must not need it. condure.worker.run(config)
-    # still runs a single worker in this process (tests, inetd style).
+    # Imported late: parsing must not need it.
     from condure.supervisor import main as supervisor
 
     return supervisor.run(config)

@@ -22,7 +22,6 @@ import socket
 import time
 from collections import defaultdict
 
-import sdnotify
 
 from condure.config import Config, ListenSpec
 from condure.log import TRACE, trace_enabled
@@ -397,36 +396,7 @@ def install_stop_signals(loop: asyncio.AbstractEventLoop, worker: Worker) -> Non
         loop.add_signal_handler(sig, on_signal, sig.name)
 
 
-def run(config: Config) -> int:
-    """Run one worker process until SIGTERM/SIGINT/SIGQUIT; returns the exit status."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    worker = Worker(config, loop)
-    log.info("starting...")
-    try:
-        worker.start()
-    except (OSError, Exception) as e:  # noqa: BLE001 - reported as Condure does
-        log.error("%s", e)
-        worker.close_listeners()  # a Unix socket file bound before the failure
-        return 1
-
-    install_stop_signals(loop, worker)
-    log.info("started")
-    sdnotify.SystemdNotifier().notify("READY=1")
-    try:
-        loop.run_until_complete(worker.stopped)
-        worker.stop()
-        # Let queued cancels leave (Condure spends at most 10 s on this).
-        loop.run_until_complete(_drain(worker, 10.0))
-    finally:
-        worker.zmq.close() if worker.zmq else None
-        worker.req.close() if worker.req else None
-        loop.close()
-    log.info("stopped")
-    return 0
-
-
-async def _drain(worker: Worker, budget: float) -> None:
+async def flush_cancels(worker: Worker, budget: float) -> None:
     zmq_io = worker.zmq
     if zmq_io is None:
         return

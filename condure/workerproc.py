@@ -31,7 +31,7 @@ import time
 
 from condure import log as condure_log
 from condure.supervisor import control
-from condure.worker import Worker, _drain
+from condure.worker import Worker, flush_cancels
 
 log = logging.getLogger("condure")
 
@@ -148,7 +148,7 @@ class WorkerProcess:
             if graceful:
                 loop.run_until_complete(self.drain(drain))
             worker.stop()
-            loop.run_until_complete(_drain(worker, CANCEL_FLUSH))
+            loop.run_until_complete(flush_cancels(worker, CANCEL_FLUSH))
             if graceful:
                 self.send({"type": "drained"})
         finally:

@@ -24,7 +24,7 @@ import sdnotify
 from condure.net.conn import Conn
 from condure.supervisor.activation import local_address
 from condure.supervisor.sockets import Listeners
-from condure.worker import Worker, _drain, install_stop_signals
+from condure.worker import Worker, flush_cancels, install_stop_signals
 
 log = logging.getLogger("condure")
 
@@ -73,7 +73,7 @@ def run(acquired: Listeners) -> int:
     try:
         loop.run_until_complete(worker.stopped)
         worker.stop()
-        loop.run_until_complete(_drain(worker, CANCEL_FLUSH))
+        loop.run_until_complete(flush_cancels(worker, CANCEL_FLUSH))
     finally:
         if worker.zmq is not None:
             worker.zmq.close()
