@@ -22,7 +22,6 @@ import socket
 import time
 from collections import defaultdict
 
-
 from condure.config import Config, ListenSpec
 from condure.log import TRACE, trace_enabled
 from condure.net import listeners
@@ -32,9 +31,9 @@ from condure.net.timers import RESOLUTION, TimerWheel
 from condure.net.tls import TlsLayer
 from condure.net.zmqio import StreamSockets
 from condure.net.zmqreq import ReqSocket
-from condure.supervisor.reqrelay import routing_id
 from condure.session.http import HttpSession
 from condure.session.req import REQ_SOCKET, ReqSession
+from condure.supervisor.reqrelay import routing_id
 from condure.zhttp import PacketError, UnknownType, decode, encode
 from condure.zhttp.packets import Cancel, Ident, KeepAlive, Packet
 

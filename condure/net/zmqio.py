@@ -22,12 +22,11 @@ from collections.abc import Callable
 import zmq
 
 from condure.config import Config, stream_endpoints
+from condure.net.routerqueue import ROUTER_RETRY, RouterQueues
 
 log = logging.getLogger("condure.zmq")
 
 BATCH = 256  # packets handled per wakeup before yielding to client I/O
-ROUTER_RETRY = 0.05  # Condure retries a full handler queue every 50 ms
-UNREACHABLE_GRACE = 1.0  # how long a handler that is still connecting is waited for
 FIRST_PACKET_HWM = 128  # Condure 1.10's SNDHWM for the first-packet socket
 
 
@@ -95,9 +94,7 @@ class StreamSockets:
             _bind_or_connect(self.sub, in_, connect, mode)
             self.endpoints.append((out, out_stream, in_))
         self.push_queue: deque[bytes] = deque()
-        self.router_waiting: dict[bytes, deque[bytes]] = {}
-        self.router_since: dict[bytes, float] = {}  # when each queue last moved
-        self._unreachable = False
+        self.router_queues = RouterQueues(self.router, clock=loop.time)
         self._retry: asyncio.TimerHandle | None = None
         self._sub_scheduled = False
         self._push_fd = self.push.getsockopt(zmq.FD)
@@ -180,41 +177,15 @@ class StreamSockets:
         self.loop.remove_reader(self._push_fd)
 
     def send_to(self, address: bytes, payload: bytes) -> None:
-        """A later packet, to the handler whose identity is ``address``.
-
-        Packets wait, in order and per handler, while that handler's queue
-        is full (Condure retries every 50 ms) or while its connection to us
-        is not up yet (``EHOSTUNREACH``; Condure drops at once, condure
-        gives a handler that is still connecting UNREACHABLE_GRACE seconds,
-        then drops). One slow handler never holds up the others.
-        """
-        waiting = self.router_waiting.get(address)
-        if waiting is not None:
-            waiting.append(payload)
-            return
-        if not self._router_send(address, payload):
-            self.router_waiting[address] = deque((payload,))
-            self.router_since[address] = self.loop.time()
+        """A later packet, to the handler whose identity is ``address``
+        (queued per handler while it cannot take it: net/routerqueue.py)."""
+        if self.router_queues.offer([address, b"", payload]):
             self._arm_retry()
-
-    def _router_send(self, address: bytes, payload: bytes) -> bool:
-        """True when the packet left or was dropped for good."""
-        try:
-            self.router.send_multipart((address, b"", payload), zmq.NOBLOCK, copy=True)
-        except zmq.Again:
-            self._unreachable = False
-            return False
-        except zmq.ZMQError as e:
-            if e.errno != zmq.EHOSTUNREACH:
-                raise
-            self._unreachable = True
-            return False
-        return True
 
     @property
     def router_queue(self) -> bool:
         """Whether packets for handlers are still waiting."""
-        return bool(self.router_waiting)
+        return bool(self.router_queues.waiting)
 
     def _arm_retry(self) -> None:
         if self._retry is None:
@@ -224,22 +195,8 @@ class StreamSockets:
         self._retry = None
         if self.push_queue:
             self._flush_push()
-        now = self.loop.time()
-        for address in list(self.router_waiting):
-            queue = self.router_waiting[address]
-            while queue:
-                if self._router_send(address, queue[0]):
-                    queue.popleft()
-                    self.router_since[address] = now
-                    continue
-                if self._unreachable and now - self.router_since[address] > UNREACHABLE_GRACE:
-                    log.debug("handler %r unreachable, %d packets dropped", address, len(queue))
-                    queue.clear()
-                break
-            if not queue:
-                del self.router_waiting[address]
-                del self.router_since[address]
-        if self.push_queue or self.router_waiting:
+        self.router_queues.retry()
+        if self.push_queue or self.router_queues.waiting:
             self._arm_retry()
 
     def close(self) -> None:

@@ -23,7 +23,8 @@ from collections.abc import Callable
 import zmq
 
 from condure.config import Config
-from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, ROUTER_RETRY, _bind_or_connect
+from condure.net.routerqueue import ROUTER_RETRY
+from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, _bind_or_connect
 
 log = logging.getLogger("condure.zmq")
 

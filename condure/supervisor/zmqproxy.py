@@ -36,18 +36,12 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import deque
 
 import zmq
 
 from condure.config import Config, stream_endpoints
-from condure.net.zmqio import (
-    BATCH,
-    FIRST_PACKET_HWM,
-    ROUTER_RETRY,
-    UNREACHABLE_GRACE,
-    _bind_or_connect,
-)
+from condure.net.routerqueue import ROUTER_RETRY, RouterQueues
+from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, _bind_or_connect
 from condure.supervisor.reqrelay import relay_req
 
 log = logging.getLogger("condure")
@@ -223,61 +217,15 @@ def _steerable(frontend: zmq.Socket, backend: zmq.Socket, control: zmq.Socket) -
         log.error("zmq proxy %s: %s", threading.current_thread().name, e)
 
 
-class LaterRelay:
+class LaterRelay(RouterQueues):
     """Packets from workers (``[handler-id, "", T...]``) to the public ROUTER,
-    queued per handler while it cannot take them (see the module doc)."""
+    queued per handler while it cannot take them (net/routerqueue.py)."""
 
-    def __init__(self, router: zmq.Socket, clock=time.monotonic) -> None:
-        self.router = router
-        self.clock = clock
-        self.waiting: dict[bytes, deque[list[bytes]]] = {}
-        self.since: dict[bytes, float] = {}  # when each queue last moved
-        self.dropped = 0
-
-    def offer(self, frames: list[bytes]) -> None:
+    def offer(self, frames: list[bytes]) -> bool:
         if len(frames) < 3 or frames[1] != b"":
             log.debug("zmq proxy: malformed packet from a worker dropped")
-            return
-        address = frames[0]
-        queue = self.waiting.get(address)
-        if queue is not None:
-            queue.append(frames)
-            return
-        if self._send(frames) is None:
-            return
-        self.waiting[address] = deque((frames,))
-        self.since[address] = self.clock()
-
-    def _send(self, frames: list[bytes]) -> bool | None:
-        """None when sent; else whether the handler was unreachable."""
-        try:
-            self.router.send_multipart(frames, zmq.NOBLOCK, copy=True)
-        except zmq.Again:
             return False
-        except zmq.ZMQError as e:
-            if e.errno != zmq.EHOSTUNREACH:
-                raise
-            return True
-        return None
-
-    def retry(self) -> None:
-        now = self.clock()
-        for address in list(self.waiting):
-            queue = self.waiting[address]
-            while queue:
-                unreachable = self._send(queue[0])
-                if unreachable is None:
-                    queue.popleft()
-                    self.since[address] = now
-                    continue
-                if unreachable and now - self.since[address] > UNREACHABLE_GRACE:
-                    log.debug("handler %r unreachable, %d packets dropped", address, len(queue))
-                    self.dropped += len(queue)
-                    queue.clear()
-                break
-            if not queue:
-                del self.waiting[address]
-                del self.since[address]
+        return super().offer(frames)
 
 
 def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> None:

@@ -15,8 +15,9 @@ import pytest
 import zmq
 
 from condure.config import Config, ListenSpec
+from condure.net.routerqueue import UNREACHABLE_GRACE
 from condure.supervisor.reqrelay import reply_index, routing_id
-from condure.supervisor.zmqproxy import UNREACHABLE_GRACE, ZmqProxy
+from condure.supervisor.zmqproxy import ZmqProxy
 from condure.zhttp import tnetstring
 
 TIMEOUT_MS = 5000

@@ -1,0 +1,80 @@
+"""Packets for handlers on a ROUTER socket, queued per handler.
+
+Condure sends later packets to a handler's identity with ROUTER_MANDATORY
+and retries every 50 ms while that handler's queue is full. condure does
+the same, and also waits up to UNREACHABLE_GRACE seconds for a handler
+whose connection is not up yet (``EHOSTUNREACH``, typically one that
+started at the same moment) before dropping what it has for it; Condure
+dropped at once. Packets wait in order, per handler, so one slow handler
+never holds up the others. Used by a worker's own ROUTER and by the
+supervisor's relay in front of the public ROUTER; the caller decides when
+``retry`` runs (every ROUTER_RETRY seconds while ``waiting``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import zmq
+
+log = logging.getLogger("condure.zmq")
+
+ROUTER_RETRY = 0.05  # Condure retries a full handler queue every 50 ms
+UNREACHABLE_GRACE = 1.0  # how long a handler that is still connecting is waited for
+
+
+class RouterQueues:
+    def __init__(self, router: zmq.Socket, clock: Callable[[], float] = time.monotonic) -> None:
+        self.router = router
+        self.clock = clock
+        self.waiting: dict[bytes, deque[list[bytes]]] = {}
+        self.since: dict[bytes, float] = {}  # when each queue last moved
+        self.dropped = 0
+
+    def offer(self, frames: list[bytes]) -> bool:
+        """Send ``[handler-id, "", T...]`` now or queue it; True when it had
+        to wait (the caller then makes sure ``retry`` runs)."""
+        address = frames[0]
+        queue = self.waiting.get(address)
+        if queue is not None:
+            queue.append(frames)
+            return True
+        if self._send(frames) is None:
+            return False
+        self.waiting[address] = deque((frames,))
+        self.since[address] = self.clock()
+        return True
+
+    def _send(self, frames: list[bytes]) -> bool | None:
+        """None when sent; else whether the handler was unreachable."""
+        try:
+            self.router.send_multipart(frames, zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            return True
+        return None
+
+    def retry(self) -> None:
+        now = self.clock()
+        for address in list(self.waiting):
+            queue = self.waiting[address]
+            while queue:
+                unreachable = self._send(queue[0])
+                if unreachable is None:
+                    queue.popleft()
+                    self.since[address] = now
+                    continue
+                if unreachable and now - self.since[address] > UNREACHABLE_GRACE:
+                    log.debug("handler %r unreachable, %d packets dropped", address, len(queue))
+                    self.dropped += len(queue)
+                    queue.clear()
+                break
+            if not queue:
+                del self.waiting[address]
+                del self.since[address]
