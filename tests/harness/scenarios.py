@@ -151,7 +151,7 @@ def streamed_response_more(ctx: Ctx) -> None:
         h.body(req, part, more=True)
         assert c.read_exact(len(part) + 5) == b"9\r\n" + part + b"\r\n"
         credit = h.recv()
-        assert credit.type == "credit" and credit["credits"] == 9 and credit.seq == i + 1
+        assert credit.type == "credit" and credit["credits"] == 9 and credit.seq == i + 1, credit
     h.body(req, b"last\n")
     assert c.read_exact(15) == b"5\r\nlast\n\r\n0\r\n\r\n"
     h.expect_nothing(SILENCE)

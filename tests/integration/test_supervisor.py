@@ -35,8 +35,12 @@ class AutoHandler(threading.Thread):
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.IDENTITY, H)
         self.router.connect(base + "-out-stream")
-        self.pub = self.ctx.socket(zmq.PUB)
+        # XPUB, so that a reply waits for condure's subscription to reach
+        # this socket instead of being dropped (the slow-joiner race).
+        self.pub = self.ctx.socket(zmq.XPUB)
         self.pub.connect(base + "-in")
+        self.topics: set[bytes] = set()
+        self.held: list[tuple[bytes, dict]] = []
         self.commands: queue.Queue = queue.Queue()
         self.streams: dict[bytes, bytes] = {}
         self.stream_started = threading.Event()
@@ -45,15 +49,31 @@ class AutoHandler(threading.Thread):
         self.start()
 
     def _send(self, to: bytes, fields: dict) -> None:
+        if not any((to + b" ").startswith(t) for t in self.topics):
+            self.held.append((to, fields))
+            return
         self.pub.send(to + b" " + tnet.encode_packet({"from": H, **fields}))
+
+    def _subscription(self, msg: bytes) -> None:
+        if msg[:1] == b"\x01":
+            self.topics.add(msg[1:])
+        elif msg[:1] == b"\x00":
+            self.topics.discard(msg[1:])
+        held, self.held = self.held, []
+        for to, fields in held:
+            self._send(to, fields)
 
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.pull, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         while not self.halt.is_set():
             for sock, _ in poller.poll(50):
                 frames = sock.recv_multipart()
+                if sock is self.pub:
+                    self._subscription(frames[0])
+                    continue
                 pkt = tnet.decode_packet(frames[-1])
                 if sock is self.pull:
                     self._request(pkt)

@@ -120,7 +120,7 @@ def run_condure(tmp_path, *listen: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("param, message", [
     ("user=no-such-user-x", "failed to set user on {path}: no such user: no-such-user-x"),
     ("group=no-such-group-x", "failed to set group on {path}: no such group: no-such-group-x"),
-])
+], ids=["user", "group"])
 def test_unknown_user_or_group_stops_startup(tmp_path, param, message) -> None:
     path = tmp_path / "c.sock"
     result = run_condure(tmp_path, f"{path},local,{param}")
