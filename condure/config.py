@@ -82,6 +82,7 @@ class Config:
     deny_out_internal: bool = False
     accept_mode: str = "auto"
     drain_timeout: int = 30
+    handoff_timeout: int = 5
     pid_file: str | None = None
 
     def __post_init__(self) -> None:

@@ -114,6 +114,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS", default="30",
     ),
     Option(
+        "--handoff-timeout", UINT, "Seconds a handler has to answer handoff-start",
+        "When a live session moves to another process (SIGHUP, or a restart "
+        "through systemd's fd store), condure sends its handler handoff-start "
+        "and waits this long for handoff-proceed; a session whose handler "
+        "does not answer is closed politely instead (WebSocket close 1012). "
+        "See docs/handover.md. Not a Condure option.",
+        metavar="SECONDS", default="5",
+    ),
+    Option(
         "--pid-file", PATH, "Write the supervisor's pid to this file",
         "Write the supervisor's process id to this file at start and remove "
         "it at exit. Not a Condure option.",

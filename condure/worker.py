@@ -76,6 +76,9 @@ class Worker:
         self.paused_modes: set[str] = set()
         self.maxconn = sum(self.limits[m] for m in {spec.mode for spec in config.listen}) or 1
         self.slots: list[Conn | None] = []
+        # WebSocket sessions adopted from another process keep their ids,
+        # which need not name the slot they sit in here: routed by id.
+        self.moved: dict[bytes, Conn] = {}
         self.free: list[int] = []
         self.counter = 0
         self.timers = TimerWheel()
@@ -134,13 +137,13 @@ class Worker:
         """Condure's shutdown: cancel every session a handler knows about
         (batched per handler), drop the connections, close sockets."""
         self._set_accepting(False)
-        owed: dict[bytes, list[Ident]] = defaultdict(list)
+        owed: dict[tuple[bytes, bytes], list[Ident]] = defaultdict(list)
         for conn in self.slots:
             if conn is None:
                 continue
             entry = conn.session.shutdown()
             if entry is not None:
-                owed[entry[0]].append(entry[1])
+                owed[entry[0], conn.session.instance_id].append(entry[1])
             conn.abort()
         self._send_batched(Cancel, owed)
         if self.tick_handle is not None:
@@ -233,17 +236,22 @@ class Worker:
             peer_address, peer_port = addr[0].encode(), addr[1]
         else:
             peer_address, peer_port = None, None
-        slot = self.free.pop() if self.free else len(self.slots)
-        if slot == len(self.slots):
-            self.slots.append(None)
-        self.slot_modes[slot] = spec.mode
-        self.counts[spec.mode] += 1
+        slot = self.take_slot(spec.mode)
         session = self.make_session(spec, slot, peer_address, peer_port)
         context = self.tls_contexts.get(spec)
         tls = TlsLayer(context) if context is not None else None
         conn = Conn(self, sock, slot, session, tls)
         self.slots[slot] = conn
         conn.run()
+
+    def take_slot(self, mode: str) -> int:
+        """A free slot for a new connection of ``mode``, counted."""
+        slot = self.free.pop() if self.free else len(self.slots)
+        if slot == len(self.slots):
+            self.slots.append(None)
+        self.slot_modes[slot] = mode
+        self.counts[mode] += 1
+        return slot
 
     def make_session(self, spec: ListenSpec, slot: int, peer_address: bytes | None,
                      peer_port: int | None) -> HttpSession:
@@ -277,10 +285,14 @@ class Worker:
     def next_id(self, slot: int) -> bytes:
         rid = b"%d-%d-%x" % (self.index, slot, self.counter)
         self.counter += 1
+        if self.moved and rid in self.moved:
+            return self.next_id(slot)  # an adopted session has it
         return rid
 
     def release(self, conn: Conn) -> None:
         if self.slots[conn.slot] is conn:
+            if self.moved and self.moved.get(conn.session.rid) is conn:
+                del self.moved[conn.session.rid]
             self.slots[conn.slot] = None
             self.free.append(conn.slot)
             mode = self.slot_modes.pop(conn.slot, "stream")
@@ -335,6 +347,10 @@ class Worker:
                 conn.run()
 
     def _route(self, rid: bytes) -> Conn | None:
+        if self.moved:
+            conn = self.moved.get(rid)
+            if conn is not None:
+                return conn
         if not rid.startswith(self.prefix):
             return None
         rest = rid[len(self.prefix):]
@@ -360,24 +376,30 @@ class Worker:
     def _sweep_keep_alives(self) -> None:
         # The sweep walks all maxconn slot positions, used or not, so each
         # session is visited once per KEEP_ALIVE_INTERVAL whatever the load.
+        # Adopted connections may take the slots past maxconn.
         slots = self.slots
-        owed: dict[bytes, list[Ident]] = defaultdict(list)
+        size = max(self.maxconn, len(slots))
+        batch = self.sweep_batch if size == self.maxconn else \
+            max(math.ceil(size / (KEEP_ALIVE_INTERVAL / RESOLUTION)), 1)
+        owed: dict[tuple[bytes, bytes], list[Ident]] = defaultdict(list)
         pos = self.sweep_pos
-        for _ in range(self.sweep_batch):
-            pos = (pos + 1) % self.maxconn
+        for _ in range(batch):
+            pos = (pos + 1) % size
             conn = slots[pos] if pos < len(slots) else None
             if conn is not None:
                 entry = conn.session.keep_alive()
                 if entry is not None:
-                    owed[entry[0]].append(entry[1])
+                    owed[entry[0], conn.session.instance_id].append(entry[1])
         self.sweep_pos = pos
         self._send_batched(KeepAlive, owed)
 
-    def _send_batched(self, kind: type, owed: dict[bytes, list[Ident]]) -> None:
-        for address, idents in owed.items():
+    def _send_batched(self, kind: type, owed: dict[tuple[bytes, bytes], list[Ident]]) -> None:
+        """One packet per (handler address, our address) and MAX_IDS ids;
+        our address is the session's own (an adopted one keeps its)."""
+        for (address, origin), idents in owed.items():
             for i in range(0, len(idents), MAX_IDS):
                 group = tuple(idents[i:i + MAX_IDS])
-                packet = kind(from_=self.instance_id, ids=group, id_list=len(group) > 1)
+                packet = kind(from_=origin, ids=group, id_list=len(group) > 1)
                 self.send_packet(packet, address)
 
 

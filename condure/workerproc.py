@@ -12,6 +12,11 @@ talks to the supervisor over the control socket:
   requests in flight given ``drain`` seconds, then ``drained``) or fast
   (Condure's shutdown: batched cancels);
 - ``conn``: one connection accepted by the supervisor (dispatch mode);
+- ``handover``: move every session that can move to the supervisor
+  (``sessions`` batches with descriptors, each closed here once ``taken``),
+  close the others politely, report ``handover-done``, then stop as a
+  graceful stop does (condure/handover.py);
+- ``adopt``: sessions exported by another worker; answered ``adopted``;
 - EOF on the control socket (the supervisor is gone): graceful stop.
 
 SIGINT and SIGHUP are ignored (a terminal's Ctrl-C reaches the whole
@@ -24,11 +29,13 @@ import asyncio
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import time
 
+from condure import handover
 from condure import log as condure_log
 from condure.supervisor import control
 from condure.worker import Worker, flush_cancels
@@ -64,6 +71,8 @@ class WorkerProcess:
         self.stop_request: asyncio.Future = self.loop.create_future()
         self.stats_handle: asyncio.TimerHandle | None = None
         self._fast = asyncio.Event()
+        self.exporter: handover.Exporter | None = None
+        self.batches = 0
 
     # -- control channel ------------------------------------------------------
 
@@ -88,6 +97,8 @@ class WorkerProcess:
                 message, fds = None, []
             if message is None:
                 self.loop.remove_reader(self.ctl.fileno())
+                if self.exporter is not None:
+                    self.exporter.abandon()
                 self.request_stop(True, float(self.config.drain_timeout))
                 return
             kind = message["type"]
@@ -97,6 +108,20 @@ class WorkerProcess:
             elif kind == "conn" and fds:
                 self.adopt(fds[0], int(message.get("spec", 0)))
                 control.close_fds(fds[1:])
+            elif kind == "handover":
+                self.request_stop(True, float(message.get("drain", self.config.drain_timeout)),
+                                  handoff=float(message.get("handoff_timeout",
+                                                            self.config.handoff_timeout)))
+            elif kind == "taken" and self.exporter is not None:
+                self.exporter.taken(int(message.get("batch", 0)), int(message.get("lost", 0)))
+            elif kind == "adopt":
+                adopted, failed = handover.adopt(self.worker, list(message.get("records", ())),
+                                                 fds)
+                if adopted or failed:
+                    log.info("adopted %d connections%s", adopted,
+                             f", {failed} could not be" if failed else "")
+                self.send({"type": "adopted", "batch": message.get("batch"),
+                           "adopted": adopted, "failed": failed})
             else:
                 control.close_fds(fds)
                 log.debug("control: unexpected %r", message)
@@ -116,9 +141,10 @@ class WorkerProcess:
             return
         worker._adopt_socket(sock, addr, spec)
 
-    def request_stop(self, graceful: bool, drain: float) -> None:
+    def request_stop(self, graceful: bool, drain: float, handoff: float | None = None) -> None:
+        """``handoff``: a handover, with that handoff timeout (see above)."""
         if not self.stop_request.done():
-            self.stop_request.set_result((graceful, drain))
+            self.stop_request.set_result((graceful, drain, handoff))
         elif not graceful:
             self._fast.set()  # a fast stop cuts a graceful one short
 
@@ -143,8 +169,12 @@ class WorkerProcess:
         self.send({"type": "ready", "pid": os.getpid()})
         self.stats_handle = loop.call_later(STATS_INTERVAL, self.stats)
         try:
-            graceful, drain = loop.run_until_complete(self.stop_request)
+            graceful, drain, handoff = loop.run_until_complete(self.stop_request)
             worker.stopped.set_result("stop")  # no accept restarts from here on
+            if handoff is not None:
+                started = loop.time()
+                loop.run_until_complete(self.hand_over(drain, handoff))
+                drain = max(drain - (loop.time() - started), 0.0)
             if graceful:
                 loop.run_until_complete(self.drain(drain))
             worker.stop()
@@ -158,6 +188,49 @@ class WorkerProcess:
             worker.req.close() if worker.req else None
             loop.close()
         return 0
+
+    async def hand_over(self, drain: float, handoff_timeout: float) -> None:
+        """Export every session that can move (see condure/handover.py)."""
+        worker, loop = self.worker, self.loop
+        worker._set_accepting(False)
+        worker.close_listeners()
+        exporter = self.exporter = handover.Exporter(
+            worker, self.send_batch, handoff_timeout=handoff_timeout,
+            drain_deadline=time.monotonic() + drain)
+        exporter.start()
+        # Past this, batches the supervisor never confirmed count as lost.
+        give_up = loop.time() + drain + handoff_timeout + handover.CONFIRM_GRACE
+        while not exporter.done and not self._fast.is_set() and loop.time() < give_up:
+            exporter.poll()
+            try:
+                await asyncio.wait_for(self._fast.wait(), handover.POLL)
+            except TimeoutError:
+                pass
+        exporter.abandon()
+        log.info("handover: %d connections moved, %d closed, %d lost",
+                 exporter.moved, exporter.closed, exporter.lost)
+        self.send({"type": "handover-done", "moved": exporter.moved,
+                   "closed": exporter.closed, "lost": exporter.lost})
+
+    def send_batch(self, records: list[str], fds: list[int]) -> int | None:
+        """One batch of exported sessions to the supervisor; its number, or
+        None when it could not be sent."""
+        self.batches += 1
+        message = {"type": "sessions", "batch": self.batches, "records": records}
+        deadline = time.monotonic() + handover.SEND_TIMEOUT
+        while True:
+            try:
+                control.send(self.ctl, message, fds)
+                return self.batches
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                select.select([], [self.ctl], [], left)
+            except OSError as e:
+                log.warning("handover: cannot pass sessions to the supervisor: %s", e)
+                break
+        return None
 
     async def drain(self, seconds: float) -> None:
         """Graceful stop: no new connections; idle ones closed politely,

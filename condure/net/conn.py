@@ -55,6 +55,8 @@ class Conn:
 
     @property
     def deadline(self) -> float | None:
+        if self.closed:
+            return None
         if self.linger_until is not None:
             return self.linger_until
         return self.session.deadline
@@ -115,6 +117,8 @@ class Conn:
             self.run(flushed=True)
 
     def on_timer(self) -> None:
+        if self.closed:
+            return
         if self.linger_until is not None:
             self._finish()
             return
@@ -244,6 +248,20 @@ class Conn:
             loop.remove_writer(self.fd)
         self.sock.close()
         self.worker.release(self)
+
+    def detach(self) -> socket.socket:
+        """Stop serving the connection here without closing it: its socket
+        is returned, still open, to be handed to another process (the
+        session was exported). Closing our copy later sends nothing."""
+        self.closed = True
+        loop = self.worker.loop
+        if self.reading:
+            loop.remove_reader(self.fd)
+        if self.writing:
+            loop.remove_writer(self.fd)
+        self.reading = self.writing = False
+        self.worker.release(self)
+        return self.sock
 
     def abort(self) -> None:
         """Drop the connection now (shutdown)."""

@@ -28,6 +28,9 @@ log = logging.getLogger("condure.zmq")
 
 BATCH = 256  # packets handled per wakeup before yielding to client I/O
 FIRST_PACKET_HWM = 128  # Condure 1.10's SNDHWM for the first-packet socket
+# The hop between the supervisor's relay and a worker (bind mode) holds
+# this many times Condure's high-water mark.
+INTERNAL_HWM_FACTOR = 100
 
 
 def _bind_or_connect(sock: zmq.Socket, endpoint: str, connect: bool, file_mode: int) -> None:
@@ -78,8 +81,9 @@ class StreamSockets:
             # route at once instead of being refused while the old pipe lingers.
             self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, hwm)
+        self.sub.setsockopt(zmq.RCVHWM, hwm * INTERNAL_HWM_FACTOR if self.proxied else hwm)
         self.sub.setsockopt(zmq.SUBSCRIBE, self.prefix)
+        self.extra_prefixes: set[bytes] = set()
         for sock in (self.push, self.router, self.sub):
             sock.setsockopt(zmq.LINGER, 0)
         # Watched before connecting, so that no handshake goes unseen.
@@ -101,6 +105,14 @@ class StreamSockets:
         loop.add_reader(self.sub.getsockopt(zmq.FD), self._sub_ready)
         # The FD may already be signalled; look once now.
         loop.call_soon(self._sub_ready)
+
+    def subscribe(self, address: bytes) -> None:
+        """Also receive packets addressed to ``address``: sessions adopted
+        from another process keep the address they had there."""
+        prefix = address + b" "
+        if prefix != self.prefix and prefix not in self.extra_prefixes:
+            self.extra_prefixes.add(prefix)
+            self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
 
     def wait_subscribed(self, timeout: float = 5.0) -> bool:
         """Block until the SUB socket's connections have completed their
@@ -144,6 +156,11 @@ class StreamSockets:
                 sub.recv()  # only the first frame counts (reference 3.2)
             if frame.startswith(prefix):
                 on_message(frame[len(prefix):])
+            elif self.extra_prefixes:
+                for extra in self.extra_prefixes:
+                    if frame.startswith(extra):
+                        on_message(frame[len(extra):])
+                        break
             # Other addresses are not ours (reference 4.9); drop quietly.
         # More may be waiting: come back after client I/O has had a turn.
         if not self._sub_scheduled:

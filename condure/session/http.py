@@ -119,6 +119,9 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
         self.actions: list[Action] = []
         self.state = HEAD
         self.stream_deadline = now + stream_timeout
+        # Handover: finish the request under way, start no new one, so the
+        # connection becomes resumable and can move (begin_handoff).
+        self.hold = False
         self._start_cycle(now, leftover)
 
     # -- public surface ---------------------------------------------------
@@ -132,7 +135,7 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
     def wants_read(self) -> bool:
         """Whether the adapter should read from the client now."""
         if self.state is HEAD:
-            return True
+            return not self.hold
         if self.state is WAIT:
             # Condure does not read while it waits for the handler. Without a
             # body there is nothing to hold back, and reading on spares the
@@ -157,6 +160,12 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
         is owed to anyone, so the connection can move elsewhere (bytes of a
         partly read next request travel with it)."""
         return self.state is HEAD and self.handler is None and not self.actions
+
+    def begin_handoff(self) -> bool:
+        """Handover starts: no new request from here on; the one under way
+        (if any) finishes, then ``resumable`` says the connection can move."""
+        self.hold = True
+        return True
 
     def going_away(self, now: float | None = None) -> None:
         """Graceful stop of the process (called repeatedly while draining):
@@ -204,7 +213,8 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
             if self.state is HEAD:
                 self.raw_head += data
         if self.state is HEAD:
-            self._read_head(now)
+            if not self.hold:
+                self._read_head(now)
         elif self.state is ACTIVE and self.body_state is BODY_READING:
             self.stream_deadline = now + self.stream_timeout
             self._pump_body(now)
@@ -297,7 +307,7 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
         self.http11 = True
         self.is_head = False
         self.persistent = False
-        if self.inbuf:
+        if self.inbuf and not self.hold:
             self._read_head(now)
 
     def _buffered(self) -> int:

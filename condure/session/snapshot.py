@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from condure.session.http import HttpSession
+from condure.zhttp import tnetstring
 
 VERSION = 1
 
@@ -93,3 +94,19 @@ def restore_http(
     if leftover:
         session.receive_data(leftover, now)
     return session
+
+
+def pack(record: dict[str, object]) -> bytes:
+    """A record as bytes (a tnetstring map), to travel between processes."""
+    return tnetstring.dumps({key.encode(): value for key, value in record.items()})
+
+
+def unpack(data: bytes) -> dict[str, object]:
+    """The record :func:`pack` made; SnapshotError for anything else."""
+    try:
+        value = tnetstring.loads(data)
+    except tnetstring.TnetstringError as e:
+        raise SnapshotError(f"unreadable record: {e}") from None
+    if not isinstance(value, dict):
+        raise SnapshotError("record is not a map")
+    return {key.decode("ascii", "replace"): item for key, item in value.items()}

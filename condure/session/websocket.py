@@ -75,6 +75,12 @@ from condure.zhttp.packets import Close as ClosePacket
 
 __all__ = ["WebSocketSession", "is_upgrade", "upgrade"]
 
+ASKED, PROCEEDED = 1, 2  # WebSocketSession.handoff
+GOING_AWAY, SERVICE_RESTART = 1001, 1012  # close codes (RFC 6455 7.4.1, IANA registry)
+# Client payload read but not yet forwarded (no credits) that may travel
+# with an exported session; more than this and the session is closed instead.
+MAX_PENDING_EXPORT = 16384
+
 
 def upgrade(http, method: bytes, target: bytes, headers: tuple[Header, ...]) -> list[Action]:
     """Actions that end the HTTP session ``http`` on an upgrade request: the
@@ -146,6 +152,12 @@ class WebSocketSession(ZhttpPeer, InputMixin):
         self.out_type = 0  # opcode of the handler message under way
         self.out_framed = False  # its first frame was written
         self.out_closed = False  # a close frame went to the client
+        # Moving to another process (handover): 0, ASKED (handoff-start
+        # sent) or PROCEEDED (the handler answered and sends nothing more).
+        self.handoff = 0
+        # Credits earned while moving: nothing goes to the handler between
+        # handoff-start and the resume, so they are sent after it.
+        self.credits_owed = 0
         self.deflater = Deflater(deflate.server_no_context_takeover) if deflate else None
         self.inflater = Inflater(deflate.client_no_context_takeover) if deflate else None
 
@@ -168,6 +180,11 @@ class WebSocketSession(ZhttpPeer, InputMixin):
         if self.state is WAIT:
             # Only to notice a disconnect; frames wait for the acceptance.
             return not self.client_gone and len(self.inbuf) < self.buffer_size
+        if self.handoff:
+            # Only to finish a frame under way: the rest stays in the kernel
+            # and moves with the connection.
+            return (self.state is OPEN and self.frame is not None and not self.in_closed
+                    and len(self.inbuf) < self.buffer_size)
         return (self.state is OPEN and not self.paused and not self.in_closed
                 and self.in_credits > 0 and len(self.inbuf) < self.buffer_size)
 
@@ -179,6 +196,43 @@ class WebSocketSession(ZhttpPeer, InputMixin):
                 and self.frame is None and not self.pending and not self.msg_done
                 and not self.unflushed and not self.out_closed and not self.in_closed
                 and self.snapshot_obstacle() is None)
+
+    @property
+    def ready_to_export(self) -> bool:
+        """Handover: the handler answered handoff-proceed, no client frame is
+        half read and everything written reached the kernel. Client payload
+        still waiting for credits travels in the record."""
+        return (self.handoff == PROCEEDED and self.state is OPEN and not self.actions
+                and self.frame is None and not self.unflushed and not self.out_closed
+                and not self.in_closed and len(self.pending) <= MAX_PENDING_EXPORT
+                and self.snapshot_obstacle() is None)
+
+    def begin_handoff(self) -> bool:
+        """Handover starts: ask the handler to stop sending (handoff-start);
+        False when this session cannot move (see snapshot_obstacle)."""
+        if self.handoff:
+            return True
+        if (self.state is not OPEN or self.handler is None or self.out_closed
+                or self.in_closed or self.snapshot_obstacle() is not None):
+            return False
+        self._send(HandoffStart)
+        self.handoff = ASKED
+        return True
+
+    def resume(self) -> None:
+        """In the adopting process: tell the handler the session is back (its
+        next packet, a keep-alive), then carry on with any leftover input."""
+        self.handoff = 0
+        self._send(KeepAlive)
+        if self.credits_owed:
+            credits, self.credits_owed = self.credits_owed, 0
+            self._send(Credit, credits=credits)
+        self._pump()
+
+    def keep_alive(self):
+        if self.handoff:
+            return None  # the handler would take it for the resume
+        return super().keep_alive()
 
     def snapshot_obstacle(self) -> str | None:
         d = self.deflate
@@ -216,9 +270,14 @@ class WebSocketSession(ZhttpPeer, InputMixin):
             self.in_credits += packet.credits
         elif kind is KeepAlive:
             pass
+        elif kind is HandoffProceed and self.handoff == ASKED:
+            self.handoff = PROCEEDED
         elif kind is HandoffStart:
             self._send(HandoffProceed)
-            self.paused = True
+            if self.handoff == ASKED:
+                self.handoff = PROCEEDED  # crossed: both sides stopped sending
+            else:
+                self.paused = True
         elif self.state is WAIT:
             if kind is Data:
                 self._accept(packet, now)
@@ -243,12 +302,13 @@ class WebSocketSession(ZhttpPeer, InputMixin):
         if self.state is not CLOSED:
             self._close(graceful=False, reason=reason)
 
-    def going_away(self, now: float | None = None) -> None:
+    def going_away(self, now: float | None = None, code: int = GOING_AWAY) -> None:
         """Graceful stop of the process: close frame 1001 (RFC 6455 7.4.1),
+        or 1012 when the service restarts and this session cannot move;
         cancel to the handler. A handshake still awaiting the handler is
         left alone (asked again once open)."""
         if self.state is OPEN:
-            self._fail(1001, "going away")
+            self._fail(code, "going away" if code == GOING_AWAY else "service restart")
 
     def output_flushed(self, now: float) -> None:
         self.out_messages = 0
@@ -256,7 +316,10 @@ class WebSocketSession(ZhttpPeer, InputMixin):
             credits, self.unflushed = self.unflushed, 0
             self.out_credits += credits
             self.stream_deadline = now + self.stream_timeout
-            self._send(Credit, credits=credits)
+            if self.handoff:
+                self.credits_owed += credits
+            else:
+                self._send(Credit, credits=credits)
 
     # -- handler -> client ----------------------------------------------------
 

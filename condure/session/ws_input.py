@@ -46,8 +46,8 @@ class InputMixin:
 
     def _forward(self) -> bool:
         """Send (part of) the client message under way, if credits allow."""
-        if not self.msg_opcode:
-            return False
+        if not self.msg_opcode or self.handoff:
+            return False  # (moving: nothing goes to the handler until resumed)
         pending = self.pending
         n = 0
         if pending:
@@ -73,7 +73,9 @@ class InputMixin:
     def _parse(self) -> bool:
         """Read from the client's bytes what may be read now; with no
         credits nothing is (reference 5.7.4)."""
-        if self.in_credits <= 0:
+        if self.handoff and self.frame is None:
+            return False  # moving: no new frame is started here
+        if self.in_credits <= 0 and not self.handoff:
             return False
         inflater = self.inflater
         if self.msg_compressed and not inflater.idle:

@@ -34,6 +34,17 @@ timers as time remaining)::
     leftover      client bytes read, not parsed yet (start at a frame)
     session_left  seconds until the session timeout
     stream_left   seconds until the stream timeout
+    from          condure's ZHTTP address for this session (optional; it
+                  never changes, so the adopting process keeps it)
+    pending       client payload of the message under way not yet sent to
+                  the handler for want of credits (optional)
+    msg_done      1 when that message's last frame was read (optional)
+    credits_owed  credits earned while moving, sent after the resume
+                  (optional)
+
+A session is exported either when ``resumable`` (nothing pending at all),
+or in a handover once the handler answered ``handoff-proceed``
+(``ready_to_export``): then client payload may wait in ``pending``.
 """
 
 from __future__ import annotations
@@ -54,7 +65,7 @@ def export_ws(session: WebSocketSession, now: float) -> dict[str, object]:
     obstacle = session.snapshot_obstacle()
     if obstacle is not None:
         raise SnapshotError(f"cannot export a WebSocket session: {obstacle}")
-    if not session.resumable:
+    if not (session.resumable or session.ready_to_export):
         raise SnapshotError(f"not at a frame boundary: {session!r}")
     partial = session.utf8.getstate()[0] if session.utf8 is not None else b""
     return {
@@ -78,6 +89,10 @@ def export_ws(session: WebSocketSession, now: float) -> dict[str, object]:
         "leftover": bytes(session.inbuf),
         "session_left": max(session.session_deadline - now, 0.0),
         "stream_left": max(session.stream_deadline - now, 0.0),
+        "from": session.instance_id,
+        "pending": bytes(session.pending),
+        "msg_done": int(session.msg_done),
+        "credits_owed": session.credits_owed,
     }
 
 
@@ -111,8 +126,16 @@ def restore_ws(record: dict[str, object], *, instance_id: bytes, now: float, buf
     if ints["msg_opcode"] not in (0, 1, 2) or ints["out_type"] not in (0, 1, 2):
         raise SnapshotError("bad message state in record")
     address = raw["peer_address"]
+    origin = record.get("from", instance_id)
+    pending = record.get("pending", b"")
+    msg_done = record.get("msg_done", 0)
+    if not isinstance(origin, bytes) or not origin or not isinstance(pending, bytes) \
+            or msg_done not in (0, 1):
+        raise SnapshotError("bad from, pending or msg_done in record")
+    if (pending or msg_done) and not ints["msg_opcode"]:
+        raise SnapshotError("pending payload without a message under way")
     session = WebSocketSession(
-        instance_id=instance_id, rid=raw["id"], key=b"", deflate=_deflate(raw["deflate"]),
+        instance_id=origin, rid=raw["id"], key=b"", deflate=_deflate(raw["deflate"]),
         buffer_size=buffer_size, stream_timeout=stream_timeout, messages_max=messages_max,
         max_message_size=max_message_size,
         scheme=raw["scheme"], peer_address=address or None,
@@ -136,6 +159,12 @@ def restore_ws(record: dict[str, object], *, instance_id: bytes, now: float, buf
             session.utf8.decode(raw["utf8_partial"])
         except UnicodeDecodeError:
             raise SnapshotError("bad utf8_partial in record") from None
+    owed = record.get("credits_owed", 0)
+    if type(owed) is not int or owed < 0:
+        raise SnapshotError("bad credits_owed in record")
+    session.credits_owed = owed
+    session.pending += pending
+    session.msg_done = bool(msg_done)
     session.out_type = ints["out_type"]
     session.out_framed = bool(ints["out_framed"])
     session._pump()

@@ -14,15 +14,21 @@ The protocol is the one of ``sd_listen_fds_with_names(3)``:
 
 Each descriptor is then identified: socket family and type, and whether it
 is listening (``SO_ACCEPTCONN``) or one connected socket (``Accept=yes``).
+Descriptors named with ``condure-store-`` come from systemd's fd store
+(:mod:`condure.supervisor.fdstore`); they may be other than sockets (the
+manifest is a memfd) and are no listeners.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+
+from condure.supervisor.fdstore import is_stored
 
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START
 UNKNOWN_NAME = "unknown"  # the name of a descriptor when LISTEN_FDNAMES is unset
@@ -41,13 +47,20 @@ class Inherited:
 
     fd: int
     name: str
-    sock: socket.socket
+    sock: socket.socket | None  # None: a stored descriptor that is no socket
     family: int
     type: int
     listening: bool
 
+    @property
+    def stored(self) -> bool:
+        """From systemd's fd store (a name with fdstore.STORE_PREFIX)."""
+        return is_stored(self.name)
+
     def describe(self) -> str:
         """``fd 3 "web" (tcp 127.0.0.1:8000, listening)`` for messages."""
+        if self.sock is None:
+            return f'fd {self.fd} "{self.name}" (not a socket)'
         kind = {socket.AF_INET: "tcp", socket.AF_INET6: "tcp6",
                 socket.AF_UNIX: "unix"}.get(self.family, f"family {self.family}")
         if self.type != socket.SOCK_STREAM:
@@ -134,10 +147,13 @@ def _number(text: str, variable: str) -> int:
 
 
 def identify(fd: int, name: str) -> Inherited:
-    """Wrap a passed descriptor; raises ActivationError if it is no socket."""
+    """Wrap a passed descriptor; raises ActivationError if it is no socket
+    (unless it comes from the fd store: then ``sock`` is None)."""
     try:
         sock = socket.socket(fileno=fd)  # family, type and protocol from the fd
     except OSError as e:
+        if e.errno == errno.ENOTSOCK and is_stored(name):
+            return Inherited(fd=fd, name=name, sock=None, family=0, type=0, listening=False)
         raise ActivationError(
             f'passed descriptor {fd} "{name}" is not a socket: {e.strerror}') from None
     try:
@@ -158,6 +174,7 @@ def inherited_sockets(environ: MutableMapping[str, str] | None = None,
             found.append(identify(fd, name))
     except ActivationError:
         for item in found:
-            item.sock.detach()  # leave the descriptors as they were
+            if item.sock is not None:
+                item.sock.detach()  # leave the descriptors as they were
         raise
     return found

@@ -25,8 +25,8 @@ from typing import Any
 
 from condure.config import Config, ListenSpec
 
-MAX_PACKET = 64 * 1024  # the largest message; ours are a few hundred bytes
-MAX_FDS = 16  # descriptors accepted in one packet
+MAX_PACKET = 128 * 1024  # the largest message (a batch of session records)
+MAX_FDS = 253  # descriptors accepted in one packet (the SCM_RIGHTS limit)
 SPEC_VARIABLE = "CONDURE_WORKER"
 
 Message = dict[str, Any]
@@ -54,13 +54,13 @@ def send(sock: socket.socket, message: Message, fds: list[int] | tuple[int, ...]
     sock.sendmsg([data], ancillary)
 
 
-def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
+def recv(sock: socket.socket, max_fds: int = MAX_FDS) -> tuple[Message | None, list[int]]:
     """Receive one message: (message, descriptors), or (None, []) at EOF.
 
     Raises BlockingIOError when nothing is waiting on a non-blocking socket,
     ControlError for a truncated or malformed packet."""
     data, ancdata, flags, _ = sock.recvmsg(
-        MAX_PACKET, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
+        MAX_PACKET, socket.CMSG_SPACE(max_fds * 4), socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

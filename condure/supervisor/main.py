@@ -15,9 +15,11 @@ that die before ever saying ``ready`` are boot failures: ``BOOT_FAILURES``
 in a row stop condure with status 1, since respawning cannot help.
 
 SIGHUP replaces the workers one slot at a time: the successor starts next
-to the old worker, and only once it is ready does the old one get a
-graceful stop (it drains while the successor accepts). SIGTERM stops every
-worker gracefully, SIGINT and SIGQUIT at once.
+to the old worker, and only once it is ready does the old one hand its
+live connections over (through us, see moves.py) and drain what cannot
+move, while the successor accepts. SIGTERM stops every worker gracefully,
+SIGINT and SIGQUIT at once; a SIGTERM that is part of `systemctl restart`
+hands the connections to the next start through systemd's fd store.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 
 import condure
 from condure.config import Config
-from condure.supervisor import control, sockets
+from condure.supervisor import control, fdstore, moves, pidfile, sockets
 from condure.supervisor.notify import Notifier, status_text
 
 log = logging.getLogger("condure")
@@ -48,6 +51,7 @@ READY_TIMEOUT = 60.0  # a worker not ready by then is killed (a boot failure)
 KILL_GRACE = 5.0  # beyond its drain time, a stopping worker gets this long
 FAST_STOP = 12.0  # a fast stop: the worker's cancel flush (10 s) and some
 TICK = 0.5  # maintenance at least this often
+ADOPT_TIMEOUT = 10.0  # after a restart, workers get this long to adopt the stored sessions
 # Variables meant for the supervisor only.
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
                 "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -65,6 +69,7 @@ class Child:
     requests: int = 0
     stop_deadline: float | None = None
     graceful: bool = True
+    handover_to: Child | None = None  # a reload's successor, taking the sessions
 
     @property
     def pid(self) -> int:
@@ -118,7 +123,16 @@ class Supervisor:
         self.notify = Notifier()
         self.signals: deque[int] = deque()
         self.state = State(slots=[None] * self.n)
-        self.generation = 0
+        # Worker ids embed the generation: start somewhere new each run, so
+        # ids of connections adopted across a restart are not made again.
+        self.generation = int.from_bytes(os.urandom(2), "big") << 8
+        self.store_id = (os.environ.get("INVOCATION_ID", "")[:16]
+                         or f"{os.getpid()}-{int(time.time())}")
+        self.moves = moves.Moves(self._send_to)
+        self.restart_store: moves.RestartStore | None = None
+        self.recovered: fdstore.Recovered | None = None
+        self.adopt_until: float | None = None
+        self.moved_note = ""
         self.boot_failures = 0
         self.stopping: str | None = None  # "graceful" or "fast"
         self.exit_status = 0
@@ -140,6 +154,11 @@ class Supervisor:
         except (sockets.AcquireError, OSError) as e:
             log.error("%s", e)
             return 1
+        rec = self.listeners.recovered
+        if rec is not None and (rec.sessions or rec.names):
+            self.recovered = rec
+            log.info("fd store: %d connections to adopt from the previous start",
+                     len(rec.sessions))
         if self.listeners.connection is not None:
             # Accept=yes: systemd passed one connected socket; serve it here,
             # in this one process, and exit when it ends.
@@ -152,7 +171,7 @@ class Supervisor:
             self.listeners.close()
             return 1
         try:
-            write_pid_file(self.config.pid_file)
+            pidfile.write(self.config.pid_file)
         except OSError as e:
             log.error("failed to write pid file %s: %s", self.config.pid_file, e.strerror)
             self.listeners.close()
@@ -165,11 +184,11 @@ class Supervisor:
         finally:
             if self.dispatcher is not None:
                 self.dispatcher.close()
-            self.listeners.close()
+            self.listeners.close(keep_files=self.restart_store is not None)
             if self.proxy is not None:
                 self.proxy.close()
             self.loop.close()
-            remove_pid_file(self.config.pid_file)
+            pidfile.remove(self.config.pid_file)
             log.info("stopped")
 
     async def _main(self) -> int:
@@ -195,6 +214,10 @@ class Supervisor:
                     handler()
             self.reap()
             if self.stopping and not self.children():
+                if self.restart_store is not None:
+                    stored = self.restart_store.finish()
+                    log.info("restart: %d connections in systemd's fd store (%d lost)",
+                             stored, self.moves.lost)
                 return self.exit_status
             self.maintain()
 
@@ -212,10 +235,17 @@ class Supervisor:
     def handle_term(self) -> None:
         if self.stopping:
             return
-        log.info("stopping...")
+        restart = self.notify.enabled and fdstore.restart_pending(fdstore.own_unit())
+        log.info("restarting: moving connections to the next start" if restart
+                 else "stopping...")
         self.notify.stopping()
         self.stopping = "graceful"
-        self._stop_all(graceful=True)
+        if not restart:
+            self._stop_all(graceful=True)
+            return
+        self.restart_store = moves.RestartStore(self.store_id)
+        self.restart_store.listeners(self.listeners.store_entries())
+        self._stop_all(graceful=True, hand_over=True)
 
     def handle_int(self) -> None:
         if self.stopping == "fast":
@@ -243,7 +273,7 @@ class Supervisor:
     def handle_chld(self) -> None:
         pass  # reap() runs after every wakeup
 
-    def _stop_all(self, graceful: bool) -> None:
+    def _stop_all(self, graceful: bool, hand_over: bool = False) -> None:
         st = self.state
         st.respawn_at.clear()
         st.reload_pending.clear()
@@ -251,7 +281,12 @@ class Supervisor:
         if self.dispatcher is not None:
             self.dispatcher.pause()
         for child in self.children():
-            if child.stop_deadline is None or (not graceful and child.graceful):
+            if hand_over:
+                if child.ready and child.stop_deadline is None:
+                    self.hand_over(child, None)
+                elif child.stop_deadline is None:
+                    self.stop_child(child, graceful)
+            elif child.stop_deadline is None or (not graceful and child.graceful):
                 self.stop_child(child, graceful)
 
     # -- workers -----------------------------------------------------------------
@@ -295,6 +330,47 @@ class Supervisor:
         except OSError:
             pass  # it is exiting already; reap() will see
 
+    def hand_over(self, child: Child, target: Child | None) -> None:
+        """Ask ``child`` to export its sessions: to ``target`` (a reload's
+        successor), or to the fd store (a restart)."""
+        drain, handoff = float(self.config.drain_timeout), float(self.config.handoff_timeout)
+        child.graceful = True
+        child.handover_to = target
+        child.stop_deadline = time.monotonic() + drain + handoff + 2 * KILL_GRACE
+        self._send_to(child, {"type": "handover", "drain": drain, "handoff_timeout": handoff})
+
+    def _send_to(self, child: Child, message: dict, fds: list[int] = ()) -> bool:
+        """A control message, waiting briefly if the socket is full."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                control.send(child.ctl, message, fds)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                select.select([], [child.ctl], [], 0.1)
+            except OSError:
+                break
+        log.warning("worker %d: could not send %s", child.slot, message["type"])
+        return False
+
+    def on_sessions(self, child: Child, message: dict, fds: list[int]) -> None:
+        records = message.get("records")
+        records = records if isinstance(records, list) else []
+        if self.restart_store is not None:
+            lost = self.restart_store.batch(child.slot, records, fds)
+            self.moves.lost += lost
+            self._send_to(child, {"type": "taken", "batch": message.get("batch"), "lost": lost})
+            return
+        # The slot's current worker: the successor, unless a later reload
+        # has already replaced that one too.
+        target = self.state.slots[child.slot]
+        if target is None or target is child or not target.ready \
+                or target.stop_deadline is not None or target.popen.poll() is not None:
+            target = None
+        self.moves.relay(child, message.get("batch"), records, fds, target)
+
     def on_control(self, child: Child) -> None:
         while True:
             try:
@@ -304,6 +380,9 @@ class Supervisor:
             except (control.ControlError, OSError) as e:
                 log.warning("worker %d control channel: %s", child.slot, e)
                 message, fds = None, []
+            if message is not None and message["type"] == "sessions":
+                self.on_sessions(child, message, fds)
+                continue
             control.close_fds(fds)
             if message is None:
                 self.loop.remove_reader(child.ctl.fileno())
@@ -320,6 +399,14 @@ class Supervisor:
                 self.boot_failures = 0
                 log.debug("worker %d ready (pid %d)", child.slot, child.pid)
                 self.wake.set()
+            elif kind == "adopted":
+                self.moves.adopted(child, message.get("batch"), int(message.get("adopted", 0)),
+                                   int(message.get("failed", 0)))
+                self.wake.set()
+            elif kind == "handover-done":
+                log.info("worker %d (pid %d) handed over %s connections, closed %s, lost %s",
+                         child.slot, child.pid, message.get("moved"), message.get("closed"),
+                         message.get("lost"))
             elif kind == "drained":
                 log.debug("worker %d drained (pid %d)", child.slot, child.pid)
 
@@ -339,6 +426,7 @@ class Supervisor:
     def on_exit(self, child: Child, status: int) -> None:
         st = self.state
         self._forget(child)
+        self.moves.target_gone(child)
         how = _describe_exit(status)
         if child in st.retiring:
             st.retiring.remove(child)
@@ -404,6 +492,8 @@ class Supervisor:
                 st.slots[slot] = self.spawn(slot)
         self.step_reload(now)
         ready = self.all_ready()
+        if ready and not self.announced and not self.adopt_recovered(now):
+            ready = False
         if ready and not self.announced:
             self.announced = True
             log.info("started")
@@ -436,7 +526,7 @@ class Supervisor:
                 return
             del st.successors[slot]
             st.slots[slot] = succ
-            self.stop_child(old, graceful=True)
+            self.hand_over(old, succ)
             st.retiring.append(old)
             st.reload_pending.pop(0)
             log.info("worker %d replaced (pid %d -> %d)", slot, old.pid, succ.pid)
@@ -445,13 +535,45 @@ class Supervisor:
             log.info("reloaded")
             self.notify.ready(self.status())
 
+    def adopt_recovered(self, now: float) -> bool:
+        """After a restart: deal the sessions found in the fd store to the
+        workers, and once they are adopted (or ADOPT_TIMEOUT passed) remove
+        everything of ours from the store. True when done."""
+        rec = self.recovered
+        if rec is None:
+            return True
+        if self.adopt_until is None:
+            self.adopt_until = now + ADOPT_TIMEOUT
+            targets = {c.slot: c for c in self.state.slots if c is not None}
+            self.moves.deal(rec.sessions, targets)
+            rec.sessions = []
+        if self.moves.busy and now < self.adopt_until:
+            return False
+        for child in self.state.slots:
+            if child is not None:
+                self.moves.target_gone(child)  # unanswered batches count as lost
+        store = fdstore.FdStore()
+        for name in sorted(rec.names):
+            try:
+                store.remove(name)
+            except OSError as e:
+                log.warning("fd store: cannot remove %s: %s", name, e)
+        lost = self.moves.lost + rec.lost + rec.missing
+        for problem in rec.problems:
+            log.warning("fd store: %s", problem)
+        (log.warning if lost else log.info)(
+            "restart: %d connections adopted, %d lost", self.moves.moved, lost)
+        self.moved_note = f"; after restart {self.moves.moved} adopted, {lost} lost"
+        self.recovered = None
+        return True
+
     def all_ready(self) -> bool:
         return all(c is not None and c.ready for c in self.state.slots)
 
     def status(self) -> str:
         ready = sum(1 for c in self.state.slots if c is not None and c.ready)
         conns = sum(c.connections for c in self.children())
-        return status_text(ready, self.n, conns)
+        return status_text(ready, self.n, conns) + self.moved_note
 
     def update_status(self) -> None:
         if self.announced:
@@ -477,30 +599,6 @@ class Supervisor:
         control.send(ready[slot].ctl, {"type": "conn", "spec": spec}, [sock.fileno()])
         self._load().dispatched(slot)
         return True
-
-
-# -- pid file --------------------------------------------------------------------
-
-def write_pid_file(path: str | None) -> None:
-    if not path:
-        return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-def remove_pid_file(path: str | None) -> None:
-    """Remove the pid file if it is still ours."""
-    if not path:
-        return
-    try:
-        with open(path, encoding="ascii") as f:
-            if f.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def run(config: Config) -> int:

@@ -16,14 +16,20 @@ which worker accepts on which (docs/accept-modes.md):
 
 The supervisor keeps every socket for its whole life, so connections
 queued on a worker's socket survive that worker's death and wait for its
-replacement. In ``dispatch`` mode the :class:`Dispatcher` accepts and
-hands each connection to a worker.
+replacement. Across a full restart the sockets it bound go through systemd's
+fd store (:mod:`condure.supervisor.fdstore`): passed descriptors named
+``condure-store-...`` are set aside (``Listeners.stored``) and recovered
+(``Listeners.recovered``); a recovered listener with the same entry, slot
+and address is used instead of binding (its queue is intact). In
+``dispatch`` mode the :class:`Dispatcher` accepts and hands each connection
+to a worker.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, MutableMapping
@@ -31,7 +37,7 @@ from dataclasses import dataclass, field, replace
 
 from condure.config import Config, ListenSpec
 from condure.net import listeners as binder
-from condure.supervisor import activation
+from condure.supervisor import activation, fdstore
 from condure.supervisor.activation import Inherited, local_address
 
 log = logging.getLogger("condure")
@@ -57,6 +63,8 @@ class Listener:
     spec: int  # index of its entry in Listeners.config.listen
     slot: int | None = None  # reuseport: the worker slot it belongs to; None: all
     name: str | None = None  # the descriptor name, for inherited sockets
+    reused: bool = False  # bound by an earlier start, recovered from the fd store
+    file_id: tuple[int, int] | None = None  # reused Unix socket: its file's (dev, ino)
 
     @property
     def inherited(self) -> bool:
@@ -72,6 +80,14 @@ class Listeners:
     mode: str
     items: list[Listener] = field(default_factory=list)
     connection: Inherited | None = None  # inetd style: one connected socket
+    stored: list[Inherited] = field(default_factory=list)  # fd store descriptors passed
+    recovered: fdstore.Recovered | None = None  # what acquire_listeners recovered from them
+
+    def store_entries(self) -> list[tuple[int, dict]]:
+        """The listeners condure bound (not the activated ones), as
+        (fd, manifest entry) for :class:`fdstore.Uploader`."""
+        return [(item.sock.fileno(), {"kind": "listener", "spec": item.spec, "slot": item.slot})
+                for item in self.items if not item.inherited]
 
     def for_worker(self, index: int) -> list[Listener]:
         """The sockets worker slot ``index`` accepts on (none in dispatch mode)."""
@@ -83,9 +99,15 @@ class Listeners:
         """The worker spec's ``listeners`` list; the fds go in ``pass_fds``."""
         return [{"fd": item.sock.fileno(), "spec": item.spec} for item in self.for_worker(index)]
 
-    def close(self) -> None:
+    def close(self, keep_files: bool = False) -> None:
+        """Close every socket. A Unix socket file condure made goes too,
+        unless ``keep_files`` (the listeners went to the fd store)."""
         for item in self.items:
-            if item.inherited:
+            path = self.config.listen[item.spec].path
+            if item.inherited or keep_files:
+                item.sock.close()
+            elif item.file_id is not None and path is not None:
+                _unlink_if_same(path, item.file_id)
                 item.sock.close()
             else:  # a bound Unix socket's file goes too
                 binder.close(item.sock, self.config.listen[item.spec])
@@ -109,19 +131,34 @@ def acquire_listeners(config: Config, n_workers: int, accept_mode: str | None = 
         raise AcquireError(f"socket activation: {e}") from None
     if listen_given is None:
         listen_given = config.listen != Config().listen
+    stored = [item for item in passed if item.stored]
+    passed = [item for item in passed if not item.stored]
+    recovered = fdstore.recover(stored) if stored else None
     try:
-        return match_listeners(config, n_workers, accept_mode or config.accept_mode,
-                               listen_given, passed)
+        result = match_listeners(config, n_workers, accept_mode or config.accept_mode,
+                                 listen_given, passed, stored_listeners=(
+                                     recovered.listeners if recovered else None))
     except BaseException:
         for item in passed:
             item.sock.close()
+        if recovered is not None:
+            recovered.close()
         raise
+    result.stored, result.recovered = stored, recovered
+    return result
 
 
 def match_listeners(config: Config, n_workers: int, requested: str, listen_given: bool,
-                    passed: list[Inherited]) -> Listeners:
+                    passed: list[Inherited], *,
+                    stored_listeners: list[tuple[socket.socket, dict]] | None = None
+                    ) -> Listeners:
     """The matching and binding of :func:`acquire_listeners`, given the
-    passed sockets already identified (tests call this directly)."""
+    passed sockets already identified (tests call this directly). Passed
+    fd store descriptors are only set aside (``Listeners.stored``);
+    ``stored_listeners`` are the recovered ones to reuse (the rest is closed)."""
+    stored = [item for item in passed if item.stored]
+    passed = [item for item in passed if not item.stored]
+    pool = list(stored_listeners or ())
     for item in passed:
         if item.type != socket.SOCK_STREAM:
             raise AcquireError(f"passed {item.describe()} is not a stream socket")
@@ -130,7 +167,10 @@ def match_listeners(config: Config, n_workers: int, requested: str, listen_given
         if len(passed) > 1:
             raise AcquireError(f"passed {connected[0].describe()} is a connected socket "
                                "(Accept=yes); it must be the only one passed")
-        return _inetd(config, connected[0], listen_given)
+        fdstore.take_listeners(pool, [])
+        result = _inetd(config, connected[0], listen_given)
+        result.stored = stored
+        return result
     mode = requested
     if mode == AUTO:
         mode = SHARED if passed else REUSEPORT
@@ -138,12 +178,18 @@ def match_listeners(config: Config, n_workers: int, requested: str, listen_given
         specs = tuple(_spec_for(item) for item in passed)
         items = [Listener(item.sock, i, None, item.name) for i, item in enumerate(passed)]
         config = replace(config, listen=specs, accept_mode=mode)
-        result = Listeners(config, mode, items)
+        fdstore.take_listeners(pool, [])
+        result = Listeners(config, mode, items, stored=stored)
         _log(result)
         return result
     specs = list(config.listen)
-    result = Listeners(replace(config, accept_mode=mode), mode)
+    result = Listeners(replace(config, accept_mode=mode), mode, stored=stored)
     unused = list(passed)
+    reused = fdstore.take_listeners(pool, [
+        (index, slot, spec.host, spec.port, spec.path)
+        for index, spec in enumerate(specs) if spec.fd_name is None
+        for slot in (range(max(n_workers, 1)) if mode == REUSEPORT and not spec.is_local
+                     else [None])])
     try:
         for index, spec in enumerate(specs):
             if spec.fd_name is not None:
@@ -160,20 +206,29 @@ def match_listeners(config: Config, n_workers: int, requested: str, listen_given
                     specs[index] = replace(_spec_for(matched[0]), mode=spec.mode,
                                            tls=spec.tls, default_cert=spec.default_cert)
             elif mode == REUSEPORT and not spec.is_local:
-                for slot, sock in enumerate(bind_reuseport(spec, n_workers)):
-                    result.items.append(Listener(sock, index, slot))
+                for slot, (sock, was) in enumerate(_reuseport(spec, index, n_workers, reused)):
+                    result.items.append(Listener(sock, index, slot, reused=was))
             else:
                 if mode == REUSEPORT:
                     log.info("listen %s: a Unix socket is shared by all workers "
                              "(no SO_REUSEPORT for Unix sockets)", spec.path)
-                result.items.append(Listener(binder.bind(spec), index))
+                sock = reused.pop((index, None), None)
+                if sock is None:
+                    result.items.append(Listener(binder.bind(spec), index))
+                else:
+                    result.items.append(Listener(sock, index, reused=True,
+                                                 file_id=_file_id(spec.path)))
         if unused:
             names = ", ".join(item.describe() for item in unused)
             raise AcquireError(f"passed socket not named by any --listen fd-name=: {names}")
     except BaseException as e:
         # Passed sockets are closed by the caller; close only what we bound.
         result.items = [item for item in result.items if not item.inherited]
+        for item in result.items:
+            item.file_id = None  # a reused socket's file stays for the next start
         result.close()
+        for sock in reused.values():
+            sock.close()
         if isinstance(e, binder.ListenError):
             raise AcquireError(str(e)) from None
         raise
@@ -227,18 +282,60 @@ def _check_address(spec: ListenSpec, item: Inherited) -> None:
                            f"the passed socket is {item.describe()}")
 
 
-def bind_reuseport(spec: ListenSpec, count: int) -> list[socket.socket]:
+def _reuseport(spec: ListenSpec, index: int, count: int,
+               reused: dict[tuple[int, int | None], socket.socket]
+               ) -> list[tuple[socket.socket, bool]]:
+    """One socket per slot: recovered ones where there are, the rest bound
+    beside them (same port, no probe: the port is ours already)."""
+    count = max(count, 1)
+    have = {slot: reused.pop((index, slot)) for slot in range(count) if (index, slot) in reused}
+    if not have:
+        return [(sock, False) for sock in bind_reuseport(spec, count)]
+    extra: list[socket.socket] = []
+    if len(have) < count:
+        port = next(iter(have.values())).getsockname()[1]
+        try:
+            extra = bind_reuseport(replace(spec, port=port), count - len(have),
+                                   check_free=False)
+        except BaseException:
+            for sock in have.values():
+                sock.close()
+            raise
+    return [(have[slot], True) if slot in have else (extra.pop(0), False)
+            for slot in range(count)]
+
+
+def _file_id(path: str | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st else None
+
+
+def _unlink_if_same(path: str, file_id: tuple[int, int]) -> None:
+    """Remove a reused Unix socket's file, unless another took the path since."""
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == file_id:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def bind_reuseport(spec: ListenSpec, count: int, check_free: bool = True
+                   ) -> list[socket.socket]:
     """``count`` listening TCP sockets on one address with SO_REUSEPORT.
 
-    A plain bind is tried first so that a port some other process already
-    serves, even with SO_REUSEPORT, is refused instead of silently shared.
-    Port 0: the first socket's port is used for the rest."""
+    A plain bind is tried first (``check_free``) so that a port some other
+    process already serves, even with SO_REUSEPORT, is refused instead of
+    silently shared. Port 0: the first socket's port is used for the rest."""
     host = spec.host or "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     port = spec.port or 0
     socks: list[socket.socket] = []
     try:
-        if port:
+        if port and check_free:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
@@ -266,13 +363,16 @@ def _log(result: Listeners) -> None:
     for item in result.items:
         if item.slot:
             continue  # one line per reuseport group
+        group = [other for other in result.items if other.spec == item.spec]
         if item.inherited:
             how = f'passed fd {item.sock.fileno()} "{item.name}"'
         elif item.slot == 0:
-            count = sum(1 for other in result.items if other.spec == item.spec)
-            how = f"{count} SO_REUSEPORT sockets"
+            how = f"{len(group)} SO_REUSEPORT sockets"
+            reused = sum(1 for other in group if other.reused)
+            if reused:
+                how += f", {reused} of them from the fd store"
         else:
-            how = "bound"
+            how = "from the fd store" if item.reused else "bound"
         mode = SHARED if result.mode == REUSEPORT and item.slot is None else result.mode
         log.info("listen %s (%s, %s mode)", local_address(item.sock), how, mode)
 

@@ -41,7 +41,7 @@ import zmq
 
 from condure.config import Config, stream_endpoints
 from condure.net.routerqueue import ROUTER_RETRY, RouterQueues
-from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, _bind_or_connect
+from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, INTERNAL_HWM_FACTOR, _bind_or_connect
 from condure.supervisor.reqrelay import relay_req
 
 log = logging.getLogger("condure")
@@ -115,7 +115,7 @@ class ZmqProxy:
             router = self._socket(zmq.ROUTER, sndhwm=config.hwm)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            xsub = self._socket(zmq.XSUB, rcvhwm=config.hwm)
+            xsub = self._socket(zmq.XSUB, rcvhwm=INTERNAL_HWM_FACTOR * config.hwm)
             for public in config.zclient_stream:
                 out, out_stream, in_ = stream_endpoints(public)
                 _bind_or_connect(push, out, False, mode)
@@ -126,7 +126,10 @@ class ZmqProxy:
             first.bind(in_out)
             later = self._socket(zmq.PULL, rcvhwm=config.hwm)
             later.bind(in_out_stream)
-            xpub = self._socket(zmq.XPUB, sndhwm=config.hwm)
+            # A worker busy for a moment (adopting moved sessions, say)
+            # must not make the relay drop its packets: room for a few
+            # seconds of traffic, not Condure's in-process limit.
+            xpub = self._socket(zmq.XPUB, sndhwm=INTERNAL_HWM_FACTOR * config.hwm)
             xpub.bind(in_in)
             self._run_proxy("out", first, push)
             self._run_proxy("in", xsub, xpub)

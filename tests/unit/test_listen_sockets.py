@@ -13,7 +13,7 @@ import pytest
 
 from condure import worker as worker_mod
 from condure.config import Config, ConfigError, ListenSpec, parse_listen
-from condure.supervisor import activation, sockets
+from condure.supervisor import activation, fdstore, sockets
 from condure.supervisor.activation import ActivationError, identify, listen_fds_with_names
 from condure.supervisor.sockets import (
     AcquireError,
@@ -135,6 +135,28 @@ def test_wrapper_other_pid_and_no_names(tmp_path):
         assert run_activated(tmp_path, [a], PROBE, "--pid", "1")["items"] == []
         assert run_activated(tmp_path, [a], PROBE, "--no-names")["items"] == [
             [3, activation.UNKNOWN_NAME, True, True]]
+
+
+def test_wrapper_passes_the_fd_store_aside(tmp_path):
+    """A session socket and its manifest (a memfd) through LISTEN_FDS: set
+    aside from the listeners and recovered by acquire_listeners."""
+    a, b = socket.socketpair()
+    manifest = fdstore.write_manifest({"v": 1, "generation": "g", "entries": [
+        {"kind": "session", "name": "condure-store-g-0", "ino": fdstore.inode(a.fileno())}]})
+    code = ("import json; from condure.supervisor import sockets; from condure.config import "
+            "Config, parse_listen; got = sockets.acquire_listeners(Config(listen=(parse_listen("
+            "'127.0.0.1:0')[0],)), 1, listen_given=True); r = got.recovered; print(json.dumps("
+            "[sorted(i.name for i in got.stored), len(r.sessions), r.lost, r.missing]))")
+    cmd = [sys.executable, "-m", "tests.harness.activate", "--fd",
+           f"{manifest}=condure-store-g-manifest", "--fd", f"{a.fileno()}=condure-store-g-0",
+           "--", sys.executable, "-c", code]
+    with a, b:
+        out = subprocess.run(cmd, check=False, pass_fds=[manifest, a.fileno()],
+                             capture_output=True, text=True, timeout=30, env=python_env(),
+                             cwd=str(REPO_ROOT))
+    os.close(manifest)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [["condure-store-g-0", "condure-store-g-manifest"], 1, 0, 0]
 
 
 # -- listen parameters and options ----------------------------------------------

@@ -1,0 +1,267 @@
+"""Moving live connections between processes (docs/handover.md).
+
+One mechanism serves a worker replacement (reload) and a full restart: a
+session at a resumable point is exported as its socket plus a small record
+(``condure.session.snapshot`` / ``ws_snapshot``), and adopted by another
+worker, which carries on as if nothing happened.
+
+- :class:`Exporter` runs in the worker that lets go. HTTP connections
+  finish the request under way and start no new one; WebSocket sessions
+  send ``handoff-start`` and wait for the handler's ``handoff-proceed``
+  (within the handoff timeout), so the handler holds what it would send.
+  Ready sessions leave in batches (at most 253 descriptors, a bounded
+  message size); each socket is kept open here until the supervisor says
+  the batch was taken, then our copy is closed (which sends nothing: the
+  connection lives on in the other process).
+- :func:`adopt` runs in the worker that takes over: it rebuilds each
+  session in a free slot, keeps a WebSocket's id and ``from`` (subscribing
+  to that address if it is not its own), and resumes it with a keep-alive,
+  which tells the handler to send again.
+
+What cannot move is closed politely instead: TLS connections and
+WebSockets with compression context takeover (WebSocket close 1012),
+requests still under way when the drain time is over, and WebSockets
+whose handler did not answer ``handoff-proceed`` in time (1012).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from condure.net.conn import Conn
+from condure.session import snapshot, ws_snapshot
+from condure.session.http import HttpSession
+from condure.session.req import ReqSession
+from condure.session.snapshot import SnapshotError
+from condure.session.states import WAIT
+from condure.session.websocket import SERVICE_RESTART, WebSocketSession
+
+log = logging.getLogger("condure")
+
+MAX_FDS = 253  # SCM_RIGHTS: descriptors in one message
+MAX_BATCH_BYTES = 48 * 1024  # encoded records in one control message
+POLL = 0.02  # seconds between looks at the sessions being moved
+SEND_TIMEOUT = 5.0  # a full control socket: wait this long to pass a batch
+CONFIRM_GRACE = 5.0  # time for the supervisor to confirm the last batch
+
+
+def encode_record(record: dict[str, object]) -> str:
+    return base64.b64encode(snapshot.pack(record)).decode("ascii")
+
+
+def decode_record(text: object) -> dict[str, object]:
+    if not isinstance(text, str):
+        raise SnapshotError("record is not a string")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SnapshotError("record is not base64") from None
+    return snapshot.unpack(data)
+
+
+@dataclass(eq=False, slots=True)
+class _Moving:
+    conn: Conn
+    deadline: float  # give up (close politely) at this time
+    begun: bool  # begin_handoff accepted
+
+
+class Exporter:
+    """Exports every movable session of ``worker``; ``send(records, fds)``
+    passes one batch to the supervisor and returns its number (None if it
+    could not be sent: the batch is closed as lost)."""
+
+    def __init__(self, worker, send: Callable[[list[str], list[int]], int | None], *,
+                 handoff_timeout: float, drain_deadline: float) -> None:
+        self.worker = worker
+        self.send = send
+        self.handoff_timeout = handoff_timeout
+        self.drain_deadline = drain_deadline
+        self.moving: list[_Moving] = []
+        self.unconfirmed: dict[int, list[socket.socket]] = {}
+        self.moved = 0  # sessions the supervisor took
+        self.closed = 0  # sessions that could not move and were closed politely
+        self.lost = 0  # sessions exported but not taken
+
+    @property
+    def done(self) -> bool:
+        return not self.moving and not self.unconfirmed
+
+    def start(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.worker.slots):
+            if conn is not None and not conn.closed:
+                self._begin(conn, now)
+
+    def _begin(self, conn: Conn, now: float) -> None:
+        session = conn.session
+        if not conn.exportable or isinstance(session, ReqSession):
+            self._give_up(conn, now)  # TLS, req mode: finished or closed by the drain
+            return
+        begun = session.begin_handoff()
+        if isinstance(session, WebSocketSession):
+            if begun:
+                self.moving.append(_Moving(conn, now + self.handoff_timeout, True))
+            elif session.state is WAIT:
+                # the handler has not answered the upgrade yet: wait for it
+                self.moving.append(_Moving(conn, self.drain_deadline, False))
+            else:
+                self._give_up(conn, now)
+            conn.run()
+            return
+        self.moving.append(_Moving(conn, self.drain_deadline, True))
+        conn.run()
+
+    def _give_up(self, conn: Conn, now: float) -> None:
+        session = conn.session
+        if isinstance(session, WebSocketSession):
+            session.going_away(now, SERVICE_RESTART)
+        else:
+            session.going_away(now)
+        self.closed += 1
+        conn.run()
+
+    def poll(self) -> None:
+        """Export what is ready, give up on what is overdue, send batches."""
+        now = time.monotonic()
+        records: list[str] = []
+        socks: list[socket.socket] = []
+        size = 0
+        still: list[_Moving] = []
+        for item in self.moving:
+            conn = item.conn
+            if conn.closed:
+                continue
+            session = conn.session
+            if isinstance(session, WebSocketSession) and not session.handoff:
+                # an upgrade that was under way, or a handshake now answered
+                if session.begin_handoff():
+                    item.begun = True
+                    item.deadline = now + self.handoff_timeout
+                    conn.run()
+                elif session.state is not WAIT:
+                    self._give_up(conn, now)
+                    continue
+                else:
+                    item.begun = False
+            record = self._export(conn, now) if item.begun else None
+            if record is None:
+                if now >= item.deadline:
+                    log.info("slot %d: cannot move (%s); closing it", conn.slot,
+                             "no handoff-proceed in time" if isinstance(
+                                 session, WebSocketSession) else "request still under way")
+                    self._give_up(conn, now)
+                else:
+                    still.append(item)
+                continue
+            text = encode_record(record)
+            if len(text) > MAX_BATCH_BYTES:
+                log.info("slot %d: session record too large to move; closing it", conn.slot)
+                self._give_up(conn, now)
+                continue
+            if len(socks) >= MAX_FDS or size + len(text) > MAX_BATCH_BYTES:
+                self._send(records, socks)
+                records, socks, size = [], [], 0
+            records.append(text)
+            socks.append(conn.detach())
+            size += len(text)
+        self.moving = still
+        if socks:
+            self._send(records, socks)
+
+    def _export(self, conn: Conn, now: float) -> dict[str, object] | None:
+        """The session's record if it is ready to leave now, else None."""
+        if conn.out or conn.closing:
+            return None
+        session = conn.session
+        try:
+            if isinstance(session, WebSocketSession):
+                if session.ready_to_export:
+                    return ws_snapshot.export_ws(session, now)
+            elif isinstance(session, HttpSession) and session.resumable:
+                return snapshot.export_http(session, now)
+        except SnapshotError as e:
+            log.debug("slot %d: %s", conn.slot, e)
+        return None
+
+    def _send(self, records: list[str], socks: list[socket.socket]) -> None:
+        batch = self.send(records, [s.fileno() for s in socks])
+        if batch is None:
+            self.lost += len(socks)
+            for sock in socks:
+                sock.close()
+            return
+        self.unconfirmed[batch] = socks
+
+    def taken(self, batch: int, lost: int = 0) -> None:
+        """The supervisor has the batch (and its descriptors): close ours."""
+        socks = self.unconfirmed.pop(batch, [])
+        for sock in socks:
+            sock.close()
+        self.lost += lost
+        self.moved += len(socks) - lost
+
+    def abandon(self) -> None:
+        """The supervisor is gone: whatever was not confirmed is lost."""
+        for batch in list(self.unconfirmed):
+            self.taken(batch, len(self.unconfirmed[batch]))
+
+
+def adopt(worker, records: list[object], fds: list[int]) -> tuple[int, int]:
+    """Adopt exported sessions (record, descriptor pairs) into ``worker``;
+    (adopted, failed). A session that cannot be rebuilt is closed."""
+    adopted = failed = 0
+    now = time.monotonic()
+    for text, fd in zip(records, fds, strict=False):
+        sock = socket.socket(fileno=fd)
+        if worker.stopped.done():
+            sock.close()
+            failed += 1
+            continue
+        slot = worker.take_slot("stream")
+        try:
+            session = _restore(worker, decode_record(text), now, slot)
+        except SnapshotError as e:
+            log.warning("cannot adopt a connection: %s", e)
+            sock.close()
+            worker.slot_modes.pop(slot, None)
+            worker.counts["stream"] -= 1
+            worker.free.append(slot)
+            failed += 1
+            continue
+        sock.setblocking(False)
+        conn = Conn(worker, sock, slot, session, None)
+        worker.slots[slot] = conn
+        if isinstance(session, WebSocketSession):
+            worker.moved[session.rid] = conn
+            if worker.zmq is not None and session.instance_id != worker.instance_id:
+                worker.zmq.subscribe(session.instance_id)
+            session.resume()
+        conn.run()
+        adopted += 1
+    for fd in fds[len(records):]:
+        socket.close(fd)
+    return adopted, failed
+
+
+def _restore(worker, record: dict[str, object], now: float, slot: int):
+    config = worker.config
+    kind = record.get("kind")
+    if kind == b"ws":
+        return ws_snapshot.restore_ws(
+            record, instance_id=worker.instance_id, now=now, buffer_size=config.buffer_size,
+            stream_timeout=float(config.stream_timeout), messages_max=config.messages_max,
+            max_message_size=config.max_message_size)
+    if kind == b"http":
+        return snapshot.restore_http(
+            record, instance_id=worker.instance_id, new_id=lambda: worker.next_id(slot), now=now,
+            buffer_size=config.buffer_size, stream_timeout=float(config.stream_timeout),
+            compression=config.compression, messages_max=config.messages_max,
+            max_message_size=config.max_message_size)
+    raise SnapshotError(f"unknown record kind {kind!r}")

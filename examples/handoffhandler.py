@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""An echo handler whose sessions survive condure's reloads and restarts.
+
+- An HTTP request gets `200 OK` with the body `ok <path>\\n`.
+- A WebSocket is accepted and every message is sent back with its type
+  (text or binary); pings are answered with pongs, a close with a close.
+- Condure's handoff (see docs/handoff.md) is honoured: on `handoff-start`
+  the handler answers `handoff-proceed` and then sends nothing for that
+  session, queueing its echoes, until condure's next `keep-alive` for it;
+  then it sends the queue in order and carries on.
+- Packets are published through an XPUB socket and held for an address
+  until condure's subscription for it is there, so that nothing is lost
+  while condure's SUB socket (re)connects after a restart.
+
+Flow control follows condure's credits: an echo goes out only when condure
+has room for it (the rest waits in order), and the credits condure spent on
+a client message are given back in the echo packet itself. A keep-alive
+from condure is answered with one only when the session has been quiet for
+10 s (condure ends a session whose handler says nothing for 60 s).
+
+Run it from the directory where condure was started:
+
+    condure --listen 8000 --zclient-stream ipc://client
+    python3 handoffhandler.py
+    curl -i http://localhost:8000/hello
+
+Options: `--base` (default ipc://client), `--bind` (when condure runs with
+`--zclient-connect`), `--identity`, `--verbose` (print every packet).
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections import deque
+
+import tnetstring
+import zmq
+
+IN_CREDITS = 65536  # what condure may send us at once per WebSocket
+BATCH = 512  # messages read from one socket before looking at the others
+SILENCE = 10.0  # answer condure's keep-alive when we were quiet this long
+EXPIRY = 150.0  # forget a session condure has said nothing about this long
+DATA, PONG, CLOSE, CREDIT = range(4)
+
+
+def t_str(value):
+    return b"%d:%b," % (len(value), value)
+
+
+def t_int(value):
+    digits = b"%d" % value
+    return b"%d:%b#" % (len(digits), digits)
+
+
+SEQ_KEY = t_str(b"seq")
+TYPE_TEXT = t_str(b"content-type") + t_str(b"text")
+TYPE_BINARY = t_str(b"content-type") + t_str(b"binary")
+BODY_KEY = t_str(b"body")
+CREDITS_KEY = t_str(b"credits")
+MORE_TRUE = t_str(b"more") + b"4:true!"
+TYPE_FIELD = {name: t_str(b"type") + t_str(name) for name in
+              (b"credit", b"keep-alive", b"handoff-proceed", b"close", b"pong")}
+TEXT_PLAIN = [[b"Content-Type", b"text/plain"]]
+
+
+class Stop(Exception):
+    """Raised by the signal handler to leave the main loop."""
+
+
+class Session:
+    """One ZHTTP session: seqs both ways, credits, the queue, handoff state."""
+
+    __slots__ = (
+        "addr",
+        "cap",
+        "credits",
+        "held",
+        "id_item",
+        "in_seq",
+        "last_in",
+        "last_out",
+        "out_seq",
+        "path",
+        "queue",
+        "rid",
+        "ws",
+    )
+
+    def __init__(self, rid, addr, credits, ws, now):
+        self.rid = rid
+        self.id_item = t_str(b"id") + t_str(rid)
+        self.addr = addr
+        self.ws = ws
+        self.in_seq = 1  # the request was seq 0
+        self.out_seq = 0
+        self.credits = credits
+        self.cap = max(credits, 1)
+        self.queue = deque()
+        self.held = False
+        self.last_in = now
+        self.last_out = now
+        self.path = b"/"
+
+
+class Gate:
+    """XPUB socket that holds packets for an address until it is subscribed."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.prefixes = set()
+        self.open = set()  # addresses with a subscriber
+        self.waiting = {}  # address -> [message], in order
+
+    def send(self, addr, message):
+        if addr in self.open:
+            self.sock.send(message)
+            return
+        if addr not in self.waiting and self._subscribed(addr):
+            self.open.add(addr)
+            self.sock.send(message)
+            return
+        self.waiting.setdefault(addr, []).append(message)
+
+    def _subscribed(self, addr):
+        topic = addr + b" "
+        return any(topic.startswith(prefix) for prefix in self.prefixes)
+
+    def drain(self):
+        changed = False
+        while True:
+            try:
+                event = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] == b"\x01":
+                self.prefixes.add(event[1:])
+                changed = True
+            elif event[:1] == b"\x00":
+                self.prefixes.discard(event[1:])
+                changed = True
+        if changed:
+            self.open = {a for a in self.open if self._subscribed(a)}
+            for addr in [a for a in self.waiting if self._subscribed(a)]:
+                self.open.add(addr)
+                for message in self.waiting.pop(addr):
+                    self.sock.send(message)
+
+
+class Handler:
+    def __init__(self, ctx, args):
+        self.identity = args.identity.encode()
+        self.from_item = t_str(b"from") + t_str(self.identity)
+        self.verbose = args.verbose
+        self.sessions = {}
+        self.now = time.monotonic()
+        out, out_stream, inbound = endpoints(args.base)
+        self.pull = ctx.socket(zmq.PULL)
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.identity = self.identity
+        xpub = ctx.socket(zmq.XPUB)
+        xpub.sndhwm = 0  # never drop: condure's credits bound what we queue
+        for sock in (self.pull, self.router, xpub):
+            sock.linger = 0
+            sock.rcvhwm = 0
+        for sock, endpoint in ((self.pull, out), (self.router, out_stream), (xpub, inbound)):
+            sock.bind(endpoint) if args.bind else sock.connect(endpoint)
+        self.gate = Gate(xpub)
+        self.sockets = (self.pull, self.router, xpub)
+
+    def log(self, text):
+        print(text, file=sys.stderr, flush=True)
+
+    # -- sending --------------------------------------------------------
+
+    def emit(self, sess, fields):
+        """Encode and publish one packet for `sess` with the next seq."""
+        body = self.from_item + sess.id_item + SEQ_KEY + t_int(sess.out_seq) + fields
+        sess.out_seq += 1
+        sess.last_out = self.now
+        if self.verbose:
+            self.log(f"OUT {sess.addr} {sess.rid} seq {sess.out_seq - 1} {fields!r}")
+        self.gate.send(sess.addr, sess.addr + b" T%d:%b}" % (len(body), body))
+
+    def flush(self, sess):
+        """Send queued packets in order, as far as credits allow."""
+        queue = sess.queue
+        while queue and not sess.held:
+            item = queue[0]
+            kind = item[0]
+            if kind is DATA:
+                _, type_item, body, more, give = item
+                size = len(body)
+                if size > sess.credits:
+                    # Wait for credits, unless condure can never hold the
+                    # whole message: then send what fits as a fragment.
+                    if size <= sess.cap or sess.credits <= 0:
+                        break
+                    part = sess.credits
+                    item[2] = body[part:]
+                    item[4] = 0
+                    body, more, size = body[:part], True, part
+                else:
+                    queue.popleft()
+                sess.credits -= size
+                fields = type_item
+                if body:
+                    fields += BODY_KEY + t_str(body)
+                if give:
+                    fields += CREDITS_KEY + t_int(give)
+                if more:
+                    fields += MORE_TRUE
+                self.emit(sess, fields)
+            elif kind is PONG:
+                body, give = item[1], item[2]
+                if len(body) > sess.credits:
+                    break
+                queue.popleft()
+                sess.credits -= len(body)
+                fields = TYPE_FIELD[b"pong"]
+                if body:
+                    fields += BODY_KEY + t_str(body)
+                if give:
+                    fields += CREDITS_KEY + t_int(give)
+                self.emit(sess, fields)
+            elif kind is CREDIT:
+                queue.popleft()
+                self.emit(sess, TYPE_FIELD[b"credit"] + CREDITS_KEY + t_int(item[1]))
+            else:  # CLOSE: the last packet of the session
+                queue.clear()
+                code = item[1]
+                self.emit(sess, TYPE_FIELD[b"close"] + (b"" if code is None else t_str(b"code") + t_int(code)))
+                self.sessions.pop(sess.rid, None)
+
+    # -- receiving ------------------------------------------------------
+
+    def on_request(self, req):
+        rid, addr = req.get(b"id"), req.get(b"from")
+        if not isinstance(rid, bytes) or not isinstance(addr, bytes) or req.get(b"type"):
+            return
+        uri = req.get(b"uri", b"")
+        ws = uri.startswith(b"ws")
+        sess = Session(rid, addr, req.get(b"credits", 0), ws, self.now)
+        rest = uri.split(b"://", 1)[-1]
+        slash = rest.find(b"/")
+        sess.path = rest[slash:] if slash >= 0 else b"/"
+        if ws:
+            self.sessions[rid] = sess
+            self.emit(sess, tnet_fields({b"code": 101, b"reason": b"Switching Protocols",
+                                         b"credits": IN_CREDITS}))
+        elif req.get(b"more"):
+            self.sessions[rid] = sess  # answered once the body is complete
+            self.emit(sess, TYPE_FIELD[b"credit"] + CREDITS_KEY + t_int(IN_CREDITS))
+        else:
+            self.answer_http(sess)
+
+    def answer_http(self, sess):
+        self.emit(sess, tnet_fields({b"code": 200, b"reason": b"OK", b"headers": TEXT_PLAIN,
+                                     b"body": b"ok " + sess.path + b"\n"}))
+        self.sessions.pop(sess.rid, None)
+
+    def on_packet(self, packet):
+        rid = packet.get(b"id")
+        if isinstance(rid, list):  # several sessions in one packet
+            for entry in rid:
+                if isinstance(entry, dict):
+                    self.on_session_packet(entry.get(b"id"), entry.get(b"seq"), packet)
+        else:
+            self.on_session_packet(rid, packet.get(b"seq"), packet)
+
+    def on_session_packet(self, rid, seq, packet):
+        sess = self.sessions.get(rid)
+        if sess is None:
+            if self.verbose:
+                self.log(f"IN unknown id {rid!r}: {packet}")
+            return
+        if self.verbose:
+            self.log(f"IN {rid!r} seq {seq}: {packet}")
+        if seq is not None:
+            if seq != sess.in_seq:
+                self.log("{}: seq {} from condure, expected {}".format(rid.decode(errors="replace"),
+                                                                        seq, sess.in_seq))
+            sess.in_seq = seq + 1
+        sess.last_in = self.now
+        addr = packet.get(b"from")
+        if addr and addr != sess.addr:
+            sess.addr = addr
+        kind = packet.get(b"type") or b""
+        sess.credits += packet.get(b"credits", 0)  # on credit packets and any other
+        if kind == b"":
+            body = packet.get(b"body", b"")
+            if sess.ws:
+                type_item = TYPE_BINARY if packet.get(b"content-type") == b"binary" else TYPE_TEXT
+                sess.queue.append([DATA, type_item, body, bool(packet.get(b"more")), len(body)])
+            elif packet.get(b"more"):
+                if body:
+                    sess.queue.append((CREDIT, len(body)))
+            else:
+                self.answer_http(sess)
+                return
+        elif kind == b"keep-alive":
+            if sess.held:
+                sess.held = False  # condure is back: resume
+            elif self.now - sess.last_out >= SILENCE:
+                # Condure ends a session whose handler is silent for 60 s.
+                self.emit(sess, TYPE_FIELD[b"keep-alive"])
+        elif kind == b"handoff-start":
+            self.emit(sess, TYPE_FIELD[b"handoff-proceed"])
+            sess.held = True
+        elif kind == b"ping":
+            body = packet.get(b"body", b"")
+            sess.queue.append((PONG, body, len(body)))
+        elif kind == b"pong":
+            if packet.get(b"body"):
+                sess.queue.append((CREDIT, len(packet[b"body"])))
+        elif kind == b"close":
+            sess.queue.append((CLOSE, packet.get(b"code")))
+        elif kind in (b"cancel", b"error"):
+            del self.sessions[rid]
+            return
+        self.flush(sess)
+
+    def expire(self):
+        limit = self.now - EXPIRY
+        for rid in [r for r, s in self.sessions.items() if s.last_in < limit]:
+            self.log("{}: nothing from condure for {:.0f} s, forgotten".format(
+                rid.decode(errors="replace"), EXPIRY))
+            del self.sessions[rid]
+
+    # -- main loop ------------------------------------------------------
+
+    def run(self):
+        poller = zmq.Poller()
+        for sock in self.sockets:
+            poller.register(sock, zmq.POLLIN)
+        next_expiry = time.monotonic() + 5.0
+        while True:
+            ready = dict(poller.poll(1000))
+            self.now = time.monotonic()
+            if self.gate.sock in ready:
+                self.gate.drain()
+            if self.pull in ready:
+                self.read(self.pull, self.on_request, multipart=False)
+            if self.router in ready:
+                self.read(self.router, self.on_packet, multipart=True)
+            if self.now >= next_expiry:
+                self.expire()
+                next_expiry = self.now + 5.0
+
+    def read(self, sock, handle, multipart):
+        for _ in range(BATCH):
+            try:
+                raw = sock.recv_multipart(zmq.NOBLOCK)[-1] if multipart else sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if raw[:1] != b"T":
+                continue
+            try:
+                packet = tnetstring.loads(raw[1:])
+            except ValueError:
+                self.log("unparsable packet dropped")
+                continue
+            if isinstance(packet, dict):
+                handle(packet)
+
+    def close(self):
+        for sock in self.sockets:
+            sock.close()
+
+
+def tnet_fields(fields):
+    """The items of a tnetstring map (without the map's own framing)."""
+    encoded = tnetstring.dumps(fields)
+    return encoded[encoded.index(b":") + 1:-1]
+
+
+def endpoints(base):
+    """Condure's three stream endpoints for a base (reference 3.1)."""
+    if base.startswith("tcp://"):
+        host, _, port = base[len("tcp://"):].rpartition(":")
+        return [f"tcp://{host}:{int(port) + i}" for i in range(3)]
+    return [base + "-out", base + "-out-stream", base + "-in"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description="ZHTTP echo handler that honours condure's handoff")
+    parser.add_argument("--base", default="ipc://client", help="condure's --zclient-stream base")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--connect", dest="bind", action="store_false", help="connect (default)")
+    mode.add_argument("--bind", dest="bind", action="store_true",
+                      help="bind, for condure started with --zclient-connect")
+    parser.set_defaults(bind=False)
+    parser.add_argument("--identity", default=f"handoffhandler.{os.getpid()}",
+                        help="this handler's address (the from of its packets)")
+    parser.add_argument("--verbose", action="store_true", help="print every packet")
+    args = parser.parse_args()
+
+    def stop(signum, frame):
+        raise Stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    ctx = zmq.Context()
+    handler = Handler(ctx, args)
+    print(f"handoffhandler {args.identity} ready on {args.base}", flush=True)
+    try:
+        handler.run()
+    except Stop:
+        pass
+    finally:
+        handler.close()
+        ctx.term()
+
+
+if __name__ == "__main__":
+    main()
