@@ -77,7 +77,9 @@ def wait_for_notify(sock, proc, timeout):
 class Server:
     """One condure of either kind plus its fast handler, in a temp directory."""
 
-    def __init__(self, impl, args):
+    def __init__(self, impl, args, handler=None):
+        """``handler``: the handler's command line before the base endpoint
+        (default: bench/fast_handler.py, which answers "hello world")."""
         self.impl = impl
         self.dir = tempfile.TemporaryDirectory(prefix="condure-bench-")
         self.port = free_port()
@@ -111,10 +113,9 @@ class Server:
             # Discard the rest of the log, so the pipe neither fills nor breaks.
             self.drain = threading.Thread(target=self._drain_log, daemon=True)
             self.drain.start()
-            self.handler = subprocess.Popen(
-                [args.python, str(BENCH / "fast_handler.py"), base], cwd=self.dir.name
-            )
-            self.probe()
+            command = handler or [args.python, str(BENCH / "fast_handler.py")]
+            self.handler = subprocess.Popen([*command, base], cwd=self.dir.name)
+            self.probe(b"hello world\n" if handler is None else None)
         except BaseException:
             self.stop()
             raise
@@ -124,7 +125,7 @@ class Server:
         while os.read(fd, 65536):
             pass
 
-    def probe(self):
+    def probe(self, expected=b"hello world\n"):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=READY_TIMEOUT)
         try:
             conn.request("GET", "/probe")
@@ -132,7 +133,7 @@ class Server:
             body = resp.read()
         finally:
             conn.close()
-        if resp.status != 200 or body != b"hello world\n":
+        if resp.status != 200 or (expected is not None and body != expected):
             raise RuntimeError("probe got {} {!r}".format(resp.status, body))
 
     def stop(self):

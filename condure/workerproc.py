@@ -29,7 +29,6 @@ import asyncio
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import sys
@@ -226,7 +225,7 @@ class WorkerProcess:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                select.select([], [self.ctl], [], left)
+                control.wait(self.ctl.fileno(), True, left)
             except OSError as e:
                 log.warning("handover: cannot pass sessions to the supervisor: %s", e)
                 break

@@ -74,7 +74,7 @@ class StreamSockets:
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.SNDHWM, FIRST_PACKET_HWM)
         self.router = self.ctx.socket(zmq.PUSH if self.proxied else zmq.ROUTER)
-        self.router.setsockopt(zmq.SNDHWM, hwm)
+        self.router.setsockopt(zmq.SNDHWM, hwm * INTERNAL_HWM_FACTOR if self.proxied else hwm)
         if not self.proxied:
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             # A handler that restarts with the same identity takes over its

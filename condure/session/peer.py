@@ -53,7 +53,7 @@ class ZhttpPeer:
 
     def shutdown(self) -> tuple[bytes, Ident] | None:
         """Stop now (process exit): the cancel owed to the handler, if any."""
-        owed = self.keep_alive()
+        owed = ZhttpPeer.keep_alive(self)  # even while moving (see WebSocketSession)
         self._close(graceful=False, reason="shutdown")
         self.actions.clear()
         return owed

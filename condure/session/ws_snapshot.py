@@ -108,8 +108,8 @@ def _deflate(value: bytes) -> Deflate | None:
 def restore_ws(record: dict[str, object], *, instance_id: bytes, now: float, buffer_size: int,
                stream_timeout: float, messages_max: int,
                max_message_size: int = 0) -> WebSocketSession:
-    """Rebuild an exported session; its actions (packets for what the
-    leftover bytes hold) are ready to drain."""
+    """Rebuild an exported session. Nothing is sent yet: ``resume()`` tells
+    the handler the session is back, then goes on with the leftover bytes."""
     if record.get("v") != VERSION or record.get("kind") != b"ws":
         raise SnapshotError(f"unknown record version or kind: {record.get('v')!r} "
                             f"{record.get('kind')!r}")
@@ -167,5 +167,4 @@ def restore_ws(record: dict[str, object], *, instance_id: bytes, now: float, buf
     session.msg_done = bool(msg_done)
     session.out_type = ints["out_type"]
     session.out_framed = bool(ints["out_framed"])
-    session._pump()
     return session

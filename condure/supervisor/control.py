@@ -20,6 +20,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import json
+import select
 import socket
 from typing import Any
 
@@ -85,6 +86,14 @@ def recv(sock: socket.socket, max_fds: int = MAX_FDS) -> tuple[Message | None, l
         close_fds(fds)
         raise
     return message, fds
+
+
+def wait(fd: int, writable: bool, timeout: float) -> bool:
+    """Wait until ``fd`` is readable (or writable); False on timeout. Uses
+    poll(2): descriptors past 1024 are common with many connections."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT if writable else select.POLLIN)
+    return bool(poller.poll(max(timeout, 0.0) * 1000))
 
 
 def close_fds(fds: list[int]) -> None:

@@ -28,7 +28,6 @@ import asyncio
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -51,7 +50,6 @@ READY_TIMEOUT = 60.0  # a worker not ready by then is killed (a boot failure)
 KILL_GRACE = 5.0  # beyond its drain time, a stopping worker gets this long
 FAST_STOP = 12.0  # a fast stop: the worker's cancel flush (10 s) and some
 TICK = 0.5  # maintenance at least this often
-ADOPT_TIMEOUT = 10.0  # after a restart, workers get this long to adopt the stored sessions
 # Variables meant for the supervisor only.
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
                 "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -116,7 +114,7 @@ def _describe_exit(status: int) -> str:
     return f"status {status}"
 
 
-class Supervisor:
+class Supervisor(moves.SupervisorMoves):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.n = config.workers
@@ -330,47 +328,6 @@ class Supervisor:
         except OSError:
             pass  # it is exiting already; reap() will see
 
-    def hand_over(self, child: Child, target: Child | None) -> None:
-        """Ask ``child`` to export its sessions: to ``target`` (a reload's
-        successor), or to the fd store (a restart)."""
-        drain, handoff = float(self.config.drain_timeout), float(self.config.handoff_timeout)
-        child.graceful = True
-        child.handover_to = target
-        child.stop_deadline = time.monotonic() + drain + handoff + 2 * KILL_GRACE
-        self._send_to(child, {"type": "handover", "drain": drain, "handoff_timeout": handoff})
-
-    def _send_to(self, child: Child, message: dict, fds: list[int] = ()) -> bool:
-        """A control message, waiting briefly if the socket is full."""
-        deadline = time.monotonic() + 2.0
-        while True:
-            try:
-                control.send(child.ctl, message, fds)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    break
-                select.select([], [child.ctl], [], 0.1)
-            except OSError:
-                break
-        log.warning("worker %d: could not send %s", child.slot, message["type"])
-        return False
-
-    def on_sessions(self, child: Child, message: dict, fds: list[int]) -> None:
-        records = message.get("records")
-        records = records if isinstance(records, list) else []
-        if self.restart_store is not None:
-            lost = self.restart_store.batch(child.slot, records, fds)
-            self.moves.lost += lost
-            self._send_to(child, {"type": "taken", "batch": message.get("batch"), "lost": lost})
-            return
-        # The slot's current worker: the successor, unless a later reload
-        # has already replaced that one too.
-        target = self.state.slots[child.slot]
-        if target is None or target is child or not target.ready \
-                or target.stop_deadline is not None or target.popen.poll() is not None:
-            target = None
-        self.moves.relay(child, message.get("batch"), records, fds, target)
-
     def on_control(self, child: Child) -> None:
         while True:
             try:
@@ -534,38 +491,6 @@ class Supervisor:
             st.reloading = False
             log.info("reloaded")
             self.notify.ready(self.status())
-
-    def adopt_recovered(self, now: float) -> bool:
-        """After a restart: deal the sessions found in the fd store to the
-        workers, and once they are adopted (or ADOPT_TIMEOUT passed) remove
-        everything of ours from the store. True when done."""
-        rec = self.recovered
-        if rec is None:
-            return True
-        if self.adopt_until is None:
-            self.adopt_until = now + ADOPT_TIMEOUT
-            targets = {c.slot: c for c in self.state.slots if c is not None}
-            self.moves.deal(rec.sessions, targets)
-            rec.sessions = []
-        if self.moves.busy and now < self.adopt_until:
-            return False
-        for child in self.state.slots:
-            if child is not None:
-                self.moves.target_gone(child)  # unanswered batches count as lost
-        store = fdstore.FdStore()
-        for name in sorted(rec.names):
-            try:
-                store.remove(name)
-            except OSError as e:
-                log.warning("fd store: cannot remove %s: %s", name, e)
-        lost = self.moves.lost + rec.lost + rec.missing
-        for problem in rec.problems:
-            log.warning("fd store: %s", problem)
-        (log.warning if lost else log.info)(
-            "restart: %d connections adopted, %d lost", self.moves.moved, lost)
-        self.moved_note = f"; after restart {self.moves.moved} adopted, {lost} lost"
-        self.recovered = None
-        return True
 
     def all_ready(self) -> bool:
         return all(c is not None and c.ready for c in self.state.slots)

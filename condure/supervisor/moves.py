@@ -20,15 +20,22 @@ from __future__ import annotations
 
 import logging
 import os
-import select
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from condure.supervisor import control, fdstore
+
+if TYPE_CHECKING:
+    from condure.supervisor.main import Child
 
 log = logging.getLogger("condure")
 
 MAX_BATCH_BYTES = 48 * 1024  # as condure.handover: records in one control message
+ADOPT_TIMEOUT = 10.0  # after a restart, workers get this long to adopt the stored sessions
+# A worker handing over gets drain + handoff timeout + this before SIGKILL.
+HANDOVER_GRACE = 10.0
 
 
 @dataclass(eq=False)
@@ -167,9 +174,91 @@ def barrier(store: fdstore.FdStore, timeout: float = 5.0) -> bool:
             return False
         os.close(write_end)
         write_end = -1
-        ready, _, _ = select.select([read_end], [], [], timeout)
-        return bool(ready)  # EOF: systemd closed its copy
+        return control.wait(read_end, False, timeout)  # EOF: systemd closed its copy
     finally:
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
+
+
+class SupervisorMoves:
+    """The Supervisor's methods for moving connections (mixed into
+    condure.supervisor.main.Supervisor, whose state they use: ``config``,
+    ``state``, ``moves``, ``restart_store``, ``recovered``)."""
+
+    def hand_over(self, child: Child, target: Child | None) -> None:
+        """Ask ``child`` to export its sessions: to ``target`` (a reload's
+        successor), or to the fd store (a restart)."""
+        drain, handoff = float(self.config.drain_timeout), float(self.config.handoff_timeout)
+        child.graceful = True
+        child.handover_to = target
+        child.stop_deadline = time.monotonic() + drain + handoff + HANDOVER_GRACE
+        self._send_to(child, {"type": "handover", "drain": drain, "handoff_timeout": handoff})
+
+    def _send_to(self, child: Child, message: dict, fds: list[int] = ()) -> bool:
+        """A control message, waiting briefly if the socket is full."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                control.send(child.ctl, message, fds)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                control.wait(child.ctl.fileno(), True, 0.1)
+            except OSError:
+                break
+        log.warning("worker %d: could not send %s", child.slot, message["type"])
+        return False
+
+    def on_sessions(self, child: Child, message: dict, fds: list[int]) -> None:
+        records = message.get("records")
+        records = records if isinstance(records, list) else []
+        if self.restart_store is not None:
+            lost = self.restart_store.batch(child.slot, records, fds)
+            self.moves.lost += lost
+            self._send_to(child, {"type": "taken", "batch": message.get("batch"), "lost": lost})
+            return
+        # The slot's current worker: the successor, unless a later reload
+        # has already replaced that one too.
+        target = self.state.slots[child.slot]
+        if target is None or target is child or not target.ready \
+                or target.stop_deadline is not None or target.popen.poll() is not None:
+            target = None
+        self.moves.relay(child, message.get("batch"), records, fds, target)
+
+    def adopt_recovered(self, now: float) -> bool:
+        """After a restart: deal the sessions found in the fd store to the
+        workers, and once they are adopted (or ADOPT_TIMEOUT passed) remove
+        everything of ours from the store. True when done."""
+        rec = self.recovered
+        if rec is None:
+            return True
+        if self.adopt_until is None:
+            self.adopt_until = now + ADOPT_TIMEOUT
+            targets = {c.slot: c for c in self.state.slots if c is not None}
+            sessions, rec.sessions = rec.sessions, []
+            try:
+                self.moves.deal(sessions, targets)
+            except Exception:  # noqa: BLE001 - never let one bad record stop condure
+                log.exception("fd store: dealing the stored connections failed")
+        if self.moves.busy and now < self.adopt_until:
+            return False
+        for child in self.state.slots:
+            if child is not None:
+                self.moves.target_gone(child)  # unanswered batches count as lost
+        store = fdstore.FdStore()
+        for name in sorted(rec.names):
+            try:
+                store.remove(name)
+            except OSError as e:
+                log.warning("fd store: cannot remove %s: %s", name, e)
+        lost = self.moves.lost + rec.lost + rec.missing
+        for problem in rec.problems:
+            log.warning("fd store: %s", problem)
+        (log.warning if lost else log.info)(
+            "restart: %d connections adopted, %d lost", self.moves.moved, lost)
+        self.moved_note = f"; after restart {self.moves.moved} adopted, {lost} lost"
+        self.recovered = None
+        return True
+

@@ -124,7 +124,7 @@ class ZmqProxy:
                 log.info("zhttp client bind %s %s %s", out, out_stream, in_)
             first = self._socket(zmq.PULL, rcvhwm=FIRST_PACKET_HWM)
             first.bind(in_out)
-            later = self._socket(zmq.PULL, rcvhwm=config.hwm)
+            later = self._socket(zmq.PULL, rcvhwm=INTERNAL_HWM_FACTOR * config.hwm)
             later.bind(in_out_stream)
             # A worker busy for a moment (adopting moved sessions, say)
             # must not make the relay drop its packets: room for a few

@@ -45,19 +45,22 @@ SOCKET = "condure.socket"
 # Scaled down from the full run (1000 clients, docs/restarts.md) so that the
 # suite stays quick on two cores; override with CONDURE_RESTART_CLIENTS.
 CLIENTS = int(os.environ.get("CONDURE_RESTART_CLIENTS", "100"))
-CYCLES = 5
+CYCLES = int(os.environ.get("CONDURE_RESTART_CYCLES", "5"))
+HANDOFF_TIMEOUT = os.environ.get("CONDURE_RESTART_HANDOFF_TIMEOUT", "3")
+INTERVAL = os.environ.get("CONDURE_RESTART_INTERVAL", "0.05")  # seconds between messages
+FINAL_WAIT = os.environ.get("CONDURE_RESTART_FINAL_WAIT", "2")  # for echoes still on their way
 
 
 def build_units(workdir: Path, port: int) -> dict[str, str]:
     args = ["--workers", "2",
             "--listen", "fd-name=http",
             "--zclient-stream", f"ipc://{workdir}/client",
-            "--drain-timeout", "5", "--handoff-timeout", "3"]
+            "--drain-timeout", "5", "--handoff-timeout", HANDOFF_TIMEOUT]
     service = adapt_unit((REPO / "systemd" / SERVICE).read_text(), {
         ("Service", "ExecStart"): [exec_start_python(args)],
         ("Service", "Environment"): [f"PYTHONPATH={REPO}", "PYTHONUNBUFFERED=1"],
         ("Service", "WorkingDirectory"): [str(workdir)],
-        ("Service", "TimeoutStopSec"): ["20"],
+        ("Service", "TimeoutStopSec"): ["60"],
         # 20 restarts in a row: more than systemd's default start rate limit
         ("Unit", "StartLimitIntervalSec"): ["0"],
     })
@@ -106,6 +109,10 @@ def setup(tmp_path):
             except subprocess.TimeoutExpired:
                 handler.kill()
                 handler.wait()
+        try:  # for a look after a failure
+            (tmp_path / "journal.txt").write_text(ns.journal(SERVICE))
+        except Exception:  # noqa: BLE001 - systemd may be gone already
+            pass
         ns.stop()
 
 
@@ -117,6 +124,7 @@ class Load:
         self.result_path = setup.workdir / f"load-{id(self)}.json"
         cmd = [sys.executable, "-m", "tests.harness.wsload", "--port", str(setup.port),
                "--clients", str(clients), "--http-loops", str(http_loops),
+               "--interval", INTERVAL, "--final-wait", FINAL_WAIT,
                "--result", str(self.result_path)]
         if expect_close:
             cmd.append("--expect-close")

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""WebSocket echo capacity: this condure against the reference binary.
+
+Each implementation in turn serves N WebSocket clients
+(tests/harness/wsload.py, a message every --interval seconds each) through
+examples/handoffhandler.py for --duration seconds. Printed per run: messages
+sent and echoed per second, the longest wait for an echo, and the ratio of
+echoed rates (ours / reference). When the offered rate is above what the
+machine carries, echoes fall behind: the longest wait grows and "behind"
+(sent but not echoed by the end, after a short wait) is large.
+
+    python3 bench/ws_echo.py                        # 1000 clients, 20 msg/s each
+    python3 bench/ws_echo.py --clients 1000 --interval 0.2
+
+Not a test: it needs /usr/bin/condure for the reference.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import http_bench  # noqa: E402 - Server, with our READY=1 / the reference's log line
+
+REPO = http_bench.REPO
+
+
+class Args:
+    pass
+
+
+def run(impl, opts):
+    args = Args()
+    args.workers, args.python, args.ref_binary = opts.workers, sys.executable, opts.ref_binary
+    server = http_bench.Server(impl, args, handler=[
+        sys.executable, str(REPO / "examples" / "handoffhandler.py"), "--base"])
+    result_path = Path(server.dir.name) / "load.json"
+    load = subprocess.Popen(
+        [sys.executable, "-m", "tests.harness.wsload", "--port", str(server.port),
+         "--clients", str(opts.clients), "--interval", str(opts.interval),
+         "--result", str(result_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        if load.stdout.readline().strip() != "READY":
+            raise RuntimeError("load client did not get ready")
+        try:
+            load.wait(opts.duration)
+        except subprocess.TimeoutExpired:
+            pass
+        load.send_signal(signal.SIGTERM)
+        load.wait(60)
+        result = json.loads(result_path.read_text())
+    finally:
+        if load.poll() is None:
+            load.kill()
+        load.stdout.close()
+        server.stop()
+    seconds = result["duration"]
+    return {"impl": impl, "sent/s": result["sent"] / seconds,
+            "echoed/s": result["echoed"] / seconds, "max_stall": result["max_stall"],
+            "behind": result["lost"], "disconnects": result["disconnects"]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--interval", type=float, default=0.05)
+    p.add_argument("--duration", type=float, default=15.0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--ref-binary", default="/usr/bin/condure")
+    opts = p.parse_args()
+    rows = [run(impl, opts) for impl in ("ours", "reference")]
+    print(f"{opts.clients} clients, a message every {opts.interval} s each, "
+          f"{opts.duration:.0f} s, {opts.workers} workers")
+    print("| impl | sent/s | echoed/s | longest wait for an echo (s) | behind at end "
+          "| disconnects |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['impl']} | {r['sent/s']:.0f} | {r['echoed/s']:.0f} | "
+              f"{r['max_stall']:.2f} | {r['behind']} | {r['disconnects']} |")
+    print(f"echoed/s ratio ours/reference: {rows[0]['echoed/s'] / rows[1]['echoed/s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
