@@ -21,6 +21,7 @@ MAX_FROM = 64  # longest handler address accepted (reference 4.2)
 
 class ZhttpPeer:
     actions: list[Action]
+    adopted = False  # rebuilt from a record exported by another process
 
     @property
     def deadline(self) -> float | None:
@@ -61,11 +62,17 @@ class ZhttpPeer:
     def _accept_packet(self, packet: Packet, ident: Ident, now: float) -> bool:
         """Reference 4.2 and 4.6: check the sender's address and the seq;
         an accepted packet names the handler and proves it alive. False when
-        the packet ended the session instead."""
+        the packet ended the session instead, or (adopted sessions only) was
+        an old copy to ignore."""
         if len(packet.from_) > MAX_FROM:
             self._abort("handler address too long")
             return False
         if ident.seq is not None:
+            if ident.seq < self.in_seq and self.adopted:
+                # Moved here from another worker that shares our address:
+                # the handler's packets reached both, and that one already
+                # took this (handover). A copy, not a protocol error.
+                return False
             if ident.seq != self.in_seq:
                 self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
                 return False

@@ -143,6 +143,7 @@ def restore_ws(record: dict[str, object], *, instance_id: bytes, now: float, buf
         session_deadline=now + session_left, stream_deadline=now + stream_left,
         leftover=raw["leftover"])
     session.state = OPEN
+    session.adopted = True
     session.handler = raw["handler"] or None
     session.out_seq = ints["out_seq"]
     session.in_seq = ints["in_seq"]

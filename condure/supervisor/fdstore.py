@@ -350,6 +350,22 @@ def restart_pending(unit: str | None, timeout: float = 3.0) -> bool:
     return out.returncode == 0 and restart_in_jobs(out.stdout, unit)
 
 
+def store_max(unit: str | None, timeout: float = 3.0) -> int | None:
+    """The unit's ``FileDescriptorStoreMax=`` as systemd has it; None when
+    it cannot be asked."""
+    if not unit:
+        return None
+    try:
+        out = subprocess.run(["systemctl", "show", "--value", "-p", "FileDescriptorStoreMax",
+                              unit], capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("systemctl show: %s", e)
+        return None
+    text = out.stdout.strip()
+    return int(text) if out.returncode == 0 and text.isdigit() else None
+
+
 def match_listener(sock: socket.socket, host: str | None, port: int | None,
                    path: str | None) -> bool:
     """Whether a recovered listening socket serves this address (port 0 or

@@ -233,7 +233,12 @@ class Supervisor(moves.SupervisorMoves):
     def handle_term(self) -> None:
         if self.stopping:
             return
-        restart = self.notify.enabled and fdstore.restart_pending(fdstore.own_unit())
+        unit = fdstore.own_unit() if self.notify.enabled else None
+        restart = fdstore.restart_pending(unit)
+        if restart and fdstore.store_max(unit) == 0:
+            log.warning("restart: FileDescriptorStoreMax=0 for %s, so connections cannot "
+                        "survive it; closing them instead", unit)
+            restart = False
         log.info("restarting: moving connections to the next start" if restart
                  else "stopping...")
         self.notify.stopping()

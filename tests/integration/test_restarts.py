@@ -12,10 +12,8 @@ The full-size run is reported in docs/restarts.md.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import procs
+from tests.harness.loadproc import LoadProcess
 from tests.harness.systemd_ns import (
     SystemdNamespace,
     adapt_unit,
@@ -116,48 +115,17 @@ def setup(tmp_path):
         ns.stop()
 
 
-class Load:
-    """tests/harness/wsload.py in its own process."""
-
-    def __init__(self, setup: Setup, clients: int, http_loops: int = 0,
-                 expect_close: bool = False) -> None:
-        self.result_path = setup.workdir / f"load-{id(self)}.json"
-        cmd = [sys.executable, "-m", "tests.harness.wsload", "--port", str(setup.port),
-               "--clients", str(clients), "--http-loops", str(http_loops),
-               "--interval", INTERVAL, "--final-wait", FINAL_WAIT,
-               "--result", str(self.result_path)]
-        if expect_close:
-            cmd.append("--expect-close")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=procs.python_env(),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-
-    def ready(self, timeout: float = 60.0) -> None:
-        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if readable else ""
-        assert line.strip() == "READY", (line, self.proc.poll())
-
-    def finish(self) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        assert self.proc.returncode == 0, self.proc.stderr.read()
-        return json.loads(self.result_path.read_text())
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
+def start_load(setup: Setup, clients: int, http_loops: int = 0,
+               expect_close: bool = False) -> LoadProcess:
+    extra = ["--interval", INTERVAL, "--final-wait", FINAL_WAIT]
+    if expect_close:
+        extra.append("--expect-close")
+    return LoadProcess(setup.workdir / f"load-{clients}.json", setup.port, clients,
+                       http_loops, extra)
 
 
 def test_connections_live_through_restarts_and_reloads(setup):
-    load = Load(setup, CLIENTS, http_loops=2)
+    load = start_load(setup, CLIENTS, http_loops=2)
     try:
         load.ready()
         for _ in range(CYCLES):
@@ -183,7 +151,7 @@ def test_connections_live_through_restarts_and_reloads(setup):
 
 
 def test_stop_closes_every_websocket_with_1001(setup):
-    load = Load(setup, 50, expect_close=True)
+    load = start_load(setup, 50, expect_close=True)
     try:
         load.ready()
         setup.ns.systemctl("stop", SERVICE, timeout=60)

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import reference_available
-from tests.harness import procs
-from tests.harness import ws_scenarios
-from tests.harness.normalize import Normalizer, describe
+from tests.harness import procs, ws_scenarios
+from tests.harness.normalize import Normalizer, describe, without_keep_alives
 from tests.harness.scenarios import Ctx
 from tests.harness.tnet import decode_packet, encode_packet
 
@@ -61,24 +60,6 @@ def mask_upgrade_credits(raw: bytes, impl: str) -> bytes:
     if fields.get("credits") != want:
         return raw
     return encode_packet(fields.replaced(b"credits", b"<upgrade-credits>"))
-
-
-def without_keep_alives(packets) -> list:
-    """Drop ``keep-alive`` packets and renumber the later seqs of their
-    session: when the keep-alive sweep reaches a session depends on timing,
-    not on the implementation."""
-    out = []
-    dropped: dict[bytes, int] = {}
-    for p in packets:
-        sid = p.fields.get("id")
-        if p.type == "keep-alive" and isinstance(sid, bytes):
-            dropped[sid] = dropped.get(sid, 0) + 1
-            continue
-        raw = p.raw
-        if isinstance(sid, bytes) and dropped.get(sid) and isinstance(p.seq, int):
-            raw = encode_packet(p.fields.replaced(b"seq", p.seq - dropped[sid]))
-        out.append((p.socket, raw))
-    return out
 
 
 def normalised_result(impl: str, ctx: Ctx, compression: bool) -> dict:

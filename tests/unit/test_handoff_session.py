@@ -328,3 +328,20 @@ def test_resume_keep_alive_comes_before_anything_held():
     d2 = adopt(d, record)
     (first, *_) = d2.new_packets()
     assert type(first) is KeepAlive and first.ids == (Ident(RID, record["out_seq"]),)
+
+
+def test_adopted_session_ignores_copies_the_previous_owner_took():
+    """Old and new worker share an address, so handler packets the old one
+    already counted may still reach the new one after adoption: dropped,
+    not a seq error. Any other session still ends on a wrong seq."""
+    d = ready()
+    proceed_seq = d.handler_seq[RID] - 1
+    d2 = adopt(d)
+    d2.new_packets()
+    d2.handler(HandoffProceed, seq=proceed_seq)  # the stale copy
+    assert not d2.closed and d2.new_packets() == []
+    d2.handler(Data, body=b"echo", content_type=b"text")  # the next seq: accepted
+    assert not d2.closed and b"echo" in d2.new_output()
+    fresh = opened()
+    fresh.handler(Data, seq=0, body=b"x")  # seq 0 again, not adopted
+    assert fresh.closed

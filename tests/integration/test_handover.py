@@ -1,0 +1,379 @@
+"""Live connections across a reload (SIGHUP) without systemd: the
+supervisor replaces each worker and the old one hands its sessions to the
+new one (docs/handover.md).
+
+condure runs as ``python -m condure`` with a NOTIFY_SOCKET bound by the
+test, so the end of a reload is seen as ``RELOADING=1`` followed by
+``READY=1``; the old workers' ``handover: N connections moved, M closed,
+L lost`` lines tell what became of their connections. The handler is
+examples/handoffhandler.py (an echo handler honouring the handoff) or,
+where the handler must misbehave, the scripted test handler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import procs
+from tests.harness import ws_client as wc
+from tests.harness.http_client import Conn
+from tests.harness.loadproc import LoadProcess
+from tests.harness.ws_scenarios import accept, recv
+
+REPO = procs.REPO_ROOT
+HANDOFF_HANDLER = REPO / "examples" / "handoffhandler.py"
+MOVED = re.compile(r"handover: (\d+) connections moved, (\d+) closed, (\d+) lost")
+DEFLATE_BOTH = "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
+
+
+class Notify:
+    """The NOTIFY_SOCKET condure reports to: keeps every datagram, and
+    waits for one that comes after a given position."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.path = str(path)
+        self.messages: list[str] = []
+
+    def wait(self, pred, after: int = 0, timeout: float = 20.0) -> int:
+        """Index of the first message from ``after`` on that satisfies ``pred``."""
+        deadline = time.monotonic() + timeout
+        i = after
+        while True:
+            while i < len(self.messages):
+                if pred(self.messages[i]):
+                    return i
+                i += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no such notification; got {self.messages[after:]}")
+            self.sock.settimeout(left)
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+
+
+def has(line: str):
+    return lambda msg: line in msg.split("\n")
+
+
+class Condure:
+    """Our condure, its notifications and its log."""
+
+    def __init__(self, proc: procs.Proc, notify: Notify, ports: list[int], base: str,
+                 workers: int) -> None:
+        self.proc, self.notify, self.ports, self.base = proc, notify, ports, base
+        self.port = ports[0]
+        self.workers = workers
+
+    def children(self) -> set[int]:
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                return {int(x) for x in f.read().split()}
+        except OSError:
+            return set()
+
+    def handovers(self) -> list[tuple[int, int, int]]:
+        """(moved, closed, lost) of every finished handover so far."""
+        return [tuple(int(n) for n in m.groups())
+                for m in map(MOVED.search, list(self.proc.pump.lines)) if m]
+
+    def wait_log(self, pred, timeout: float = 20.0) -> None:
+        """Wait until the log satisfies ``pred`` (log lines are the only
+        sign of a finished handover)."""
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert self.proc.alive(), self.proc.pump.tail()
+            assert time.monotonic() < deadline, self.proc.pump.tail()
+            time.sleep(0.02)
+
+    def reload(self) -> list[tuple[int, int, int]]:
+        """SIGHUP, wait for RELOADING=1 then READY=1, then for every old
+        worker's handover line and its exit; returns those handover lines."""
+        before = self.children()
+        done = len(self.handovers())
+        start = len(self.notify.messages)
+        self.proc.popen.send_signal(signal.SIGHUP)
+        at = self.notify.wait(lambda m: m.startswith("RELOADING=1"), after=start)
+        self.notify.wait(has("READY=1"), after=at + 1, timeout=30)
+        self.wait_log(lambda: len(self.handovers()) >= done + self.workers)
+        self.wait_log(lambda: not (self.children() & before))
+        assert len(self.children()) == self.workers
+        return self.handovers()[done:]
+
+    def log(self) -> str:
+        return self.proc.output()
+
+
+@pytest.fixture
+def start(tmp_path):
+    """``start(*args, workers=1, listen=[...], base=None)`` -> Condure,
+    ready. In ``listen``, ``{port}`` is replaced by a free port (one per
+    entry); ``base`` is the --zclient-stream base (default: an ipc base in
+    tmp_path)."""
+    started: list[Condure] = []
+
+    def go(*args, workers: int = 1, listen=("127.0.0.1:{port}",), base: str | None = None
+           ) -> Condure:
+        ports = [procs.free_port() for _ in listen]
+        base = base or f"ipc://{tmp_path}/client"
+        notify = Notify(tmp_path / f"notify{len(started)}")
+        env = procs.python_env()
+        env["NOTIFY_SOCKET"] = notify.path
+        cmd = [sys.executable, "-m", "condure", "--zclient-stream", base,
+               "--workers", str(workers), "--drain-timeout", "5", "--log-level", "3"]
+        for spec, port in zip(listen, ports):
+            cmd += ["--listen", spec.format(port=port)]
+        proc = procs._spawn("condure", cmd + list(args),
+                            tmp_path / f"condure{len(started)}.log", None,
+                            env=env, cwd=str(REPO))
+        condure = Condure(proc, notify, ports, base, workers)
+        started.append(condure)
+        try:
+            notify.wait(has("READY=1"), timeout=30)
+        except AssertionError:
+            raise AssertionError(f"condure not ready:\n{proc.pump.tail()}") from None
+        return condure
+
+    yield go
+    for condure in started:
+        condure.notify.sock.close()
+        pids = condure.children()
+        condure.proc.stop()
+        for pid in pids:  # workers of a condure that had to be killed
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def handoff_handler(tmp_path):
+    """``handoff_handler(base, bind=False)``: examples/handoffhandler.py,
+    returned once it has printed its ready line. What it complains about
+    (a seq out of order, for one) is in ``proc.stderr_path``."""
+    started: list[subprocess.Popen] = []
+
+    def go(base: str, bind: bool = False) -> subprocess.Popen:
+        cmd = [sys.executable, str(HANDOFF_HANDLER), "--base", base]
+        if bind:
+            cmd.append("--bind")
+        stderr_path = tmp_path / f"handoffhandler{len(started)}.stderr"
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=err, env=procs.python_env(), cwd=str(REPO))
+        proc.stderr_path = stderr_path
+        started.append(proc)
+        readable, _, _ = select.select([proc.stdout], [], [], 15)
+        line = proc.stdout.readline().decode() if readable else ""
+        assert "ready" in line, (line, proc.poll())
+        return proc
+
+    yield go
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+@pytest.fixture
+def load(tmp_path):
+    """``load(port, clients, http_loops)``: tests/harness/wsload.py,
+    returned once it printed READY; ``.finish()`` gives its result."""
+    started: list[LoadProcess] = []
+
+    def go(port: int, clients: int, http_loops: int = 0) -> LoadProcess:
+        ld = LoadProcess(tmp_path / f"load{len(started)}.json", port, clients, http_loops)
+        started.append(ld)
+        ld.ready()
+        return ld
+
+    yield go
+    for ld in started:
+        ld.kill()
+
+
+def assert_no_complaints(condure: Condure, handler: subprocess.Popen | None = None) -> None:
+    log = condure.log()
+    assert "Traceback" not in log and "[ERR]" not in log, log[-3000:]
+    if handler is not None:
+        complaints = handler.stderr_path.read_text()
+        assert complaints == "", complaints
+
+
+def assert_clean_run(result: dict, clients: int, condure: Condure) -> None:
+    """wsload's figures say nothing went amiss; if something did, the
+    message has the figures and condure's lines about closed connections."""
+    closing = [line for line in condure.log().splitlines() if "closing:" in line]
+    why = json.dumps(result, sort_keys=True) + "\n" + "\n".join(closing[:20])
+    assert result["connected"] == clients, why
+    assert result["disconnects"] == 0, why
+    assert result["sent"] > clients * 5 and result["echoed"] == result["sent"], why
+    assert (result["lost"], result["duplicated"], result["reordered"]) == (0, 0, 0), why
+    assert result["unexpected"] == 0, why
+    assert result["http_ok"] > 0 and result["http_failed"] == 0, why
+    assert result["close_codes"] == {}, why
+
+
+# -- many clients, several reloads -------------------------------------------
+
+def test_reloads_under_load_lose_nothing(start, handoff_handler, load):
+    condure = start(workers=2)
+    handler = handoff_handler(condure.base)
+    clients, loops = 60, 2
+    ld = load(condure.port, clients, http_loops=loops)
+    reloads = [condure.reload() for _ in range(3)]
+    result = ld.finish()
+    assert_clean_run(result, clients, condure)
+    for lines in reloads:
+        # every connection moved: the WebSockets and the HTTP loops' ones
+        assert sum(m for m, _, _ in lines) == clients + loops, reloads
+        assert all((c, l) == (0, 0) for _, c, l in lines), reloads
+    assert_no_complaints(condure, handler)
+
+
+def test_reload_with_zclient_connect(start, handoff_handler, load, tmp_path):
+    base = f"ipc://{tmp_path}/handler"
+    handler = handoff_handler(base, bind=True)
+    condure = start("--zclient-connect", workers=2, base=base)
+    clients, loops = 60, 2
+    ld = load(condure.port, clients, http_loops=loops)
+    lines = condure.reload()
+    result = ld.finish()
+    assert_clean_run(result, clients, condure)
+    assert sum(m for m, _, _ in lines) == clients + loops, lines
+    assert all((c, l) == (0, 0) for _, c, l in lines), lines
+    assert_no_complaints(condure, handler)
+
+
+# -- what is closed instead --------------------------------------------------
+
+def test_handler_silent_on_handoff_start_gets_1012_and_cancel(start, tmp_path):
+    condure = start("--handoff-timeout", "1")
+    h = procs.start_handler(condure.base, tmp_path, sub_prefix="condure", name="scripted")
+    try:
+        ws = wc.WsConn.open(condure.port, "/ws")
+        with ws:
+            req, _ = accept(h, ws)
+            t0 = time.monotonic()
+            condure.proc.popen.send_signal(signal.SIGHUP)
+            start_pkt = recv(h, timeout=15)
+            assert (start_pkt.type, start_pkt.id) == ("handoff-start", req.id), start_pkt
+            code, _ = ws.read_close(timeout=10)
+            assert code == 1012
+            assert time.monotonic() - t0 >= 1.0  # after --handoff-timeout, not at once
+            ws.send_close(1012)
+            cancel = recv(h, timeout=10)
+            assert (cancel.type, cancel.id) == ("cancel", req.id), cancel
+            assert ws.expect_closed(timeout=5) == "eof"
+        condure.wait_log(lambda: condure.handovers() == [(0, 1, 0)])
+        assert "no handoff-proceed in time" in condure.log()
+    finally:
+        h.close()
+    assert_no_complaints(condure)
+
+
+def tls_identity(directory: Path) -> object:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("www.example.com")
+    cert.private_key_pem.write_to_path(str(directory / "www.example.com.key"))
+    (directory / "www.example.com.crt").write_bytes(
+        b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    return ca
+
+
+def echo(ws: wc.WsConn, text: bytes) -> None:
+    ws.send_text(text)
+    op, payload, _ = ws.read_message(timeout=5)
+    assert (op, payload) == (wc.OP_TEXT, text)
+
+
+def test_tls_websocket_closed_plain_one_moved(start, handoff_handler, tmp_path):
+    identities = tmp_path / "identities"
+    identities.mkdir()
+    ca = tls_identity(identities)
+    condure = start("--tls-identities-dir", str(identities),
+                    listen=("127.0.0.1:{port}", "127.0.0.1:{port},tls"))
+    handler = handoff_handler(condure.base)
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    with wc.WsConn(condure.ports[1]) as secure, wc.WsConn.open(condure.port) as plain:
+        secure.sock = ctx.wrap_socket(secure.sock, server_hostname="www.example.com")
+        secure.send(wc.upgrade_request("/ws"))
+        assert secure.read_handshake().code == 101
+        assert plain.read_handshake().code == 101
+        one_closed_one_moved(condure, secure, plain, echo)
+    assert_no_complaints(condure, handler)
+
+
+def one_closed_one_moved(condure, closing, moving, exchange) -> None:
+    """Both echo; on a reload ``closing`` (cannot move) gets close 1012 and
+    ``moving`` moves and goes on echoing."""
+    exchange(closing, b"before")
+    exchange(moving, b"before")
+    assert condure.reload() == [(1, 1, 0)]
+    assert closing.read_close(timeout=10)[0] == 1012
+    for i in range(5):
+        exchange(moving, b"after %d" % i)
+
+
+def test_idle_keep_alive_with_half_a_request_moves(start, handoff_handler):
+    condure = start(workers=2)
+    handler = handoff_handler(condure.base)
+    with Conn(condure.port) as conn:
+        conn.send(b"GET /first HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        resp = conn.read_response()
+        assert (resp.code, resp.body) == (200, b"ok /first\n")
+        conn.send(b"GET /second HTTP/1.1\r\nHo")
+        lines = condure.reload()  # returns once the old workers are gone
+        assert sorted(lines) == [(0, 0, 0), (1, 0, 0)], lines
+        conn.send(b"st: example.com\r\n\r\n")
+        resp = conn.read_response()
+        assert (resp.code, resp.body) == (200, b"ok /second\n")
+        conn.send(b"GET /third HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        resp = conn.read_response()
+        assert (resp.code, resp.body) == (200, b"ok /third\n")
+        assert conn.end is None
+    assert_no_complaints(condure, handler)
+
+
+def deflate_echo(ws: wc.WsConn, text: bytes) -> None:
+    """A compressed message each way, each with a fresh context."""
+    ws.send_frame(wc.OP_TEXT, wc.deflate(text), rsv1=True)
+    frame = ws.read_frame(timeout=5)
+    assert frame.opcode == wc.OP_TEXT and frame.rsv1 and frame.fin, frame
+    assert wc.inflate(frame.payload) == text
+
+
+def test_deflate_moves_only_without_context_takeover(start, handoff_handler):
+    condure = start("--compression")
+    handler = handoff_handler(condure.base)
+    with wc.WsConn.open(condure.port, extensions=["permessage-deflate"]) as keeping, \
+            wc.WsConn.open(condure.port, extensions=[DEFLATE_BOTH]) as fresh:
+        resp = keeping.read_handshake()
+        assert resp.code == 101
+        assert resp.header("Sec-WebSocket-Extensions") == b"permessage-deflate", resp.raw
+        resp = fresh.read_handshake()
+        assert resp.code == 101
+        assert resp.header("Sec-WebSocket-Extensions") == DEFLATE_BOTH.encode(), resp.raw
+        one_closed_one_moved(condure, keeping, fresh, deflate_echo)
+    assert_no_complaints(condure, handler)
