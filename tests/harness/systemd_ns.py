@@ -363,3 +363,25 @@ def adapt_unit(text: str, settings: dict[tuple[str, str], list[str]]) -> str:
 def exec_start_python(module_args: list[str]) -> str:
     """An ExecStart= value running ``python -m condure`` with this interpreter."""
     return _quote_all([sys.executable, "-m", "condure", *module_args])
+
+
+def project_units(workdir: Path, port: int, args: list[str],
+                  service: dict[tuple[str, str], list[str]] | None = None) -> dict[str, str]:
+    """The project's systemd/condure.socket and condure.service, adapted for
+    a test: the socket on 127.0.0.1:``port``, the service running this
+    checkout's ``python -m condure`` with ``args`` in ``workdir``, plus any
+    ``service`` settings."""
+    repo = Path(__file__).resolve().parents[2]
+    settings = {
+        ("Service", "ExecStart"): [exec_start_python(args)],
+        ("Service", "Environment"): [f"PYTHONPATH={repo}", "PYTHONUNBUFFERED=1"],
+        ("Service", "WorkingDirectory"): [str(workdir)],
+        **(service or {}),
+    }
+    return {
+        "condure.service": adapt_unit((repo / "systemd" / "condure.service").read_text(),
+                                      settings),
+        "condure.socket": adapt_unit((repo / "systemd" / "condure.socket").read_text(), {
+            ("Socket", "ListenStream"): [f"127.0.0.1:{port}"],
+        }),
+    }

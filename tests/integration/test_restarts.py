@@ -24,12 +24,7 @@ import pytest
 
 from tests.harness import procs
 from tests.harness.loadproc import LoadProcess
-from tests.harness.systemd_ns import (
-    SystemdNamespace,
-    adapt_unit,
-    exec_start_python,
-    unavailable_reason,
-)
+from tests.harness.systemd_ns import SystemdNamespace, project_units, unavailable_reason
 from tests.harness.ws_client import OP_TEXT, WsConn
 
 pytestmark = [
@@ -55,18 +50,11 @@ def build_units(workdir: Path, port: int) -> dict[str, str]:
             "--listen", "fd-name=http",
             "--zclient-stream", f"ipc://{workdir}/client",
             "--drain-timeout", "5", "--handoff-timeout", HANDOFF_TIMEOUT]
-    service = adapt_unit((REPO / "systemd" / SERVICE).read_text(), {
-        ("Service", "ExecStart"): [exec_start_python(args)],
-        ("Service", "Environment"): [f"PYTHONPATH={REPO}", "PYTHONUNBUFFERED=1"],
-        ("Service", "WorkingDirectory"): [str(workdir)],
+    return project_units(workdir, port, args, {
         ("Service", "TimeoutStopSec"): ["60"],
         # 20 restarts in a row: more than systemd's default start rate limit
         ("Unit", "StartLimitIntervalSec"): ["0"],
     })
-    sock = adapt_unit((REPO / "systemd" / SOCKET).read_text(), {
-        ("Socket", "ListenStream"): [f"127.0.0.1:{port}"],
-    })
-    return {SERVICE: service, SOCKET: sock}
 
 
 class Setup:

@@ -21,8 +21,7 @@ import pytest
 from tests.harness import procs
 from tests.harness.systemd_ns import (
     SystemdNamespace,
-    adapt_unit,
-    exec_start_python,
+    project_units,
     unavailable_reason,
 )
 
@@ -116,16 +115,7 @@ def build_units(workdir: Path, port: int) -> dict[str, str]:
             "--listen", f"127.0.0.1:{port},req,fd-name=http",
             "--zclient-req", f"ipc://{workdir}/client",
             "--drain-timeout", "5"]
-    service = adapt_unit((REPO / "systemd" / SERVICE).read_text(), {
-        ("Service", "ExecStart"): [exec_start_python(args)],
-        ("Service", "Environment"): [f"PYTHONPATH={REPO}", "PYTHONUNBUFFERED=1"],
-        ("Service", "WorkingDirectory"): [str(workdir)],
-        ("Service", "TimeoutStopSec"): ["15"],
-    })
-    sock = adapt_unit((REPO / "systemd" / SOCKET).read_text(), {
-        ("Socket", "ListenStream"): [f"127.0.0.1:{port}"],
-    })
-    return {SERVICE: service, SOCKET: sock}
+    return project_units(workdir, port, args, {("Service", "TimeoutStopSec"): ["15"]})
 
 
 @pytest.fixture
