@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import condure
 from condure.config import Config
-from condure.supervisor import control, fdstore, moves, pidfile, sockets
+from condure.supervisor import control, dispatch, fdstore, moves, pidfile, sockets
 from condure.supervisor.notify import Notifier, status_text
 
 log = logging.getLogger("condure")
@@ -197,7 +197,7 @@ class Supervisor(moves.SupervisorMoves):
         for slot in range(self.n):
             self.state.slots[slot] = self.spawn(slot)
         if self.listeners.mode == sockets.DISPATCH:
-            self.dispatcher = sockets.Dispatcher(self.listeners, loop, self.dispatch_conn)
+            self.dispatcher = dispatch.Dispatcher(self.listeners, loop, self.dispatch_conn)
             self.dispatcher.start()
         while True:
             try:
@@ -514,9 +514,9 @@ class Supervisor(moves.SupervisorMoves):
     def dispatcher_load(self, child: Child) -> None:
         self._load().report(child.slot, child.connections)
 
-    def _load(self) -> sockets.LeastLoaded:
+    def _load(self) -> dispatch.LeastLoaded:
         if not hasattr(self, "_least_loaded"):
-            self._least_loaded = sockets.LeastLoaded()
+            self._least_loaded = dispatch.LeastLoaded()
         return self._least_loaded
 
     def dispatch_conn(self, sock, spec: int) -> bool:

@@ -15,10 +15,9 @@ from condure import worker as worker_mod
 from condure.config import Config, ConfigError, ListenSpec, parse_listen
 from condure.supervisor import activation, fdstore, sockets
 from condure.supervisor.activation import ActivationError, identify, listen_fds_with_names
+from condure.supervisor.dispatch import Dispatcher, LeastLoaded
 from condure.supervisor.sockets import (
     AcquireError,
-    Dispatcher,
-    LeastLoaded,
     acquire_listeners,
     match_listeners,
 )
