@@ -88,3 +88,32 @@ class RouterQueues:
             if not queue:
                 del self.waiting[address]
                 del self.since[address]
+
+
+def pack_later(address: bytes, payload: bytes) -> bytes:
+    """One frame for the worker -> supervisor hop of bind mode: the handler
+    address (at most 255 bytes, after a length byte), then the packet.
+    Cheaper than a three-frame message on both sides of the hop."""
+    return bytes((len(address),)) + address + payload
+
+
+def unpack_later(data: bytes) -> list[bytes] | None:
+    """``[handler-id, "", T...]`` from :func:`pack_later`'s frame, or None."""
+    if not data:
+        return None
+    end = 1 + data[0]
+    if len(data) <= end:
+        return None
+    return [data[1:end], b"", data[end:]]
+
+
+class PackedQueues(RouterQueues):
+    """RouterQueues for a PUSH to the supervisor's relay: queued per handler
+    as usual, sent as one :func:`pack_later` frame (``frames[1]``)."""
+
+    def _send(self, frames: list[bytes]) -> bool | None:
+        try:
+            self.router.send(frames[1], _LAST)
+        except zmq.Again:
+            return False
+        return None

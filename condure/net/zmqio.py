@@ -22,7 +22,7 @@ from collections.abc import Callable
 import zmq
 
 from condure.config import Config, stream_endpoints
-from condure.net.routerqueue import ROUTER_RETRY, RouterQueues
+from condure.net.routerqueue import ROUTER_RETRY, PackedQueues, RouterQueues, pack_later
 
 log = logging.getLogger("condure.zmq")
 
@@ -66,7 +66,7 @@ class StreamSockets:
         hwm = config.hwm
         # zmq_spec: the worker spec's "zmq" part (docs/supervisor.md); with
         # "proxy" the later-packets socket is a PUSH to the supervisor's
-        # relay carrying the ROUTER's frames [handler-id, "", T...].
+        # relay, one frame a packet: routerqueue.pack_later(handler-id, T...).
         spec = zmq_spec or {}
         bases = spec.get("stream", config.zclient_stream)
         connect = spec.get("connect", config.zclient_connect)
@@ -98,7 +98,8 @@ class StreamSockets:
             _bind_or_connect(self.sub, in_, connect, mode)
             self.endpoints.append((out, out_stream, in_))
         self.push_queue: deque[bytes] = deque()
-        self.router_queues = RouterQueues(self.router, clock=loop.time)
+        self.router_queues = (PackedQueues if self.proxied else RouterQueues)(
+            self.router, clock=loop.time)
         self._retry: asyncio.TimerHandle | None = None
         self._sub_scheduled = False
         self._push_fd = self.push.getsockopt(zmq.FD)
@@ -196,7 +197,14 @@ class StreamSockets:
     def send_to(self, address: bytes, payload: bytes) -> None:
         """A later packet, to the handler whose identity is ``address``
         (queued per handler while it cannot take it: net/routerqueue.py)."""
-        if self.router_queues.offer([address, b"", payload]):
+        if self.proxied:
+            if len(address) > 255:
+                log.debug("handler address too long, packet dropped")
+                return
+            frames = [address, pack_later(address, payload)]
+        else:
+            frames = [address, b"", payload]
+        if self.router_queues.offer(frames):
             self._arm_retry()
 
     @property

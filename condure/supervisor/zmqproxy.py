@@ -20,8 +20,10 @@ copying happens in libzmq, without the GIL); req mode has its own relay
 frame); the later-packets relay is a loop here, because a packet for one handler may have to wait: while that
 handler's queue is full (retried every 50 ms, as Condure does) or while it
 is not connected yet (given ``UNREACHABLE_GRACE`` seconds, then dropped),
-without holding up packets for other handlers. Workers push those packets
-as ``[handler-id, "", T...]``, the frames a ROUTER sends.
+without holding up packets for other handlers. Workers push each of those
+packets as one frame, the handler's address after a length byte and then
+the packet (``routerqueue.pack_later``); the relay sends it on as
+``[handler-id, "", T...]``, the frames a ROUTER sends.
 
 Every thread listens on an ``inproc`` control socket; :meth:`close` sends
 ``TERMINATE`` to each, joins the threads, closes the sockets and the
@@ -40,11 +42,12 @@ import time
 import zmq
 
 from condure.config import Config, stream_endpoints
-from condure.net.routerqueue import ROUTER_RETRY, RouterQueues
+from condure.net.routerqueue import ROUTER_RETRY, RouterQueues, unpack_later
 from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, INTERNAL_HWM_FACTOR, _bind_or_connect
 from condure.supervisor.reqrelay import relay_req
 
 log = logging.getLogger("condure")
+_NOBLOCK = int(zmq.NOBLOCK)
 
 TERMINATE = b"TERMINATE"
 CLOSE_LINGER_MS = 1000  # packets still queued at close (cancels) get this long
@@ -221,14 +224,24 @@ def _steerable(frontend: zmq.Socket, backend: zmq.Socket, control: zmq.Socket) -
 
 
 class LaterRelay(RouterQueues):
-    """Packets from workers (``[handler-id, "", T...]``) to the public ROUTER,
+    """Packets from workers (unpacked to ``[handler-id, "", T...]``) to the public ROUTER,
     queued per handler while it cannot take them (net/routerqueue.py)."""
 
-    def offer(self, frames: list[bytes]) -> bool:
-        if len(frames) < 3 or frames[1] != b"":
+    def offer(self, frames: list[bytes] | None) -> bool:
+        if frames is None or len(frames) < 3 or frames[1] != b"":
             log.debug("zmq proxy: malformed packet from a worker dropped")
             return False
         return super().offer(frames)
+
+
+def _recv_later(pull: zmq.Socket) -> list[bytes] | None:
+    """One worker packet as ROUTER frames; None for anything malformed
+    (a message of several frames is not a worker's)."""
+    frames = unpack_later(pull.recv(_NOBLOCK))
+    while pull.getsockopt(zmq.RCVMORE):
+        pull.recv()
+        frames = None
+    return frames
 
 
 def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> None:
@@ -257,10 +270,9 @@ def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> N
                 had_waiting = bool(relay.waiting)
                 for _ in range(BATCH):
                     try:
-                        frames = pull.recv_multipart(zmq.NOBLOCK, copy=True)
+                        relay.offer(_recv_later(pull))
                     except zmq.Again:
                         break
-                    relay.offer(frames)
                 if relay.waiting and not had_waiting:
                     next_retry = time.monotonic() + ROUTER_RETRY
             if relay.waiting and time.monotonic() >= next_retry:
@@ -270,7 +282,7 @@ def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> N
         deadline = time.monotonic() + FINAL_FLUSH
         while True:
             try:
-                relay.offer(pull.recv_multipart(zmq.NOBLOCK, copy=True))
+                relay.offer(_recv_later(pull))
             except zmq.Again:
                 break
         while relay.waiting and time.monotonic() < deadline:

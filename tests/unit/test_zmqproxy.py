@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from condure.config import Config, ListenSpec
-from condure.net.routerqueue import UNREACHABLE_GRACE
+from condure.net.routerqueue import UNREACHABLE_GRACE, pack_later
 from condure.supervisor.reqrelay import reply_index, routing_id
 from condure.supervisor.zmqproxy import ZmqProxy
 from condure.zhttp import tnetstring
@@ -112,11 +112,11 @@ def test_later_packets_routed_by_handler_identity(start_proxy, sock, tmp_path):
     h1 = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"h1")
     h2 = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"h2")
     for i in range(5):
-        worker.send_multipart([b"h1", b"", b"T1-%d" % i])
-        worker.send_multipart([b"h2", b"", b"T2-%d" % i])
+        worker.send(pack_later(b"h1", b"T1-%d" % i))
+        worker.send(pack_later(b"h2", b"T2-%d" % i))
     # Packets to a handler that never comes are dropped without blocking others.
-    worker.send_multipart([b"nobody", b"", b"Tlost"])
-    worker.send_multipart([b"h1", b"", b"T1-last"])
+    worker.send(pack_later(b"nobody", b"Tlost"))
+    worker.send(pack_later(b"h1", b"T1-last"))
     got1 = [h1.recv_multipart()[1:] for _ in range(6)]
     got2 = [h2.recv_multipart()[1:] for _ in range(5)]
     assert got1 == [[b"", b"T1-%d" % i] for i in range(5)] + [[b"", b"T1-last"]]
@@ -127,7 +127,7 @@ def test_later_packets_wait_for_a_connecting_handler(start_proxy, sock, tmp_path
     _, spec = start_proxy()
     worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
     for i in range(3):
-        worker.send_multipart([b"late", b"", b"T%d" % i])
+        worker.send(pack_later(b"late", b"T%d" % i))
     # Connects well within the grace period (it is 1 s).
     handler = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"late")
     got = [handler.recv_multipart()[2] for _ in range(3)]
@@ -137,14 +137,14 @@ def test_later_packets_wait_for_a_connecting_handler(start_proxy, sock, tmp_path
 def test_later_packets_dropped_after_grace(start_proxy, sock, tmp_path):
     _, spec = start_proxy()
     worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
-    worker.send_multipart([b"gone", b"", b"Told"])
+    worker.send(pack_later(b"gone", b"Told"))
     time.sleep(UNREACHABLE_GRACE + 0.5)  # the behaviour under test is a timeout
     handler = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"gone")
     # The handshake may take a moment: keep sending until something arrives.
     handler.setsockopt(zmq.RCVTIMEO, 100)
     deadline = time.monotonic() + 5
     while True:
-        worker.send_multipart([b"gone", b"", b"Tnew"])
+        worker.send(pack_later(b"gone", b"Tnew"))
         try:
             frames = handler.recv_multipart()
             break
@@ -158,8 +158,10 @@ def test_malformed_worker_packets_are_dropped(start_proxy, sock, tmp_path):
     worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
     handler = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream", ROUTING_ID=b"h")
     worker.send(b"Tjust-one-frame")
-    worker.send_multipart([b"h", b"not-empty", b"Tx"])
-    worker.send_multipart([b"h", b"", b"Tgood"])
+    worker.send(b"")  # no address
+    worker.send(b"\x09h")  # an address longer than the frame
+    worker.send_multipart([b"\x01h", b"Tx"])  # several frames
+    worker.send(pack_later(b"h", b"Tgood"))
     assert handler.recv_multipart()[1:] == [b"", b"Tgood"]
 
 
@@ -234,7 +236,7 @@ def test_close_with_traffic_in_flight(start_proxy, sock, tmp_path):
     proxy, spec = start_proxy()
     worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
     for i in range(100):
-        worker.send_multipart([b"nobody", b"", b"T%d" % i])
+        worker.send(pack_later(b"nobody", b"T%d" % i))
     started = time.monotonic()
     proxy.close()
     assert time.monotonic() - started < 4
