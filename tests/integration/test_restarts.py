@@ -230,3 +230,49 @@ def test_fd_store_holds_nothing_stale_after_20_restarts(setup):
     finally:
         for ws in conns:
             ws.close()
+
+
+def test_listeners_condure_bound_itself_survive_restart(tmp_path):
+    """Without a socket unit condure binds its own (SO_REUSEPORT) listeners;
+    on restart they go through the fd store with the connections, so the
+    port never closes: the next start reuses them instead of binding."""
+    port = procs.free_port()
+    args = ["--workers", "2", "--listen", f"127.0.0.1:{port}",
+            "--zclient-stream", f"ipc://{tmp_path}/client", "--drain-timeout", "5"]
+    units = project_units(tmp_path, port, args, {("Unit", "Requires"): [],
+                                                 ("Unit", "After"): []})
+    del units[SOCKET]
+    ns = SystemdNamespace(tmp_path, units)
+    conns = []
+    handler = None
+    try:
+        ns.start()
+        ns.systemctl("start", SERVICE)
+        with open(tmp_path / "handler.log", "wb") as out:
+            handler = subprocess.Popen(
+                [sys.executable, str(REPO / "examples" / "handoffhandler.py"),
+                 "--base", f"ipc://{tmp_path}/client"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=procs.python_env())
+        for i in range(4):
+            ws = WsConn.open(port, "/ws")
+            conns.append(ws)
+            assert ws.read_handshake().code == 101
+        for n in range(3):
+            ns.systemctl("restart", SERVICE, timeout=60)
+            for i, ws in enumerate(conns):
+                assert _echo(ws, b"after restart %d, %d" % (n, i))
+        journal = ns.journal(SERVICE)
+        assert journal.count("2 SO_REUSEPORT sockets, 2 of them from the fd store") == 3, \
+            journal[-4000:]
+        assert int(ns.show(SERVICE, "NFileDescriptorStore") or 0) == 0
+        fresh = WsConn.open(port, "/ws")
+        conns.append(fresh)
+        assert fresh.read_handshake().code == 101 and _echo(fresh, b"new")
+    finally:
+        for ws in conns:
+            ws.close()
+        if handler is not None:
+            handler.terminate()
+            handler.wait(10)
+        ns.stop()
