@@ -69,7 +69,6 @@ def decode_record(text: object) -> dict[str, object]:
 class _Moving:
     conn: Conn
     deadline: float  # give up (close politely) at this time
-    begun: bool  # begin_handoff accepted
 
 
 class Exporter:
@@ -104,19 +103,11 @@ class Exporter:
         if not conn.exportable or isinstance(session, ReqSession):
             self._give_up(conn, now)  # TLS, req mode: finished or closed by the drain
             return
-        begun = session.begin_handoff()
-        if isinstance(session, WebSocketSession):
-            if begun:
-                self.moving.append(_Moving(conn, now + self.handoff_timeout, True))
-            elif session.state is WAIT:
-                # the handler has not answered the upgrade yet: wait for it
-                self.moving.append(_Moving(conn, self.drain_deadline, False))
-            else:
-                self._give_up(conn, now)
+        # WebSockets ask for the handoff in poll(), which runs next.
+        if isinstance(session, HttpSession):
+            session.begin_handoff()
             conn.run()
-            return
-        self.moving.append(_Moving(conn, self.drain_deadline, True))
-        conn.run()
+        self.moving.append(_Moving(conn, self.drain_deadline))
 
     def _give_up(self, conn: Conn, now: float) -> None:
         session = conn.session
@@ -140,17 +131,15 @@ class Exporter:
                 continue
             session = conn.session
             if isinstance(session, WebSocketSession) and not session.handoff:
-                # an upgrade that was under way, or a handshake now answered
+                # new, an upgrade that was under way, or a handshake now
+                # answered; one still waiting for its handler waits on
                 if session.begin_handoff():
-                    item.begun = True
                     item.deadline = now + self.handoff_timeout
                     conn.run()
                 elif session.state is not WAIT:
                     self._give_up(conn, now)
                     continue
-                else:
-                    item.begun = False
-            record = self._export(conn, now) if item.begun else None
+            record = self._export(conn, now)
             if record is None:
                 if now >= item.deadline:
                     log.info("slot %d: cannot move (%s); closing it", conn.slot,
@@ -230,9 +219,7 @@ def adopt(worker, records: list[object], fds: list[int]) -> tuple[int, int]:
         except SnapshotError as e:
             log.warning("cannot adopt a connection: %s", e)
             sock.close()
-            worker.slot_modes.pop(slot, None)
-            worker.counts["stream"] -= 1
-            worker.free.append(slot)
+            worker.free_slot(slot)
             failed += 1
             continue
         sock.setblocking(False)

@@ -253,6 +253,13 @@ class Worker:
         self.counts[mode] += 1
         return slot
 
+    def free_slot(self, slot: int) -> str:
+        """Give back a slot :meth:`take_slot` handed out; its mode."""
+        self.free.append(slot)
+        mode = self.slot_modes.pop(slot, "stream")
+        self.counts[mode] -= 1
+        return mode
+
     def make_session(self, spec: ListenSpec, slot: int, peer_address: bytes | None,
                      peer_port: int | None) -> HttpSession:
         """The session for a new connection on a listener of ``spec``."""
@@ -294,9 +301,7 @@ class Worker:
             if self.moved and self.moved.get(conn.session.rid) is conn:
                 del self.moved[conn.session.rid]
             self.slots[conn.slot] = None
-            self.free.append(conn.slot)
-            mode = self.slot_modes.pop(conn.slot, "stream")
-            self.counts[mode] -= 1
+            mode = self.free_slot(conn.slot)
             if self.stopped.done():
                 return
             if mode in self.paused_modes:

@@ -105,7 +105,8 @@ class WorkerProcess:
                 self.request_stop(bool(message.get("graceful", True)),
                                   float(message.get("drain", self.config.drain_timeout)))
             elif kind == "conn" and fds:
-                self.adopt(fds[0], int(message.get("spec", 0)))
+                self.worker.adopt_connection(socket.socket(fileno=fds[0]),
+                                             int(message.get("spec", 0)))
                 control.close_fds(fds[1:])
             elif kind == "handover":
                 self.request_stop(True, float(message.get("drain", self.config.drain_timeout)),
@@ -124,21 +125,6 @@ class WorkerProcess:
             else:
                 control.close_fds(fds)
                 log.debug("control: unexpected %r", message)
-
-    def adopt(self, fd: int, spec_index: int) -> None:
-        """A connection the supervisor accepted (dispatch mode)."""
-        sock = socket.socket(fileno=fd)
-        worker = self.worker
-        spec = self.config.listen[spec_index]
-        if worker.stopped.done() or worker.counts[spec.mode] >= worker.limits[spec.mode]:
-            sock.close()
-            return
-        try:
-            addr = sock.getpeername()
-        except OSError:
-            sock.close()
-            return
-        worker._adopt_socket(sock, addr, spec)
 
     def request_stop(self, graceful: bool, drain: float, handoff: float | None = None) -> None:
         """``handoff``: a handover, with that handoff timeout (see above)."""
@@ -216,20 +202,12 @@ class WorkerProcess:
         None when it could not be sent."""
         self.batches += 1
         message = {"type": "sessions", "batch": self.batches, "records": records}
-        deadline = time.monotonic() + handover.SEND_TIMEOUT
-        while True:
-            try:
-                control.send(self.ctl, message, fds)
-                return self.batches
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                control.wait(self.ctl.fileno(), True, left)
-            except OSError as e:
-                log.warning("handover: cannot pass sessions to the supervisor: %s", e)
-                break
-        return None
+        try:
+            control.send_waiting(self.ctl, message, fds, handover.SEND_TIMEOUT)
+        except OSError as e:
+            log.warning("handover: cannot pass sessions to the supervisor: %s", e)
+            return None
+        return self.batches
 
     async def drain(self, seconds: float) -> None:
         """Graceful stop: no new connections; idle ones closed politely,

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import select
 import socket
+import time
 from typing import Any
 
 from condure.config import Config, ListenSpec
@@ -86,6 +87,21 @@ def recv(sock: socket.socket, max_fds: int = MAX_FDS) -> tuple[Message | None, l
         close_fds(fds)
         raise
     return message, fds
+
+
+def send_waiting(sock: socket.socket, message: Message, fds: list[int] | tuple[int, ...] = (),
+                 timeout: float = 2.0) -> None:
+    """:func:`send` on a non-blocking socket, waiting up to ``timeout``
+    seconds while it is full. Raises OSError (BlockingIOError on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            send(sock, message, fds)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0 or not wait(sock.fileno(), True, left):
+                raise
 
 
 def wait(fd: int, writable: bool, timeout: float) -> bool:

@@ -197,19 +197,12 @@ class SupervisorMoves:
 
     def _send_to(self, child: Child, message: dict, fds: list[int] = ()) -> bool:
         """A control message, waiting briefly if the socket is full."""
-        deadline = time.monotonic() + 2.0
-        while True:
-            try:
-                control.send(child.ctl, message, fds)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    break
-                control.wait(child.ctl.fileno(), True, 0.1)
-            except OSError:
-                break
-        log.warning("worker %d: could not send %s", child.slot, message["type"])
-        return False
+        try:
+            control.send_waiting(child.ctl, message, fds)
+            return True
+        except OSError:
+            log.warning("worker %d: could not send %s", child.slot, message["type"])
+            return False
 
     def on_sessions(self, child: Child, message: dict, fds: list[int]) -> None:
         records = message.get("records")

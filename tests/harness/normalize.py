@@ -98,3 +98,20 @@ def normalize_packets(packets, instance_id: str = "condure") -> list[tuple[str, 
 def describe(records: list[tuple[str, bytes]]) -> str:
     """Readable multi-line form for assertion messages."""
     return "\n".join(f"  {sock:6} {raw!r}" for sock, raw in records)
+
+
+def assert_same_result(result: dict, expected: dict, compare_http: bool = True) -> None:
+    """A differential run (``{"packets", "http", "status"}``) against the
+    reference's: the packets each handler got, the client bytes (unless a
+    documented difference), the exit status after SIGTERM."""
+    for handler, ref_packets in expected["packets"].items():
+        got = result["packets"].get(handler, [])
+        assert got == ref_packets, (
+            f"packets to {handler} differ\n--- reference ---\n{describe(ref_packets)}\n"
+            f"--- ours ---\n{describe(got)}"
+        )
+    if compare_http:
+        assert result["http"] == expected["http"], (
+            f"client bytes differ\nreference: {expected['http']!r}\nours:      {result['http']!r}"
+        )
+    assert result["status"] == expected["status"], "exit status after SIGTERM differs"

@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import reference_available
 from tests.harness import procs
-from tests.harness.normalize import Normalizer, describe, without_keep_alives
 from tests.harness import scenarios as diff_scenarios
+from tests.harness.normalize import Normalizer, assert_same_result, without_keep_alives
 
 pytestmark = [
     pytest.mark.reference,
@@ -102,14 +102,4 @@ def test_scenario(impl: str, name: str, tmp_path: Path) -> None:
         return
     expected = reference_result(name, tmp_path)
     result = run_scenario(impl, name, tmp_path / impl)
-    for handler, ref_packets in expected["packets"].items():
-        got = result["packets"].get(handler, [])
-        assert got == ref_packets, (
-            f"packets to {handler} differ\n--- reference ---\n{describe(ref_packets)}\n"
-            f"--- ours ---\n{describe(got)}"
-        )
-    if name not in HTTP_DIFFERENCES:
-        assert result["http"] == expected["http"], (
-            f"HTTP bytes differ\nreference: {expected['http']!r}\nours:      {result['http']!r}"
-        )
-    assert result["status"] == expected["status"], "exit status after SIGTERM differs"
+    assert_same_result(result, expected, name not in HTTP_DIFFERENCES)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import reference_available
 from tests.harness import procs, ws_scenarios
-from tests.harness.normalize import Normalizer, describe, without_keep_alives
+from tests.harness.normalize import Normalizer, assert_same_result, without_keep_alives
 from tests.harness.scenarios import Ctx
 from tests.harness.tnet import decode_packet, encode_packet
 
@@ -113,14 +113,4 @@ def test_ws_scenario(impl: str, name: str, tmp_path: Path) -> None:
         return
     expected = reference_result(name, tmp_path)
     result = run_scenario("ours", name, tmp_path / "ours")
-    for handler, ref_packets in expected["packets"].items():
-        got = result["packets"].get(handler, [])
-        assert got == ref_packets, (
-            f"packets to {handler} differ\n--- reference ---\n{describe(ref_packets)}\n"
-            f"--- ours ---\n{describe(got)}"
-        )
-    if name not in HTTP_DIFFERENCES:
-        assert result["http"] == expected["http"], (
-            f"client bytes differ\nreference: {expected['http']!r}\nours:      {result['http']!r}"
-        )
-    assert result["status"] == expected["status"], "exit status after SIGTERM differs"
+    assert_same_result(result, expected, name not in HTTP_DIFFERENCES)
