@@ -77,9 +77,10 @@ def wait_for_notify(sock, proc, timeout):
 class Server:
     """One condure of either kind plus its fast handler, in a temp directory."""
 
-    def __init__(self, impl, args, handler=None):
+    def __init__(self, impl, args, handler=None, extra=()):
         """``handler``: the handler's command line before the base endpoint
-        (default: bench/fast_handler.py, which answers "hello world")."""
+        (default: bench/fast_handler.py, which answers "hello world");
+        ``extra``: more condure options, for both implementations."""
         self.impl = impl
         self.dir = tempfile.TemporaryDirectory(prefix="condure-bench-")
         self.port = free_port()
@@ -88,6 +89,7 @@ class Server:
             "--listen", "127.0.0.1:{}".format(self.port),
             "--zclient-stream", base,
             "--workers", str(args.workers),
+            *extra,
         ]  # fmt: skip
         self.notify = None
         if impl == "ours":

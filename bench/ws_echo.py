@@ -11,6 +11,7 @@ machine carries, echoes fall behind: the longest wait grows and "behind"
 
     python3 bench/ws_echo.py                        # 1000 clients, 20 msg/s each
     python3 bench/ws_echo.py --clients 1000 --interval 0.2
+    python3 bench/ws_echo.py --connect --impl ours  # handler binds; one implementation
 
 Not a test: it needs /usr/bin/condure for the reference.
 """
@@ -36,8 +37,11 @@ class Args:
 def run(impl, opts):
     args = Args()
     args.workers, args.python, args.ref_binary = opts.workers, sys.executable, opts.ref_binary
-    server = http_bench.Server(impl, args, handler=[
-        sys.executable, str(REPO / "examples" / "handoffhandler.py"), "--base"])
+    handler = [sys.executable, str(REPO / "examples" / "handoffhandler.py")]
+    if opts.connect:
+        handler.append("--bind")
+    server = http_bench.Server(impl, args, handler=[*handler, "--base"],
+                               extra=["--zclient-connect"] if opts.connect else [])
     result_path = Path(server.dir.name) / "load.json"
     load = subprocess.Popen(
         [sys.executable, "-m", "tests.harness.wsload", "--port", str(server.port),
@@ -73,17 +77,23 @@ def main():
     p.add_argument("--duration", type=float, default=15.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ref-binary", default="/usr/bin/condure")
+    p.add_argument("--connect", action="store_true",
+                   help="condure connects (--zclient-connect), the handler binds")
+    p.add_argument("--impl", choices=("ours", "reference"), action="append",
+                   help="run only this one (repeatable; default: both)")
     opts = p.parse_args()
-    rows = [run(impl, opts) for impl in ("ours", "reference")]
+    rows = [run(impl, opts) for impl in (opts.impl or ("ours", "reference"))]
     print(f"{opts.clients} clients, a message every {opts.interval} s each, "
-          f"{opts.duration:.0f} s, {opts.workers} workers")
+          f"{opts.duration:.0f} s, {opts.workers} workers"
+          + (", --zclient-connect" if opts.connect else ""))
     print("| impl | sent/s | echoed/s | longest wait for an echo (s) | behind at end "
           "| disconnects |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['impl']} | {r['sent/s']:.0f} | {r['echoed/s']:.0f} | "
               f"{r['max_stall']:.2f} | {r['behind']} | {r['disconnects']} |")
-    print(f"echoed/s ratio ours/reference: {rows[0]['echoed/s'] / rows[1]['echoed/s']:.2f}")
+    if len(rows) == 2:
+        print(f"echoed/s ratio ours/reference: {rows[0]['echoed/s'] / rows[1]['echoed/s']:.2f}")
 
 
 if __name__ == "__main__":

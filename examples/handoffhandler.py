@@ -112,16 +112,25 @@ class Gate:
         self.prefixes = set()
         self.open = set()  # addresses with a subscriber
         self.waiting = {}  # address -> [message], in order
+        self.out = []  # ready to publish at the next flush()
 
     def send(self, addr, message):
         if addr in self.open:
-            self.sock.send(message)
+            self.out.append(message)
             return
         if addr not in self.waiting and self._subscribed(addr):
             self.open.add(addr)
-            self.sock.send(message)
+            self.out.append(message)
             return
         self.waiting.setdefault(addr, []).append(message)
+
+    def flush(self):
+        """Publish what was sent since the last flush, back to back (one
+        wakeup of ZeroMQ's I/O thread for many packets, not one each)."""
+        send = self.sock.send
+        for message in self.out:
+            send(message)
+        self.out.clear()
 
     def _subscribed(self, addr):
         topic = addr + b" "
@@ -144,8 +153,7 @@ class Gate:
             self.open = {a for a in self.open if self._subscribed(a)}
             for addr in [a for a in self.waiting if self._subscribed(a)]:
                 self.open.add(addr)
-                for message in self.waiting.pop(addr):
-                    self.sock.send(message)
+                self.out.extend(self.waiting.pop(addr))
 
 
 class Handler:
@@ -347,6 +355,7 @@ class Handler:
             if self.now >= next_expiry:
                 self.expire()
                 next_expiry = self.now + 5.0
+            self.gate.flush()
 
     def read(self, sock, handle, multipart):
         for _ in range(BATCH):

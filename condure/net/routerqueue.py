@@ -1,14 +1,18 @@
 """Packets for handlers on a ROUTER socket, queued per handler.
 
 Condure sends later packets to a handler's identity with ROUTER_MANDATORY
-and retries every 50 ms while that handler's queue is full. condure does
-the same, and also waits up to UNREACHABLE_GRACE seconds for a handler
+and retries every 50 ms while that handler's queue is full. condure
+retries sooner while the handler is draining its queue: 1 ms after a send
+was refused, doubling up to 50 ms for as long as nothing goes through,
+back to 1 ms once something does (a fixed 50 ms pause each time a busy
+handler's queue fills caps it at a queue's worth of packets per 50 ms).
+It also waits up to UNREACHABLE_GRACE seconds for a handler
 whose connection is not up yet (``EHOSTUNREACH``, typically one that
 started at the same moment) before dropping what it has for it; Condure
 dropped at once. Packets wait in order, per handler, so one slow handler
 never holds up the others. Used by a worker's own ROUTER and by the
 supervisor's relay in front of the public ROUTER; the caller decides when
-``retry`` runs (every ROUTER_RETRY seconds while ``waiting``).
+``retry`` runs (``delay`` seconds later, while ``waiting``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ _LAST = int(zmq.NOBLOCK)
 log = logging.getLogger("condure.zmq")
 
 ROUTER_RETRY = 0.05  # Condure retries a full handler queue every 50 ms
+ROUTER_RETRY_MIN = 0.001  # condure's first retry; doubles up to ROUTER_RETRY
 UNREACHABLE_GRACE = 1.0  # how long a handler that is still connecting is waited for
 
 
@@ -36,6 +41,7 @@ class RouterQueues:
         self.waiting: dict[bytes, deque[list[bytes]]] = {}
         self.since: dict[bytes, float] = {}  # when each queue last moved
         self.dropped = 0
+        self.delay = ROUTER_RETRY_MIN  # until the next retry() should run
 
     def offer(self, frames: list[bytes]) -> bool:
         """Send ``[handler-id, "", T...]`` now or queue it; True when it had
@@ -47,6 +53,8 @@ class RouterQueues:
             return True
         if self._send(frames) is None:
             return False
+        if not self.waiting:
+            self.delay = ROUTER_RETRY_MIN
         self.waiting[address] = deque((frames,))
         self.since[address] = self.clock()
         return True
@@ -72,6 +80,7 @@ class RouterQueues:
 
     def retry(self) -> None:
         now = self.clock()
+        moved = False
         for address in list(self.waiting):
             queue = self.waiting[address]
             while queue:
@@ -79,6 +88,7 @@ class RouterQueues:
                 if unreachable is None:
                     queue.popleft()
                     self.since[address] = now
+                    moved = True
                     continue
                 if unreachable and now - self.since[address] > UNREACHABLE_GRACE:
                     log.debug("handler %r unreachable, %d packets dropped", address, len(queue))
@@ -88,6 +98,7 @@ class RouterQueues:
             if not queue:
                 del self.waiting[address]
                 del self.since[address]
+        self.delay = ROUTER_RETRY_MIN if moved else min(self.delay * 2, ROUTER_RETRY)
 
 
 def pack_later(address: bytes, payload: bytes) -> bytes:

@@ -20,6 +20,7 @@ copying happens in libzmq, without the GIL); req mode has its own relay
 frame); the later-packets relay is a loop here, because a packet for one handler may have to wait: while that
 handler's queue is full (retried every 50 ms, as Condure does) or while it
 is not connected yet (given ``UNREACHABLE_GRACE`` seconds, then dropped),
+retried as ``RouterQueues.delay`` says,
 without holding up packets for other handlers. Workers push each of those
 packets as one frame, the handler's address after a length byte and then
 the packet (``routerqueue.pack_later``); the relay sends it on as
@@ -274,10 +275,10 @@ def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> N
                     except zmq.Again:
                         break
                 if relay.waiting and not had_waiting:
-                    next_retry = time.monotonic() + ROUTER_RETRY
+                    next_retry = time.monotonic() + relay.delay
             if relay.waiting and time.monotonic() >= next_retry:
                 relay.retry()
-                next_retry = time.monotonic() + ROUTER_RETRY
+                next_retry = time.monotonic() + relay.delay
         # Closing: pass on what the workers sent last (their cancels).
         deadline = time.monotonic() + FINAL_FLUSH
         while True:

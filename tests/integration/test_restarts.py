@@ -43,6 +43,10 @@ CYCLES = int(os.environ.get("CONDURE_RESTART_CYCLES", "5"))
 HANDOFF_TIMEOUT = os.environ.get("CONDURE_RESTART_HANDOFF_TIMEOUT", "3")
 INTERVAL = os.environ.get("CONDURE_RESTART_INTERVAL", "0.05")  # seconds between messages
 FINAL_WAIT = os.environ.get("CONDURE_RESTART_FINAL_WAIT", "2")  # for echoes still on their way
+PAUSE = float(os.environ.get("CONDURE_RESTART_PAUSE", "0"))  # load alone before each operation
+# "bind" (condure binds, the supervisor relays to the workers) or "connect"
+# (--zclient-connect: the handler binds, each worker connects to it)
+ZMQ_MODE = os.environ.get("CONDURE_RESTART_ZMQ", "bind")
 
 
 def build_units(workdir: Path, port: int) -> dict[str, str]:
@@ -50,6 +54,8 @@ def build_units(workdir: Path, port: int) -> dict[str, str]:
             "--listen", "fd-name=http",
             "--zclient-stream", f"ipc://{workdir}/client",
             "--drain-timeout", "5", "--handoff-timeout", HANDOFF_TIMEOUT]
+    if ZMQ_MODE == "connect":
+        args.append("--zclient-connect")
     return project_units(workdir, port, args, {
         ("Service", "TimeoutStopSec"): ["60"],
         # 20 restarts in a row: more than systemd's default start rate limit
@@ -81,7 +87,8 @@ def setup(tmp_path):
         with open(tmp_path / "handler.log", "wb") as out:
             handler = subprocess.Popen(
                 [sys.executable, str(REPO / "examples" / "handoffhandler.py"),
-                 "--base", f"ipc://{tmp_path}/client"],
+                 "--base", f"ipc://{tmp_path}/client",
+                 "--bind" if ZMQ_MODE == "connect" else "--connect"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=procs.python_env())
         yield Setup(ns, port, tmp_path)
@@ -116,16 +123,21 @@ def test_connections_live_through_restarts_and_reloads(setup):
     load = start_load(setup, CLIENTS, http_loops=2)
     try:
         load.ready()
+        started = time.monotonic()
         for _ in range(CYCLES):
-            setup.ns.systemctl("restart", SERVICE, timeout=60)
-            setup.ns.systemctl("reload", SERVICE, timeout=60)
+            for operation in ("restart", "reload"):
+                time.sleep(PAUSE)  # the load runs on its own meanwhile
+                setup.ns.systemctl(operation, SERVICE, timeout=60)
+        busy = time.monotonic() - started
         result = load.finish()
     finally:
         load.kill()
-    print(f"\n{CLIENTS} clients, {CYCLES} restarts + {CYCLES} reloads: "
+    print(f"\n{CLIENTS} clients, {CYCLES} restarts + {CYCLES} reloads in {busy:.1f} s "
+          f"({ZMQ_MODE} mode): "
           f"longest stall {result['max_stall']:.3f} s (longest gap between echoes "
           f"{result['max_echo_gap']:.3f} s, longest HTTP response "
-          f"{result['http_max_time']:.3f} s); {result['sent']} messages, "
+          f"{result['http_max_time']:.3f} s); {result['sent']} messages "
+          f"({result['sent'] / result['duration']:.0f}/s), "
           f"{result['http_ok']} HTTP requests")
     assert result["connected"] == CLIENTS
     assert result["disconnects"] == 0, result
