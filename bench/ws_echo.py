@@ -4,8 +4,9 @@
 Each implementation in turn serves N WebSocket clients
 (tests/harness/wsload.py, a message every --interval seconds each) through
 examples/handoffhandler.py for --duration seconds. Printed per run: messages
-sent and echoed per second, the longest wait for an echo, and the ratio of
-echoed rates (ours / reference). When the offered rate is above what the
+sent and echoed per second, the longest wait for an echo, condure's own
+CPU time (supervisor and workers, not the handler or the clients) per
+message echoed, and the ratios ours / reference. When the offered rate is above what the
 machine carries, echoes fall behind: the longest wait grows and "behind"
 (sent but not echoed by the end, after a short wait) is large.
 
@@ -34,6 +35,30 @@ class Args:
     pass
 
 
+def cpu_seconds(pid):
+    """CPU time (user + system) of a process and its live descendants."""
+    hz = os.sysconf("SC_CLK_TCK")
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append((int(entry), fields))
+    total, todo = 0.0, [pid]
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / hz
+    except OSError:
+        return 0.0
+    while todo:
+        for child, fields in children.get(todo.pop(), []):
+            total += (int(fields[11]) + int(fields[12])) / hz
+            todo.append(child)
+    return total
+
+
 def run(impl, opts):
     args = Args()
     args.workers, args.python, args.ref_binary = opts.workers, sys.executable, opts.ref_binary
@@ -52,10 +77,12 @@ def run(impl, opts):
     try:
         if load.stdout.readline().strip() != "READY":
             raise RuntimeError("load client did not get ready")
+        cpu_start = cpu_seconds(server.condure.pid)
         try:
             load.wait(opts.duration)
         except subprocess.TimeoutExpired:
             pass
+        cpu = cpu_seconds(server.condure.pid) - cpu_start
         load.send_signal(signal.SIGTERM)
         load.wait(60)
         result = json.loads(result_path.read_text())
@@ -67,7 +94,11 @@ def run(impl, opts):
     seconds = result["duration"]
     return {"impl": impl, "sent/s": result["sent"] / seconds,
             "echoed/s": result["echoed"] / seconds, "max_stall": result["max_stall"],
-            "behind": result["lost"], "disconnects": result["disconnects"]}
+            "max_stall_at": result.get("max_stall_at", 0.0),
+            "slow": result.get("slow_echoes", 0),
+            "behind": result["lost"], "disconnects": result["disconnects"],
+            # condure's own CPU (supervisor and workers) per message echoed
+            "cpu_us": cpu / max(result["echoed"], 1) * 1e6}
 
 
 def main():
@@ -86,14 +117,16 @@ def main():
     print(f"{opts.clients} clients, a message every {opts.interval} s each, "
           f"{opts.duration:.0f} s, {opts.workers} workers"
           + (", --zclient-connect" if opts.connect else ""))
-    print("| impl | sent/s | echoed/s | longest wait for an echo (s) | behind at end "
-          "| disconnects |")
-    print("|---|---|---|---|---|---|")
+    print("| impl | sent/s | echoed/s | longest wait for an echo (s) | sent at (s) "
+          "| echoes over 1 s | behind at end | disconnects | condure CPU per echo (µs) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['impl']} | {r['sent/s']:.0f} | {r['echoed/s']:.0f} | "
-              f"{r['max_stall']:.2f} | {r['behind']} | {r['disconnects']} |")
+              f"{r['max_stall']:.2f} | {r['max_stall_at']:.1f} | {r['slow']} | {r['behind']} | "
+              f"{r['disconnects']} | {r['cpu_us']:.0f} |")
     if len(rows) == 2:
-        print(f"echoed/s ratio ours/reference: {rows[0]['echoed/s'] / rows[1]['echoed/s']:.2f}")
+        print(f"echoed/s ratio ours/reference: {rows[0]['echoed/s'] / rows[1]['echoed/s']:.2f}; "
+              f"CPU per echo ours/reference: {rows[0]['cpu_us'] / rows[1]['cpu_us']:.2f}")
 
 
 if __name__ == "__main__":

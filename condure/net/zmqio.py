@@ -5,7 +5,7 @@ may have changed", so every wakeup drains the socket until EAGAIN (in
 batches, yielding to the loop between batches), and every send re-checks
 ``EVENTS`` before trusting the FD again.
 
-Later packets are handed to ZeroMQ at the end of the loop iteration that
+Packets are handed to ZeroMQ at the end of the loop iteration that
 produced them, back to back (``flush``): each send that finds ZeroMQ's
 I/O thread asleep wakes it, and on a busy machine that wakeup costs a
 context switch; one wakeup for many packets instead of one each took
@@ -33,6 +33,7 @@ from condure.net.routerqueue import ROUTER_RETRY, PackedQueues, RouterQueues, pa
 
 log = logging.getLogger("condure.zmq")
 
+_NOBLOCK = int(zmq.NOBLOCK)
 BATCH = 256  # packets handled per wakeup before yielding to client I/O
 FIRST_PACKET_HWM = 128  # Condure 1.10's SNDHWM for the first-packet socket
 # The hop between the supervisor's relay and a worker (bind mode) holds
@@ -108,7 +109,8 @@ class StreamSockets:
         self.router_queues = (PackedQueues if self.proxied else RouterQueues)(
             self.router, clock=loop.time)
         self._retry: asyncio.TimerHandle | None = None
-        self._batch: list[list[bytes]] = []
+        self._batch: list[list[bytes]] = []  # later packets of this iteration
+        self._first: list[bytes] = []  # first packets of this iteration
         self._sub_scheduled = False
         self._push_fd = self.push.getsockopt(zmq.FD)
         loop.add_reader(self.sub.getsockopt(zmq.FD), self._sub_ready)
@@ -179,11 +181,17 @@ class StreamSockets:
     # -- sending ----------------------------------------------------------
 
     def send_first(self, payload: bytes) -> None:
-        """The first packet of a session, round-robin to handlers. With no
-        handler connected it waits here until one connects."""
+        """The first packet of a session, round-robin to handlers (at the
+        end of this loop iteration, like later packets). With no handler
+        connected it waits until one connects."""
+        self._first.append(payload)
+        if len(self._first) == 1 and not self._batch:
+            self.loop.call_soon(self.flush)
+
+    def _push_first(self, payload: bytes) -> None:
         if not self.push_queue:
             try:
-                self.push.send(payload, zmq.NOBLOCK, copy=True)
+                self.push.send(payload, _NOBLOCK)
                 return
             except zmq.Again:
                 pass
@@ -213,11 +221,15 @@ class StreamSockets:
         else:
             frames = [address, b"", payload]
         self._batch.append(frames)
-        if len(self._batch) == 1:
+        if len(self._batch) == 1 and not self._first:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Hand the packets of this loop iteration to ZeroMQ, back to back."""
+        if self._first:
+            first, self._first = self._first, []
+            for payload in first:
+                self._push_first(payload)
         batch, self._batch = self._batch, []
         offer = self.router_queues.offer
         waited = False
@@ -229,7 +241,7 @@ class StreamSockets:
     @property
     def router_queue(self) -> bool:
         """Whether packets for handlers are still waiting."""
-        return bool(self.router_queues.waiting or self._batch)
+        return bool(self.router_queues.waiting or self._batch or self._first)
 
     def _arm_retry(self) -> None:
         if self._retry is None:

@@ -18,6 +18,7 @@ stopped by a finalizer.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,7 +39,36 @@ class StartupError(RuntimeError):
     """The process exited or did not become ready in time."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing uses now, chosen outside the
+    kernel's ephemeral range: a port from that range (what binding port 0
+    gives) can be taken by any client connection made before the test
+    binds it, which made tests fail now and then with "address in use".
+    A port is handed out once per test process."""
+    low, high = _ephemeral_range()
+    below = (10000, low - 1) if low - 1 - 10000 >= 1000 else (high + 1, 65535)
+    for _ in range(500):
+        port = random.randint(*below)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -5,7 +5,9 @@
         [--expect-close]
 
 Each WebSocket client sends the text message ``"<client>:<seq>"`` (seq from
-1) every ``interval`` seconds and expects every echo back once and in order.
+1) every ``interval`` seconds (send times rounded up to a 5 ms grid, so that
+the clients due together send in one burst) and expects every echo back
+once and in order.
 Each HTTP loop sends ``GET /http`` on a keep-alive connection, one request
 after the other. The clients are spread over K processes (default: one per
 400 clients), each an asyncio loop with hand-made frames.
@@ -43,6 +45,7 @@ RESULT_TIMEOUT = 30.0
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 IO_TIMEOUT = 10.0  # connect, handshake, HTTP response
 CONNECTING = 64  # handshakes under way at once, per process
+SEND_TICK = 0.005  # send times are rounded up to this grid (Run.schedule)
 
 
 class Totals:
@@ -53,12 +56,13 @@ class Totals:
     empty). ``lost``: sent, never echoed; ``reordered``: echoed after a later
     one; ``unexpected``: not one of ours. ``max_stall``: longest time from a
     send to its echo (``max_stall_at``: when it was sent, seconds after
-    READY); ``max_echo_gap``: longest time between two echoes on a client.
+    READY); ``max_echo_gap``: longest time between two echoes on a client;
+    ``slow_echoes``: echoes that came more than a second after their send.
     """
 
     FIELDS = dict.fromkeys(("clients", "connected", "handshake_failed", "disconnects", "sent",
                             "echoed", "lost", "duplicated", "reordered", "unexpected",
-                            "http_loops", "http_ok", "http_failed"), 0)
+                            "http_loops", "http_ok", "http_failed", "slow_echoes"), 0)
     FIELDS.update(dict.fromkeys(("max_stall", "max_stall_at", "max_echo_gap", "http_max_time"), 0.0))
     TABLES = ("close_codes", "disconnect_kinds", "http_errors")
 
@@ -137,7 +141,7 @@ class WsClient(asyncio.Protocol):
             self.t.connected += 1
             self.opened.set_result(True)
             self.next_send = self.run.loop.time() + self.run.interval * (int(self.name) % 97) / 97
-            self.run.loop.call_at(self.next_send, self.tick)
+            self.run.schedule(self, self.next_send)
         buf = self.buf
         while len(buf) >= 2:
             b0, n = buf[0], buf[1] & 0x7F
@@ -180,6 +184,8 @@ class WsClient(asyncio.Protocol):
             return
         now = self.run.loop.time()
         self.t.echoed += 1
+        if now - sent > 1.0:
+            self.t.slow_echoes += 1
         if now - sent > self.t.max_stall:
             self.t.max_stall = now - sent
             self.t.max_stall_at = sent - self.run.ready_at
@@ -200,7 +206,7 @@ class WsClient(asyncio.Protocol):
         self.t.sent += 1
         self.transport.write(masked_frame(1, b"%s:%d" % (self.name, self.seq), self.mask))
         self.next_send = max(self.next_send + self.run.interval, now)
-        self.run.loop.call_at(self.next_send, self.tick)
+        self.run.schedule(self, self.next_send)
 
     def lost_connection(self, kind: str) -> None:
         self.t.disconnects += 1
@@ -235,6 +241,30 @@ class Run:
         self.totals.clients = len(self.clients)
         self.totals.http_loops = http_loops
         self.gate = asyncio.Semaphore(CONNECTING)
+        self.due: dict[int, list[WsClient]] = {}  # send slot -> clients
+        self.ticker: asyncio.TimerHandle | None = None
+
+    def schedule(self, client: WsClient, when: float) -> None:
+        """Have ``client.tick`` run at ``when``, rounded up to SEND_TICK:
+        the clients due in one slot send together, one wakeup for all of
+        them (a timer per client cost this process, and the machine, a
+        wakeup per message)."""
+        slot = math.ceil(when / SEND_TICK)
+        self.due.setdefault(slot, []).append(client)
+        if self.ticker is None or slot * SEND_TICK < self.ticker.when():
+            if self.ticker is not None:
+                self.ticker.cancel()
+            self.ticker = self.loop.call_at(slot * SEND_TICK, self._send_due)
+
+    def _send_due(self) -> None:
+        self.ticker = None
+        limit = (self.loop.time() + SEND_TICK / 2) / SEND_TICK
+        for slot in sorted(s for s in self.due if s <= limit):
+            for client in self.due.pop(slot):
+                client.tick()
+        if self.due and self.ticker is None:
+            first = min(self.due)
+            self.ticker = self.loop.call_at(first * SEND_TICK, self._send_due)
 
     async def open(self, client: WsClient) -> None:
         async with self.gate:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.procs import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 REFERENCE_BINARY = "/usr/bin/condure"
@@ -75,12 +77,6 @@ def stop(proc, reader=None):
             proc.wait()
     if reader is not None:
         reader.close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready_notify(notify, proc):
