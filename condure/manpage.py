@@ -160,7 +160,9 @@ ENVIRONMENT = [
                       "worker and connection counts, `RELOADING=1` during "
                       "a reload, `STOPPING=1`. Nothing is sent when unset."),
     ("WATCHDOG_USEC", "When set (`WatchdogSec=`), condure sends `WATCHDOG=1` "
-                      "from the supervisor while its workers are healthy."),
+                      "from the supervisor, at half that interval, while every "
+                      "worker is up and ready. A worker that hangs without "
+                      "exiting is not noticed."),
     ("JOURNAL_STREAM", "When standard output is the journal, log lines carry "
                        "syslog priority prefixes (`<3>` for errors and so on) "
                        "instead of Condure's level tags."),

@@ -9,6 +9,8 @@ test's directory) and ``DefaultDependencies=no``. See
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -277,3 +279,58 @@ def test_stop_is_clean(condure_unit):
     assert u.ns.show(SERVICE, "ExecMainStatus") == "0"
     assert u.ns.cgroup_pids(SERVICE) == []
     assert "Traceback" not in u.ns.journal(SERVICE)
+
+
+def test_watchdog_pings_and_a_hung_supervisor_is_restarted(tmp_path):
+    """With ``WatchdogSec=`` the supervisor pings systemd while its workers
+    are up; when the supervisor hangs (SIGSTOP here) the pings stop, systemd
+    declares a watchdog timeout, kills the service and starts it again."""
+    port = procs.free_port()
+    args = ["--workers", str(WORKERS),
+            "--listen", f"127.0.0.1:{port},req,fd-name=http",
+            "--zclient-req", f"ipc://{tmp_path}/client"]
+    ns = SystemdNamespace(tmp_path, project_units(tmp_path, port, args, {
+        ("Service", "WatchdogSec"): ["2"],
+        ("Service", "TimeoutAbortSec"): ["5"],
+        ("Service", "TimeoutStopSec"): ["15"],
+    }))
+    handler = None
+    try:
+        ns.start()
+        with open(tmp_path / "handler.stderr", "wb") as err:
+            handler = subprocess.Popen(
+                [sys.executable, str(REPO / "examples" / "reqhandler.py")], cwd=tmp_path,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                env=procs.python_env())
+        ns.systemctl("start", SOCKET)
+        ns.systemctl("start", SERVICE)  # returns on READY=1
+
+        def last_ping() -> int:
+            return int(ns.show(SERVICE, "WatchdogTimestampMonotonic") or 0)
+
+        # Pings keep coming: the timestamp of the last one moves on, twice,
+        # for longer than one WatchdogSec, and systemd never steps in.
+        first = wait_for(last_ping, what="a first watchdog ping")
+        second = wait_for(lambda: last_ping() > first and last_ping(), what="a second ping")
+        wait_for(lambda: last_ping() > second + 2_000_000, timeout=10,
+                 what="pings for more than WatchdogSec")
+        assert ns.show(SERVICE, "NRestarts") == "0"
+        hung = ns.main_pid(SERVICE)
+        assert ok(get(port))
+
+        os.kill(hung, signal.SIGSTOP)
+        wait_for(lambda: ns.show(SERVICE, "NRestarts") == "1", timeout=30,
+                 what="a restart after the watchdog timeout")
+        wait_for(lambda: ns.show(SERVICE, "ActiveState") == "active", what="active again")
+        assert ns.main_pid(SERVICE) not in (None, hung)
+        wait_for(lambda: not os.path.exists(f"/proc/{hung}"), what="the hung supervisor gone")
+        assert "Watchdog timeout" in ns.journal(SERVICE)
+        assert ok(get(port))
+    except BaseException:
+        print(ns.journal(SERVICE)[-6000:])
+        raise
+    finally:
+        if handler is not None:
+            handler.kill()
+            handler.wait()
+        ns.stop()
