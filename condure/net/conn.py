@@ -237,22 +237,8 @@ class Conn:
             self._set_reading(True)
         self.worker.timers.schedule(self)
 
-    def _finish(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        loop = self.worker.loop
-        if self.reading:
-            loop.remove_reader(self.fd)
-        if self.writing:
-            loop.remove_writer(self.fd)
-        self.sock.close()
-        self.worker.release(self)
-
-    def detach(self) -> socket.socket:
-        """Stop serving the connection here without closing it: its socket
-        is returned, still open, to be handed to another process (the
-        session was exported). Closing our copy later sends nothing."""
+    def _stop_watching(self) -> None:
+        """No more callbacks for this connection."""
         self.closed = True
         loop = self.worker.loop
         if self.reading:
@@ -260,6 +246,19 @@ class Conn:
         if self.writing:
             loop.remove_writer(self.fd)
         self.reading = self.writing = False
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        self._stop_watching()
+        self.sock.close()
+        self.worker.release(self)
+
+    def detach(self) -> socket.socket:
+        """Stop serving the connection here without closing it: its socket
+        is returned, still open, to be handed to another process (the
+        session was exported). Closing our copy later sends nothing."""
+        self._stop_watching()
         self.worker.release(self)
         return self.sock
 

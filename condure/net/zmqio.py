@@ -111,6 +111,7 @@ class StreamSockets:
         self._retry: asyncio.TimerHandle | None = None
         self._batch: list[list[bytes]] = []  # later packets of this iteration
         self._first: list[bytes] = []  # first packets of this iteration
+        self._flush_scheduled = False
         self._sub_scheduled = False
         self._push_fd = self.push.getsockopt(zmq.FD)
         loop.add_reader(self.sub.getsockopt(zmq.FD), self._sub_ready)
@@ -185,8 +186,7 @@ class StreamSockets:
         end of this loop iteration, like later packets). With no handler
         connected it waits until one connects."""
         self._first.append(payload)
-        if len(self._first) == 1 and not self._batch:
-            self.loop.call_soon(self.flush)
+        self._flush_soon()
 
     def _push_first(self, payload: bytes) -> None:
         if not self.push_queue:
@@ -221,11 +221,16 @@ class StreamSockets:
         else:
             frames = [address, b"", payload]
         self._batch.append(frames)
-        if len(self._batch) == 1 and not self._first:
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Hand the packets of this loop iteration to ZeroMQ, back to back."""
+        self._flush_scheduled = False
         if self._first:
             first, self._first = self._first, []
             for payload in first:

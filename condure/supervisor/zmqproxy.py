@@ -18,10 +18,10 @@ Each relay runs in its own thread. Two are ``zmq.proxy_steerable`` (the
 copying happens in libzmq, without the GIL); req mode has its own relay
 (``reqrelay``: replies go by packet id, handlers see no extra envelope
 frame); the later-packets relay is a loop here, because a packet for one handler may have to wait: while that
-handler's queue is full (retried every 50 ms, as Condure does) or while it
-is not connected yet (given ``UNREACHABLE_GRACE`` seconds, then dropped),
-retried as ``RouterQueues.delay`` says,
-without holding up packets for other handlers. Workers push each of those
+handler's queue is full or while it is not connected yet (given
+``UNREACHABLE_GRACE`` seconds, then dropped), retried as
+``RouterQueues.delay`` says (sooner than Condure's fixed 50 ms), without
+holding up packets for other handlers. Workers push each of those
 packets as one frame, the handler's address after a length byte and then
 the packet (``routerqueue.pack_later``); the relay sends it on as
 ``[handler-id, "", T...]``, the frames a ROUTER sends.

@@ -120,6 +120,16 @@ def build_units(workdir: Path, port: int) -> dict[str, str]:
     return project_units(workdir, port, args, {("Service", "TimeoutStopSec"): ["15"]})
 
 
+def start_reqhandler(workdir: Path) -> subprocess.Popen:
+    """examples/reqhandler.py answers every request; it connects to
+    ipc://client in its working directory, where condure binds it."""
+    with open(workdir / "handler.stderr", "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "examples" / "reqhandler.py")], cwd=workdir,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            env=procs.python_env())
+
+
 @pytest.fixture
 def condure_unit(tmp_path):
     port = procs.free_port()
@@ -127,13 +137,7 @@ def condure_unit(tmp_path):
     handler = None
     try:
         ns.start()
-        # examples/reqhandler.py answers every request; it connects to
-        # ipc://client in its working directory, where condure binds it.
-        with open(tmp_path / "handler.stderr", "wb") as err:
-            handler = subprocess.Popen(
-                [sys.executable, str(REPO / "examples" / "reqhandler.py")], cwd=tmp_path,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                env=procs.python_env())
+        handler = start_reqhandler(tmp_path)
         ns.systemctl("start", SOCKET)
         yield CondureUnit(ns, port, tmp_path)
     except BaseException:
@@ -297,11 +301,7 @@ def test_watchdog_pings_and_a_hung_supervisor_is_restarted(tmp_path):
     handler = None
     try:
         ns.start()
-        with open(tmp_path / "handler.stderr", "wb") as err:
-            handler = subprocess.Popen(
-                [sys.executable, str(REPO / "examples" / "reqhandler.py")], cwd=tmp_path,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                env=procs.python_env())
+        handler = start_reqhandler(tmp_path)
         ns.systemctl("start", SOCKET)
         ns.systemctl("start", SERVICE)  # returns on READY=1
 
