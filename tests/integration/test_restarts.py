@@ -63,6 +63,17 @@ def build_units(workdir: Path, port: int) -> dict[str, str]:
     })
 
 
+def start_handler(workdir: Path, bind: bool = False) -> subprocess.Popen:
+    """examples/handoffhandler.py on ipc://WORKDIR/client, its output in
+    handler.log; ``bind`` for condure started with --zclient-connect."""
+    with open(workdir / "handler.log", "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "examples" / "handoffhandler.py"),
+             "--base", f"ipc://{workdir}/client", "--bind" if bind else "--connect"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=procs.python_env())
+
+
 class Setup:
     def __init__(self, ns: SystemdNamespace, port: int, workdir: Path) -> None:
         self.ns, self.port, self.workdir = ns, port, workdir
@@ -84,13 +95,7 @@ def setup(tmp_path):
         ns.start()
         ns.systemctl("start", SOCKET)
         ns.systemctl("start", SERVICE)  # returns on READY=1
-        with open(tmp_path / "handler.log", "wb") as out:
-            handler = subprocess.Popen(
-                [sys.executable, str(REPO / "examples" / "handoffhandler.py"),
-                 "--base", f"ipc://{tmp_path}/client",
-                 "--bind" if ZMQ_MODE == "connect" else "--connect"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=procs.python_env())
+        handler = start_handler(tmp_path, bind=ZMQ_MODE == "connect")
         yield Setup(ns, port, tmp_path)
     except BaseException:
         print(ns.journal(SERVICE)[-20000:])
@@ -260,12 +265,7 @@ def test_listeners_condure_bound_itself_survive_restart(tmp_path):
     try:
         ns.start()
         ns.systemctl("start", SERVICE)
-        with open(tmp_path / "handler.log", "wb") as out:
-            handler = subprocess.Popen(
-                [sys.executable, str(REPO / "examples" / "handoffhandler.py"),
-                 "--base", f"ipc://{tmp_path}/client"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=procs.python_env())
+        handler = start_handler(tmp_path)
         for i in range(4):
             ws = WsConn.open(port, "/ws")
             conns.append(ws)

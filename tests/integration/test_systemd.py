@@ -9,6 +9,7 @@ test's directory) and ``DefaultDependencies=no``. See
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -112,12 +113,15 @@ class CondureUnit:
         return self.ns.show(SERVICE, "ActiveState")
 
 
-def build_units(workdir: Path, port: int) -> dict[str, str]:
+def build_units(workdir: Path, port: int, settings: dict | None = None) -> dict[str, str]:
+    """The project's units for req mode on ``port``; ``settings``: more
+    unit settings, as for ``project_units``."""
     args = ["--workers", str(WORKERS),
             "--listen", f"127.0.0.1:{port},req,fd-name=http",
             "--zclient-req", f"ipc://{workdir}/client",
             "--drain-timeout", "5"]
-    return project_units(workdir, port, args, {("Service", "TimeoutStopSec"): ["15"]})
+    return project_units(workdir, port, args,
+                         {("Service", "TimeoutStopSec"): ["15"], **(settings or {})})
 
 
 def start_reqhandler(workdir: Path) -> subprocess.Popen:
@@ -130,24 +134,32 @@ def start_reqhandler(workdir: Path) -> subprocess.Popen:
             env=procs.python_env())
 
 
-@pytest.fixture
-def condure_unit(tmp_path):
+@contextlib.contextmanager
+def booted_unit(workdir: Path, settings: dict | None = None):
+    """systemd booted with the units, the req handler running and the socket
+    unit started (the service is not); everything stopped on the way out."""
     port = procs.free_port()
-    ns = SystemdNamespace(tmp_path, build_units(tmp_path, port))
+    ns = SystemdNamespace(workdir, build_units(workdir, port, settings))
     handler = None
     try:
         ns.start()
-        handler = start_reqhandler(tmp_path)
+        handler = start_reqhandler(workdir)
         ns.systemctl("start", SOCKET)
-        yield CondureUnit(ns, port, tmp_path)
+        yield CondureUnit(ns, port, workdir)
     except BaseException:
-        print(ns.journal(SERVICE))
+        print(ns.journal(SERVICE)[-6000:])
         raise
     finally:
         if handler is not None:
             handler.kill()
             handler.wait()
         ns.stop()
+
+
+@pytest.fixture
+def condure_unit(tmp_path):
+    with booted_unit(tmp_path) as unit:
+        yield unit
 
 
 def get(port: int, conn: socket.socket | None = None, timeout: float = 5.0) -> bytes:
@@ -289,20 +301,9 @@ def test_watchdog_pings_and_a_hung_supervisor_is_restarted(tmp_path):
     """With ``WatchdogSec=`` the supervisor pings systemd while its workers
     are up; when the supervisor hangs (SIGSTOP here) the pings stop, systemd
     declares a watchdog timeout, kills the service and starts it again."""
-    port = procs.free_port()
-    args = ["--workers", str(WORKERS),
-            "--listen", f"127.0.0.1:{port},req,fd-name=http",
-            "--zclient-req", f"ipc://{tmp_path}/client"]
-    ns = SystemdNamespace(tmp_path, project_units(tmp_path, port, args, {
-        ("Service", "WatchdogSec"): ["2"],
-        ("Service", "TimeoutAbortSec"): ["5"],
-        ("Service", "TimeoutStopSec"): ["15"],
-    }))
-    handler = None
-    try:
-        ns.start()
-        handler = start_reqhandler(tmp_path)
-        ns.systemctl("start", SOCKET)
+    settings = {("Service", "WatchdogSec"): ["2"], ("Service", "TimeoutAbortSec"): ["5"]}
+    with booted_unit(tmp_path, settings) as u:
+        ns, port = u.ns, u.port
         ns.systemctl("start", SERVICE)  # returns on READY=1
 
         def last_ping() -> int:
@@ -326,11 +327,3 @@ def test_watchdog_pings_and_a_hung_supervisor_is_restarted(tmp_path):
         wait_for(lambda: not os.path.exists(f"/proc/{hung}"), what="the hung supervisor gone")
         assert "Watchdog timeout" in ns.journal(SERVICE)
         assert ok(get(port))
-    except BaseException:
-        print(ns.journal(SERVICE)[-6000:])
-        raise
-    finally:
-        if handler is not None:
-            handler.kill()
-            handler.wait()
-        ns.stop()
