@@ -288,6 +288,9 @@ class WebSocketSession(ZhttpPeer, InputMixin):
             else:
                 self._close(graceful=False, reason=f"unexpected {kind.__name__} packet")
         elif kind is Data:
+            # Credits count on every data, ping and pong packet, not only
+            # on credit packets (reference 5.2, 5.7).
+            self.in_credits += packet.credits
             self._out_data(packet, now)
         elif kind is Ping or kind is Pong:
             self.in_credits += packet.credits

@@ -268,6 +268,31 @@ def ws_credits(ctx: Ctx) -> None:
     expect_packet(h, "ping", body=b"pp")
 
 
+def ws_credits_in_data(ctx: Ctx) -> None:
+    """Credits granted only inside data packets, as an echo handler gives
+    back what it consumed (reference 5.2, 5.7, section 12 item 23). The
+    client writes only once the handler has its packets, so the order of
+    packets is fixed."""
+    h, ws = ctx.handler(), ws_conn(ctx)
+    req, _ = accept(h, ws, credits=10)
+    ws.send_text("0123456789")
+    expect_packet(h, content_type=b"text", body=b"0123456789", more=None)
+    h.send(req, fields=[("body", b"echo"), ("credits", 6)])
+    assert ws.read_frame().raw == b"\x81\x04echo"
+    assert expect_packet(h, "credit")["credits"] == 4
+    ws.send_text("abcdef")
+    expect_packet(h, content_type=b"text", body=b"abcdef", more=None)
+    h.send(req, fields=[("body", b"more"), ("more", True), ("credits", 4)])
+    assert ws.read_frame().raw == b"\x01\x04more"
+    assert expect_packet(h, "credit")["credits"] == 4
+    ws.send_text("ghij")
+    expect_packet(h, content_type=b"text", body=b"ghij", more=None)
+    h.send(req, fields=[("credits", 100)])  # a message's empty end still grants
+    assert ws.read_frame().raw == b"\x80\x00"
+    ws.send_binary(b"\x00" * 50)
+    expect_packet(h, content_type=b"binary", body=b"\x00" * 50)
+
+
 def ws_ping_pong(ctx: Ctx) -> None:
     h, ws = ctx.handler(), ws_conn(ctx)
     req, _ = accept(h, ws)
@@ -435,6 +460,7 @@ SCENARIOS = {
     "ws_exchange": (ws_exchange, []),
     "ws_fragments": (ws_fragments, []),
     "ws_credits": (ws_credits, []),
+    "ws_credits_in_data": (ws_credits_in_data, []),
     "ws_ping_pong": (ws_ping_pong, []),
     "ws_client_closes": (ws_client_closes, []),
     "ws_handler_closes": (ws_handler_closes, []),
