@@ -29,6 +29,7 @@ from condure.net.certs import CertStore
 from condure.net.conn import Conn
 from condure.net.timers import RESOLUTION, TimerWheel
 from condure.net.tls import TlsLayer
+from condure.net.unanswered import UnansweredLog
 from condure.net.zmqio import StreamSockets
 from condure.net.zmqreq import ReqSocket
 from condure.session.http import HttpSession
@@ -94,6 +95,8 @@ class Worker:
         self.stopped = loop.create_future()
         self.prefix = f"{index}-".encode()
         self.trace = trace_enabled()  # checked once: packet logging is costly
+        self.unanswered: UnansweredLog | None = UnansweredLog(config, time.monotonic)
+        self.unanswered_counts: defaultdict[str, int] = defaultdict(int)
 
     # -- start and stop -----------------------------------------------------
 
@@ -259,6 +262,15 @@ class Worker:
         mode = self.slot_modes.pop(slot, "stream")
         self.counts[mode] -= 1
         return mode
+
+    def note_unanswered(self, slot: int) -> None:
+        """A request on ``slot`` timed out with no handler answer (logged,
+        rate-limited, with the endpoint)."""
+        mode = self.slot_modes.get(slot, "stream")
+        if self.unanswered is not None:
+            self.unanswered.note(mode)
+        else:  # counted for the supervisor, which logs for every worker
+            self.unanswered_counts[mode] += 1
 
     def make_session(self, spec: ListenSpec, slot: int, peer_address: bytes | None,
                      peer_port: int | None) -> HttpSession:

@@ -67,6 +67,7 @@ class WorkerProcess:
         # Ids stay unique across restarts of the same slot: a retiring worker
         # and its successor share the address while the old one drains.
         self.worker.counter = (self.generation & 0xFFFF) << 32
+        self.worker.unanswered = None  # counted in stats; the supervisor logs
         self.stop_request: asyncio.Future = self.loop.create_future()
         self.stats_handle: asyncio.TimerHandle | None = None
         self._fast = asyncio.Event()
@@ -136,8 +137,12 @@ class WorkerProcess:
     def stats(self) -> None:
         self.stats_handle = self.loop.call_later(STATS_INTERVAL, self.stats)
         worker = self.worker
-        self.send({"type": "stats", "connections": sum(worker.counts.values()),
-                   "requests": worker.requests})
+        message = {"type": "stats", "connections": sum(worker.counts.values()),
+                   "requests": worker.requests}
+        if worker.unanswered_counts:
+            message["unanswered"] = dict(worker.unanswered_counts)
+            worker.unanswered_counts.clear()
+        self.send(message)
 
     # -- running --------------------------------------------------------------
 

@@ -8,6 +8,11 @@ Invariants: the socket is non-blocking; output the kernel did not take sits
 in ``out`` and is written when the socket is writable; the session is told
 ``output_flushed`` each time ``out`` empties, which is when flow-control
 credits go back to the handler.
+
+A session that raises (a bug in condure) costs its connection only: every
+call into it is guarded, and :meth:`Conn.fail` logs the traceback once and
+ends the connection with what is owed (condure/session/failure.py),
+without calling the broken object again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from typing import TYPE_CHECKING
 
 from condure.net.tls import TlsError
+from condure.session import failure
 from condure.session.actions import Close, Send, SwitchSession, Write
 
 if TYPE_CHECKING:
@@ -28,6 +34,7 @@ log = logging.getLogger("condure.conn")
 
 LINGER = 2.0  # seconds to wait for the client's FIN after a graceful close
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
+_FAILED = Close(graceful=True, reason="internal error")
 
 
 class Conn:
@@ -59,7 +66,11 @@ class Conn:
             return None
         if self.linger_until is not None:
             return self.linger_until
-        return self.session.deadline
+        try:
+            return self.session.deadline
+        except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
+            self.fail("computing its deadline")
+            return None if self.closed else self.linger_until
 
     @property
     def exportable(self) -> bool:
@@ -84,7 +95,11 @@ class Conn:
         if self.tls is not None:
             self._tls_received(data)
             return
-        self.session.receive_data(data, time.monotonic())
+        try:
+            self.session.receive_data(data, time.monotonic())
+        except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
+            self.fail("reading from the client")
+            return
         self.run()
 
     def _tls_received(self, raw: bytes) -> None:
@@ -100,20 +115,29 @@ class Conn:
             self._finish()
             return
         pending = tls.take_output()
-        if pending:
-            self.out += pending
-            self._flush()
-            if self.closed:
-                return
         now = time.monotonic()
-        if data:
-            self.session.receive_data(data, now)
-        if eof:
-            self.session.receive_data(b"", now)
+        try:
+            if pending:
+                self.out += pending
+                self._flush()
+                if self.closed:
+                    return
+            if data:
+                self.session.receive_data(data, now)
+            if eof:
+                self.session.receive_data(b"", now)
+        except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
+            self.fail("reading from the client")
+            return
         self.run()
 
     def on_writable(self) -> None:
-        if self._flush():
+        try:
+            done = self._flush()
+        except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
+            self.fail("writing to the client")
+            return
+        if done:
             self.run(flushed=True)
 
     def on_timer(self) -> None:
@@ -122,50 +146,59 @@ class Conn:
         if self.linger_until is not None:
             self._finish()
             return
-        self.session.handle_timer(time.monotonic())
+        try:
+            self.session.handle_timer(time.monotonic())
+        except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
+            self.fail("handling its timer")
+            return
         self.run()
 
     # -- the rhythm -----------------------------------------------------------
 
     def run(self, flushed: bool = False) -> None:
-        session = self.session
-        worker = self.worker
-        while True:
-            actions = session.take_actions()
-            wrote = False
-            for action in actions:
-                kind = type(action)
-                if kind is Write:
-                    if self.tls is None:
-                        self.out += action.data
-                    else:
-                        self.out += self.tls.encrypt(action.data)
-                    wrote = True
-                elif kind is Send:
-                    worker.send_packet(action.packet, action.to)
-                elif kind is Close:
-                    self._close(action)
-                    if self.closed:
-                        return
-                elif kind is SwitchSession:
-                    self.session = session = action.session
-            if wrote and not self.closed:
-                flushed = self._flush() or flushed
-            if flushed and not self.out and not self.closing and not self.closed:
-                # Everything reached the kernel: the session may owe credits
-                # (and may queue more actions in return, so go round again).
-                flushed = False
-                session.output_flushed(time.monotonic())
-                continue
-            if not actions:
-                break
-        if self.closed:
-            return
-        if not self.closing:
-            want = session.wants_read
-            if want != self.reading:
-                self._set_reading(want)
-        worker.timers.schedule(self)
+        try:
+            session = self.session
+            worker = self.worker
+            while True:
+                actions = session.take_actions()
+                wrote = False
+                for action in actions:
+                    kind = type(action)
+                    if kind is Write:
+                        if self.tls is None:
+                            self.out += action.data
+                        else:
+                            self.out += self.tls.encrypt(action.data)
+                        wrote = True
+                    elif kind is Send:
+                        worker.send_packet(action.packet, action.to)
+                    elif kind is Close:
+                        self._close(action)
+                        if self.closed:
+                            return
+                    elif kind is SwitchSession:
+                        self.session = session = action.session
+                if wrote and not self.closed:
+                    flushed = self._flush() or flushed
+                    if self.session is not session:
+                        return  # a write error ran the rhythm (or ended it) meanwhile
+                if flushed and not self.out and not self.closing and not self.closed:
+                    # Everything reached the kernel: the session may owe credits
+                    # (and may queue more actions in return, so go round again).
+                    flushed = False
+                    session.output_flushed(time.monotonic())
+                    continue
+                if not actions:
+                    break
+            if self.closed:
+                return
+            if not self.closing:
+                want = session.wants_read
+                if want != self.reading:
+                    self._set_reading(want)
+            worker.timers.schedule(self)
+        except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
+            self.fail("running the session")
 
     def _flush(self) -> bool:
         """Write what the kernel takes; True when ``out`` is empty after."""
@@ -180,7 +213,7 @@ class Conn:
             if e.errno not in _GONE:
                 log.debug("write error on slot %d: %s", self.slot, e)
             self.out.clear()
-            self.session.receive_data(b"", time.monotonic())
+            self.session.receive_data(b"", time.monotonic())  # callers guard it
             if self.closing:
                 self._finish()
             else:
@@ -210,6 +243,8 @@ class Conn:
 
     def _close(self, action: Close) -> None:
         log.debug("slot %d closing: %s", self.slot, action.reason)
+        if action.unanswered:
+            self.worker.note_unanswered(self.slot)
         if not action.graceful or self.closed:
             self._finish()
             return
@@ -265,3 +300,49 @@ class Conn:
     def abort(self) -> None:
         """Drop the connection now (shutdown)."""
         self._finish()
+
+    def fail(self, where: str, sender: bytes | None = None) -> None:
+        """The session raised while ``where`` (call from the ``except``
+        block): a bug in condure, which costs this connection only. The
+        traceback is logged once; the client gets a 500 or a WebSocket
+        close 1011 if owed, the handler a ``cancel`` if known (``sender``:
+        the ``from`` of the packet being delivered, if any); then the
+        connection closes and its slot is freed. The broken session is not
+        called again (condure/session/failure.py); nothing raised here
+        escapes."""
+        session = self.session
+        try:
+            log.exception("slot %d (%s): unexpected error while %s; ending the connection",
+                          self.slot, failure.describe(session), where)
+            if type(session) is failure.Ended:
+                self._drop()  # the adapter itself failed on an ended connection
+                return
+            words, cancel = failure.last_words(session, sender)
+            self.session = failure.Ended(session)
+            if words and not self.closed and not self.closing:
+                self.out += words if self.tls is None else self.tls.encrypt(words)
+                self._close(_FAILED)  # write, FIN, linger, then free the slot
+            else:
+                self._finish()
+            if cancel is not None:
+                self.worker.send_packet(cancel[1], cancel[0])
+        except Exception:  # noqa: BLE001 - last resort: forget the connection
+            log.exception("slot %d: ending the connection failed; dropping it", self.slot)
+            self._drop()
+
+    def _drop(self) -> None:
+        """Forget the connection whatever state it is in."""
+        if not isinstance(self.session, failure.Ended):
+            self.session = failure.Ended(self.session)
+        try:
+            self._stop_watching()
+        except Exception:  # noqa: BLE001, S110 - best effort, the slot matters more
+            self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.worker.release(self)
+        except Exception:  # noqa: BLE001 - nothing more can be done here
+            log.exception("slot %d: releasing the connection failed", self.slot)

@@ -43,6 +43,9 @@ class Close:
 
     graceful: bool = True
     reason: str = ""
+    # A request went out and no handler ever answered it (the adapter logs
+    # which endpoint has no handler).
+    unanswered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,11 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
 
     # -- public surface ---------------------------------------------------
 
+    @property
+    def timeout_answerable(self) -> bool:
+        return ((self.state is WAIT or self.state is ACTIVE) and self.resp_state is RESP_NONE
+                and not self.client_gone)
+
     def __repr__(self) -> str:
         return (f"<HttpSession id={self.rid!r} state={self.state} body={self.body_state} "
                 f"resp={self.resp_state} handler={self.handler!r} out_seq={self.out_seq} "

@@ -11,7 +11,8 @@ not None) only while a ZHTTP session is under way.
 
 from __future__ import annotations
 
-from condure.session.actions import Action, Close, Send
+from condure.session.actions import Action, Close, Send, Write
+from condure.session.httpwire import error_response
 from condure.session.states import CLOSED
 from condure.zhttp.packets import Cancel, Ident, Packet
 
@@ -22,6 +23,12 @@ MAX_FROM = 64  # longest handler address accepted (reference 4.2)
 class ZhttpPeer:
     actions: list[Action]
     adopted = False  # rebuilt from a record exported by another process
+
+    @property
+    def timeout_answerable(self) -> bool:
+        """A request is waiting and nothing of its answer reached the client:
+        a session timeout is answered with 504 (set by each session kind)."""
+        return False
 
     @property
     def deadline(self) -> float | None:
@@ -39,7 +46,15 @@ class ZhttpPeer:
             return
         if now >= self.session_deadline:
             # No cancel: the handler's silence is the cause (reference 5.8).
-            self._close(graceful=False, reason="session timeout")
+            # Condure drops the connection; when the client has had nothing
+            # yet, condure answers as a gateway should (RFC 9110 15.6.5).
+            if self.timeout_answerable:
+                self.actions.append(Write(error_response(504)))
+                unanswered = self.handler is None
+                self._close(graceful=True, unanswered=unanswered,
+                            reason="no handler answered" if unanswered else "session timeout")
+            else:
+                self._close(graceful=False, reason="session timeout")
         elif now >= self.stream_deadline:
             self._cancel_and_close("stream timeout")  # Condure 1.10 sends cancel
 
@@ -97,8 +112,8 @@ class ZhttpPeer:
         """Handler-caused end: close, and tell the handler nothing."""
         self._close(graceful=False, reason=reason)
 
-    def _close(self, *, graceful: bool, reason: str) -> None:
+    def _close(self, *, graceful: bool, reason: str, unanswered: bool = False) -> None:
         if self.state is CLOSED:
             return
         self.state = CLOSED
-        self.actions.append(Close(graceful=graceful, reason=reason))
+        self.actions.append(Close(graceful=graceful, reason=reason, unanswered=unanswered))

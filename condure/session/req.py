@@ -30,6 +30,7 @@ import h11
 from condure.session import httpwire
 from condure.session.actions import Send, Write
 from condure.session.http import MAX_HEADERS, HttpSession
+from condure.session.httpwire import error_response
 from condure.session.states import CLOSED, HEAD, WAIT
 from condure.zhttp.packets import Data, Error, Ident, Packet
 
@@ -42,17 +43,6 @@ handler address, which is bytes)."""
 WEBSOCKET_REFUSAL = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 48\r\n\r\n"
     b"WebSockets not supported on req mode interface.\n")
-
-_REASONS = {413: b"Content Too Large", 502: b"Bad Gateway", 504: b"Gateway Timeout"}
-
-
-def error_response(status: int) -> bytes:
-    """A ``Connection: close`` answer condure writes itself."""
-    reason = _REASONS[status]
-    body = reason + b"\n"
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (status, reason, len(body), body))
-
 
 class ReqSession(HttpSession):
     """One req-mode HTTP/1.x connection (see the module docstring)."""
@@ -137,7 +127,9 @@ class ReqSession(HttpSession):
         if self.state is CLOSED or now < self.req_deadline:
             return
         if self.state is WAIT:
-            self._fail(504, "req timeout waiting for the handler")
+            self.actions.append(Write(error_response(504)))
+            self._close(graceful=True, reason="req timeout waiting for the handler",
+                        unanswered=True)
         else:
             self._close(graceful=False, reason="req timeout")
 

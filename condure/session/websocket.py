@@ -176,6 +176,10 @@ class WebSocketSession(ZhttpPeer, InputMixin):
     # -- the session interface ----------------------------------------------
 
     @property
+    def timeout_answerable(self) -> bool:
+        return self.state is WAIT and not self.client_gone
+
+    @property
     def wants_read(self) -> bool:
         if self.state is WAIT:
             # Only to notice a disconnect; frames wait for the acceptance.

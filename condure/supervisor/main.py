@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import condure
 from condure.config import Config
+from condure.net import ipcclaim
+from condure.net.unanswered import UnansweredLog
 from condure.supervisor import control, dispatch, fdstore, moves, pidfile, sockets
 from condure.supervisor.notify import Notifier, status_text
 
@@ -142,14 +144,16 @@ class Supervisor(moves.SupervisorMoves):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.wake: asyncio.Event | None = None
         self.last_watchdog = 0.0
+        self.unanswered = UnansweredLog(config, time.monotonic)
 
     # -- the loop --------------------------------------------------------------
 
     def run(self) -> int:
         log.info("starting...")
         try:
+            ipcclaim.claim(self.config)  # ipc files in use: refuse before binding anything
             self.listeners = acquire_listeners(self.config, self.n)
-        except (sockets.AcquireError, OSError) as e:
+        except (ipcclaim.ClaimError, sockets.AcquireError, OSError) as e:
             log.error("%s", e)
             return 1
         rec = self.listeners.recovered
@@ -354,6 +358,8 @@ class Supervisor(moves.SupervisorMoves):
             if kind == "stats":
                 child.connections = int(message.get("connections", 0))
                 child.requests = int(message.get("requests", 0))
+                for mode, count in (message.get("unanswered") or {}).items():
+                    self.unanswered.note(mode, int(count))
                 if self.dispatcher is not None:
                     self.dispatcher_load(child)
             elif kind == "ready":

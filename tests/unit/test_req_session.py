@@ -207,7 +207,7 @@ def test_timeout_waiting_for_handler_gets_504() -> None:
     assert not d.closed
     d.advance(0.2)
     assert d.new_output().startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
-    assert d.closed
+    assert d.closed and d.close.graceful and d.close.unanswered
     reply(d)  # late: ignored
     assert d.new_output() == b""
 

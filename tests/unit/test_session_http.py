@@ -606,13 +606,32 @@ def test_shutdown_owes_a_cancel():
 # -- timers (5.8, 5.11) -------------------------------------------------------
 
 
-def test_session_timeout_without_handler_answer():
+GATEWAY_TIMEOUT = (b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\n"
+                   b"Connection: close\r\nContent-Length: 16\r\n\r\nGateway Timeout\n")
+
+
+def test_session_timeout_without_handler_answer_is_a_504():
+    # Condure drops the connection (an empty reply); condure answers as a
+    # gateway (RFC 9110 15.6.5) and tells the adapter nobody answered.
     d = started()
     assert d.session.deadline == d.now + 60
     d.advance(59.9)
     assert not d.closed
     d.advance(0.1)
-    assert d.closed and not d.close.graceful and d.new_packets() == [] and d.output == b""
+    assert bytes(d.output) == GATEWAY_TIMEOUT
+    assert d.closed and d.close.graceful and d.close.unanswered
+    assert d.new_packets() == []  # no cancel: nobody to tell
+
+
+def test_silent_handler_before_the_response_is_a_504_too():
+    d = started(post(10))
+    d.handler(Credit, credits=100)
+    d.client(b"0123456789")
+    d.new_packets()
+    d.advance(60)
+    assert bytes(d.output) == GATEWAY_TIMEOUT
+    assert d.closed and d.close.graceful and not d.close.unanswered
+    assert d.new_packets() == []  # no cancel for the session timeout (reference 5.8)
 
 
 def test_handler_packets_restart_the_session_timer():
@@ -623,7 +642,9 @@ def test_handler_packets_restart_the_session_timer():
     d.advance(59)
     assert not d.closed
     d.advance(1)
-    assert d.closed and d.new_packets() == []  # no cancel for the session timeout
+    # the response had begun: the connection is cut, as Condure does
+    assert d.closed and not d.close.graceful and not d.close.unanswered
+    assert d.new_packets() == []  # no cancel for the session timeout
 
 
 def test_idle_connection_closes_after_60s_whatever_the_stream_timeout():

@@ -190,6 +190,16 @@ def test_client_gone_before_acceptance_gets_cancel():
     assert [type(p) for p in d.new_packets()] == [Cancel] and d.closed and not d.output
 
 
+def test_upgrade_nobody_accepts_is_a_504():
+    d = WsDriver()
+    d.client(SIMPLE + b"\r\n")
+    d.new_sends()
+    d.advance(60)
+    assert d.new_output().startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert d.closed and d.closes[-1].graceful and d.closes[-1].unanswered
+    assert d.new_packets() == []
+
+
 def test_frames_sent_with_the_request_wait_for_acceptance():
     d = WsDriver()
     d.client(SIMPLE + b"\r\n" + cframe(1, b"early"))

@@ -1,0 +1,55 @@
+"""One warning line when requests time out because no handler answers.
+
+A request that no handler answers ends with a 504 after the session
+timeout (60 s in stream mode, ``--req-timeout`` in req mode). Left at that,
+an operator whose handler is not running sees nothing in the log at the
+default level; so the first such request logs a warning naming the ZeroMQ
+endpoint the requests went to, and later ones are counted and reported at
+most once a minute per endpoint, never once per request. Worker processes
+under the supervisor only count (``Worker.unanswered_counts``, sent with
+their stats) and the supervisor logs, so that several workers still make
+one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from condure.config import Config, stream_endpoints
+
+log = logging.getLogger("condure")
+
+INTERVAL = 60.0  # at most one warning per endpoint in this many seconds
+
+
+class UnansweredLog:
+    """Counts unanswered requests per mode and warns at most every INTERVAL."""
+
+    def __init__(self, config: Config, clock: Callable[[], float],
+                 interval: float = INTERVAL) -> None:
+        self.clock = clock
+        self.interval = interval
+        # the endpoints a handler must connect to, as the operator gave them
+        self.endpoints = {
+            "stream": ", ".join(stream_endpoints(base)[0] for base in config.zclient_stream),
+            "req": ", ".join(config.zclient_req),
+        }
+        self.last: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+
+    def note(self, mode: str, count: int = 1) -> None:
+        """``count`` requests in ``mode`` ("stream" or "req") had no answer."""
+        if mode not in self.endpoints or count <= 0:
+            return
+        now = self.clock()
+        self.count[mode] = self.count.get(mode, 0) + count
+        last = self.last.get(mode)
+        if last is not None and now - last < self.interval:
+            return
+        count = self.count[mode]
+        self.count[mode] = 0
+        self.last[mode] = now
+        since = "" if last is None else f" ({count} in the last {now - last:.0f} s)"
+        log.warning("no handler answered requests sent to %s%s: is a handler running and "
+                    "connected? clients got 504 Gateway Timeout", self.endpoints[mode], since)
