@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 from condure import __version__
-from condure.options import DEFAULT_LISTEN, LISTEN_PARAMS, OPTIONS, ListenParam, Option
+from condure.options import DEFAULT_LISTEN, LISTEN_PARAMS, OPTIONS, PATH, ListenParam, Option
 
 # The date in the title line: update it when the page's content changes in a
 # release (a fixed date keeps the output reproducible).
@@ -69,11 +69,31 @@ def _option_head(opt: Option) -> str:
     return head
 
 
+# Directory defaults in words: "Default: `.`." would read as two dots.
+_DIR_WORDS = {".": "the working directory", "..": "the parent of the working directory"}
+
+
+def default_note(opt: Option) -> str:
+    """The sentence giving an option's default ("" when there is none).
+
+    A conditional default (``shown_default``) is explained by the option's
+    own text, so it gets no sentence. A relative path is said to be taken
+    from the working directory, and ``.``/``..`` are said in words."""
+    text = opt.default_text()
+    if not text or opt.shown_default:
+        return ""
+    if opt.kind == PATH and text in _DIR_WORDS:
+        return f"Default: {_DIR_WORDS[text]}."
+    if opt.kind == PATH and not text.startswith("/"):
+        return f"Default: `{text}` in the working directory."
+    return f"Default: `{text}`."
+
+
 def _option(opt: Option) -> list[str]:
     body = opt.doc
     notes = []
-    if opt.default_text():
-        notes.append(f"Default: `{opt.default_text()}`.")
+    if default_note(opt):
+        notes.append(default_note(opt))
     if opt.repeatable:
         notes.append("May be given several times; the values replace the default.")
     if not opt.available:
@@ -168,13 +188,28 @@ ENVIRONMENT = [
                        "instead of Condure's level tags."),
 ]
 
+# Where docs/systemd.md installs condure; the shipped service unit runs
+# PROGRAM (tests/unit/test_units.py checks that they agree).
+PREFIX = "/opt/condure"
+PROGRAM = f"{PREFIX}/bin/condure"
+
 FILES = [
-    ("/lib/systemd/system/condure.socket", "Listening socket unit (socket "
-                                           "activation), shipped as "
-                                           "`systemd/condure.socket`."),
-    ("/lib/systemd/system/condure.service", "Service unit (`Type=notify`, "
-                                            "reload with SIGHUP), shipped as "
-                                            "`systemd/condure.service`."),
+    (PROGRAM, "The program, as installed by docs/systemd.md: a virtualenv "
+              f"made with `python3 -m venv {PREFIX}` and `{PREFIX}/bin/pip "
+              "install` of a checkout. The shipped service unit runs it from "
+              "there; Debian's `condure` package (the Rust original) owns "
+              "`/usr/bin/condure`."),
+    ("/etc/systemd/system/condure.socket", "Listening socket unit (socket "
+                                           "activation, port 8000), installed "
+                                           "from `systemd/condure.socket`."),
+    ("/etc/systemd/system/condure.service", "Service unit (`Type=notify`, "
+                                            "reload with SIGHUP), installed "
+                                            "from `systemd/condure.service`."),
+    ("/run/condure/client-*", "The ZeroMQ endpoints of the shipped service "
+                              "unit (`--zclient-stream ipc:///run/condure/client`, "
+                              "`RuntimeDirectory=condure`): `client-out`, "
+                              "`client-out-stream` and `client-in`, to which "
+                              "handlers connect."),
     ("DIR/NAME.crt, DIR/NAME.key", "TLS certificate chain and key for server "
                                    "name NAME, DIR being `--tls-identities-dir`."),
 ]
@@ -193,7 +228,7 @@ EXAMPLES = [
     ("Four workers, a req-mode listener on loopback:",
      "condure \\-\\-workers 4 \\-\\-listen 127.0.0.1:8080,req \\-\\-zclient\\-req ipc://client"),
     ("Under systemd, the socket unit passes a socket named `http`:",
-     "ExecStart=/usr/local/bin/condure \\-\\-listen 8000,stream,fd\\-name=http"),
+     f"ExecStart={PROGRAM} \\-\\-listen fd\\-name=http"),
     ("Rolling reload and status:",
      "systemctl reload condure.service\nsystemctl status condure.service"),
 ]

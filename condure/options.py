@@ -95,7 +95,9 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N", default="2",
     ),
     Option(
-        "--accept-mode", TEXT, "How workers get connections: reuseport, shared or dispatch",
+        "--accept-mode", TEXT,
+        "How workers get connections: auto, reuseport, shared or dispatch "
+        "(auto: reuseport, or shared under socket activation)",
         "`reuseport`: one SO_REUSEPORT listening socket per worker, bound and "
         "kept by the supervisor (Unix sockets and inherited sockets are shared "
         "instead); `shared`: every worker accepts on one socket, a few "
@@ -205,7 +207,12 @@ OPTIONS: tuple[Option, ...] = (
         "Server role, stream mode: base of the three endpoints (PUSH for "
         "first packets, ROUTER for later packets, SUB for packets from "
         "handlers). `ipc://X` gives `ipc://X-out`, `ipc://X-out-stream`, "
-        "`ipc://X-in`; `tcp://HOST:P` gives ports P, P+1, P+2.",
+        "`ipc://X-in`; `tcp://HOST:P` gives ports P, P+1, P+2. Before "
+        "binding, an `ipc://` socket file that another process listens on "
+        "(a second condure on the same base) stops condure with status 1 "
+        "instead of being taken over; one nobody listens on is removed; a "
+        "file that is not a socket is an error. The same goes for "
+        "`--zclient-req`.",
         metavar="BASE", default=("ipc://client",), repeatable=True,
     ),
     Option(
@@ -247,7 +254,9 @@ OPTIONS: tuple[Option, ...] = (
         "its first label replaced by `_` (wildcard), else the listener's "
         "`default-cert`; when none exists the handshake fails. Files are read "
         "on first use and again whenever they change, so certificates can be "
-        "replaced without a restart.",
+        "replaced without a restart. A relative path is taken from condure's "
+        "working directory, which for a systemd service is `/` unless the unit "
+        "sets `WorkingDirectory=`.",
         metavar="DIR", default=".",
     ),
     Option(

@@ -5,27 +5,37 @@ The handler takes each request packet from condure's PUSH socket and
 publishes a complete (non-streamed) response for it. Every packet in and out
 is printed.
 
-Run it from the directory where condure was started, because the ipc://
-endpoints are relative paths:
+From a checkout after scripts/setup, in the directory where condure was
+started (the default `--base ipc://client` is a relative path):
 
-    condure --listen 8000 --zclient-stream ipc://client
-    python3 basichandler.py
+    .venv/bin/condure --listen 8000 --zclient-stream ipc://client
+    .venv/bin/python examples/basichandler.py
     curl -i http://localhost:8000/
+
+`--base` names condure's `--zclient-stream` base when it is elsewhere, e.g.
+`--base ipc:///run/condure/client` for condure run by the systemd unit.
 """
 
+import argparse
 import os
 
 import tnetstring
 import zmq
 
+from endpoints import add_base_option, stream_endpoints
 from publisher import Publisher
+
+parser = argparse.ArgumentParser(description="Answer every request with hello world.")
+add_base_option(parser)
+args = parser.parse_args()
+out, _, inbound = stream_endpoints(args.base)
 
 instance_id = "basichandler.{}".format(os.getpid()).encode()
 
 ctx = zmq.Context()
 requests = ctx.socket(zmq.PULL)
-requests.connect("ipc://client-out")
-responses = Publisher(ctx, "ipc://client-in")
+requests.connect(out)
+responses = Publisher(ctx, inbound)
 
 while True:
     raw = requests.recv()

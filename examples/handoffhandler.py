@@ -18,14 +18,16 @@ a client message are given back in the echo packet itself. A keep-alive
 from condure is answered with one only when the session has been quiet for
 10 s (condure ends a session whose handler says nothing for 60 s).
 
-Run it from the directory where condure was started:
+From a checkout after scripts/setup, in the directory where condure was
+started:
 
-    condure --listen 8000 --zclient-stream ipc://client
-    python3 handoffhandler.py
+    .venv/bin/condure --listen 8000 --zclient-stream ipc://client
+    .venv/bin/python examples/handoffhandler.py
     curl -i http://localhost:8000/hello
 
-Options: `--base` (default ipc://client), `--bind` (when condure runs with
-`--zclient-connect`), `--identity`, `--verbose` (print every packet).
+Options: `--base` (default ipc://client; see endpoints.py), `--bind` (when
+condure runs with `--zclient-connect`), `--identity`, `--verbose` (print
+every packet).
 """
 
 import argparse
@@ -37,6 +39,8 @@ from collections import deque
 
 import tnetstring
 import zmq
+
+from endpoints import add_base_option, stream_endpoints
 
 IN_CREDITS = 65536  # what condure may send us at once per WebSocket
 BATCH = 512  # messages read from one socket before looking at the others
@@ -163,7 +167,7 @@ class Handler:
         self.verbose = args.verbose
         self.sessions = {}
         self.now = time.monotonic()
-        out, out_stream, inbound = endpoints(args.base)
+        out, out_stream, inbound = stream_endpoints(args.base)
         self.pull = ctx.socket(zmq.PULL)
         self.router = ctx.socket(zmq.ROUTER)
         self.router.identity = self.identity
@@ -384,17 +388,9 @@ def tnet_fields(fields):
     return encoded[encoded.index(b":") + 1:-1]
 
 
-def endpoints(base):
-    """Condure's three stream endpoints for a base (reference 3.1)."""
-    if base.startswith("tcp://"):
-        host, _, port = base[len("tcp://"):].rpartition(":")
-        return [f"tcp://{host}:{int(port) + i}" for i in range(3)]
-    return [base + "-out", base + "-out-stream", base + "-in"]
-
-
 def main():
     parser = argparse.ArgumentParser(description="ZHTTP echo handler that honours condure's handoff")
-    parser.add_argument("--base", default="ipc://client", help="condure's --zclient-stream base")
+    add_base_option(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--connect", dest="bind", action="store_false", help="connect (default)")
     mode.add_argument("--bind", dest="bind", action="store_true",

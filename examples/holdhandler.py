@@ -13,13 +13,15 @@ A session is forgotten when condure sends `cancel` (the client went away)
 or when nothing was heard about it for CONN_TTL; stale sessions are swept
 every EXPIRE_INTERVAL.
 
-Run it from the directory where condure was started:
+From a checkout after scripts/setup, in the directory where condure was
+started (or with `--base`, see endpoints.py):
 
-    condure --listen 8000 --zclient-stream ipc://client
-    python3 holdhandler.py
+    .venv/bin/condure --listen 8000 --zclient-stream ipc://client
+    .venv/bin/python examples/holdhandler.py
     curl -i -N http://localhost:8000/     # an event arrives every ~45 s
 """
 
+import argparse
 import datetime
 import os
 import time
@@ -27,20 +29,26 @@ import time
 import tnetstring
 import zmq
 
+from endpoints import add_base_option, stream_endpoints
 from publisher import Publisher
 
 CONN_TTL = 60.0  # seconds
 EXPIRE_INTERVAL = 60.0  # seconds
 
+parser = argparse.ArgumentParser(description="Hold every request open as an event stream.")
+add_base_option(parser)
+args = parser.parse_args()
+out, out_stream, inbound = stream_endpoints(args.base)
+
 instance_id = "holdhandler.{}".format(os.getpid()).encode()
 
 ctx = zmq.Context()
 requests = ctx.socket(zmq.PULL)
-requests.connect("ipc://client-out")
+requests.connect(out)
 session_packets = ctx.socket(zmq.ROUTER)
 session_packets.identity = instance_id
-session_packets.connect("ipc://client-out-stream")
-responses = Publisher(ctx, "ipc://client-in")
+session_packets.connect(out_stream)
+responses = Publisher(ctx, inbound)
 
 poller = zmq.Poller()
 poller.register(requests, zmq.POLLIN)

@@ -5,24 +5,35 @@ Each line is "<condure address> <request id>", which is what sendresp.py
 needs to answer that request from another process. The request stays open
 in condure until someone answers it (or condure gives up after 60 s).
 
-Run it from the directory where condure was started:
+From a checkout after scripts/setup, in the directory where condure was
+started (or with `--base`, see endpoints.py):
 
-    condure --listen 8000 --zclient-stream ipc://client
-    python3 printreq.py
+    .venv/bin/condure --listen 8000 --zclient-stream ipc://client
+    .venv/bin/python examples/printreq.py
     curl -i http://localhost:8000/        # waits; printreq prints "condure 0-0-0"
-    python3 sendresp.py "responding from another process" condure 0-0-0
+    .venv/bin/python examples/sendresp.py "responding from another process" condure 0-0-0
 
 Or let every request be answered by a new sendresp.py process:
 
-    python3 printreq.py | xargs -n 2 python3 sendresp.py "responding from another process"
+    .venv/bin/python examples/printreq.py |
+        xargs -n 2 .venv/bin/python examples/sendresp.py "responding from another process"
 """
+
+import argparse
 
 import tnetstring
 import zmq
 
+from endpoints import add_base_option, stream_endpoints
+
+parser = argparse.ArgumentParser(description="Print the address and id of every request.")
+add_base_option(parser)
+args = parser.parse_args()
+out, _, _ = stream_endpoints(args.base)
+
 ctx = zmq.Context()
 requests = ctx.socket(zmq.PULL)
-requests.connect("ipc://client-out")
+requests.connect(out)
 
 while True:
     # Only the first frame of a message carries the packet.

@@ -6,20 +6,29 @@ on a DEALER socket; the handler answers on the same socket, so a plain REP
 socket is all it takes. No `from` address, sequence numbers or credits are
 involved: condure matches the answer to the request by `id`.
 
-Run it from the directory where condure was started, with a req listener
-(the DEALER binds the endpoint given to --zclient-req as it is):
+From a checkout after scripts/setup, in the directory where condure was
+started, with a req listener (the DEALER binds the endpoint given to
+--zclient-req as it is; `--endpoint` names it when it is elsewhere):
 
-    condure --listen 8000,req --zclient-req ipc://client
-    python3 reqhandler.py
+    .venv/bin/condure --listen 8000,req --zclient-req ipc://client
+    .venv/bin/python examples/reqhandler.py
     curl -i http://localhost:8000/
 """
+
+import argparse
 
 import tnetstring
 import zmq
 
+parser = argparse.ArgumentParser(description="Answer every request with hello world (req mode).")
+parser.add_argument("--endpoint", default="ipc://client",
+                    help="condure's --zclient-req endpoint, as given to it "
+                    "(default: %(default)s, relative to the working directory)")
+args = parser.parse_args()
+
 ctx = zmq.Context()
 sock = ctx.socket(zmq.REP)
-sock.connect("ipc://client")
+sock.connect(args.endpoint)
 
 while True:
     raw = sock.recv()

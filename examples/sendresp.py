@@ -1,37 +1,44 @@
 #!/usr/bin/env python3
 """Send a "200 OK" response to one request, then exit.
 
-Usage: sendresp.py BODY ADDRESS ID
+Usage: sendresp.py [--base BASE] BODY ADDRESS ID
 
 ADDRESS is the condure instance that holds the request ("condure" unless it
 runs with --id) and ID the request id, as printed by printreq.py. The
 response body is BODY followed by a newline. The request may have been
 received by any other process: condure routes the answer by ADDRESS and ID.
 
-Run it from the directory where condure was started:
+From a checkout after scripts/setup, in the directory where condure was
+started (or with `--base`, see endpoints.py):
 
-    condure --listen 8000 --zclient-stream ipc://client
-    python3 printreq.py                   # prints "condure 0-0-0" for a request
-    python3 sendresp.py "responding from another process" condure 0-0-0
+    .venv/bin/condure --listen 8000 --zclient-stream ipc://client
+    .venv/bin/python examples/printreq.py     # prints "condure 0-0-0" for a request
+    .venv/bin/python examples/sendresp.py "responding from another process" condure 0-0-0
 """
 
-import sys
+import argparse
 
 import zmq
 
+from endpoints import add_base_option, stream_endpoints
 from publisher import Publisher
 
-if len(sys.argv) != 4:
-    sys.exit("usage: {} BODY ADDRESS ID".format(sys.argv[0]))
+parser = argparse.ArgumentParser(description="Answer one request, then exit.")
+add_base_option(parser)
+parser.add_argument("body", metavar="BODY", help="the response body (a newline is added)")
+parser.add_argument("address", metavar="ADDRESS", help="the condure instance holding the request")
+parser.add_argument("request_id", metavar="ID", help="the request id, as printreq.py printed it")
+args = parser.parse_args()
+_, _, inbound = stream_endpoints(args.base)
 
-body = sys.argv[1]
-address = sys.argv[2].encode()
-request_id = sys.argv[3].encode()
+body = args.body
+address = args.address.encode()
+request_id = args.request_id.encode()
 
 ctx = zmq.Context()
 # The publisher waits for condure's subscription before sending, and keeps
 # the packet for up to a second on close so that exiting does not drop it.
-responses = Publisher(ctx, "ipc://client-in")
+responses = Publisher(ctx, inbound)
 
 resp = {
     b"from": b"sendresp",

@@ -13,29 +13,37 @@ ROUTER socket (client-out-stream), which carries later packets of a session
 by the `from` the handler put in its packets, so the ROUTER's identity is
 set to the same value. This handler prints them and otherwise ignores them.
 
-Run it from the directory where condure was started:
+From a checkout after scripts/setup, in the directory where condure was
+started (or with `--base`, see endpoints.py):
 
-    condure --listen 8000 --zclient-stream ipc://client
-    python3 streamhandler.py
+    .venv/bin/condure --listen 8000 --zclient-stream ipc://client
+    .venv/bin/python examples/streamhandler.py
     curl -i http://localhost:8000/
 """
 
+import argparse
 import os
 
 import tnetstring
 import zmq
 
+from endpoints import add_base_option, stream_endpoints
 from publisher import Publisher
+
+parser = argparse.ArgumentParser(description="Answer every request with a streamed hello world.")
+add_base_option(parser)
+args = parser.parse_args()
+out, out_stream, inbound = stream_endpoints(args.base)
 
 instance_id = "streamhandler.{}".format(os.getpid()).encode()
 
 ctx = zmq.Context()
 requests = ctx.socket(zmq.PULL)
-requests.connect("ipc://client-out")
+requests.connect(out)
 session_packets = ctx.socket(zmq.ROUTER)
 session_packets.identity = instance_id
-session_packets.connect("ipc://client-out-stream")
-responses = Publisher(ctx, "ipc://client-in")
+session_packets.connect(out_stream)
+responses = Publisher(ctx, inbound)
 
 poller = zmq.Poller()
 poller.register(requests, zmq.POLLIN)

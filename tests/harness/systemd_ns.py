@@ -6,10 +6,14 @@
 on the boot script. The boot script, PID 1 of the new namespaces:
 
 1. mounts a private tmpfs on every place systemd writes to (``/run``,
-   ``/tmp``, ``/var/tmp``, ``/var/log``, ``/var/lib``, ``/var/cache``);
+   ``/tmp``, ``/var/tmp``, ``/var/log``, ``/var/lib``, ``/var/cache``), and
+   on the further directories a test names with ``private=`` (``/opt`` and
+   ``/etc/systemd/system``, say, to install into them as a user would
+   without touching the host's);
 2. binds back, read-only unless it is ``workdir``, the few host directories
    under those places that the units need (``workdir`` itself, the Python
-   environment of ``sys.executable``), at the same paths;
+   environment of ``sys.executable``, and what ``keep=`` names), at the same
+   paths;
 3. refuses to go on unless ``/proc/self/mountinfo`` shows each of those
    places as a tmpfs, the cgroup namespace is a new one and it is PID 1;
 4. mounts cgroup2 on ``/sys/fs/cgroup`` (the namespace sees only its own
@@ -70,8 +74,8 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def under_private_dir(path: str) -> bool:
-    return any(path == d or path.startswith(d + "/") for d in PRIVATE_DIRS)
+def under_private_dir(path: str, dirs: tuple[str, ...] = PRIVATE_DIRS) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in dirs)
 
 
 def _quote_all(items) -> str:
@@ -79,8 +83,9 @@ def _quote_all(items) -> str:
 
 
 def boot_script(units: list[Path], keep_rw: list[str], keep_ro: list[str],
-                host_cgroup_ns: str) -> str:
-    """The shell script run as PID 1 of the new namespaces."""
+                host_cgroup_ns: str, private: tuple[str, ...] = PRIVATE_DIRS) -> str:
+    """The shell script run as PID 1 of the new namespaces; ``private``:
+    the places that get a tmpfs (each must exist)."""
     keep = [(p, "rw") for p in keep_rw] + [(p, "ro") for p in keep_ro]
     lines = ["#!/bin/sh", "set -eu",
              'die() { echo "boot: $*" >&2; exit 1; }',
@@ -91,10 +96,10 @@ def boot_script(units: list[Path], keep_rw: list[str], keep_ro: list[str],
     for i, (path, _) in enumerate(keep):
         lines.append(f"exec {i + 3}<{shlex.quote(path)}")
     lines.append("mount -t proc proc /proc")
-    lines.append(f"for d in {_quote_all(PRIVATE_DIRS)}; do "
+    lines.append(f"for d in {_quote_all(private)}; do "
                  'mount -t tmpfs -o mode=755 tmpfs "$d"; done')
     # The topmost mount on each private place must be a tmpfs.
-    lines.append(f"for d in {_quote_all(PRIVATE_DIRS)}; do")
+    lines.append(f"for d in {_quote_all(private)}; do")
     lines.append(
         "  t=$(awk -v d=\"$d\" '$5 == d { for (i = 7; i <= NF; i++) "
         "if ($i == \"-\") { t = $(i + 1) } } END { print t }' /proc/self/mountinfo)")
@@ -172,11 +177,12 @@ class SystemdNamespace:
     _count = 0
 
     def __init__(self, workdir: Path, units: dict[str, str],
-                 keep: tuple[str, ...] = ()) -> None:
+                 keep: tuple[str, ...] = (), private: tuple[str, ...] = ()) -> None:
         self.workdir = Path(workdir).resolve()
         self.units = dict(units)
         self.units.setdefault("test.target", TEST_TARGET)
         self.keep = keep
+        self.private = PRIVATE_DIRS + tuple(p for p in private if p not in PRIVATE_DIRS)
         SystemdNamespace._count += 1
         self.cgroup = CGROUP2 / f"{CGROUP_PREFIX}{os.getpid()}-{SystemdNamespace._count}"
         self.launcher: subprocess.Popen | None = None
@@ -193,19 +199,20 @@ class SystemdNamespace:
         for name, text in self.units.items():
             (unit_dir / name).write_text(text)
             paths.append(unit_dir / name)
-        keep_rw = [str(self.workdir)] if under_private_dir(str(self.workdir)) else []
+        keep_rw = ([str(self.workdir)] if under_private_dir(str(self.workdir), self.private)
+                   else [])
         # What the units run must stay visible under the private tmpfs
         # mounts: the interpreter's prefix (a venv) and this checkout (the
         # editable install points at it), wherever they live (a fresh clone
         # may well be under /tmp).
         wanted = {os.path.realpath(p) for p in (sys.prefix, str(REPO_ROOT), *self.keep)}
         wanted = {p for p in wanted
-                  if under_private_dir(p) and not p.startswith(str(self.workdir))}
+                  if under_private_dir(p, self.private) and not p.startswith(str(self.workdir))}
         keep_ro = sorted(p for p in wanted
                          if not any(p != q and p.startswith(q + "/") for q in wanted))
         script = self.workdir / "boot.sh"
         script.write_text(boot_script(paths, keep_rw, keep_ro,
-                                      os.readlink("/proc/self/ns/cgroup")))
+                                      os.readlink("/proc/self/ns/cgroup"), self.private))
         script.chmod(0o755)
         self.cgroup.mkdir()
         launch = ('echo $$ > "$1/cgroup.procs" && exec unshare --fork --pid --mount '
@@ -277,12 +284,15 @@ class SystemdNamespace:
 
     # -- commands inside ------------------------------------------------
 
-    def run(self, *argv: str, timeout: float = SYSTEMCTL_TIMEOUT,
-            check: bool = True) -> subprocess.CompletedProcess:
+    def command(self, *argv: str) -> list[str]:
+        """``argv`` run in the namespace's mount and PID namespaces."""
+        return ["nsenter", "-t", str(self.pid), "-m", "-p", *argv]
+
+    def run(self, *argv: str, timeout: float = SYSTEMCTL_TIMEOUT, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run a command in the namespace's mount and PID namespaces."""
-        r = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "-p", *argv],
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(self.command(*argv), stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=timeout, env=env)
         if check and r.returncode != 0:
             raise AssertionError(f"{argv} exited {r.returncode}:\n{r.stdout}{r.stderr}")
         return r

@@ -301,3 +301,54 @@ def test_streamhandler_websocket_sends_hello_and_closes(condure, run_example):
     head, _, frames = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert frames.startswith(b"\x81\x0bhello world\x88")
+
+
+# -- --base: the examples find condure from any directory ------------------
+
+def start_elsewhere(request, tmp_path, name, *args, stdout=subprocess.DEVNULL):
+    """examples/<name>.py run from a directory that is not condure's."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "{}.py".format(name)), *args],
+                            cwd=elsewhere, stdout=stdout)
+    reader = LineReader(proc.stdout) if stdout == subprocess.PIPE else None
+    request.addfinalizer(lambda: stop(proc, reader))
+    return proc, reader
+
+
+def test_handlers_take_base(condure, request, tmp_path):
+    """basichandler, streamhandler and holdhandler serve condure's endpoints
+    named by --base, one after the other, from another directory."""
+    base = "ipc://{}/client".format(condure.workdir)
+    for name in ("basichandler", "streamhandler", "holdhandler"):
+        proc, _ = start_elsewhere(request, tmp_path, name, "--base", base)
+        conn = http.client.HTTPConnection("127.0.0.1", condure.port, timeout=IO_TIMEOUT)
+        try:
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            assert resp.status == 200, name
+            if name != "holdhandler":  # that one never ends its response
+                assert resp.read() == b"hello world\n", name
+        finally:
+            conn.close()
+        stop(proc)
+
+
+def test_printreq_and_sendresp_take_base(condure, request, tmp_path):
+    base = "ipc://{}/client".format(condure.workdir)
+    _, printed = start_elsewhere(request, tmp_path, "printreq", "--base", base,
+                                 stdout=subprocess.PIPE)
+    conn = http.client.HTTPConnection("127.0.0.1", condure.port, timeout=IO_TIMEOUT)
+    try:
+        conn.request("GET", "/held")
+        address, request_id = printed.wait_for(lambda line: True).split(" ")
+        sender = subprocess.run(
+            [sys.executable, str(EXAMPLES / "sendresp.py"), "--base", base, "from elsewhere",
+             address, request_id],
+            cwd=tmp_path / "elsewhere", timeout=IO_TIMEOUT)
+        assert sender.returncode == 0
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"from elsewhere\n")
+    finally:
+        conn.close()
+

@@ -1,9 +1,13 @@
 """condure under a real systemd, booted in private namespaces.
 
-The project's own ``systemd/condure.socket`` and ``systemd/condure.service``
-are used, adapted only where the test must: the port (loopback), the
-command line (this checkout's ``python -m condure``, ipc endpoints in the
-test's directory) and ``DefaultDependencies=no``. See
+``test_documented_install_...`` follows docs/systemd.md's install steps as
+written inside the namespace (a virtualenv in ``/opt/condure``, the units
+into ``/etc/systemd/system``, all private to the namespace) and serves
+through the shipped units, whose ``ExecStart=`` is left as it is. The other
+tests use the project's own ``systemd/condure.socket`` and
+``systemd/condure.service`` adapted only where the test must: the port
+(loopback), the command line (this checkout's ``python -m condure``, ipc
+endpoints in the test's directory) and ``DefaultDependencies=no``. See
 ``tests/harness/systemd_ns.py`` for how systemd is booted safely.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,9 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from condure import manpage
 from tests.harness import procs
+from tests.harness.doccmds import code_blocks, commands
 from tests.harness.systemd_ns import (
     SystemdNamespace,
+    adapt_unit,
     project_units,
     unavailable_reason,
 )
@@ -327,3 +335,130 @@ def test_watchdog_pings_and_a_hung_supervisor_is_restarted(tmp_path):
         wait_for(lambda: not os.path.exists(f"/proc/{hung}"), what="the hung supervisor gone")
         assert "Watchdog timeout" in ns.journal(SERVICE)
         assert ok(get(port))
+
+
+# -- docs/systemd.md's install steps, as written ------------------------------
+
+DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Where the install steps write; each gets a tmpfs in the namespace.
+INSTALL_PLACES = ("/opt", "/etc/systemd/system", "/usr/local/share/man")
+PIP_TIMEOUT = 300.0
+# pip's words when it cannot reach the package index at all (no network)
+OFFLINE = ("NewConnectionError", "Temporary failure in name resolution",
+           "Network is unreachable")
+
+
+def checkout_copy(dest: Path, port: int) -> Path:
+    """What ``pip install .`` and the ``install`` lines read, copied (the
+    build writes into the tree); the units as shipped but for
+    ``DefaultDependencies=no`` (nothing of a normal boot may start in the
+    namespace) and the socket on a free loopback port instead of 8000."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, dest / name)
+    for name in ("condure", "man", "systemd"):
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    service = dest / "systemd" / "condure.service"
+    service.write_text(adapt_unit(service.read_text(), {}))
+    sock = dest / "systemd" / "condure.socket"
+    sock.write_text(adapt_unit(sock.read_text(), {
+        ("Socket", "ListenStream"): [f"127.0.0.1:{port}"]}))
+    return dest
+
+
+def install_env() -> dict[str, str]:
+    """A root shell's environment on Debian: no virtualenv, no PYTHONPATH
+    (pip's own settings, such as a local index, are kept)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
+           and not k.startswith("PYENV")}
+    env["PATH"] = DEBIAN_PATH
+    env["PIP_NO_CACHE_DIR"] = "1"  # write nothing outside the namespace's tmpfs
+    return env
+
+
+def host_has_packages(line: str) -> None:
+    """An ``apt-get install`` line is not run in the namespace (it has no
+    dpkg database); what it installs must be on the host instead."""
+    for package in line.split()[2:]:
+        r = subprocess.run(["dpkg-query", "-W", "-f", "${Status}", package],
+                           capture_output=True, text=True)
+        if "install ok installed" not in r.stdout:
+            pytest.skip(f"Debian's {package} is not installed (scripts/setup installs it)")
+
+
+def test_documented_install_serves_through_the_shipped_units(tmp_path):
+    """docs/systemd.md's install block, line by line, as root in the
+    namespace with Debian's PATH: ``python3 -m venv /opt/condure``, the real
+    ``pip install .`` (dependencies from the package index), the units and
+    the man page installed, ``systemctl enable --now condure.socket``.
+    Only ``apt-get install`` is not run (the namespace has no dpkg
+    database): the host must have those packages. Then the handler line of
+    examples/README.md serves the unit's ``/run/condure/client`` and a first
+    connection starts condure.service, which runs ``/opt/condure/bin/condure``."""
+    port = procs.free_port()
+    copy = checkout_copy(tmp_path / "checkout", port)
+    install = commands(code_blocks(REPO / "docs" / "systemd.md", "Install", lang="sh")[0])
+    for line in install:
+        if line.startswith("apt-get install "):
+            host_has_packages(line)
+    handler_line = [c for b in code_blocks(REPO / "examples" / "README.md", lang="sh")
+                    for c in commands(b) if "/run/condure/" in c]
+    assert len(handler_line) == 1, handler_line
+    opt = tuple(str(p) for p in Path("/opt").iterdir() if p.name != "condure")
+    ns = SystemdNamespace(tmp_path, {}, keep=opt, private=INSTALL_PLACES)
+    handler = None
+    try:
+        ns.start()
+        env = install_env()
+        for line in install:
+            if line.startswith("apt-get install "):
+                continue
+            t0 = time.monotonic()
+            r = ns.run("sh", "-c", f"cd {copy} && {line}", env=env, check=False,
+                       timeout=PIP_TIMEOUT)
+            print(f"{time.monotonic() - t0:.1f} s: {line}")
+            if r.returncode != 0 and any(sign in r.stdout + r.stderr for sign in OFFLINE):
+                pytest.skip(f"the package index is unreachable: {line}\n{r.stderr[-2000:]}")
+            assert r.returncode == 0, f"{line}\n{r.stdout}{r.stderr}"
+        assert ns.show(SOCKET, "ActiveState") == "active"
+        assert ns.show(SOCKET, "UnitFileState") == "enabled"
+        assert ns.show(SERVICE, "FragmentPath") == "/etc/systemd/system/condure.service"
+        assert f"path={manpage.PROGRAM} " in ns.show(SERVICE, "ExecStart")
+        ns.run("test", "-x", manpage.PROGRAM)
+        ns.run("test", "-f", "/usr/local/share/man/man1/condure.1")
+        # What examples/README.md and this page say /opt/condure/bin/python has.
+        ns.run(f"{manpage.PREFIX}/bin/python", "-c", "import zmq, tnetstring", env=env)
+        assert ns.show(SERVICE, "ActiveState") == "inactive"
+
+        with open(tmp_path / "handler.log", "wb") as log:
+            handler = subprocess.Popen(
+                ns.command("sh", "-c", f"cd {REPO} && exec {handler_line[0]}"),
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            ns.systemctl("start", SERVICE)  # joins the activation job: returns on READY=1
+            conn.settimeout(10)
+            conn.sendall(b"GET /hello HTTP/1.1\r\nHost: example.com\r\n"
+                         b"Connection: close\r\n\r\n")
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data
+        assert data.endswith(b"\r\n\r\nok /hello\n"), data
+        # The supervisor is the venv's interpreter running its condure script.
+        cmdline = Path(f"/proc/{ns.main_pid(SERVICE)}/cmdline").read_bytes().split(b"\0")
+        assert manpage.PROGRAM.encode() in cmdline[:2], cmdline
+        ns.systemctl("stop", SERVICE, SOCKET)
+        assert ns.show(SERVICE, "Result") == "success"
+    except BaseException:
+        print(ns.journal(SERVICE)[-6000:])
+        print((tmp_path / "handler.log").read_text(errors="replace")
+              if (tmp_path / "handler.log").exists() else "")
+        raise
+    finally:
+        if handler is not None:
+            os.killpg(handler.pid, signal.SIGKILL)
+            handler.wait()
+        ns.stop()

@@ -14,6 +14,7 @@ import pytest
 from condure import __version__, log
 from condure.cli import build_parser, main, parse, parse_args
 from condure.config import (
+    ACCEPT_MODES,
     Config,
     ConfigError,
     ListenSpec,
@@ -94,6 +95,15 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         assert opt.flag in out
     assert "[default: 0.0.0.0:8000,stream]" in out
     assert "--compression" in out and "not supported yet" in out
+
+
+def test_help_names_every_accept_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    out = " ".join(exit_of(["--help"], capsys)[1].split())
+    entry = out.split("--accept-mode MODE ", 1)[1].split(" --drain-timeout", 1)[0]
+    summary, _, default = entry.partition(" [default: ")
+    assert all(re.search(rf"\b{mode}\b", summary) for mode in ACCEPT_MODES), summary
+    assert "(auto: reuseport, or shared under socket activation)" in summary
+    assert default == "auto]"
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

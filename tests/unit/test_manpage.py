@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from condure import manpage
-from condure.options import LISTEN_PARAMS, OPTIONS
+from condure.options import LISTEN_PARAMS, OPTIONS, PATH, Option
 from tests.harness.procs import REPO_ROOT
 
 PAGE = REPO_ROOT / "man" / "condure.1"
@@ -60,6 +60,35 @@ def test_required_sections():
     for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "LISTEN_FDS", "LISTEN_PID",
                  "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM"):
         assert f"\\fB{name}\\fR" in text, name
+
+
+def _flat(roff: str) -> str:
+    return " ".join(_plain(roff).split())
+
+
+def test_defaults_read_sensibly():
+    flat = _flat(manpage.render())
+    # No value runs into the full stop ("Default: .." for a default of ".").
+    assert not re.search(r"Default: \S*[.,;:]\.", flat), re.findall(r"Default: \S*", flat)
+    assert "--tls-identities-dir DIR" in flat
+    tls = flat.split("--tls-identities-dir DIR", 1)[1].split(" .TP", 1)[0]
+    assert tls.endswith("Default: the working directory."), tls
+    # A conditional default is told by the option's own text, once.
+    listen = flat.split("--listen [ADDR:]PORT[,PARAMS...]", 1)[1].split(" .TP", 1)[0]
+    assert listen.count("0.0.0.0:8000,stream") == 1, listen
+    assert "Default: 2." in flat  # --log-level, a plain value
+
+
+@pytest.mark.parametrize("default, note", [
+    (".", "Default: the working directory."),
+    ("..", "Default: the parent of the working directory."),
+    ("certs", "Default: `certs` in the working directory."),
+    ("/etc/condure/certs", "Default: `/etc/condure/certs`."),
+])
+def test_path_defaults(default, note):
+    opt = Option("--some-dir", PATH, "A directory", "A directory.", metavar="DIR",
+                 default=default)
+    assert manpage.default_note(opt) == note
 
 
 def test_a_missing_option_is_caught(monkeypatch):

@@ -7,13 +7,16 @@ import subprocess
 
 import pytest
 
+from condure import manpage
+from tests.harness.doccmds import code_blocks, commands
 from tests.harness.procs import REPO_ROOT
 from tests.harness.systemd_ns import adapt_unit, exec_start_python
 
 UNITS = REPO_ROOT / "systemd"
+SYSTEMD_MD = REPO_ROOT / "docs" / "systemd.md"
 
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                reason="systemd-analyze is not installed")
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                   reason="systemd-analyze is not installed")
 
 
 def _verify(tmp_path, service: str) -> subprocess.CompletedProcess:
@@ -25,6 +28,7 @@ def _verify(tmp_path, service: str) -> subprocess.CompletedProcess:
         capture_output=True, text=True, timeout=60)
 
 
+@needs_analyze
 def test_units_verify_clean(tmp_path):
     # ExecStart must name an existing binary: this checkout's interpreter.
     service = adapt_unit((UNITS / "condure.service").read_text(), {
@@ -34,6 +38,7 @@ def test_units_verify_clean(tmp_path):
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
 
 
+@needs_analyze
 def test_verify_can_fail(tmp_path):
     service = (UNITS / "condure.service").read_text().replace("Type=notify", "Type=notifyy")
     r = _verify(tmp_path, service)
@@ -57,3 +62,33 @@ def test_service_contract():
     name = next(line.split("=", 1)[1] for line in socket_text.splitlines()
                 if line.startswith("FileDescriptorName="))
     assert f"fd-name={name}" in text
+
+
+def _exec_start(text: str) -> list[str]:
+    """The ExecStart= words of a unit (continuation lines joined)."""
+    joined = text.replace("\\\n", " ")
+    line = next(ln for ln in joined.splitlines() if ln.startswith("ExecStart="))
+    return line[len("ExecStart="):].split()
+
+
+def test_install_path_agrees_everywhere():
+    """The unit runs the program where docs/systemd.md installs it, which is
+    what the man page's FILES and EXAMPLES name."""
+    program = _exec_start((UNITS / "condure.service").read_text())[0]
+    assert program == manpage.PROGRAM == f"{manpage.PREFIX}/bin/condure"
+    install = [commands(b) for b in code_blocks(SYSTEMD_MD, "Install", lang="sh")][0]
+    assert f"python3 -m venv {manpage.PREFIX}" in install, install
+    assert f"{manpage.PREFIX}/bin/pip install ." in install, install
+    assert any(line.startswith("install ") and line.endswith(" /etc/systemd/system/")
+               and "systemd/condure.service" in line for line in install), install
+    page = manpage.render()
+    files = page.split("\n.SH FILES\n", 1)[1].split("\n.SH ", 1)[0].replace("\\-", "-")
+    for path in (program, "/etc/systemd/system/condure.service",
+                 "/etc/systemd/system/condure.socket"):
+        assert f"\\fB{path}\\fR" in files, path
+    examples = page.split("\n.SH EXAMPLES\n", 1)[1]
+    assert f"ExecStart={program} " in examples
+    # Nowhere an install path the documented steps do not make.
+    for text in (page, SYSTEMD_MD.read_text(), (UNITS / "condure.service").read_text()):
+        assert "/usr/local/bin/condure" not in text
+        assert "/opt/condure/.venv" not in text
