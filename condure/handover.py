@@ -65,6 +65,22 @@ def decode_record(text: object) -> dict[str, object]:
     return snapshot.unpack(data)
 
 
+def describe(conn: Conn) -> str:
+    """The connection as log lines name it: its slot, the client's address
+    and port, and the session id (``slot 1, client 127.0.0.1:41000, id
+    0-1-2a``; a Unix-socket client is ``client local``)."""
+    session = conn.session
+    address = getattr(session, "peer_address", None)
+    if address:
+        host = address.decode("ascii", "replace")
+        peer = f"[{host}]" if ":" in host else host
+        peer += f":{session.peer_port}"
+    else:
+        peer = "local"
+    rid = getattr(session, "rid", b"")
+    return f"slot {conn.slot}, client {peer}, id {rid.decode('ascii', 'replace')}"
+
+
 @dataclass(eq=False, slots=True)
 class _Moving:
     conn: Conn
@@ -105,17 +121,25 @@ class Exporter:
             return
         # WebSockets ask for the handoff in poll(), which runs next.
         if isinstance(session, HttpSession):
-            session.begin_handoff()
+            try:
+                session.begin_handoff()
+            except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+                conn.fail("starting a handover")
+                return
             conn.run()
         self.moving.append(_Moving(conn, self.drain_deadline))
 
     def _give_up(self, conn: Conn, now: float) -> None:
         session = conn.session
-        if isinstance(session, WebSocketSession):
-            session.going_away(now, SERVICE_RESTART)
-        else:
-            session.going_away(now)
         self.closed += 1
+        try:
+            if isinstance(session, WebSocketSession):
+                session.going_away(now, SERVICE_RESTART)
+            else:
+                session.going_away(now)
+        except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+            conn.fail("closing it for a handover")
+            return
         conn.run()
 
     def poll(self) -> None:
@@ -130,19 +154,23 @@ class Exporter:
             if conn.closed:
                 continue
             session = conn.session
-            if isinstance(session, WebSocketSession) and not session.handoff:
-                # new, an upgrade that was under way, or a handshake now
-                # answered; one still waiting for its handler waits on
-                if session.begin_handoff():
-                    item.deadline = now + self.handoff_timeout
-                    conn.run()
-                elif session.state is not WAIT:
-                    self._give_up(conn, now)
-                    continue
-            record = self._export(conn, now)
+            try:
+                if isinstance(session, WebSocketSession) and not session.handoff:
+                    # new, an upgrade that was under way, or a handshake now
+                    # answered; one still waiting for its handler waits on
+                    if session.begin_handoff():
+                        item.deadline = now + self.handoff_timeout
+                        conn.run()
+                    elif session.state is not WAIT:
+                        self._give_up(conn, now)
+                        continue
+                record = self._export(conn, now)
+            except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+                conn.fail("preparing a handover")
+                continue
             if record is None:
                 if now >= item.deadline:
-                    log.info("slot %d: cannot move (%s); closing it", conn.slot,
+                    log.info("%s: cannot move (%s); closing it", describe(conn),
                              "no handoff-proceed in time" if isinstance(
                                  session, WebSocketSession) else "request still under way")
                     self._give_up(conn, now)
@@ -151,7 +179,7 @@ class Exporter:
                 continue
             text = encode_record(record)
             if len(text) > MAX_BATCH_BYTES:
-                log.info("slot %d: session record too large to move; closing it", conn.slot)
+                log.info("%s: session record too large to move; closing it", describe(conn))
                 self._give_up(conn, now)
                 continue
             if len(socks) >= MAX_FDS or size + len(text) > MAX_BATCH_BYTES:
@@ -216,8 +244,11 @@ def adopt(worker, records: list[object], fds: list[int]) -> tuple[int, int]:
         slot = worker.take_slot("stream")
         try:
             session = _restore(worker, decode_record(text), now, slot)
-        except SnapshotError as e:
-            log.warning("cannot adopt a connection: %s", e)
+        except Exception as e:  # noqa: BLE001 - SnapshotError, or a bug: this one is lost
+            if isinstance(e, SnapshotError):
+                log.warning("cannot adopt a connection: %s", e)
+            else:
+                log.exception("cannot adopt a connection")
             sock.close()
             worker.free_slot(slot)
             failed += 1
@@ -229,7 +260,12 @@ def adopt(worker, records: list[object], fds: list[int]) -> tuple[int, int]:
             worker.moved[session.rid] = conn
             if worker.zmq is not None and session.instance_id != worker.instance_id:
                 worker.zmq.subscribe(session.instance_id)
-            session.resume()
+            try:
+                session.resume()
+            except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+                conn.fail("resuming it")
+                failed += 1
+                continue
         conn.run()
         adopted += 1
     for fd in fds[len(records):]:

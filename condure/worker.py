@@ -8,6 +8,9 @@ Ids are ``"<worker>-<slot>-<counter>"`` as Condure makes them (reference
 1.3): the slot part is what routes a handler's packet to its connection,
 and the full id must match the slot's current one, so packets for finished
 requests are ignored.
+
+Every call into a session is guarded: a session that raises (a bug) ends
+its own connection (``Conn.fail``) and every loop here goes on.
 """
 
 from __future__ import annotations
@@ -144,9 +147,12 @@ class Worker:
         for conn in self.slots:
             if conn is None:
                 continue
-            entry = conn.session.shutdown()
-            if entry is not None:
-                owed[entry[0], conn.session.instance_id].append(entry[1])
+            try:
+                entry = conn.session.shutdown()
+                if entry is not None:
+                    owed[entry[0], conn.session.instance_id].append(entry[1])
+            except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+                conn.fail("stopping")
             conn.abort()
         self._send_batched(Cancel, owed)
         if self.tick_handle is not None:
@@ -240,7 +246,13 @@ class Worker:
         else:
             peer_address, peer_port = None, None
         slot = self.take_slot(spec.mode)
-        session = self.make_session(spec, slot, peer_address, peer_port)
+        try:
+            session = self.make_session(spec, slot, peer_address, peer_port)
+        except Exception:  # noqa: BLE001 - a bug: drop this connection, accept on
+            log.exception("cannot start a session for a new connection")
+            sock.close()
+            self.free_slot(slot)
+            return
         context = self.tls_contexts.get(spec)
         tls = TlsLayer(context) if context is not None else None
         conn = Conn(self, sock, slot, session, tls)
@@ -350,7 +362,11 @@ class Worker:
             for ident in e.ids:
                 conn = self._route(ident.id)
                 if conn is not None:
-                    conn.session.abort_unknown(str(e))
+                    try:
+                        conn.session.abort_unknown(str(e))
+                    except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+                        conn.fail("aborting it on an unknown packet type", e.from_)
+                        continue
                     conn.run()
             return
         except PacketError as e:
@@ -360,7 +376,11 @@ class Worker:
         for ident in packet.ids:
             conn = self._route(ident.id)
             if conn is not None:
-                conn.session.receive_packet(packet, ident, now)
+                try:
+                    conn.session.receive_packet(packet, ident, now)
+                except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+                    conn.fail("handling a handler packet", packet.from_)
+                    continue
                 conn.run()
 
     def _route(self, rid: bytes) -> Conn | None:
@@ -404,9 +424,12 @@ class Worker:
             pos = (pos + 1) % size
             conn = slots[pos] if pos < len(slots) else None
             if conn is not None:
-                entry = conn.session.keep_alive()
-                if entry is not None:
-                    owed[entry[0], conn.session.instance_id].append(entry[1])
+                try:
+                    entry = conn.session.keep_alive()
+                    if entry is not None:
+                        owed[entry[0], conn.session.instance_id].append(entry[1])
+                except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+                    conn.fail("sending keep-alives")
         self.sweep_pos = pos
         self._send_batched(KeepAlive, owed)
 

@@ -231,7 +231,11 @@ class WorkerProcess:
             for conn in live:
                 going_away = getattr(conn.session, "going_away", None)
                 if going_away is not None and not conn.closed:
-                    going_away(time.monotonic())
+                    try:
+                        going_away(time.monotonic())
+                    except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+                        conn.fail("closing it for a stop")
+                        continue
                     conn.run()
             try:
                 await asyncio.wait_for(self._fast.wait(), DRAIN_SWEEP)

@@ -98,7 +98,7 @@ class Conn:
         try:
             self.session.receive_data(data, time.monotonic())
         except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
-            self.fail("reading from the client")
+            self.fail("reading from the client", reading=bool(data))
             return
         self.run()
 
@@ -127,7 +127,7 @@ class Conn:
             if eof:
                 self.session.receive_data(b"", now)
         except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
-            self.fail("reading from the client")
+            self.fail("reading from the client", reading=bool(data))
             return
         self.run()
 
@@ -301,12 +301,13 @@ class Conn:
         """Drop the connection now (shutdown)."""
         self._finish()
 
-    def fail(self, where: str, sender: bytes | None = None) -> None:
+    def fail(self, where: str, sender: bytes | None = None, reading: bool = False) -> None:
         """The session raised while ``where`` (call from the ``except``
         block): a bug in condure, which costs this connection only. The
         traceback is logged once; the client gets a 500 or a WebSocket
         close 1011 if owed, the handler a ``cancel`` if known (``sender``:
-        the ``from`` of the packet being delivered, if any); then the
+        the ``from`` of the packet being delivered, if any; ``reading``:
+        client bytes were being delivered); then the
         connection closes and its slot is freed. The broken session is not
         called again (condure/session/failure.py); nothing raised here
         escapes."""
@@ -317,7 +318,7 @@ class Conn:
             if type(session) is failure.Ended:
                 self._drop()  # the adapter itself failed on an ended connection
                 return
-            words, cancel = failure.last_words(session, sender)
+            words, cancel = failure.last_words(session, sender, reading)
             self.session = failure.Ended(session)
             if words and not self.closed and not self.closing:
                 self.out += words if self.tls is None else self.tls.encrypt(words)

@@ -5,14 +5,22 @@ One periodic tick (``RESOLUTION``) serves every connection instead of one
 must be O(1): an entry is only added when a deadline comes earlier than the
 bucket the owner already sits in; a later deadline is noticed when the old
 bucket fires and the owner is filed again.
+
+An owner that raises while its bucket is handled is logged and dropped
+from the wheel (``Conn`` guards its own calls; this is the backstop): the
+rest of the bucket is still handled, so one failure cannot leave other
+owners filed under a bucket that is gone, never to fire again.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 from collections.abc import Callable
 from typing import Protocol
+
+log = logging.getLogger("condure")
 
 RESOLUTION = 0.1  # seconds per bucket: timeouts are whole seconds, 100 ms is plenty
 
@@ -61,10 +69,13 @@ class TimerWheel:
                 if owner.timer_key != key:
                     continue  # filed again in an earlier bucket meanwhile
                 owner.timer_key = None
-                deadline = owner.deadline
-                if deadline is None:
-                    continue
-                if deadline <= now:
-                    fire(owner)
-                else:
-                    self.schedule(owner)
+                try:
+                    deadline = owner.deadline
+                    if deadline is None:
+                        continue
+                    if deadline <= now:
+                        fire(owner)
+                    else:
+                        self.schedule(owner)
+                except Exception:  # noqa: BLE001 - see the module docstring
+                    log.exception("a timer failed; its owner leaves the wheel")

@@ -166,14 +166,17 @@ class StreamSockets:
                 return
             while sub.getsockopt(zmq.RCVMORE):
                 sub.recv()  # only the first frame counts (reference 3.2)
-            if frame.startswith(prefix):
-                on_message(frame[len(prefix):])
-            elif self.extra_prefixes:
-                for extra in self.extra_prefixes:
-                    if frame.startswith(extra):
-                        on_message(frame[len(extra):])
-                        break
-            # Other addresses are not ours (reference 4.9); drop quietly.
+            try:
+                if frame.startswith(prefix):
+                    on_message(frame[len(prefix):])
+                elif self.extra_prefixes:
+                    for extra in self.extra_prefixes:
+                        if frame.startswith(extra):
+                            on_message(frame[len(extra):])
+                            break
+                # Other addresses are not ours (reference 4.9); drop quietly.
+            except Exception:  # noqa: BLE001 - a bug: drop this packet, drain the rest
+                log.exception("a packet from a handler could not be handled")
         # More may be waiting: come back after client I/O has had a turn.
         if not self._sub_scheduled:
             self._sub_scheduled = True

@@ -97,7 +97,10 @@ class ReqSocket:
             if payload is None:
                 log.debug("dropping req-mode message without a usable envelope")
                 continue
-            self.on_message(payload)
+            try:
+                self.on_message(payload)
+            except Exception:  # noqa: BLE001 - a bug: drop this packet, drain the rest
+                log.exception("a packet from a handler could not be handled")
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self._ready)

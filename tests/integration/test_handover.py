@@ -272,6 +272,7 @@ def test_handler_silent_on_handoff_start_gets_1012_and_cancel(start, tmp_path):
     try:
         ws = wc.WsConn.open(condure.port, "/ws")
         with ws:
+            client_port = ws.sock.getsockname()[1]
             req, _ = accept(h, ws)
             t0 = time.monotonic()
             condure.proc.popen.send_signal(signal.SIGHUP)
@@ -285,7 +286,13 @@ def test_handler_silent_on_handoff_start_gets_1012_and_cancel(start, tmp_path):
             assert (cancel.type, cancel.id) == ("cancel", req.id), cancel
             assert ws.expect_closed(timeout=5) == "eof"
         condure.wait_log(lambda: condure.handovers() == [(0, 1, 0)])
-        assert "no handoff-proceed in time" in condure.log()
+        # The log line names the connection: the client's address and port
+        # and the session id the handler knows it by.
+        lines = [line for line in condure.log().splitlines() if "cannot move" in line]
+        assert len(lines) == 1, lines
+        assert re.search(rf"\] slot \d+, client 127\.0\.0\.1:{client_port}, id "
+                         rf"{re.escape(req.id)}: cannot move \(no handoff-proceed in time\); "
+                         "closing it$", lines[0]), lines
     finally:
         h.close()
     assert_no_complaints(condure)
