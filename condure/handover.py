@@ -110,9 +110,8 @@ class Exporter:
 
     def start(self) -> None:
         now = time.monotonic()
-        for conn in list(self.worker.slots):
-            if conn is not None and not conn.closed:
-                self._begin(conn, now)
+        for conn in self.worker.live_connections():
+            self._begin(conn, now)
 
     def _begin(self, conn: Conn, now: float) -> None:
         session = conn.session
@@ -237,7 +236,7 @@ def adopt(worker, records: list[object], fds: list[int]) -> tuple[int, int]:
     now = time.monotonic()
     for text, fd in zip(records, fds, strict=False):
         sock = socket.socket(fileno=fd)
-        if worker.stopped.done():
+        if worker.is_stopping:
             sock.close()
             failed += 1
             continue
@@ -255,11 +254,9 @@ def adopt(worker, records: list[object], fds: list[int]) -> tuple[int, int]:
             continue
         sock.setblocking(False)
         conn = Conn(worker, sock, slot, session, None)
-        worker.slots[slot] = conn
+        worker.install(conn)
         if isinstance(session, WebSocketSession):
-            worker.moved[session.rid] = conn
-            if worker.zmq is not None and session.instance_id != worker.instance_id:
-                worker.zmq.subscribe(session.instance_id)
+            worker.track_moved(conn, session.rid, session.instance_id)
             try:
                 session.resume()
             except Exception:  # noqa: BLE001 - a bug in the session: end it alone

@@ -129,7 +129,7 @@ class Worker:
                 self.tls_contexts[spec] = self.certs.listener_context(spec.default_cert)
             log.info("listening on %s%s", listeners.describe(sock, spec),
                      " (tls)" if spec in self.tls_contexts else "")
-        self._set_accepting(True)
+        self.set_accepting(True)
         self.tick_handle = self.loop.call_later(RESOLUTION, self.tick)
 
     def _listen_sockets(self):
@@ -142,7 +142,7 @@ class Worker:
     def stop(self) -> None:
         """Condure's shutdown: cancel every session a handler knows about
         (batched per handler), drop the connections, close sockets."""
-        self._set_accepting(False)
+        self.set_accepting(False)
         owed: dict[tuple[bytes, bytes], list[Ident]] = defaultdict(list)
         for conn in self.slots:
             if conn is None:
@@ -165,7 +165,7 @@ class Worker:
 
     # -- accepting ------------------------------------------------------------
 
-    def _set_accepting(self, on: bool) -> None:
+    def set_accepting(self, on: bool) -> None:
         if on == self.accepting:
             return
         self.accepting = on
@@ -229,8 +229,8 @@ class Worker:
             except OSError as e:
                 if e.errno in _ACCEPT_BACKOFF:
                     log.warning("accept: %s; pausing accepts briefly", e)
-                    self._set_accepting(False)
-                    self.loop.call_later(ACCEPT_BACKOFF, self._set_accepting, True)
+                    self.set_accepting(False)
+                    self.loop.call_later(ACCEPT_BACKOFF, self.set_accepting, True)
                     return
                 if e.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
@@ -320,6 +320,29 @@ class Worker:
             return self.next_id(slot)  # an adopted session has it
         return rid
 
+    # -- the connection registry, for handover and the worker process ----------
+
+    @property
+    def is_stopping(self) -> bool:
+        """The worker is stopping: it takes no more connections."""
+        return self.stopped.done()
+
+    def live_connections(self) -> list[Conn]:
+        """Every connection this worker owns and has not closed, by slot."""
+        return [conn for conn in self.slots if conn is not None and not conn.closed]
+
+    def install(self, conn: Conn) -> None:
+        """Register ``conn`` (built for a slot from :meth:`take_slot`)."""
+        self.slots[conn.slot] = conn
+
+    def track_moved(self, conn: Conn, rid: bytes, instance_id: bytes) -> None:
+        """``conn`` was adopted from another worker with session id ``rid``
+        and ZHTTP address ``instance_id``: route its handler packets here
+        (subscribing to that address when it is not this worker's)."""
+        self.moved[rid] = conn
+        if self.zmq is not None and instance_id != self.instance_id:
+            self.zmq.subscribe(instance_id)
+
     def release(self, conn: Conn) -> None:
         if self.slots[conn.slot] is conn:
             if self.moved and self.moved.get(conn.session.rid) is conn:
@@ -331,7 +354,7 @@ class Worker:
             if mode in self.paused_modes:
                 self._pause_mode(mode, False)
             if not self.accepting and self.listeners:
-                self._set_accepting(True)
+                self.set_accepting(True)
 
     # -- packets --------------------------------------------------------------
 

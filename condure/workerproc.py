@@ -182,7 +182,7 @@ class WorkerProcess:
     async def hand_over(self, drain: float, handoff_timeout: float) -> None:
         """Export every session that can move (see condure/handover.py)."""
         worker, loop = self.worker, self.loop
-        worker._set_accepting(False)
+        worker.set_accepting(False)
         worker.close_listeners()
         exporter = self.exporter = handover.Exporter(
             worker, self.send_batch, handoff_timeout=handoff_timeout,
@@ -218,11 +218,11 @@ class WorkerProcess:
         """Graceful stop: no new connections; idle ones closed politely,
         the others once their request is done, within ``seconds``."""
         worker, loop = self.worker, self.loop
-        worker._set_accepting(False)
+        worker.set_accepting(False)
         worker.close_listeners()
         deadline = loop.time() + seconds
         while not self._fast.is_set():
-            live = [conn for conn in worker.slots if conn is not None and not conn.closed]
+            live = worker.live_connections()
             if not live:
                 return
             if loop.time() >= deadline:
