@@ -14,10 +14,17 @@ XSUB ``BASE-in``           XPUB ``stream-in``                XSUB <-> XPUB
 DEALER req spec            ROUTER ``req``                    ROUTER <-> DEALER
 =========================  ================================  ================
 
-Each relay runs in its own thread. Two are ``zmq.proxy_steerable`` (the
-copying happens in libzmq, without the GIL); req mode has its own relay
-(``reqrelay``: replies go by packet id, handlers see no extra envelope
-frame); the later-packets relay is a loop here, because a packet for one handler may have to wait: while that
+Each relay runs in its own thread. First packets go through
+``relay.relay_loop``, which holds a message the public PUSH cannot take
+yet and stops reading until it can (no handler connected, or all of them
+busy), sleeping meanwhile: ``zmq.proxy`` would poll in a loop there.
+Handler packets and subscriptions go through ``zmq.proxy_steerable``
+(the copying happens in libzmq, without the GIL): XSUB and XPUB never
+refuse a message, so that proxy never waits on its output and cannot
+spin; an ``XPUB_NODROP`` on the internal XPUB would change that.
+req mode has its own relay (``reqrelay``: replies go by packet id,
+handlers see no extra envelope frame); the later-packets relay is a loop
+here, because a packet for one handler may have to wait: while that
 handler's queue is full or while it is not connected yet (given
 ``UNREACHABLE_GRACE`` seconds, then dropped), retried as
 ``RouterQueues.delay`` says (sooner than Condure's fixed 50 ms), without
@@ -34,6 +41,7 @@ context.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -45,6 +53,7 @@ import zmq
 from condure.config import Config, stream_endpoints
 from condure.net.routerqueue import ROUTER_RETRY, RouterQueues, unpack_later
 from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, INTERNAL_HWM_FACTOR, _bind_or_connect
+from condure.supervisor.relay import relay_loop
 from condure.supervisor.reqrelay import relay_req
 
 log = logging.getLogger("condure")
@@ -132,11 +141,13 @@ class ZmqProxy:
             later.bind(in_out_stream)
             # A worker busy for a moment (adopting moved sessions, say)
             # must not make the relay drop its packets: room for a few
-            # seconds of traffic, not Condure's in-process limit.
+            # seconds of traffic, not Condure's in-process limit. No
+            # XPUB_NODROP: the "in" proxy must never find its output
+            # blocked (see _steerable).
             xpub = self._socket(zmq.XPUB, sndhwm=INTERNAL_HWM_FACTOR * config.hwm)
             xpub.bind(in_in)
-            self._run_proxy("out", first, push)
-            self._run_proxy("in", xsub, xpub)
+            self._start_thread("out", relay_loop, first, push)
+            self._start_thread("in", _steerable, xsub, xpub)
             self._start_thread("out-stream", _relay_later, later, router)
             spec["stream"] = [base]
         self.spec = spec
@@ -163,9 +174,6 @@ class ZmqProxy:
         theirs = self._socket(zmq.PAIR)
         theirs.connect(endpoint)
         return theirs
-
-    def _run_proxy(self, name: str, frontend: zmq.Socket, backend: zmq.Socket) -> None:
-        self._start_thread(name, _steerable, frontend, backend)
 
     def _start_thread(self, name: str, target, *sockets: zmq.Socket) -> None:
         # Sockets move to the thread here; thread start is the memory barrier
@@ -213,9 +221,14 @@ class ZmqProxy:
 
 
 # -- relay threads ----------------------------------------------------------
+# "out" is relay.relay_loop; "req" is reqrelay.relay_req.
 
 
 def _steerable(frontend: zmq.Socket, backend: zmq.Socket, control: zmq.Socket) -> None:
+    """libzmq's proxy, for XSUB <-> XPUB only: neither socket ever refuses a
+    message (an XPUB drops for a subscriber whose queue is full, an XSUB
+    always takes subscriptions), so the proxy never finds its output
+    blocked, the case in which it would poll in a loop (relay.py)."""
     try:
         zmq.proxy_steerable(frontend, backend, None, control)
     except zmq.ContextTerminated:
@@ -256,7 +269,10 @@ def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> N
         while True:
             timeout = None
             if relay.waiting:
-                timeout = max(next_retry - time.monotonic(), 0.0) * 1000
+                # Whole milliseconds, rounded up: zmq_poll takes an int, and
+                # a wait rounded down to 0 would poll in a loop until the
+                # retry is due.
+                timeout = math.ceil(max(next_retry - time.monotonic(), 0.0) * 1000)
             events = dict(poller.poll(timeout))
             if control in events:
                 control.recv()

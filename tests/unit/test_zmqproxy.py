@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 
 import pytest
@@ -106,6 +107,29 @@ def test_first_packets_reach_a_handler(start_proxy, sock, tmp_path):
     assert {handler.recv(), handler.recv()} == {b"T-first-0", b"T-first-1"}
 
 
+def thread_cpu(name: str) -> float:
+    """CPU seconds used so far by this process's thread called ``name``."""
+    (thread,) = [t for t in threading.enumerate() if t.name == name]
+    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_first_packets_wait_for_a_handler_without_spinning(start_proxy, sock, tmp_path):
+    _, spec = start_proxy()
+    worker = sock(zmq.PUSH, internal(spec, "-out"))
+    # More than the relay's input queue holds (128), some of several frames.
+    sent = [[b"T%d" % i] if i % 3 else [b"T%d" % i, b"", b"part %d" % i] for i in range(300)]
+    before = thread_cpu("zmq-proxy-out")
+    for frames in sent:
+        worker.send_multipart(frames)
+    time.sleep(1.0)  # what is measured: a second of waiting for a handler
+    used = thread_cpu("zmq-proxy-out") - before
+    assert used < 0.1, f"the relay used {used:.2f} s of CPU while waiting"
+    handler = sock(zmq.PULL, f"ipc://{tmp_path}/client-out")
+    assert [handler.recv_multipart() for _ in sent] == sent
+
+
 def test_later_packets_routed_by_handler_identity(start_proxy, sock, tmp_path):
     _, spec = start_proxy()
     worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
@@ -153,6 +177,28 @@ def test_later_packets_dropped_after_grace(start_proxy, sock, tmp_path):
     assert frames[2] == b"Tnew"
 
 
+def test_later_packets_wait_for_a_handler_without_spinning(start_proxy, sock):
+    _, spec = start_proxy()
+    worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
+    (thread,) = [t for t in threading.enumerate() if t.name == "zmq-proxy-out-stream"]
+    path = f"/proc/self/task/{thread.native_id}/schedstat"
+    if not os.path.exists(path):
+        pytest.skip("no schedstat in /proc")
+
+    def cpu_ns() -> int:
+        with open(path) as f:
+            return int(f.read().split()[0])
+
+    before = cpu_ns()
+    worker.send(pack_later(b"nobody", b"Tlost"))
+    # What is measured: the whole wait for a handler that never comes
+    # (retries at growing intervals, then the packet is dropped).
+    time.sleep(UNREACHABLE_GRACE + 0.3)
+    used = (cpu_ns() - before) / 1e9
+    # About 4 ms; polls that round their timeout down to 0 took over 20.
+    assert used < 0.012, f"the relay used {used * 1000:.1f} ms of CPU while waiting"
+
+
 def test_malformed_worker_packets_are_dropped(start_proxy, sock, tmp_path):
     _, spec = start_proxy()
     worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
@@ -188,6 +234,42 @@ def test_handler_packets_reach_the_subscribed_worker(start_proxy, sock, tmp_path
     w0.setsockopt(zmq.RCVTIMEO, 200)
     with pytest.raises(zmq.Again):
         w0.recv()
+
+
+def test_handler_messages_stay_whole_and_in_order(start_proxy, sock, tmp_path):
+    _, spec = start_proxy()
+    worker = sock(zmq.SUB, internal(spec, "-in"), SUBSCRIBE=b"condure ")
+    handler = sock(zmq.XPUB, f"ipc://{tmp_path}/client-in")
+    assert handler.recv() == b"\x01condure "
+    sent = [[b"condure T%d" % i] if i % 2 else [b"condure T%d" % i, b"more", b"%d" % i]
+            for i in range(500)]
+    for frames in sent:
+        handler.send_multipart(frames)
+    assert [worker.recv_multipart() for _ in sent] == sent
+    # Unsubscribing travels to the handler too.
+    worker.setsockopt(zmq.UNSUBSCRIBE, b"condure ")
+    assert handler.recv() == b"\x00condure "
+
+
+def test_handler_packets_for_a_stalled_worker_cost_nothing_later(start_proxy, sock, tmp_path):
+    _, spec = start_proxy()
+    stalled = sock(zmq.SUB, internal(spec, "-in"), SUBSCRIBE=b"condure ", RCVHWM=10)
+    probe = sock(zmq.SUB, internal(spec, "-in"), SUBSCRIBE=b"probe ")
+    handler = sock(zmq.XPUB, f"ipc://{tmp_path}/client-in", SNDHWM=0)
+    assert {handler.recv(), handler.recv()} == {b"\x01condure ", b"\x01probe "}
+    # More than the relay's queue to the worker holds (100 high-water
+    # marks: 50,500 here), and the worker reads nothing: the relay's
+    # output to it is full.
+    for i in range(150_000):
+        handler.send(b"condure T%d" % i)
+    handler.send(b"probe Tend")
+    probe.setsockopt(zmq.RCVTIMEO, 20_000)
+    assert probe.recv() == b"probe Tend"  # the relay has passed everything on
+    before = thread_cpu("zmq-proxy-in")
+    time.sleep(1.0)  # what is measured: a second with a stalled worker
+    used = thread_cpu("zmq-proxy-in") - before
+    assert used < 0.1, f"the relay used {used:.2f} s of CPU with a stalled worker"
+    assert stalled.recv() == b"condure T0"  # what did not fit was dropped
 
 
 def req_packet(rid: bytes, body: bytes) -> bytes:
