@@ -91,6 +91,9 @@ class ZmqProxy:
         self._controls: list[zmq.Socket] = []
         self._threads: list[threading.Thread] = []
         self.spec: dict | None = None
+        # ipc socket files bound here, with their inodes: removed at close
+        # unless something else has replaced them meanwhile.
+        self._files: list[tuple[str, int]] = []
 
     # -- start ------------------------------------------------------------
 
@@ -117,7 +120,7 @@ class ZmqProxy:
             router.bind(internal)
             dealer = self._socket(zmq.DEALER, sndhwm=FIRST_PACKET_HWM, rcvhwm=config.hwm)
             for endpoint in config.zclient_req:
-                _bind_or_connect(dealer, endpoint, False, mode)
+                self._bind_public(dealer, endpoint, mode)
                 log.info("zhttp client bind %s", endpoint)
             self._start_thread("req", relay_req, router, dealer)
             spec["req"] = [internal]
@@ -131,9 +134,9 @@ class ZmqProxy:
             xsub = self._socket(zmq.XSUB, rcvhwm=INTERNAL_HWM_FACTOR * config.hwm)
             for public in config.zclient_stream:
                 out, out_stream, in_ = stream_endpoints(public)
-                _bind_or_connect(push, out, False, mode)
-                _bind_or_connect(router, out_stream, False, mode)
-                _bind_or_connect(xsub, in_, False, mode)
+                self._bind_public(push, out, mode)
+                self._bind_public(router, out_stream, mode)
+                self._bind_public(xsub, in_, mode)
                 log.info("zhttp client bind %s %s %s", out, out_stream, in_)
             first = self._socket(zmq.PULL, rcvhwm=FIRST_PACKET_HWM)
             first.bind(in_out)
@@ -152,6 +155,26 @@ class ZmqProxy:
             spec["stream"] = [base]
         self.spec = spec
         return spec
+
+    def _bind_public(self, sock: zmq.Socket, endpoint: str, mode: int) -> None:
+        _bind_or_connect(sock, endpoint, False, mode)
+        if endpoint.startswith("ipc://") and not endpoint.startswith(("ipc://@", "ipc://*")):
+            path = endpoint[len("ipc://"):]
+            try:
+                self._files.append((os.path.abspath(path), os.stat(path).st_ino))
+            except OSError:
+                pass
+
+    def _remove_files(self) -> None:
+        """Remove the ipc socket files bound here (as Condure does on exit),
+        each only if it is still the one this process created."""
+        for path, inode in self._files:
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except OSError:
+                pass
+        self._files = []
 
     def _socket(self, kind: int, *, sndhwm: int | None = None,
                 rcvhwm: int | None = None) -> zmq.Socket:
@@ -209,6 +232,7 @@ class ZmqProxy:
             log.warning("zmq proxy threads did not stop; leaving them")
         self._sockets, self._controls, self._threads = [], [], []
         self.ctx = None
+        self._remove_files()
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

@@ -112,7 +112,10 @@ def test_second_condure_refuses_a_live_base_and_reuses_a_dead_ones(tmp_path, mak
                                     extra_args=["--log-level", "3"])
         assert wait_for_line(third, f"removed stale socket file {out_path}"), third.output()
         serve_one(third, make_handler(third, identity="handler2"), "/after-restart")
+        assert third.stop() == 0
+        # A clean stop removes the socket files, as Condure does.
+        assert not any((tmp_path / f"client{s}").exists() for s in SUFFIXES)
     finally:
         first.stop()
         if third is not None:
-            assert third.stop() == 0
+            third.stop()
