@@ -49,7 +49,7 @@ _logger = log.get_logger("condure")
 class _Once(argparse.Action):
     """Store a value; a second occurrence is an error, as in Condure."""
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+    def __call__(self, parser, namespace, values, option_string=None):
         if getattr(namespace, self.dest) is not None:
             raise argparse.ArgumentError(self, "cannot be used multiple times")
         setattr(namespace, self.dest, True if self.nargs == 0 else values)
@@ -133,7 +133,8 @@ def parse(argv: Sequence[str]) -> tuple[Config, frozenset[str]]:
         if opt.kind == FLAG:
             values[opt.dest] = bool(raw)
         elif opt.repeatable:
-            values[opt.dest] = list(raw) if raw is not None else list(opt.default or ())
+            default = opt.default if isinstance(opt.default, tuple) else ()  # repeatable: a tuple
+            values[opt.dest] = list(raw) if raw is not None else list(default)
         elif raw is None and opt.default is None:
             values[opt.dest] = None  # an optional value left out (--pid-file)
         else:
@@ -161,8 +162,9 @@ def parse(argv: Sequence[str]) -> tuple[Config, frozenset[str]]:
         raise ConfigError("stream maxconn must be >= workers")
 
     fields = set(Config.__dataclass_fields__)
-    config = Config(**{k: tuple(v) if isinstance(v, list) else v
-                       for k, v in values.items() if k in fields})
+    arguments: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in values.items() if k in fields}
+    config = Config(**arguments)
     if config.uses_stream:
         for base in config.zclient_stream:
             stream_endpoints(base)
@@ -178,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     try:
-        config, given = parse(argv)
+        config, _ = parse(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     except NotSupportedYet as e:

@@ -2,7 +2,7 @@
 
 One mechanism serves a worker replacement (reload) and a full restart: a
 session at a resumable point is exported as its socket plus a small record
-(``condure.session.snapshot`` / ``ws_snapshot``), and adopted by another
+(:mod:`condure.session.records`), and adopted by another
 worker, which carries on as if nothing happened.
 
 - :class:`Exporter` runs in the worker that lets go. HTTP connections
@@ -26,59 +26,46 @@ whose handler did not answer ``handoff-proceed`` in time (1012).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 from condure.net.conn import Conn
-from condure.session import snapshot, ws_snapshot
-from condure.session.http import HttpSession
-from condure.session.req import ReqSession
-from condure.session.snapshot import SnapshotError
-from condure.session.states import WAIT
-from condure.session.websocket import SERVICE_RESTART, WebSocketSession
+from condure.net.control import MAX_FDS
+from condure.session import records
+from condure.session.contract import Session, Settings
+from condure.session.records import Record, RecordError
+from condure.session.resume import restore
+from condure.session.websocket import SERVICE_RESTART
+
+if TYPE_CHECKING:
+    from condure.worker import Worker
 
 log = logging.getLogger("condure")
 
-MAX_FDS = 253  # SCM_RIGHTS: descriptors in one message
 MAX_BATCH_BYTES = 48 * 1024  # encoded records in one control message
 POLL = 0.02  # seconds between looks at the sessions being moved
 SEND_TIMEOUT = 5.0  # a full control socket: wait this long to pass a batch
 CONFIRM_GRACE = 5.0  # time for the supervisor to confirm the last batch
 
 
-def encode_record(record: dict[str, object]) -> str:
-    return base64.b64encode(snapshot.pack(record)).decode("ascii")
-
-
-def decode_record(text: object) -> dict[str, object]:
-    if not isinstance(text, str):
-        raise SnapshotError("record is not a string")
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise SnapshotError("record is not base64") from None
-    return snapshot.unpack(data)
-
-
 def describe(conn: Conn) -> str:
     """The connection as log lines name it: its slot, the client's address
     and port, and the session id (``slot 1, client 127.0.0.1:41000, id
     0-1-2a``; a Unix-socket client is ``client local``)."""
-    session = conn.session
-    address = getattr(session, "peer_address", None)
+    session: Session = conn.session
+    address = session.peer_address
     if address:
         host = address.decode("ascii", "replace")
         peer = f"[{host}]" if ":" in host else host
         peer += f":{session.peer_port}"
     else:
         peer = "local"
-    rid = getattr(session, "rid", b"")
-    return f"slot {conn.slot}, client {peer}, id {rid.decode('ascii', 'replace')}"
+    return f"slot {conn.slot}, client {peer}, id {session.rid.decode('ascii', 'replace')}"
 
 
 @dataclass(eq=False, slots=True)
@@ -92,7 +79,7 @@ class Exporter:
     passes one batch to the supervisor and returns its number (None if it
     could not be sent: the batch is closed as lost)."""
 
-    def __init__(self, worker, send: Callable[[list[str], list[int]], int | None], *,
+    def __init__(self, worker: Worker, send: Callable[[list[str], list[int]], int | None], *,
                  handoff_timeout: float, drain_deadline: float) -> None:
         self.worker = worker
         self.send = send
@@ -114,28 +101,41 @@ class Exporter:
             self._begin(conn, now)
 
     def _begin(self, conn: Conn, now: float) -> None:
-        session = conn.session
-        if not conn.exportable or isinstance(session, ReqSession):
+        session: Session = conn.session
+        if not conn.exportable or not session.can_move:
             self._give_up(conn, now)  # TLS, req mode: finished or closed by the drain
             return
-        # WebSockets ask for the handoff in poll(), which runs next.
-        if isinstance(session, HttpSession):
-            try:
-                session.begin_handoff()
-            except Exception:  # noqa: BLE001 - a bug in the session: end it alone
-                conn.fail("starting a handover")
-                return
+        item = _Moving(conn, self.drain_deadline)
+        try:
+            moving = self._ask(item, now)
+        except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+            conn.fail("starting a handover")
+            return
+        if moving:
+            self.moving.append(item)
+
+    def _ask(self, item: _Moving, now: float) -> bool:
+        """Start the session's handoff if it has not started; False when
+        it cannot move after all (it was closed politely)."""
+        conn = item.conn
+        session: Session = conn.session
+        if session.handing_off:
+            return True
+        if session.begin_handoff():
+            if session.handoff_needs_handler:
+                item.deadline = now + self.handoff_timeout
             conn.run()
-        self.moving.append(_Moving(conn, self.drain_deadline))
+        elif not session.awaiting_handler:
+            self._give_up(conn, now)
+            return False
+        # (a handshake still waiting for its handler is asked again later)
+        return True
 
     def _give_up(self, conn: Conn, now: float) -> None:
-        session = conn.session
+        session: Session = conn.session
         self.closed += 1
         try:
-            if isinstance(session, WebSocketSession):
-                session.going_away(now, SERVICE_RESTART)
-            else:
-                session.going_away(now)
+            session.going_away(now, SERVICE_RESTART)
         except Exception:  # noqa: BLE001 - a bug in the session: end it alone
             conn.fail("closing it for a handover")
             return
@@ -144,7 +144,7 @@ class Exporter:
     def poll(self) -> None:
         """Export what is ready, give up on what is overdue, send batches."""
         now = time.monotonic()
-        records: list[str] = []
+        texts: list[str] = []
         socks: list[socket.socket] = []
         size = 0
         still: list[_Moving] = []
@@ -152,17 +152,11 @@ class Exporter:
             conn = item.conn
             if conn.closed:
                 continue
-            session = conn.session
+            session: Session = conn.session
             try:
-                if isinstance(session, WebSocketSession) and not session.handoff:
-                    # new, an upgrade that was under way, or a handshake now
-                    # answered; one still waiting for its handler waits on
-                    if session.begin_handoff():
-                        item.deadline = now + self.handoff_timeout
-                        conn.run()
-                    elif session.state is not WAIT:
-                        self._give_up(conn, now)
-                        continue
+                # new, an upgrade that was under way, or a handshake now answered
+                if not self._ask(item, now):
+                    continue
                 record = self._export(conn, now)
             except Exception:  # noqa: BLE001 - a bug in the session: end it alone
                 conn.fail("preparing a handover")
@@ -170,41 +164,35 @@ class Exporter:
             if record is None:
                 if now >= item.deadline:
                     log.info("%s: cannot move (%s); closing it", describe(conn),
-                             "no handoff-proceed in time" if isinstance(
-                                 session, WebSocketSession) else "request still under way")
+                             "no handoff-proceed in time" if session.handoff_needs_handler
+                             else "request still under way")
                     self._give_up(conn, now)
                 else:
                     still.append(item)
                 continue
-            text = encode_record(record)
+            text = records.encode(record)
             if len(text) > MAX_BATCH_BYTES:
                 log.info("%s: session record too large to move; closing it", describe(conn))
                 self._give_up(conn, now)
                 continue
             if len(socks) >= MAX_FDS or size + len(text) > MAX_BATCH_BYTES:
-                self._send(records, socks)
-                records, socks, size = [], [], 0
-            records.append(text)
+                self._send(texts, socks)
+                texts, socks, size = [], [], 0
+            texts.append(text)
             socks.append(conn.detach())
             size += len(text)
         self.moving = still
         if socks:
-            self._send(records, socks)
+            self._send(texts, socks)
 
-    def _export(self, conn: Conn, now: float) -> dict[str, object] | None:
+    def _export(self, conn: Conn, now: float) -> Record | None:
         """The session's record if it is ready to leave now, else None."""
         if conn.out or conn.closing:
             return None
-        session = conn.session
-        try:
-            if isinstance(session, WebSocketSession):
-                if session.ready_to_export:
-                    return ws_snapshot.export_ws(session, now)
-            elif isinstance(session, HttpSession) and session.resumable:
-                return snapshot.export_http(session, now)
-        except SnapshotError as e:
-            log.debug("slot %d: %s", conn.slot, e)
-        return None
+        session: Session = conn.session
+        if not session.ready_to_export:
+            return None
+        return session.export_record(now)
 
     def _send(self, records: list[str], socks: list[socket.socket]) -> None:
         batch = self.send(records, [s.fileno() for s in socks])
@@ -229,12 +217,17 @@ class Exporter:
             self.taken(batch, len(self.unconfirmed[batch]))
 
 
-def adopt(worker, records: list[object], fds: list[int]) -> tuple[int, int]:
+def adopt(worker: Worker, texts: list[object], fds: list[int]) -> tuple[int, int]:
     """Adopt exported sessions (record, descriptor pairs) into ``worker``;
     (adopted, failed). A session that cannot be rebuilt is closed."""
     adopted = failed = 0
     now = time.monotonic()
-    for text, fd in zip(records, fds, strict=False):
+    config = worker.config
+    settings = Settings(
+        buffer_size=config.buffer_size, stream_timeout=float(config.stream_timeout),
+        compression=config.compression, messages_max=config.messages_max,
+        max_message_size=config.max_message_size)
+    for text, fd in zip(texts, fds, strict=False):
         sock = socket.socket(fileno=fd)
         if worker.is_stopping:
             sock.close()
@@ -242,9 +235,11 @@ def adopt(worker, records: list[object], fds: list[int]) -> tuple[int, int]:
             continue
         slot = worker.take_slot("stream")
         try:
-            session = _restore(worker, decode_record(text), now, slot)
-        except Exception as e:  # noqa: BLE001 - SnapshotError, or a bug: this one is lost
-            if isinstance(e, SnapshotError):
+            record = records.decode(text)
+            session = restore(record, settings=settings, instance_id=worker.instance_id,
+                              new_id=partial(worker.next_id, slot), now=now)
+        except Exception as e:
+            if isinstance(e, RecordError):
                 log.warning("cannot adopt a connection: %s", e)
             else:
                 log.exception("cannot adopt a connection")
@@ -255,33 +250,16 @@ def adopt(worker, records: list[object], fds: list[int]) -> tuple[int, int]:
         sock.setblocking(False)
         conn = Conn(worker, sock, slot, session, None)
         worker.install(conn)
-        if isinstance(session, WebSocketSession):
+        if record.keeps_id:
             worker.track_moved(conn, session.rid, session.instance_id)
-            try:
-                session.resume()
-            except Exception:  # noqa: BLE001 - a bug in the session: end it alone
-                conn.fail("resuming it")
-                failed += 1
-                continue
+        try:
+            session.resume()
+        except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+            conn.fail("resuming it")
+            failed += 1
+            continue
         conn.run()
         adopted += 1
-    for fd in fds[len(records):]:
+    for fd in fds[len(texts):]:
         socket.close(fd)
     return adopted, failed
-
-
-def _restore(worker, record: dict[str, object], now: float, slot: int):
-    config = worker.config
-    kind = record.get("kind")
-    if kind == b"ws":
-        return ws_snapshot.restore_ws(
-            record, instance_id=worker.instance_id, now=now, buffer_size=config.buffer_size,
-            stream_timeout=float(config.stream_timeout), messages_max=config.messages_max,
-            max_message_size=config.max_message_size)
-    if kind == b"http":
-        return snapshot.restore_http(
-            record, instance_id=worker.instance_id, new_id=lambda: worker.next_id(slot), now=now,
-            buffer_size=config.buffer_size, stream_timeout=float(config.stream_timeout),
-            compression=config.compression, messages_max=config.messages_max,
-            max_message_size=config.max_message_size)
-    raise SnapshotError(f"unknown record kind {kind!r}")

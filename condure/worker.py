@@ -1,13 +1,10 @@
 """One worker process: listeners, ZeroMQ sockets and the session registry.
 
-The worker accepts client connections into numbered slots, gives each an
-HTTP session, routes handler packets to sessions by id, sweeps keep-alives
-and fires timers from one 100 ms tick.
-
-Ids are ``"<worker>-<slot>-<counter>"`` as Condure makes them (reference
-1.3): the slot part is what routes a handler's packet to its connection,
-and the full id must match the slot's current one, so packets for finished
-requests are ignored.
+The worker accepts client connections into numbered slots
+(``condure/slots.py``: the registry and the ids), gives each an HTTP
+session, routes handler packets to sessions by id, sweeps keep-alives and
+fires timers from one 100 ms tick. Connections reach it through
+:class:`condure.net.conn.ConnHost`, which it implements.
 
 Every call into a session is guarded: a session that raises (a bug) ends
 its own connection (``Conn.fail``) and every loop here goes on.
@@ -20,10 +17,12 @@ import errno
 import logging
 import math
 import os
-import signal
 import socket
+import ssl
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
 
 from condure.config import Config, ListenSpec
 from condure.log import TRACE, trace_enabled
@@ -34,10 +33,11 @@ from condure.net.timers import RESOLUTION, TimerWheel
 from condure.net.tls import TlsLayer
 from condure.net.unanswered import UnansweredLog
 from condure.net.zmqio import StreamSockets
-from condure.net.zmqreq import ReqSocket
+from condure.net.zmqreq import ReqSocket, routing_id
+from condure.session.contract import Session
 from condure.session.http import HttpSession
 from condure.session.req import REQ_SOCKET, ReqSession
-from condure.supervisor.reqrelay import routing_id
+from condure.slots import Slots
 from condure.zhttp import PacketError, UnknownType, decode, encode
 from condure.zhttp.packets import Cancel, Ident, KeepAlive, Packet
 
@@ -56,10 +56,15 @@ _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_BACKOFF = 0.1
 
 
-class Worker:
+class Worker(Slots):
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, index: int = 0, *,
                  listen_socks: list[tuple[socket.socket, ListenSpec]] | None = None,
-                 address: str | None = None, zmq_spec: dict | None = None) -> None:
+                 address: str | None = None, zmq_spec: dict[str, Any] | None = None,
+                 first_id: int = 0, log_unanswered: bool = True) -> None:
+        """``first_id``: where the id counter starts (a worker process keeps
+        ids unique across restarts of its slot); ``log_unanswered``: log
+        unanswered requests here, else count them for :meth:`take_stats`."""
+        super().__init__(index, first_id)
         self.config = config
         # The worker spec's "zmq" part (docs/supervisor.md); None: the
         # configured endpoints, bound or connected as the options say.
@@ -68,42 +73,34 @@ class Worker:
         self.given_listeners = listen_socks
         self.requests = 0  # request packets sent, for the supervisor's stats
         self.loop = loop
-        self.index = index
         # Our ZHTTP "from" and SUB prefix: --id, or --id.<index> with workers.
         self.instance_id = (address if address is not None else config.id).encode()
         self.read_size = max(config.buffer_size, 1)
-        # Req and stream connections share the slots (and the id space) but
-        # are limited separately (reference 1.2).
         self.limits = {"stream": config.stream_maxconn, "req": config.req_maxconn}
-        self.counts = {"stream": 0, "req": 0}
-        self.slot_modes: dict[int, str] = {}
         self.paused_modes: set[str] = set()
         self.maxconn = sum(self.limits[m] for m in {spec.mode for spec in config.listen}) or 1
-        self.slots: list[Conn | None] = []
-        # WebSocket sessions adopted from another process keep their ids,
-        # which need not name the slot they sit in here: routed by id.
-        self.moved: dict[bytes, Conn] = {}
-        self.free: list[int] = []
-        self.counter = 0
-        self.timers = TimerWheel()
+        self.timers: TimerWheel[Conn] = TimerWheel()
         self.listeners: list[tuple[socket.socket, ListenSpec]] = []
         self.certs = CertStore(config.tls_identities_dir)
-        self.tls_contexts: dict[ListenSpec, object] = {}  # spec -> ssl.SSLContext
+        self.tls_contexts: dict[ListenSpec, ssl.SSLContext] = {}
         self.accepting = False
         self.zmq: StreamSockets | None = None
         self.req: ReqSocket | None = None
         self.sweep_pos = 0
         self.sweep_batch = max(math.ceil(self.maxconn / (KEEP_ALIVE_INTERVAL / RESOLUTION)), 1)
         self.tick_handle: asyncio.TimerHandle | None = None
-        self.stopped = loop.create_future()
-        self.prefix = f"{index}-".encode()
+        # Done (with the reason) once the worker stops taking connections
+        # (mark_stopping); a runner may await it.
+        self.stopped: asyncio.Future[str] = loop.create_future()
         self.trace = trace_enabled()  # checked once: packet logging is costly
-        self.unanswered: UnansweredLog | None = UnansweredLog(config, time.monotonic)
+        self.unanswered = UnansweredLog(config, time.monotonic) if log_unanswered else None
         self.unanswered_counts: defaultdict[str, int] = defaultdict(int)
 
     # -- start and stop -----------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Open the ZeroMQ sockets and the listeners; accepting begins once
+        the handlers' packets can reach us (see ``wait_subscribed``)."""
         zspec = self.zmq_spec or {}
         verb = "connect" if zspec.get("connect", self.config.zclient_connect) else "bind"
         # The supervisor logs the public binds; the proxy's internal
@@ -114,14 +111,14 @@ class Worker:
             rid = routing_id(self.index, os.getpid()) if zspec.get("proxy") else None
             self.req = ReqSocket(self.config, self.loop, self.on_message,
                                  zmq_spec=self.zmq_spec, routing_id=rid)
-            for spec in self.req.endpoints:
-                log.log(level, "zhttp client %s %s", verb, spec)
+            for endpoint in self.req.endpoints:
+                log.log(level, "zhttp client %s %s", verb, endpoint)
         if self.config.uses_stream:
             self.zmq = StreamSockets(self.config, self.loop, self.on_message,
                                      instance_id=self.instance_id, zmq_spec=self.zmq_spec)
             for out, out_stream, in_ in self.zmq.endpoints:
                 log.log(level, "zhttp client %s %s %s %s", verb, out, out_stream, in_)
-            if not self.zmq.wait_subscribed():
+            if not await self.zmq.wait_subscribed():
                 log.warning("no connection to the supervisor's proxy yet; accepting anyway")
         for sock, spec in self._listen_sockets():
             self.listeners.append((sock, spec))
@@ -132,7 +129,7 @@ class Worker:
         self.set_accepting(True)
         self.tick_handle = self.loop.call_later(RESOLUTION, self.tick)
 
-    def _listen_sockets(self):
+    def _listen_sockets(self) -> Iterator[tuple[socket.socket, ListenSpec]]:
         if self.given_listeners is not None:
             yield from self.given_listeners
             return
@@ -162,6 +159,39 @@ class Worker:
     def close_listeners(self) -> None:
         for sock, spec in self.listeners:
             listeners.close(sock, spec)
+
+    def close(self) -> None:
+        """Close the ZeroMQ sockets (after :meth:`stop` and a flush)."""
+        if self.zmq is not None:
+            self.zmq.close()
+        if self.req is not None:
+            self.req.close()
+
+    def mark_stopping(self, reason: str) -> None:
+        """From now on the worker takes no connection (``is_stopping``)."""
+        if not self.stopped.done():
+            self.stopped.set_result(reason)
+
+    async def flush_cancels(self, budget: float) -> None:
+        """Give the packets queued for handlers (the cancels of :meth:`stop`)
+        up to ``budget`` seconds to leave."""
+        zmq_io = self.zmq
+        if zmq_io is None:
+            return
+        # Only the cancels matter now; requests still waiting for a handler are moot.
+        deadline = time.monotonic() + budget
+        while zmq_io.router_queue and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def take_stats(self) -> dict[str, Any]:
+        """Connections now, request packets sent so far and, when counted
+        here, unanswered requests by mode since the last call."""
+        stats: dict[str, Any] = {"connections": sum(self.counts.values()),
+                                 "requests": self.requests}
+        if self.unanswered_counts:
+            stats["unanswered"] = dict(self.unanswered_counts)
+            self.unanswered_counts.clear()
+        return stats
 
     # -- accepting ------------------------------------------------------------
 
@@ -237,7 +267,7 @@ class Worker:
                 raise
             self._adopt_socket(sock, addr, spec)
 
-    def _adopt_socket(self, sock: socket.socket, addr, spec: ListenSpec) -> None:
+    def _adopt_socket(self, sock: socket.socket, addr: Any, spec: ListenSpec) -> None:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -248,7 +278,7 @@ class Worker:
         slot = self.take_slot(spec.mode)
         try:
             session = self.make_session(spec, slot, peer_address, peer_port)
-        except Exception:  # noqa: BLE001 - a bug: drop this connection, accept on
+        except Exception:
             log.exception("cannot start a session for a new connection")
             sock.close()
             self.free_slot(slot)
@@ -256,24 +286,12 @@ class Worker:
         context = self.tls_contexts.get(spec)
         tls = TlsLayer(context) if context is not None else None
         conn = Conn(self, sock, slot, session, tls)
-        self.slots[slot] = conn
+        self.install(conn)
         conn.run()
 
-    def take_slot(self, mode: str) -> int:
-        """A free slot for a new connection of ``mode``, counted."""
-        slot = self.free.pop() if self.free else len(self.slots)
-        if slot == len(self.slots):
-            self.slots.append(None)
-        self.slot_modes[slot] = mode
-        self.counts[mode] += 1
-        return slot
-
-    def free_slot(self, slot: int) -> str:
-        """Give back a slot :meth:`take_slot` handed out; its mode."""
-        self.free.append(slot)
-        mode = self.slot_modes.pop(slot, "stream")
-        self.counts[mode] -= 1
-        return mode
+    def schedule(self, conn: Conn) -> None:
+        """File ``conn`` in the timer wheel for its deadline."""
+        self.timers.schedule(conn)
 
     def note_unanswered(self, slot: int) -> None:
         """A request on ``slot`` timed out with no handler answer (logged,
@@ -285,7 +303,7 @@ class Worker:
             self.unanswered_counts[mode] += 1
 
     def make_session(self, spec: ListenSpec, slot: int, peer_address: bytes | None,
-                     peer_port: int | None) -> HttpSession:
+                     peer_port: int | None) -> Session:
         """The session for a new connection on a listener of ``spec``."""
         if spec.mode == "req":
             return ReqSession(
@@ -313,27 +331,12 @@ class Worker:
             max_message_size=self.config.max_message_size,
         )
 
-    def next_id(self, slot: int) -> bytes:
-        rid = b"%d-%d-%x" % (self.index, slot, self.counter)
-        self.counter += 1
-        if self.moved and rid in self.moved:
-            return self.next_id(slot)  # an adopted session has it
-        return rid
-
     # -- the connection registry, for handover and the worker process ----------
 
     @property
     def is_stopping(self) -> bool:
         """The worker is stopping: it takes no more connections."""
         return self.stopped.done()
-
-    def live_connections(self) -> list[Conn]:
-        """Every connection this worker owns and has not closed, by slot."""
-        return [conn for conn in self.slots if conn is not None and not conn.closed]
-
-    def install(self, conn: Conn) -> None:
-        """Register ``conn`` (built for a slot from :meth:`take_slot`)."""
-        self.slots[conn.slot] = conn
 
     def track_moved(self, conn: Conn, rid: bytes, instance_id: bytes) -> None:
         """``conn`` was adopted from another worker with session id ``rid``
@@ -344,33 +347,32 @@ class Worker:
             self.zmq.subscribe(instance_id)
 
     def release(self, conn: Conn) -> None:
-        if self.slots[conn.slot] is conn:
-            if self.moved and self.moved.get(conn.session.rid) is conn:
-                del self.moved[conn.session.rid]
-            self.slots[conn.slot] = None
-            mode = self.free_slot(conn.slot)
-            if self.stopped.done():
-                return
-            if mode in self.paused_modes:
-                self._pause_mode(mode, False)
-            if not self.accepting and self.listeners:
-                self.set_accepting(True)
+        mode = self.unregister(conn)
+        if mode is None or self.stopped.done():
+            return
+        if mode in self.paused_modes:
+            self._pause_mode(mode, False)
+        if not self.accepting and self.listeners:
+            self.set_accepting(True)
 
     # -- packets --------------------------------------------------------------
 
-    def send_packet(self, packet: Packet, to: bytes | None) -> None:
+    def send_packet(self, packet: Packet, to: bytes | str | None) -> None:
         payload = encode(packet)
         if self.trace:
             where = ("(req)" if to is REQ_SOCKET else
-                     to.decode("utf-8", "replace") if to else "(first)")
+                     to.decode("utf-8", "replace") if isinstance(to, bytes) and to else "(first)")
             log.log(TRACE, "OUT %s %r", where, payload)
         if to is REQ_SOCKET:
             self.requests += 1
+            assert self.req is not None  # req sessions exist only with a req socket
             self.req.send(payload)
         elif to is None:
             self.requests += 1
+            assert self.zmq is not None  # stream sessions exist only with stream sockets
             self.zmq.send_first(payload)
-        elif to:
+        elif isinstance(to, bytes) and to:
+            assert self.zmq is not None
             self.zmq.send_to(to, payload)
         else:
             log.debug("no handler address for %r, packet dropped", packet.ids)
@@ -383,7 +385,7 @@ class Worker:
         except UnknownType as e:
             # Reference 4.5: a packet of unknown type aborts its sessions.
             for ident in e.ids:
-                conn = self._route(ident.id)
+                conn = self.route(ident.id)
                 if conn is not None:
                     try:
                         conn.session.abort_unknown(str(e))
@@ -397,7 +399,7 @@ class Worker:
             return
         now = time.monotonic()
         for ident in packet.ids:
-            conn = self._route(ident.id)
+            conn = self.route(ident.id)
             if conn is not None:
                 try:
                     conn.session.receive_packet(packet, ident, now)
@@ -405,25 +407,6 @@ class Worker:
                     conn.fail("handling a handler packet", packet.from_)
                     continue
                 conn.run()
-
-    def _route(self, rid: bytes) -> Conn | None:
-        if self.moved:
-            conn = self.moved.get(rid)
-            if conn is not None:
-                return conn
-        if not rid.startswith(self.prefix):
-            return None
-        rest = rid[len(self.prefix):]
-        slot_text, sep, _ = rest.partition(b"-")
-        if not sep or not slot_text.isdigit():
-            return None
-        slot = int(slot_text)
-        if slot >= len(self.slots):
-            return None
-        conn = self.slots[slot]
-        if conn is None or conn.session.rid != rid:
-            return None
-        return conn
 
     # -- periodic work ----------------------------------------------------------
 
@@ -465,26 +448,3 @@ class Worker:
                 packet = kind(from_=origin, ids=group, id_list=len(group) > 1)
                 self.send_packet(packet, address)
 
-
-def install_stop_signals(loop: asyncio.AbstractEventLoop, worker: Worker) -> None:
-    """Condure's stop signals for a worker running on its own: the first
-    TERM/INT/QUIT stops it; a second one while stopping exits at once (1)."""
-
-    def on_signal(signame: str) -> None:
-        if worker.stopped.done():
-            raise SystemExit(1)
-        log.info("stopping...")
-        worker.stopped.set_result(signame)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-
-
-async def flush_cancels(worker: Worker, budget: float) -> None:
-    zmq_io = worker.zmq
-    if zmq_io is None:
-        return
-    # Only the cancels matter now; requests still waiting for a handler are moot.
-    deadline = time.monotonic() + budget
-    while zmq_io.router_queue and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)

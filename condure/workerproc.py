@@ -33,11 +33,12 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
 from condure import handover
 from condure import log as condure_log
-from condure.supervisor import control
-from condure.worker import Worker, flush_cancels
+from condure.net import control
+from condure.worker import Worker
 
 log = logging.getLogger("condure")
 
@@ -48,7 +49,7 @@ BOOT_FAILURE = 3  # exit status of a worker that could not start
 
 
 class WorkerProcess:
-    def __init__(self, spec: dict) -> None:
+    def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.config = control.config_from_json(spec["config"])
         self.index = int(spec.get("index", 0))
@@ -57,18 +58,20 @@ class WorkerProcess:
         asyncio.set_event_loop(self.loop)
         self.ctl = socket.socket(fileno=spec["control_fd"])
         self.ctl.setblocking(False)
+        self.outbox = control.Outbox(self.loop, self.ctl)
         self.listen_socks = []
         for item in spec.get("listeners", ()):
             sock = socket.socket(fileno=item["fd"])
             sock.setblocking(False)
             self.listen_socks.append((sock, self.config.listen[item["spec"]]))
-        self.worker = Worker(self.config, self.loop, self.index, listen_socks=self.listen_socks,
-                             address=spec.get("address"), zmq_spec=spec.get("zmq"))
         # Ids stay unique across restarts of the same slot: a retiring worker
         # and its successor share the address while the old one drains.
-        self.worker.counter = (self.generation & 0xFFFF) << 32
-        self.worker.unanswered = None  # counted in stats; the supervisor logs
-        self.stop_request: asyncio.Future = self.loop.create_future()
+        # Unanswered requests are counted in stats; the supervisor logs them.
+        self.worker = Worker(self.config, self.loop, self.index, listen_socks=self.listen_socks,
+                             address=spec.get("address"), zmq_spec=spec.get("zmq"),
+                             first_id=(self.generation & 0xFFFF) << 32, log_unanswered=False)
+        self.stop_request: asyncio.Future[tuple[bool, float, float | None]] = \
+            self.loop.create_future()
         self.stats_handle: asyncio.TimerHandle | None = None
         self._fast = asyncio.Event()
         self.exporter: handover.Exporter | None = None
@@ -76,13 +79,13 @@ class WorkerProcess:
 
     # -- control channel ------------------------------------------------------
 
-    def send(self, message: dict) -> None:
+    def send(self, message: dict[str, Any]) -> None:
+        """Sent now, or once the socket has room (control.SEND_TIMEOUT at
+        most); if the supervisor is gone, EOF will say so."""
         try:
-            control.send(self.ctl, message)
-        except BlockingIOError:
-            log.debug("control socket full, %s dropped", message["type"])
+            self.outbox.send(message)
         except OSError:
-            pass  # the supervisor is gone; EOF will say so
+            log.debug("control: %s not sent", message["type"])
 
     def on_control(self) -> None:
         while True:
@@ -136,20 +139,15 @@ class WorkerProcess:
 
     def stats(self) -> None:
         self.stats_handle = self.loop.call_later(STATS_INTERVAL, self.stats)
-        worker = self.worker
-        message = {"type": "stats", "connections": sum(worker.counts.values()),
-                   "requests": worker.requests}
-        if worker.unanswered_counts:
-            message["unanswered"] = dict(worker.unanswered_counts)
-            worker.unanswered_counts.clear()
-        self.send(message)
+        if not self.outbox.post({"type": "stats", **self.worker.take_stats()}):
+            log.debug("control socket full, stats dropped")
 
     # -- running --------------------------------------------------------------
 
     def run(self) -> int:
         loop, worker = self.loop, self.worker
         try:
-            worker.start()
+            loop.run_until_complete(worker.start())
         except Exception as e:  # noqa: BLE001 - reported, and the supervisor counts it
             log.error("%s", e)
             return BOOT_FAILURE
@@ -160,7 +158,7 @@ class WorkerProcess:
         self.stats_handle = loop.call_later(STATS_INTERVAL, self.stats)
         try:
             graceful, drain, handoff = loop.run_until_complete(self.stop_request)
-            worker.stopped.set_result("stop")  # no accept restarts from here on
+            worker.mark_stopping("stop")  # no accept restarts from here on
             if handoff is not None:
                 started = loop.time()
                 loop.run_until_complete(self.hand_over(drain, handoff))
@@ -168,14 +166,14 @@ class WorkerProcess:
             if graceful:
                 loop.run_until_complete(self.drain(drain))
             worker.stop()
-            loop.run_until_complete(flush_cancels(worker, CANCEL_FLUSH))
+            loop.run_until_complete(worker.flush_cancels(CANCEL_FLUSH))
             if graceful:
                 self.send({"type": "drained"})
         finally:
             if self.stats_handle is not None:
                 self.stats_handle.cancel()
-            worker.zmq.close() if worker.zmq else None
-            worker.req.close() if worker.req else None
+            self.outbox.close()
+            worker.close()
             loop.close()
         return 0
 
@@ -204,15 +202,24 @@ class WorkerProcess:
 
     def send_batch(self, records: list[str], fds: list[int]) -> int | None:
         """One batch of exported sessions to the supervisor; its number, or
-        None when it could not be sent."""
+        None when it could not be sent. A batch that has to wait for room
+        is sent by the loop; if that fails in time, the batch is lost
+        (the exporter closes its sockets)."""
         self.batches += 1
-        message = {"type": "sessions", "batch": self.batches, "records": records}
+        batch = self.batches
+        message = {"type": "sessions", "batch": batch, "records": records}
+
+        def failed() -> None:
+            log.warning("handover: cannot pass sessions to the supervisor in time")
+            if self.exporter is not None:
+                self.exporter.taken(batch, len(fds))
+
         try:
-            control.send_waiting(self.ctl, message, fds, handover.SEND_TIMEOUT)
+            self.outbox.send(message, fds, timeout=handover.SEND_TIMEOUT, on_fail=failed)
         except OSError as e:
             log.warning("handover: cannot pass sessions to the supervisor: %s", e)
             return None
-        return self.batches
+        return batch
 
     async def drain(self, seconds: float) -> None:
         """Graceful stop: no new connections; idle ones closed politely,
@@ -229,10 +236,9 @@ class WorkerProcess:
                 log.info("drain time over, %d connections left", len(live))
                 return
             for conn in live:
-                going_away = getattr(conn.session, "going_away", None)
-                if going_away is not None and not conn.closed:
+                if not conn.closed:
                     try:
-                        going_away(time.monotonic())
+                        conn.session.going_away(time.monotonic())
                     except Exception:  # noqa: BLE001 - a bug in the session: end it alone
                         conn.fail("closing it for a stop")
                         continue

@@ -13,22 +13,29 @@ A session that raises (a bug in condure) costs its connection only: every
 call into it is guarded, and :meth:`Conn.fail` logs the traceback once and
 ends the connection with what is owed (condure/session/failure.py),
 without calling the broken object again.
+
+The adapter reaches the process hosting it (the worker) only through
+:class:`ConnHost`, so it does not depend on the worker (a layer above) and
+the worker keeps its internals to itself. The event loop is part of that
+contract as an attribute: a connection registers its own descriptor for
+reading and writing (``add_reader``/``add_writer`` and their removals),
+nothing else of the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol, cast
 
-from condure.net.tls import TlsError
+from condure.net.tls import TlsError, TlsLayer
 from condure.session import failure
 from condure.session.actions import Close, Send, SwitchSession, Write
-
-if TYPE_CHECKING:
-    from condure.worker import Worker
+from condure.session.contract import Session
+from condure.zhttp.packets import Packet
 
 log = logging.getLogger("condure.conn")
 
@@ -37,12 +44,51 @@ _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
 _FAILED = Close(graceful=True, reason="internal error")
 
 
-class Conn:
-    __slots__ = ("worker", "sock", "fd", "slot", "session", "out", "reading", "writing",
-                 "closing", "closed", "timer_key", "linger_until", "tls")
+class ConnHost(Protocol):
+    """The worker, as a connection sees it."""
 
-    def __init__(self, worker: Worker, sock: socket.socket, slot: int, session,
-                 tls=None) -> None:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the connection registers its descriptor with."""
+
+    @property
+    def read_size(self) -> int:
+        """Bytes to read from a client socket at a time."""
+
+    def send_packet(self, packet: Packet, to: bytes | str | None) -> None:
+        """Send a handler packet: ``to`` as in :class:`condure.session.actions.Send`
+        (or the req-mode socket's marker)."""
+
+    def schedule(self, conn: Conn) -> None:
+        """(Re-)file ``conn`` for its ``deadline`` (``conn.on_timer`` is
+        called when it passes)."""
+
+    def note_unanswered(self, slot: int) -> None:
+        """A request on ``slot`` timed out with no handler answer."""
+
+    def release(self, conn: Conn) -> None:
+        """``conn`` is finished here (closed or detached): free its slot."""
+
+
+class Conn:
+    __slots__ = (
+        "closed",
+        "closing",
+        "fd",
+        "linger_until",
+        "out",
+        "reading",
+        "session",
+        "slot",
+        "sock",
+        "timer_key",
+        "tls",
+        "worker",
+        "writing",
+    )
+
+    def __init__(self, worker: ConnHost, sock: socket.socket, slot: int, session: Session,
+                 tls: TlsLayer | None = None) -> None:
         self.worker = worker
         self.sock = sock
         self.fd = sock.fileno()
@@ -55,7 +101,7 @@ class Conn:
         self.closed = False
         self.timer_key: int | None = None
         self.linger_until: float | None = None
-        self.tls = tls  # a condure.net.tls.TlsLayer, or None for plain connections
+        self.tls = tls  # None for plain connections
 
     def __repr__(self) -> str:
         return f"<Conn slot={self.slot} fd={self.fd} out={len(self.out)} {self.session!r}>"
@@ -104,6 +150,7 @@ class Conn:
 
     def _tls_received(self, raw: bytes) -> None:
         tls = self.tls
+        assert tls is not None  # called for TLS connections only
         try:
             data, eof = tls.receive(raw)
         except TlsError as e:
@@ -163,21 +210,20 @@ class Conn:
                 actions = session.take_actions()
                 wrote = False
                 for action in actions:
-                    kind = type(action)
-                    if kind is Write:
+                    if isinstance(action, Write):
                         if self.tls is None:
                             self.out += action.data
                         else:
                             self.out += self.tls.encrypt(action.data)
                         wrote = True
-                    elif kind is Send:
+                    elif isinstance(action, Send):
                         worker.send_packet(action.packet, action.to)
-                    elif kind is Close:
+                    elif isinstance(action, Close):
                         self._close(action)
                         if self.closed:
                             return
-                    elif kind is SwitchSession:
-                        self.session = session = action.session
+                    elif isinstance(action, SwitchSession):
+                        self.session = session = cast(Session, action.session)
                 if wrote and not self.closed:
                     flushed = self._flush() or flushed
                     if self.session is not session:
@@ -196,7 +242,7 @@ class Conn:
                 want = session.wants_read
                 if want != self.reading:
                     self._set_reading(want)
-            worker.timers.schedule(self)
+            worker.schedule(self)
         except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
             self.fail("running the session")
 
@@ -270,7 +316,7 @@ class Conn:
         self.linger_until = time.monotonic() + LINGER
         if not self.reading:
             self._set_reading(True)
-        self.worker.timers.schedule(self)
+        self.worker.schedule(self)
 
     def _stop_watching(self) -> None:
         """No more callbacks for this connection."""
@@ -327,7 +373,7 @@ class Conn:
                 self._finish()
             if cancel is not None:
                 self.worker.send_packet(cancel[1], cancel[0])
-        except Exception:  # noqa: BLE001 - last resort: forget the connection
+        except Exception:
             log.exception("slot %d: ending the connection failed; dropping it", self.slot)
             self._drop()
 
@@ -337,7 +383,7 @@ class Conn:
             self.session = failure.Ended(self.session)
         try:
             self._stop_watching()
-        except Exception:  # noqa: BLE001, S110 - best effort, the slot matters more
+        except Exception:  # noqa: BLE001 - best effort, the slot matters more
             self.closed = True
         try:
             self.sock.close()
@@ -345,5 +391,5 @@ class Conn:
             pass
         try:
             self.worker.release(self)
-        except Exception:  # noqa: BLE001 - nothing more can be done here
+        except Exception:
             log.exception("slot %d: releasing the connection failed", self.slot)

@@ -18,7 +18,7 @@ import heapq
 import logging
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger("condure")
 
@@ -32,15 +32,18 @@ class TimerOwner(Protocol):
     def deadline(self) -> float | None: ...
 
 
-class TimerWheel:
+Owner = TypeVar("Owner", bound=TimerOwner)
+
+
+class TimerWheel(Generic[Owner]):
     def __init__(self) -> None:
-        self._buckets: dict[int, list[TimerOwner]] = {}
+        self._buckets: dict[int, list[Owner]] = {}
         self._keys: list[int] = []  # heap of the keys in _buckets
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())
 
-    def schedule(self, owner: TimerOwner) -> None:
+    def schedule(self, owner: Owner) -> None:
         """File ``owner`` under its current deadline unless it already sits
         in a bucket that fires no later."""
         deadline = owner.deadline
@@ -58,7 +61,7 @@ class TimerWheel:
         else:
             bucket.append(owner)
 
-    def expire(self, now: float, fire: Callable[[TimerOwner], None]) -> None:
+    def expire(self, now: float, fire: Callable[[Owner], None]) -> None:
         """Call ``fire`` for every owner whose deadline has passed; file the
         others again under their current deadline."""
         limit = math.floor(now / RESOLUTION)
@@ -77,5 +80,5 @@ class TimerWheel:
                         fire(owner)
                     else:
                         self.schedule(owner)
-                except Exception:  # noqa: BLE001 - see the module docstring
+                except Exception:
                     log.exception("a timer failed; its owner leaves the wheel")

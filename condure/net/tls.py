@@ -23,7 +23,7 @@ class TlsError(Exception):
 
 
 class TlsLayer:
-    __slots__ = ("obj", "incoming", "outgoing", "handshaking")
+    __slots__ = ("handshaking", "incoming", "obj", "outgoing")
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self.incoming = ssl.MemoryBIO()

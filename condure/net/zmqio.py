@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -126,29 +125,45 @@ class StreamSockets:
             self.extra_prefixes.add(prefix)
             self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
 
-    def wait_subscribed(self, timeout: float = 5.0) -> bool:
-        """Block until the SUB socket's connections have completed their
+    async def wait_subscribed(self, timeout: float = 5.0) -> bool:
+        """Wait until the SUB socket's connections have completed their
         ZeroMQ handshake (at which point its subscription is on its way
-        ahead of anything else), or ``timeout``. Used by workers behind the
-        supervisor's proxy before they start accepting: a reply for a
-        request accepted earlier could otherwise reach the proxy before the
-        worker's subscription does, and be lost."""
+        ahead of anything else), or ``timeout``; the loop runs meanwhile.
+        Used by workers behind the supervisor's proxy before they start
+        accepting: a reply for a request accepted earlier could otherwise
+        reach the proxy before the worker's subscription does, and be lost."""
         monitor = self._sub_monitor
         if monitor is None:
             return True
         self._sub_monitor = None
-        wanted = len(self.endpoints)
+        loop = self.loop
+        fd = monitor.getsockopt(zmq.FD)
+        woke = asyncio.Event()
+        loop.add_reader(fd, woke.set)
         try:
-            deadline = time.monotonic() + timeout
+            deadline = loop.time() + timeout
             done = 0
-            while done < wanted:
-                left = deadline - time.monotonic()
-                if left <= 0 or not monitor.poll(left * 1000):
+            while done < len(self.endpoints):
+                try:
+                    monitor.recv_multipart(zmq.NOBLOCK)
+                    done += 1
+                    continue
+                except zmq.Again:
+                    pass
+                woke.clear()
+                # The FD is edge-triggered: look again before sleeping on it.
+                if monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    continue
+                left = deadline - loop.time()
+                if left <= 0:
                     return False
-                monitor.recv_multipart()
-                done += 1
+                try:
+                    await asyncio.wait_for(woke.wait(), left)
+                except TimeoutError:
+                    return False
             return True
         finally:
+            loop.remove_reader(fd)
             self.sub.disable_monitor()
             monitor.close(0)
 
@@ -175,7 +190,7 @@ class StreamSockets:
                             on_message(frame[len(extra):])
                             break
                 # Other addresses are not ours (reference 4.9); drop quietly.
-            except Exception:  # noqa: BLE001 - a bug: drop this packet, drain the rest
+            except Exception:
                 log.exception("a packet from a handler could not be handled")
         # More may be waiting: come back after client I/O has had a turn.
         if not self._sub_scheduled:

@@ -41,6 +41,12 @@ def packet_frame(frames: list[bytes]) -> bytes | None:
     return None
 
 
+def routing_id(index: int, pid: int) -> bytes:
+    """The DEALER identity of worker ``index`` (process ``pid``) behind the
+    supervisor's req relay, which routes replies back by it."""
+    return b"%d-%d" % (index, pid)
+
+
 class ReqSocket:
     """The DEALER socket shared by every req-mode session of one worker.
 
@@ -99,7 +105,7 @@ class ReqSocket:
                 continue
             try:
                 self.on_message(payload)
-            except Exception:  # noqa: BLE001 - a bug: drop this packet, drain the rest
+            except Exception:
                 log.exception("a packet from a handler could not be handled")
         if not self._scheduled:
             self._scheduled = True

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import struct
 
-from condure.session.http import HttpSession
+from condure.session.actions import Action
+from condure.session.contract import Kind
 from condure.session.httpwire import error_response
 from condure.session.peer import MAX_FROM
-from condure.session.req import ReqSession
-from condure.session.states import CLOSED, HEAD, RESP_NONE, WAIT
-from condure.session.websocket import WebSocketSession
+from condure.session.states import CLOSED, HEAD, OPEN, WAIT
 from condure.session.ws_frames import CLOSE, frame
-from condure.session.ws_input import OPEN
 from condure.zhttp.packets import Cancel, Ident
 
 INTERNAL_ERROR = 1011  # WebSocket close code (RFC 6455 7.4.1)
@@ -59,20 +57,22 @@ def last_words(session: object, sender: bytes | None = None, reading: bool = Fal
     did not know its handler yet; ``reading``: it failed on client bytes
     (a request is being read even if the session kept none of it)."""
     state = _get(session, "state")
+    kind = _get(session, "kind")
     words = b""
-    if isinstance(session, WebSocketSession):
-        if state is OPEN and _get(session, "out_closed") is False:
+    if kind is Kind.WEBSOCKET:
+        if state is OPEN and _get(_get(session, "output"), "closed") is False:
             words = frame(CLOSE, struct.pack("!H", INTERNAL_ERROR))
         elif state is WAIT:
             words = error_response(500)  # no 101 went out
-    elif isinstance(session, HttpSession) and state is not CLOSED:
+    elif (kind is Kind.HTTP or kind is Kind.REQ) and state is not CLOSED:
         # A request under way, or being read; not an idle connection
         # between requests, which is owed no response.
-        reading = reading or bool(_get(session, "inbuf")) or _get(session, "parser") is not None
-        if _get(session, "resp_state") is RESP_NONE and (state is not HEAD or reading):
+        mid = _get(session, "mid_request")
+        reading = reading or mid is True or (mid is None and state is not HEAD)
+        if _get(session, "answer_started") is False and reading:
             words = error_response(500)
     cancel = None
-    if state is not CLOSED and not isinstance(session, ReqSession):
+    if state is not CLOSED and kind is not Kind.REQ:
         address = _get(session, "handler")
         if not isinstance(address, bytes):
             address = sender
@@ -89,8 +89,15 @@ class Ended:
     answers every call the adapter, the worker and a handover make, and
     does nothing."""
 
-    __slots__ = ("rid", "instance_id")
+    __slots__ = ("instance_id", "rid")
+    kind = Kind.ENDED
     state = CLOSED
+    peer_address = None
+    peer_port = None
+    can_move = False
+    handoff_needs_handler = False
+    awaiting_handler = False
+    handing_off = False
     handler = None
     deadline = None
     wants_read = False
@@ -108,7 +115,7 @@ class Ended:
     def __repr__(self) -> str:
         return f"<Ended session id={self.rid!r}>"
 
-    def take_actions(self) -> list:
+    def take_actions(self) -> list[Action]:
         return []
 
     def receive_data(self, data: bytes, now: float) -> None:
@@ -131,6 +138,12 @@ class Ended:
 
     def begin_handoff(self) -> bool:
         return False
+
+    def export_record(self, now: float) -> None:
+        return None
+
+    def resume(self) -> None:
+        pass
 
     def keep_alive(self) -> None:
         return None

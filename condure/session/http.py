@@ -1,53 +1,54 @@
 """The stream-mode HTTP/1.x session: one client connection, sans-I/O.
 
 Theory of operation. A connection carries a sequence of requests; each
-request is one ZHTTP session with a fresh id. A cycle goes:
+request is one ZHTTP session with a fresh id. A cycle goes (the table is
+``states.HTTP_TABLE``):
 
-``HEAD``    reading the request head (h11 parses it). Bad input is answered
-            here with a 4xx/5xx and the connection closes; the handler
-            never hears of it.
+``HEAD``    reading the request head (:mod:`condure.session.head`). Bad
+            input is answered here with a 4xx/5xx and the connection
+            closes; the handler never hears of it.
 ``WAIT``    the request packet (seq 0) went out on the first-packet socket;
             the client is not read until the handler's first packet
             arrives (Condure does the same, reference 5.10.2).
 ``ACTIVE``  the handler answered. The request body (if any) flows to the
-            handler against the credits it grants; the response flows to
-            the client against the credits condure granted (``--buffer-size``
-            in the request packet), returned as bytes reach the client.
+            handler against the credits it grants (:mod:`http_body`); the
+            response flows to the client against the credits condure
+            granted (``--buffer-size`` in the request packet), returned as
+            bytes reach the client (:mod:`http_response`).
 
 When the response is complete and the request body was read to its end,
 a persistent connection goes back to ``HEAD`` with a new id (pipelined bytes
 already read are parsed next); otherwise it closes after the last byte.
+Whether it is persistent is :attr:`HttpSession.persistent`, in one place.
 
 Everything the session wants done comes out of :meth:`take_actions`; it
 learns the time only from the ``now`` its callers pass. Between requests
 (``HEAD`` with no partial request read) it can be exported as a small
-record and rebuilt in another process (:mod:`condure.session.snapshot`).
+record and rebuilt in another process (:mod:`condure.session.records`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import h11
+from typing import TYPE_CHECKING
 
 from condure.session import httpwire, websocket
-from condure.session.actions import Action, Send, Write
-from condure.session.http_body import BodyMixin
-from condure.session.http_response import ResponseMixin
+from condure.session.actions import Send, Write
+from condure.session.contract import Kind, Settings
+from condure.session.head import MAX_HEADERS, Head, HeadReader, Refusal
+from condure.session.http_body import NO_BODY, RequestBody
+from condure.session.http_response import Response, ResponseError
 from condure.session.peer import SESSION_TIMEOUT, ZhttpPeer
-from condure.session.states import (  # noqa: F401 - re-exported for tests
+from condure.session.records import HttpRecord
+from condure.session.states import (
     ACTIVE,
-    BODY_ABANDONED,
-    BODY_DONE,
-    BODY_PENDING,
-    BODY_READING,
     CLOSED,
     HEAD,
-    NO_BODY,
-    RESP_DONE,
-    RESP_NONE,
-    RESP_STREAMING,
+    HTTP_TABLE,
     WAIT,
+    BodyState,
+    Event,
+    ResponseState,
 )
 from condure.zhttp.packets import (
     Cancel,
@@ -61,34 +62,20 @@ from condure.zhttp.packets import (
     Packet,
 )
 
-MAX_HEADERS = 64  # most request headers accepted (reference 7)
+__all__ = ["FRESH_GRACE", "MAX_HEADERS", "HttpSession"]
+
 # A connection accepted just before a graceful stop may not have sent its
 # request yet; this is how long a drain waits for it.
 FRESH_GRACE = 1.0
 
 
-class _Refuse(Exception):
-    """A request condure answers itself with ``status``."""
-
-    def __init__(self, status: int, detail: str = "") -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-def _receive_buffer_len(parser: h11.Connection) -> int:
-    # h11 keeps unparsed bytes in a private buffer; its public accessor
-    # copies them, which is too costly on every read.
-    buf = getattr(parser, "_receive_buffer", None)
-    return len(buf) if buf is not None else len(parser.trailing_data[0])
-
-
-class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
+class HttpSession(ZhttpPeer):
     """One stream-mode HTTP/1.x connection (see the module docstring)."""
 
-    leaving = False  # the process is stopping: no further request on this connection
-    served = 0  # requests completed on this connection
-    leave_at: float | None = None  # when a fresh connection is closed in a drain
+    kind = Kind.HTTP
+    table = HTTP_TABLE
+    can_move = True
+    handoff_needs_handler = False
 
     def __init__(
         self,
@@ -106,58 +93,107 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
         messages_max: int = 100,
         max_message_size: int = 0,
     ) -> None:
-        self.instance_id = instance_id
+        super().__init__(instance_id=instance_id, buffer_size=buffer_size,
+                         stream_timeout=stream_timeout, scheme=scheme,
+                         peer_address=peer_address, peer_port=peer_port)
         self.new_id = new_id
-        self.buffer_size = buffer_size
-        self.stream_timeout = stream_timeout
-        self.scheme = scheme
-        self.peer_address = peer_address
-        self.peer_port = peer_port
         self.compression = compression  # WebSocket options (websocket.upgrade)
         self.messages_max = messages_max
         self.max_message_size = max_message_size
-        self.actions: list[Action] = []
-        self.state = HEAD
         self.stream_deadline = now + stream_timeout
         # Handover: finish the request under way, start no new one, so the
         # connection becomes resumable and can move (begin_handoff).
         self.hold = False
+        self.leaving = False  # the process is stopping: no further request here
+        self.served = 0  # requests completed on this connection
+        self.leave_at: float | None = None  # when a fresh connection is closed in a drain
         self._start_cycle(now, leftover)
+
+    @classmethod
+    def from_record(cls, record: HttpRecord, *, settings: Settings, instance_id: bytes,
+                    new_id: Callable[[], bytes], now: float) -> HttpSession:
+        """Rebuild a connection exported between requests (handover)."""
+        self = cls(
+            instance_id=instance_id, new_id=new_id, now=now,
+            buffer_size=settings.buffer_size, stream_timeout=settings.stream_timeout,
+            scheme=record.scheme, peer_address=record.peer_address,
+            peer_port=record.peer_port, compression=settings.compression,
+            messages_max=settings.messages_max, max_message_size=settings.max_message_size)
+        self.session_deadline = now + record.session_left
+        self.stream_deadline = now + record.stream_left
+        if record.leftover:
+            self.receive_data(record.leftover, now)
+        return self
+
+    def export_record(self, now: float) -> HttpRecord | None:
+        """The record of this connection if it is between requests, else None."""
+        if not self.resumable:
+            return None
+        return HttpRecord(
+            scheme=self.scheme, peer_address=self.peer_address, peer_port=self.peer_port,
+            leftover=self.reader.leftover(), session_left=max(self.session_deadline - now, 0.0),
+            stream_left=max(self.stream_deadline - now, 0.0))
 
     # -- public surface ---------------------------------------------------
 
+    def __repr__(self) -> str:
+        return (f"<HttpSession id={self.rid!r} state={self.state} body={self.body.state} "
+                f"resp={self.response.state} handler={self.handler!r} out_seq={self.out_seq} "
+                f"in_seq={self.in_seq} paused={self.paused}>")
+
+    def leftover(self) -> bytes:
+        """Client bytes read and not parsed yet."""
+        return self.reader.leftover()
+
+    @property
+    def answer_started(self) -> bool:
+        """Some of the response went to the client (for failure.last_words)."""
+        return self.response.state is not ResponseState.NONE
+
+    @property
+    def persistent(self) -> bool:
+        """The connection stays open after this request: the client asked
+        for it, the process is not stopping, the body was read (not
+        abandoned) and the response is not delimited by the close."""
+        return (self.keep_alive_asked and not self.leaving
+                and self.body.state is not BodyState.ABANDONED
+                and not self.response.close_delimited)
+
     @property
     def timeout_answerable(self) -> bool:
-        return ((self.state is WAIT or self.state is ACTIVE) and self.resp_state is RESP_NONE
-                and not self.client_gone)
+        return ((self.state is WAIT or self.state is ACTIVE)
+                and self.response.state is ResponseState.NONE and not self.client_gone)
 
-    def __repr__(self) -> str:
-        return (f"<HttpSession id={self.rid!r} state={self.state} body={self.body_state} "
-                f"resp={self.resp_state} handler={self.handler!r} out_seq={self.out_seq} "
-                f"in_seq={self.in_seq} paused={self.paused}>")
+    @property
+    def mid_request(self) -> bool:
+        """A request is under way or being read (for failure.last_words)."""
+        reader = self.reader
+        return self.state is not HEAD or bool(reader.inbuf) or reader.parser is not None
 
     @property
     def wants_read(self) -> bool:
         """Whether the adapter should read from the client now."""
-        if self.state is HEAD:
+        state = self.state
+        if state is HEAD:
             return not self.hold
-        if self.state is WAIT:
+        if state is WAIT:
             # Condure does not read while it waits for the handler. Without a
             # body there is nothing to hold back, and reading on spares the
             # loop a reader toggle per request; an EOF is kept for later.
-            return (self.body_state is NO_BODY and not self.client_gone
-                    and self._buffered() < self.buffer_size)
-        if self.state is not ACTIVE or self.paused:
+            return (self.body.state is BodyState.NONE and not self.client_gone
+                    and self.reader.buffered(False) < self.buffer_size)
+        if state is not ACTIVE or self.paused:
             return False
-        if self.body_state is BODY_READING:
+        body = self.body.state
+        if body is BodyState.READING:
             # Like Condure, read more body only once what was read has gone
             # to the handler, so packets follow the client's reads.
-            return not self.body_pieces and self._buffered() < self.buffer_size
-        if self.body_state is BODY_ABANDONED:
+            return not self.body.pieces and self.reader.buffered(False) < self.buffer_size
+        if body is BodyState.ABANDONED:
             return False
         # While the response is under way, keep watching for a disconnect;
         # bytes of a pipelined next request wait, bounded.
-        return self._buffered() < self.buffer_size
+        return self.reader.buffered(False) < self.buffer_size
 
     @property
     def resumable(self) -> bool:
@@ -166,13 +202,28 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
         partly read next request travel with it)."""
         return self.state is HEAD and self.handler is None and not self.actions
 
+    @property
+    def ready_to_export(self) -> bool:
+        return self.resumable
+
+    @property
+    def awaiting_handler(self) -> bool:
+        return self.state is WAIT
+
+    @property
+    def handing_off(self) -> bool:
+        return self.hold
+
     def begin_handoff(self) -> bool:
         """Handover starts: no new request from here on; the one under way
         (if any) finishes, then ``resumable`` says the connection can move."""
         self.hold = True
         return True
 
-    def going_away(self, now: float | None = None) -> None:
+    def resume(self) -> None:
+        """Nothing to tell anyone: the next request starts a new session."""
+
+    def going_away(self, now: float | None = None, code: int | None = None) -> None:
         """Graceful stop of the process (called repeatedly while draining):
         an idle keep-alive connection closes now (its client retries, RFC
         9112 9.3.1); a new connection whose first request may still be on
@@ -182,22 +233,21 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
         if self.state is CLOSED:
             return
         self.leaving = True
-        if self.state is HEAD and not self._buffered() and not self.actions:
+        if self.state is HEAD and not self.reader.buffered(True) and not self.actions:
             if self.served or now is None:
                 self._close(graceful=True, reason="going away")
             elif self.leave_at is None:
                 self.leave_at = now + FRESH_GRACE
             elif now >= self.leave_at:
                 self._close(graceful=True, reason="going away: no request came")
-        elif self.state is not HEAD:
-            self.persistent = False
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the client; ``b""`` means end of input."""
-        if self.state is CLOSED:
+        state = self.state
+        if state is CLOSED:
             return
         if not data:
-            if self.state is WAIT:
+            if state is WAIT:
                 # Condure notices a disconnect in this phase only when the
                 # handler answers, and then sends it a cancel (reference
                 # 5.10.2); a half-close counts as a disconnect, as in nginx.
@@ -205,22 +255,11 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
                 return
             self._client_eof()
             return
-        parser = self.parser
-        if parser is None:
-            inbuf = self.inbuf
-            if not inbuf and self.state is HEAD:
-                # RFC 9112 2.2: ignore empty lines before a request line.
-                data = data.lstrip(b"\r\n")
-            inbuf += data
-        else:
-            self._fed += len(data)
-            parser.receive_data(data)
-            if self.state is HEAD:
-                self.raw_head += data
-        if self.state is HEAD:
+        self.reader.feed(data, state is HEAD)
+        if state is HEAD:
             if not self.hold:
                 self._read_head(now)
-        elif self.state is ACTIVE and self.body_state is BODY_READING:
+        elif state is ACTIVE and self.body.state is BodyState.READING:
             self.stream_deadline = now + self.stream_timeout
             self._pump_body(now)
 
@@ -232,25 +271,30 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
             return
         first = self.state is WAIT
         if first:
-            self.state = ACTIVE
+            self._advance(Event.ANSWERED)
             if self.client_gone:
                 self._cancel_and_close("client closed")
                 return
         kind = type(packet)
+        body = self.body
         if kind is Data:
-            if packet.credits:
-                self.body_credits += packet.credits
-            if self.body_state is BODY_PENDING or self.body_state is BODY_READING:
+            if TYPE_CHECKING:  # (narrowing for mypy, free at run time)
+                assert isinstance(packet, Data)
+            if packet.credits and body is not NO_BODY:
+                body.credits += packet.credits
+            if body.state is BodyState.PENDING or body.state is BodyState.READING:
                 # The handler answered before the body was read: stop reading
                 # it and close after the response (reference 5.6).
-                self.body_state = BODY_ABANDONED
-                self.persistent = False
+                body.state = BodyState.ABANDONED
             self._response_data(packet, now)
         elif kind is Credit:
-            self.body_credits += packet.credits
+            if TYPE_CHECKING:
+                assert isinstance(packet, Credit)
+            if body is not NO_BODY:
+                body.credits += packet.credits
             if first:
                 self._begin_body(now)
-            elif self.body_state is BODY_READING:
+            elif body.state is BodyState.READING:
                 self._pump_body(now)
         elif kind is KeepAlive:
             if first:
@@ -275,21 +319,17 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
 
     def output_flushed(self, now: float) -> None:
         """The adapter wrote everything queued to the client."""
-        if self.unflushed and self.state is ACTIVE and self.resp_state is RESP_STREAMING:
-            credits, self.unflushed = self.unflushed, 0
-            self.resp_credits += credits
+        response = self.response
+        if (response.unflushed and self.state is ACTIVE
+                and response.state is ResponseState.STREAMING):
+            credits = response.flushed()
             self.stream_deadline = now + self.stream_timeout
             self._send(Credit, credits=credits)
 
     # -- request cycle ----------------------------------------------------
 
     def _start_cycle(self, now: float, leftover: bytes) -> None:
-        # Input waits in ``inbuf`` until a request needs h11 (see
-        # _read_head); from then until the cycle ends h11 owns it.
-        self.inbuf = bytearray(leftover.lstrip(b"\r\n"))
-        self.parser: h11.Connection | None = None
-        self.raw_head = b""
-        self._fed = 0
+        self.reader = HeadReader(self.buffer_size, leftover)
         self.rid = self.new_id()
         self.state = HEAD
         self.handler: bytes | None = None
@@ -297,109 +337,38 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
         self.in_seq = 0
         self.paused = False
         self.session_deadline = now + SESSION_TIMEOUT
-        self.body_state = NO_BODY
-        self.body_pieces: list[bytes] = []  # body read, not yet sent, as the client's pieces
         self.client_gone = False
-        self.body_eom = False
-        self.body_credits = 0
-        self.expect_continue = False
-        self.resp_state = RESP_NONE
-        self.resp_credits = self.buffer_size
-        self.unflushed = 0
-        self.chunked = False
-        self.discard_body = False
-        self.close_delimited = False
-        self.http11 = True
-        self.is_head = False
-        self.persistent = False
-        if self.inbuf and not self.hold:
+        self.keep_alive_asked = False
+        self.body = NO_BODY
+        self.response = Response(self.buffer_size)
+        if self.reader.inbuf and not self.hold:
             self._read_head(now)
 
-    def _buffered(self) -> int:
-        """Client bytes read but not parsed yet."""
-        if self.parser is None:
-            return len(self.inbuf)
-        return _receive_buffer_len(self.parser)
-
-    def _leftover(self) -> bytes:
-        if self.parser is None:
-            return bytes(self.inbuf)
-        return bytes(self.parser.trailing_data[0])
-
     def _read_head(self, now: float) -> None:
-        if self.parser is None:
-            inbuf = self.inbuf
-            end = inbuf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(inbuf) <= self.buffer_size and b"\n\n" not in inbuf \
-                        and b"\n\r\n" not in inbuf:
-                    return  # not complete yet
-            elif end + 4 <= self.buffer_size:
-                simple = httpwire.parse_simple_head(bytes(inbuf[:end]))
-                if simple is not None:
-                    del inbuf[:end + 4]
-                    self.stream_deadline = now + self.stream_timeout
-                    method, target, http11, headers = simple
-                    self._request(method, target, http11, tuple(headers))
-                    return
-            # Not a simple head: h11 takes over the input from here. The raw
-            # head is kept: h11 normalises some values (Transfer-Encoding,
-            # repeated Content-Length) that condure forwards verbatim.
-            self.raw_head = bytes(inbuf)
-            self.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.buffer_size)
-            self._fed = len(inbuf)
-            self.parser.receive_data(self.raw_head)
-            inbuf.clear()
-        try:
-            event = self.parser.next_event()
-            if event is h11.NEED_DATA:
-                return
-            if type(event) is not h11.Request:
-                raise _Refuse(400)
-            self._check_head(event)
-        except h11.RemoteProtocolError as e:
-            self._refuse(e.error_status_hint or 400, str(e))
+        head = self.reader.read_head()
+        if head is None:
             return
-        except _Refuse as e:
-            self._refuse(e.status, e.detail)
+        if isinstance(head, Refusal):
+            self._refuse(head.status, head.detail)
             return
         self.stream_deadline = now + self.stream_timeout
-        head_size = self._fed - _receive_buffer_len(self.parser)
-        headers = httpwire.raw_headers(self.raw_head[:head_size])
-        if headers is None:
-            self._refuse(400, "obsolete line folding")
-            return
-        self._request(event.method, event.target, event.http_version == b"1.1", headers)
+        self._request(head)
 
-    def _check_head(self, event: h11.Request) -> None:
-        if event.http_version not in (b"1.1", b"1.0"):
-            raise _Refuse(505)
-        if self._fed - _receive_buffer_len(self.parser) > self.buffer_size:
-            raise _Refuse(431, "request head larger than the buffer")
-
-    def _request(self, method: bytes, target: bytes, http11: bool,
-                 headers: tuple[tuple[bytes, bytes], ...]) -> None:
-        if len(headers) > MAX_HEADERS:
-            self._refuse(431, "too many request headers")
-            return
+    def _request(self, head: Head) -> None:
+        method, target, headers = head.method, head.target, head.headers
         uri = httpwire.request_uri(self.scheme, headers, target)
         if len(uri) > httpwire.MAX_URI:
             self._refuse(414)
             return
         if websocket.is_upgrade(headers):
             # A WebSocket session takes the connection over (reference 5.7).
-            self.state = CLOSED
+            self._advance(Event.UPGRADE)
             self.actions += websocket.upgrade(self, method, target, headers)
             return
-        self.http11 = http11
-        self.is_head = method == b"HEAD"
-        connection = httpwire.header_tokens(headers, b"connection")
-        if self.http11:
-            self.persistent = b"close" not in connection
-        else:
-            self.persistent = b"keep-alive" in connection and b"close" not in connection
-        if self.leaving:
-            self.persistent = False  # the process is stopping: last request here
+        response = self.response
+        response.http11 = head.http11
+        response.is_head = method == b"HEAD"
+        self.keep_alive_asked = head.keep_alive()
         has_length = False
         more = False
         for key, value in headers:
@@ -410,10 +379,10 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
                 has_length = True
                 more = more or value.strip() != b"0"
         if has_length:
-            self.body_state = BODY_PENDING
-            self.expect_continue = (
-                self.http11 and more and b"100-continue" in httpwire.header_tokens(headers, b"expect"))
-        self.state = WAIT
+            self.body = RequestBody()
+            self.body.expect(more, head.http11 and b"100-continue" in httpwire.header_tokens(
+                headers, b"expect"))
+        self._advance(Event.REQUEST)
         packet = Data(
             from_=self.instance_id,
             ids=(Ident(self.rid, 0),),
@@ -434,21 +403,86 @@ class HttpSession(ZhttpPeer, BodyMixin, ResponseMixin):
         self._close(graceful=True, reason=f"refused with {status}: {detail}")
 
     def _maybe_finish(self, now: float) -> None:
-        if self.resp_state is not RESP_DONE:
+        if self.response.state is not ResponseState.DONE:
             return
-        if self.body_state is BODY_PENDING or self.body_state is BODY_READING:
+        body = self.body.state
+        if body is BodyState.PENDING or body is BodyState.READING:
             return
         self.served += 1
-        if self.persistent and not self.leaving and self.body_state is not BODY_ABANDONED:
-            self._start_cycle(now, self._leftover())
+        if self.persistent:
+            self._advance(Event.NEXT)
+            self._start_cycle(now, self.reader.leftover())
         else:
             self._close(graceful=True, reason="response complete")
+
+    # -- request body -------------------------------------------------------
+
+    def _begin_body(self, now: float) -> None:
+        body = self.body
+        if body.state is not BodyState.PENDING:
+            return
+        body.state = BodyState.READING
+        if body.expect_continue:
+            self.actions.append(Write(b"HTTP/1.1 100 Continue\r\n\r\n"))
+        self._pump_body(now)
+
+    def _pump_body(self, now: float) -> None:
+        """Move parsed body bytes to the handler as credits allow: one
+        packet per piece the parser yields (a chunk, or what one read
+        brought), split further only by credits and the buffer size. The
+        last piece carries no ``more`` when the end is already known."""
+        body = self.body
+        while body.credits > 0:
+            if not body.pieces and not body.eom and (
+                    not self._pull_body() or (not body.pieces and not body.eom)):
+                return
+            piece = body.take(min(body.credits, self.buffer_size))
+            if not body.pieces and not body.eom and not self._pull_body():
+                return  # (does the body end right after this piece?)
+            body.credits -= len(piece)
+            last = body.last
+            self._send(Data, body=piece, more=not last)
+            if last:
+                body.state = BodyState.DONE
+                self._maybe_finish(now)
+                return
+
+    def _pull_body(self) -> bool:
+        error = self.body.pull(self.reader)
+        if error is not None:
+            self._cancel_and_close(error)
+            return False
+        return True
+
+    # -- response -------------------------------------------------------------
+
+    def _response_data(self, packet: Data, now: float) -> None:
+        response = self.response
+        if response.state is ResponseState.DONE:
+            return
+        streaming = response.state is ResponseState.STREAMING
+        try:
+            write = response.data(packet, self.keep_alive_asked and not self.leaving
+                                  and self.body.state is not BodyState.ABANDONED,
+                                  self.buffer_size)
+        except ResponseError as e:
+            self._cancel_and_close(str(e))
+            return
+        if write:
+            self.actions.append(Write(write))
+        if response.returned:
+            credits, response.returned = response.returned, 0
+            self._send(Credit, credits=credits)
+        if not streaming or (packet.more and packet.body):
+            self.stream_deadline = now + self.stream_timeout
+        if not packet.more:  # the response is done
+            self._maybe_finish(now)
 
     # -- endings ----------------------------------------------------------
 
     def _client_eof(self) -> None:
         if self.state is HEAD:
-            if self._buffered():
+            if self.reader.buffered(True):
                 self._close(graceful=False, reason="client closed mid-request")
             else:
                 self._close(graceful=False, reason="client closed")

@@ -1,82 +1,75 @@
-"""The request-body half of :class:`condure.session.http.HttpSession`:
-moving the client's body to the handler against the handler's credits."""
+"""The request body of a stream-mode request: moved from the client to
+the handler against the handler's credits (reference 5.2)."""
 
 from __future__ import annotations
 
 import h11
 
-from condure.session.actions import Write
-from condure.session.states import (
-    BODY_DONE,
-    BODY_PENDING,
-    BODY_READING,
-    CLOSED,
-)
-from condure.zhttp.packets import Data
+from condure.session.head import HeadReader
+from condure.session.states import BodyState
 
 
-class BodyMixin:
-    """Request body flow (reference 5.2). Mixed into HttpSession."""
+class RequestBody:
+    """What is left of one request's body and where it stands.
 
-    def _begin_body(self, now: float) -> None:
-        if self.body_state is not BODY_PENDING:
-            return
-        self.body_state = BODY_READING
-        if self.expect_continue:
-            self.actions.append(Write(b"HTTP/1.1 100 Continue\r\n\r\n"))
-        self._pump_body(now)
+    ``state`` follows :class:`BodyState`; the session sends what
+    :meth:`take` gives and acts on the reasons :meth:`pull` reports."""
 
-    def _pump_body(self, now: float) -> None:
-        """Move parsed body bytes to the handler as credits allow: one
-        packet per piece the parser yields (a chunk, or what one read
-        brought), split further only by credits and the buffer size. The
-        last piece carries no ``more`` when the end is already known."""
-        pieces = self.body_pieces
-        while self.body_credits > 0:
-            if not pieces and not self.body_eom:
-                self._pull_body()
-                if self.state is CLOSED or (not pieces and not self.body_eom):
-                    return
-            if pieces:
-                first = pieces[0]
-                size = min(self.body_credits, self.buffer_size, len(first))
-                piece = first[:size]
-                if size == len(first):
-                    del pieces[0]
-                else:
-                    pieces[0] = first[size:]
-            else:
-                size, piece = 0, b""
-            if not pieces and not self.body_eom:
-                self._pull_body()  # does the body end right after this piece?
-                if self.state is CLOSED:
-                    return
-            self.body_credits -= size
-            last = self.body_eom and not pieces
-            self._send(Data, body=piece, more=not last)
-            if last:
-                self.body_state = BODY_DONE
-                self._maybe_finish(now)
-                return
+    __slots__ = ("credits", "eom", "expect_continue", "pieces", "state")
 
-    def _pull_body(self) -> None:
-        """Parse buffered input until one body piece or the end is found."""
-        pieces = self.body_pieces
-        while not self.body_eom and not pieces:
+    def __init__(self) -> None:
+        self.state = BodyState.NONE
+        self.pieces: list[bytes] = []  # read, not yet sent, as the client's pieces
+        self.eom = False  # its end was parsed
+        self.credits = 0  # bytes the handler may still take
+        self.expect_continue = False  # a 100 Continue is owed when reading starts
+
+    def expect(self, more: bool, expect_continue: bool) -> None:
+        """The request has a body (``more``: of at least one byte)."""
+        self.state = BodyState.PENDING
+        self.expect_continue = expect_continue and more
+
+    def pull(self, reader: HeadReader) -> str | None:
+        """Parse buffered input until one body piece or the end is found;
+        the reason the request must end, if it must."""
+        pieces = self.pieces
+        while not self.eom and not pieces:
             try:
-                event = self.parser.next_event()
+                event = reader.next_event()
             except h11.RemoteProtocolError:
-                self._cancel_and_close("malformed request body")
-                return
+                return "malformed request body"
             kind = type(event)
             if kind is h11.Data:
-                if event.data:
-                    pieces.append(bytes(event.data))
+                data = event.data  # type: ignore[attr-defined]
+                if data:
+                    pieces.append(bytes(data))
             elif kind is h11.EndOfMessage:
-                self.body_eom = True
+                self.eom = True
             elif kind is h11.ConnectionClosed:
-                self._cancel_and_close("client closed during the request body")
-                return
+                return "client closed during the request body"
             else:  # NEED_DATA, or PAUSED after the end
-                return
+                return None
+        return None
 
+    def take(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes of the first piece (b"" when none)."""
+        pieces = self.pieces
+        if not pieces:
+            return b""
+        first = pieces[0]
+        size = min(limit, len(first))
+        if size == len(first):
+            del pieces[0]
+            return first
+        pieces[0] = first[size:]
+        return first[:size]
+
+    @property
+    def last(self) -> bool:
+        """Everything of the body was taken."""
+        return self.eom and not self.pieces
+
+
+NO_BODY = RequestBody()
+"""The body of every request without one (shared: never changed, as its
+state stays ``NONE``; the session adds no credits to it)."""

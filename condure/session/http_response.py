@@ -1,49 +1,69 @@
-"""The response half of :class:`condure.session.http.HttpSession`: the
-handler's response written to the client, with Condure's framing rules
-(reference 5.3, 5.4) and condure's credits."""
+"""The response of a stream-mode request: the handler's response written
+to the client, with Condure's framing rules (reference 5.3, 5.4) and
+condure's credits."""
 
 from __future__ import annotations
 
 from condure.session import httpwire
-from condure.session.actions import Write
-from condure.session.states import RESP_DONE, RESP_NONE, RESP_STREAMING
-from condure.zhttp.packets import Credit, Data
+from condure.session.states import ResponseState
+from condure.zhttp.packets import Data
 
 
-class ResponseMixin:
-    """Response flow. Mixed into HttpSession."""
+class ResponseError(Exception):
+    """The handler broke a rule: the request ends (with ``cancel``)."""
 
-    def _response_data(self, packet: Data, now: float) -> None:
-        if self.resp_state is RESP_DONE:
-            return
+
+class Response:
+    """One response and where it stands (``state``: :class:`ResponseState`)."""
+
+    __slots__ = ("chunked", "close_delimited", "credits", "discard_body", "http11", "is_head",
+                 "returned", "state", "unflushed")
+
+    def __init__(self, credits: int) -> None:
+        self.state = ResponseState.NONE
+        self.credits = credits  # bytes the handler may still send
+        self.unflushed = 0  # bytes written, credits not yet returned
+        self.http11 = True
+        self.is_head = False
+        self.chunked = False
+        self.discard_body = False  # HEAD, 204, 304: nothing of the body goes out
+        self.close_delimited = False  # HTTP/1.0 without a length: closing ends it
+        self.returned = 0  # credits of the last packet to give straight back
+
+    def data(self, packet: Data, keep_alive: bool, buffer_size: int) -> bytes:
+        """The bytes for the client (b"": none) of a data packet from the
+        handler; credits to give straight back are left in ``returned``.
+        ``keep_alive``: the connection would stay open after this response
+        (if its framing allows). ResponseError: the handler broke a rule."""
         body = packet.body
-        if len(body) > self.resp_credits:
-            self._cancel_and_close("handler sent more than its credits")
-            return
-        self.resp_credits -= len(body)
-        if self.resp_state is RESP_NONE:
-            if not self._response_head(packet, now):
-                return
+        if len(body) > self.credits:
+            raise ResponseError("handler sent more than its credits")
+        self.credits -= len(body)
+        if self.state is ResponseState.NONE:
+            write = self._head(packet, keep_alive, buffer_size)
         elif self.chunked:
-            if body or not packet.more:
-                self.actions.append(Write(httpwire.chunks(body, not packet.more)))
-        elif body and not self.discard_body:
-            self.actions.append(Write(body))
+            write = httpwire.chunks(body, not packet.more) if body or not packet.more else b""
+        else:
+            write = body if not self.discard_body else b""
         if packet.more:
             if self.discard_body and body:
                 # Nothing reaches the client (HEAD, 204, 304): the credits
                 # come straight back so the handler can finish.
-                self.resp_credits += len(body)
-                self._send(Credit, credits=len(body))
+                self.credits += len(body)
+                self.returned = len(body)
             else:
                 self.unflushed += len(body)
-            if body:
-                self.stream_deadline = now + self.stream_timeout
-            return
-        self.resp_state = RESP_DONE
-        self._maybe_finish(now)
+        else:
+            self.state = ResponseState.DONE
+        return write
 
-    def _response_head(self, packet: Data, now: float) -> bool:
+    def flushed(self) -> int:
+        """Everything written reached the kernel: the credits to return."""
+        credits, self.unflushed = self.unflushed, 0
+        self.credits += credits
+        return credits
+
+    def _head(self, packet: Data, keep_alive: bool, buffer_size: int) -> bytes:
         code = packet.code or 0
         headers = packet.headers or ()
         length: int | bytes | None = None
@@ -51,8 +71,7 @@ class ResponseMixin:
             if key.lower() == b"content-length":
                 value = value.strip()
                 if not value.isdigit():
-                    self._cancel_and_close("handler sent an invalid Content-Length")
-                    return False
+                    raise ResponseError("handler sent an invalid Content-Length")
                 length = value
         no_body = code < 200 or code in (204, 304)
         self.discard_body = no_body or self.is_head
@@ -63,26 +82,21 @@ class ResponseMixin:
         elif length is None and self.http11 and not self.is_head:
             self.chunked = True
         elif length is None and not self.is_head:
-            # HTTP/1.0 and no length: only closing can end the body.
-            self.close_delimited = True
-            self.persistent = False
-        if self.persistent:
+            self.close_delimited = True  # no reuse of the connection
+        connection: bytes | None
+        if keep_alive and not self.close_delimited:
             connection = None if self.http11 else b"keep-alive"
         else:
             connection = b"close" if self.http11 else None
         head = httpwire.response_head(
             http11=self.http11, code=code, reason=packet.reason or b"", headers=headers,
             connection=connection, content_length=length, chunked=self.chunked)
-        if len(head) > self.buffer_size:
-            self._cancel_and_close("response head larger than the buffer")
-            return False
+        if len(head) > buffer_size:
+            raise ResponseError("response head larger than the buffer")
         body = packet.body
         if self.chunked:
             head += httpwire.chunks(body, not packet.more)
         elif body and not self.discard_body:
             head += body
-        self.actions.append(Write(head))
-        self.resp_state = RESP_STREAMING
-        self.stream_deadline = now + self.stream_timeout
-        return True
-
+        self.state = ResponseState.STREAMING
+        return head

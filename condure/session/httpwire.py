@@ -118,7 +118,7 @@ def response_head(
 def chunks(data: bytes, last: bool) -> bytes:
     """``data`` in chunked framing (chunks of at most 0xffff bytes), plus
     the terminating zero chunk when ``last``."""
-    out = []
+    out: list[bytes] = []
     for i in range(0, len(data), MAX_CHUNK):
         piece = data[i:i + MAX_CHUNK]
         out += (b"%x\r\n" % len(piece), piece, b"\r\n")
@@ -136,7 +136,7 @@ def raw_headers(head: bytes) -> tuple[Header, ...] | None:
     None when the head uses obsolete line folding, which condure refuses
     (RFC 9112 5.2 allows either refusing or unfolding)."""
     lines = _LINE_END.split(head)
-    headers = []
+    headers: list[Header] = []
     for line in lines[1:]:
         if not line:
             break

@@ -3,17 +3,20 @@
 The HTTP and WebSocket sessions differ in what they do with a packet, not
 in how a packet is accepted (address length, sequence number, liveness),
 how condure numbers its own packets, or how a session ends. That part
-lives here. A subclass sets ``instance_id``, ``rid``, ``state``,
-``handler``, ``out_seq``, ``in_seq``, ``paused``, ``session_deadline``,
-``stream_deadline`` and ``actions``; the handler is known (``handler`` is
-not None) only while a ZHTTP session is under way.
+lives here. A subclass sets ``rid``, ``state``, ``handler``, ``out_seq``,
+``in_seq``, ``paused``, ``session_deadline`` and ``stream_deadline``; the
+handler is known (``handler`` is not None) only while a ZHTTP session is
+under way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from condure.session.actions import Action, Close, Send, Write
 from condure.session.httpwire import error_response
-from condure.session.states import CLOSED
+from condure.session.states import CLOSED, Event, Phase, Table, advance
 from condure.zhttp.packets import Cancel, Ident, Packet
 
 SESSION_TIMEOUT = 60.0  # handler silence that ends a session (reference 5.8)
@@ -21,8 +24,34 @@ MAX_FROM = 64  # longest handler address accepted (reference 4.2)
 
 
 class ZhttpPeer:
-    actions: list[Action]
-    adopted = False  # rebuilt from a record exported by another process
+    """The ZHTTP end of a stream-mode session (see the module docstring)."""
+
+    table: Table  # the session kind's transition table (condure/session/states.py)
+    rid: bytes
+    state: Phase
+    handler: bytes | None
+    out_seq: int
+    in_seq: int
+    paused: bool
+    session_deadline: float
+    stream_deadline: float
+
+    def __init__(self, *, instance_id: bytes, buffer_size: int, stream_timeout: float,
+                 scheme: bytes, peer_address: bytes | None, peer_port: int | None) -> None:
+        self.instance_id = instance_id
+        self.buffer_size = buffer_size
+        self.stream_timeout = stream_timeout
+        self.scheme = scheme
+        self.peer_address = peer_address
+        self.peer_port = peer_port
+        self.actions: list[Action] = []
+        self.adopted = False  # rebuilt from a record exported by another process
+
+    def _advance(self, event: Event) -> None:
+        try:
+            self.state = self.table[self.state, event]
+        except KeyError:
+            advance(self.table, self.state, event)  # raises TransitionError
 
     @property
     def timeout_answerable(self) -> bool:
@@ -97,7 +126,7 @@ class ZhttpPeer:
         self.paused = False
         return True
 
-    def _send(self, kind: type, **fields: object) -> None:
+    def _send(self, kind: Callable[..., Packet], **fields: Any) -> None:
         ident = Ident(self.rid, self.out_seq)
         self.out_seq += 1
         self.actions.append(Send(kind(from_=self.instance_id, ids=(ident,), **fields),
@@ -115,5 +144,5 @@ class ZhttpPeer:
     def _close(self, *, graceful: bool, reason: str, unanswered: bool = False) -> None:
         if self.state is CLOSED:
             return
-        self.state = CLOSED
+        self._advance(Event.CLOSE)
         self.actions.append(Close(graceful=graceful, reason=reason, unanswered=unanswered))

@@ -24,17 +24,23 @@ with a new id once the response is queued.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import h11
 
 from condure.session import httpwire
-from condure.session.actions import Send, Write
-from condure.session.http import MAX_HEADERS, HttpSession
+from condure.session.actions import Action, Close, Send, Write
+from condure.session.contract import Kind
+from condure.session.head import Head, HeadReader, Refusal
 from condure.session.httpwire import error_response
-from condure.session.states import CLOSED, HEAD, WAIT
+from condure.session.states import BODY, CLOSED, HEAD, REQ_TABLE, WAIT, Event, Phase, advance
 from condure.zhttp.packets import Data, Error, Ident, Packet
 
-BODY = "BODY"
+__all__ = ["BODY", "REQ_SOCKET", "WEBSOCKET_REFUSAL", "ReqSession"]
+
+# A connection accepted just before a graceful stop may not have sent its
+# request yet; this is how long a drain waits for it (as in stream mode).
+FRESH_GRACE = 1.0
 
 REQ_SOCKET = "req"
 """``Send.to`` of a req-mode request packet: the DEALER socket (never a
@@ -44,8 +50,17 @@ WEBSOCKET_REFUSAL = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 48\r\n\r\n"
     b"WebSockets not supported on req mode interface.\n")
 
-class ReqSession(HttpSession):
+
+class ReqSession:
     """One req-mode HTTP/1.x connection (see the module docstring)."""
+
+    kind = Kind.REQ
+    can_move = False
+    handoff_needs_handler = False
+    handing_off = False
+    ready_to_export = False
+    resumable = False  # snapshots cover stream-mode sessions only
+    handler = None  # req-mode handlers are never addressed
 
     def __init__(
         self,
@@ -61,15 +76,69 @@ class ReqSession(HttpSession):
         peer_port: int | None = None,
         leftover: bytes = b"",
     ) -> None:
+        self.instance_id = instance_id
+        self.new_id = new_id
+        self.buffer_size = buffer_size
         self.body_buffer_size = body_buffer_size
         self.req_timeout = req_timeout
-        super().__init__(instance_id=instance_id, new_id=new_id, now=now,
-                         buffer_size=buffer_size, scheme=scheme, peer_address=peer_address,
-                         peer_port=peer_port, leftover=leftover)
+        self.scheme = scheme
+        self.peer_address = peer_address
+        self.peer_port = peer_port
+        self.actions: list[Action] = []
+        self.state: Phase = HEAD
+        self.leave_at: float | None = None  # when a fresh connection is closed in a drain
+        self._start_cycle(now, leftover)
 
     def __repr__(self) -> str:
         return (f"<ReqSession id={self.rid!r} state={self.state} body={len(self.body)} "
                 f"deadline={self.req_deadline}>")
+
+    @property
+    def persistent(self) -> bool:
+        """The connection stays open after this response: the client asked
+        for it and no graceful stop began while it was served."""
+        return self.keep_alive_asked and not self.cut_short
+
+    @property
+    def awaiting_handler(self) -> bool:
+        return self.state is WAIT
+
+    @property
+    def mid_request(self) -> bool:
+        """A request is under way or being read (for failure.last_words)."""
+        return (self.state is not HEAD or bool(self.reader.inbuf)
+                or self.reader.parser is not None)
+
+    answer_started = False  # the response is written whole, at once
+
+    def take_actions(self) -> list[Action]:
+        actions, self.actions = self.actions, []
+        return actions
+
+    def begin_handoff(self) -> bool:
+        return False
+
+    def export_record(self, now: float) -> None:
+        return None
+
+    def resume(self) -> None:
+        pass
+
+    def going_away(self, now: float | None = None, code: int | None = None) -> None:
+        """Graceful stop of the process (called repeatedly while draining):
+        an idle connection closes (after FRESH_GRACE when ``now`` is
+        given); a request under way is answered with ``Connection: close``."""
+        if self.state is CLOSED:
+            return
+        if self.state is HEAD and not self.reader.buffered(True) and not self.actions:
+            if now is None:
+                self._close(graceful=True, reason="going away")
+            elif self.leave_at is None:
+                self.leave_at = now + FRESH_GRACE
+            elif now >= self.leave_at:
+                self._close(graceful=True, reason="going away: no request came")
+        elif self.state is not HEAD:
+            self.cut_short = True
 
     # -- public surface ---------------------------------------------------
 
@@ -83,34 +152,36 @@ class ReqSession(HttpSession):
             return True
         # Waiting for the handler: keep watching for a disconnect; bytes of
         # a pipelined next request wait, bounded.
-        return self.state is WAIT and self._buffered() < self.buffer_size
-
-    @property
-    def resumable(self) -> bool:
-        return False  # snapshots cover stream-mode sessions only
+        return self.state is WAIT and self.reader.buffered(False) < self.buffer_size
 
     def receive_data(self, data: bytes, now: float) -> None:
-        if self.state is CLOSED:
+        state = self.state
+        if state is CLOSED:
             return
         if not data:
-            if self.state is HEAD:
-                self._client_eof()
+            if state is HEAD:
+                if self.reader.buffered(True):
+                    self._close(graceful=False, reason="client closed mid-request")
+                else:
+                    self._close(graceful=False, reason="client closed")
             else:
                 # Nobody to tell: a req-mode handler cannot be cancelled.
                 self._close(graceful=False, reason="client closed")
             return
-        if self.state is BODY:
-            self._fed += len(data)
-            self.parser.receive_data(data)
+        self.reader.feed(data, state is HEAD)
+        if state is BODY:
             self._read_body()
-            return
-        super().receive_data(data, now)  # HEAD: parse; WAIT: keep for later
+        elif state is HEAD:
+            self._read_head()
+        # WAIT: kept for the next request
 
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         if self.state is not WAIT:
             return
         kind = type(packet)
         if kind is Data:
+            if TYPE_CHECKING:  # (narrowing for mypy, free at run time)
+                assert isinstance(packet, Data)
             self._respond(packet, now)
         elif kind is Error:
             # Condure ignores it and lets the client wait for the timeout.
@@ -143,32 +214,47 @@ class ReqSession(HttpSession):
 
     # -- request cycle ----------------------------------------------------
 
+    def _advance(self, event: Event) -> None:
+        try:
+            self.state = REQ_TABLE[self.state, event]
+        except KeyError:
+            advance(REQ_TABLE, self.state, event)  # raises TransitionError
+
     def _start_cycle(self, now: float, leftover: bytes) -> None:
         self.req_deadline = now + self.req_timeout
         self.body = bytearray()
         self.request: Data | None = None
-        super()._start_cycle(now, leftover)
+        self.reader = HeadReader(self.buffer_size, leftover)
+        self.rid = self.new_id()
+        self.http11 = True
+        self.is_head = False
+        self.keep_alive_asked = False
+        self.cut_short = False  # a graceful stop began while this request was served
+        if self.reader.inbuf:
+            self._read_head()
 
-    def _request(self, method: bytes, target: bytes, http11: bool,
-                 headers: tuple[tuple[bytes, bytes], ...]) -> None:
-        if len(headers) > MAX_HEADERS:
-            self._refuse(431, "too many request headers")
+    def _read_head(self) -> None:
+        head = self.reader.read_head()
+        if head is None:
             return
+        if isinstance(head, Refusal):
+            self._refuse(head.status, head.detail)
+            return
+        self._request(head)
+
+    def _request(self, head: Head) -> None:
+        headers = head.headers
         if b"websocket" in httpwire.header_tokens(headers, b"upgrade"):
             self.actions.append(Write(WEBSOCKET_REFUSAL))
             self._close(graceful=True, reason="WebSocket upgrade on a req listener")
             return
-        uri = httpwire.request_uri(self.scheme, headers, target)
+        uri = httpwire.request_uri(self.scheme, headers, head.target)
         if len(uri) > httpwire.MAX_URI:
             self._refuse(414)
             return
-        self.http11 = http11
-        self.is_head = method == b"HEAD"
-        connection = httpwire.header_tokens(headers, b"connection")
-        if http11:
-            self.persistent = b"close" not in connection
-        else:
-            self.persistent = b"keep-alive" in connection and b"close" not in connection
+        self.http11 = head.http11
+        self.is_head = head.method == b"HEAD"
+        self.keep_alive_asked = head.keep_alive()
         has_body = more = False
         for key, value in headers:
             name = key.lower()
@@ -184,7 +270,7 @@ class ReqSession(HttpSession):
                 more = more or size > 0
         self.request = Data(
             ids=(Ident(self.rid),),
-            method=method,
+            method=head.method,
             uri=uri,
             headers=headers or None,
             peer_address=self.peer_address,
@@ -193,9 +279,10 @@ class ReqSession(HttpSession):
         if not has_body:
             self._send_request()
             return
-        if http11 and more and b"100-continue" in httpwire.header_tokens(headers, b"expect"):
+        if head.http11 and more and b"100-continue" in httpwire.header_tokens(
+                headers, b"expect"):
             self.actions.append(Write(b"HTTP/1.1 100 Continue\r\n\r\n"))
-        self.state = BODY
+        self._advance(Event.BODY)
         self._read_body()
 
     def _read_body(self) -> None:
@@ -203,13 +290,13 @@ class ReqSession(HttpSession):
         body = self.body
         while True:
             try:
-                event = self.parser.next_event()
+                event = self.reader.next_event()
             except h11.RemoteProtocolError as e:
                 self._refuse(400, f"malformed request body: {e}")
                 return
             kind = type(event)
             if kind is h11.Data:
-                body += event.data
+                body += event.data  # type: ignore[attr-defined]
                 if len(body) > self.body_buffer_size:
                     self._fail(413, "request body larger than the body buffer")
                     return
@@ -224,10 +311,11 @@ class ReqSession(HttpSession):
 
     def _send_request(self) -> None:
         request = self.request
+        assert request is not None
         request.body = bytes(self.body)
         self.request = None
         self.body = bytearray()
-        self.state = WAIT
+        self._advance(Event.REQUEST)
         self.actions.append(Send(request, REQ_SOCKET))
 
     def _respond(self, packet: Data, now: float) -> None:
@@ -247,7 +335,9 @@ class ReqSession(HttpSession):
                 if given and given[-1].isdigit():
                     length = given[-1]
             body = b""
-        if self.persistent:
+        persistent = self.persistent
+        connection: bytes | None
+        if persistent:
             connection = None if self.http11 else b"keep-alive"
         else:
             connection = b"close" if self.http11 else None
@@ -258,14 +348,25 @@ class ReqSession(HttpSession):
             self._fail(502, "response head larger than the buffer")
             return
         self.actions.append(Write(head + body if body else head))
-        if self.persistent:
-            self._start_cycle(now, self._leftover())
+        if persistent:
+            self._advance(Event.NEXT)
+            self._start_cycle(now, self.reader.leftover())
         else:
             self._close(graceful=True, reason="response complete")
 
     # -- endings ----------------------------------------------------------
 
+    def _refuse(self, status: int, detail: str = "") -> None:
+        self.actions.append(Write(httpwire.error_response(status)))
+        self._close(graceful=True, reason=f"refused with {status}: {detail}")
+
     def _fail(self, status: int, reason: str) -> None:
         """Answer ``status`` ourselves and close after it."""
         self.actions.append(Write(error_response(status)))
         self._close(graceful=True, reason=reason)
+
+    def _close(self, *, graceful: bool, reason: str, unanswered: bool = False) -> None:
+        if self.state is CLOSED:
+            return
+        self._advance(Event.CLOSE)
+        self.actions.append(Close(graceful=graceful, reason=reason, unanswered=unanswered))

@@ -24,28 +24,24 @@ requires of a server (7.1.7, 8.1): on a protocol error or invalid UTF-8 it
 sends a close frame (1002 or 1007), ``cancel`` to the handler, and closes.
 
 The session never reads the clock; at a frame boundary with nothing owed
-it can be exported (:mod:`condure.session.ws_snapshot`).
+it can be exported (``export_record``, :mod:`condure.session.records`).
 """
 
 from __future__ import annotations
 
-import struct
+import enum
+from typing import Protocol
 
 from condure.session.actions import Action, Close, Send, SwitchSession, Write
+from condure.session.contract import Kind, Settings
 from condure.session.httpwire import request_uri
 from condure.session.peer import ZhttpPeer
-from condure.session.states import CLOSED, WAIT
+from condure.session.records import WsRecord
+from condure.session.states import CLOSED, OPEN, WAIT, WS_TABLE, Event
 from condure.session.ws_frames import (
-    BINARY,
-    CLOSE,
-    CONT,
     PING,
     PONG,
     TEXT,
-    Deflater,
-    Inflater,
-    close_payload,
-    frame,
 )
 from condure.session.ws_handshake import (
     Deflate,
@@ -56,7 +52,8 @@ from condure.session.ws_handshake import (
     refusal,
     rejection,
 )
-from condure.session.ws_input import OPEN, InputMixin
+from condure.session.ws_input import ClientInput, _utf8
+from condure.session.ws_output import HandlerOutput, OutputError
 from condure.zhttp.packets import (
     Cancel,
     Credit,
@@ -73,16 +70,46 @@ from condure.zhttp.packets import (
 )
 from condure.zhttp.packets import Close as ClosePacket
 
+
+class Upgrading(Protocol):
+    """What :func:`upgrade` reads of the HTTP session it ends."""
+
+    compression: bool
+    scheme: bytes
+    instance_id: bytes
+    rid: bytes
+    buffer_size: int
+    stream_timeout: float
+    messages_max: int
+    max_message_size: int
+    peer_address: bytes | None
+    peer_port: int | None
+    session_deadline: float
+    stream_deadline: float
+
+    def leftover(self) -> bytes: ...
+
 __all__ = ["WebSocketSession", "is_upgrade", "upgrade"]
 
-ASKED, PROCEEDED = 1, 2  # WebSocketSession.handoff
+
+
+class Handoff(enum.IntEnum):
+    """WebSocketSession.handoff: moving to another process (handover)."""
+
+    NONE = 0
+    ASKED = 1  # handoff-start went to the handler
+    PROCEEDED = 2  # the handler answered and sends nothing more
+
+
+ASKED, PROCEEDED = Handoff.ASKED, Handoff.PROCEEDED
 GOING_AWAY, SERVICE_RESTART = 1001, 1012  # close codes (RFC 6455 7.4.1, IANA registry)
 # Client payload read but not yet forwarded (no credits) that may travel
 # with an exported session; more than this and the session is closed instead.
 MAX_PENDING_EXPORT = 16384
 
 
-def upgrade(http, method: bytes, target: bytes, headers: tuple[Header, ...]) -> list[Action]:
+def upgrade(http: Upgrading, method: bytes, target: bytes, headers: tuple[Header, ...]
+            ) -> list[Action]:
     """Actions that end the HTTP session ``http`` on an upgrade request: the
     switch to a WebSocket session, or condure's refusal of a bad upgrade
     (400, or 426 for another version; Condure closed silently)."""
@@ -95,81 +122,113 @@ def upgrade(http, method: bytes, target: bytes, headers: tuple[Header, ...]) -> 
     ws = WebSocketSession(
         instance_id=http.instance_id, rid=http.rid, key=up.key, deflate=up.deflate,
         buffer_size=http.buffer_size, stream_timeout=http.stream_timeout,
-        messages_max=http.messages_max, max_message_size=http.max_message_size, scheme=http.scheme, peer_address=http.peer_address,
-        peer_port=http.peer_port, session_deadline=http.session_deadline,
-        stream_deadline=http.stream_deadline, leftover=http._leftover())
+        messages_max=http.messages_max, max_message_size=http.max_message_size,
+        scheme=http.scheme, peer_address=http.peer_address, peer_port=http.peer_port,
+        session_deadline=http.session_deadline, stream_deadline=http.stream_deadline,
+        leftover=http.leftover())
     ws.send_request(method, request_uri(scheme, headers, target), headers)
     return [SwitchSession(ws)]
 
 
-class WebSocketSession(ZhttpPeer, InputMixin):
+class WebSocketSession(ZhttpPeer):
     """One WebSocket connection in stream mode (see the module docstring)."""
+
+    kind = Kind.WEBSOCKET
+    table = WS_TABLE
+    can_move = True
+    handoff_needs_handler = True
 
     def __init__(self, *, instance_id: bytes, rid: bytes, key: bytes, deflate: Deflate | None,
                  buffer_size: int, stream_timeout: float, messages_max: int,
                  max_message_size: int = 0,
                  scheme: bytes, peer_address: bytes | None, peer_port: int | None,
                  session_deadline: float, stream_deadline: float, leftover: bytes = b"") -> None:
-        self.instance_id = instance_id
+        super().__init__(instance_id=instance_id, buffer_size=buffer_size,
+                         stream_timeout=stream_timeout, scheme=scheme,
+                         peer_address=peer_address, peer_port=peer_port)
         self.rid = rid
         self.key = key
         self.deflate = deflate
-        self.buffer_size = buffer_size
-        self.stream_timeout = stream_timeout
         self.messages_max = messages_max
-        self.max_message_size = max_message_size  # 0: no limit
-        self.msg_size = 0  # bytes of the client message under way
-        self.scheme = scheme
-        self.peer_address = peer_address
-        self.peer_port = peer_port
         self.session_deadline = session_deadline
         self.stream_deadline = stream_deadline
-        self.actions: list[Action] = []
         self.state = WAIT
         self.handler: bytes | None = None
         self.out_seq = 0
         self.in_seq = 0
         self.paused = False
         self.client_gone = False
-        # client -> handler
-        self.inbuf = bytearray(leftover)
-        self.frame = None  # header of the data frame being read
-        self.frame_left = 0
-        self.frame_offset = 0
-        self.msg_opcode = 0  # TEXT/BINARY while a client message is under way
-        self.msg_compressed = False
-        self.msg_done = False  # its last payload byte is in ``pending``
-        self.pending = bytearray()  # payload for the handler, waiting for credits
-        self.utf8 = None
-        self.in_credits = 0
-        self.in_closed = False  # the client sent its close frame
-        # handler -> client; with compression a quarter of the write buffer
-        # is the compressor's (reference 10.3)
-        self.out_limit = buffer_size * 3 // 4 if deflate else buffer_size
-        self.out_credits = self.out_limit
-        self.unflushed = 0
-        self.out_messages = 0
-        self.out_type = 0  # opcode of the handler message under way
-        self.out_framed = False  # its first frame was written
-        self.out_closed = False  # a close frame went to the client
+        self.max_message_size = max_message_size  # 0: no limit
+        self.input = ClientInput(buffer_size, max_message_size, deflate, leftover)
+        self.output = HandlerOutput(buffer_size, deflate, messages_max)
         # Moving to another process (handover): 0, ASKED (handoff-start
         # sent) or PROCEEDED (the handler answered and sends nothing more).
-        self.handoff = 0
+        self.handoff = Handoff.NONE
         # Credits earned while moving: nothing goes to the handler between
         # handoff-start and the resume, so they are sent after it.
         self.credits_owed = 0
-        self.deflater = Deflater(deflate.server_no_context_takeover) if deflate else None
-        self.inflater = Inflater(deflate.client_no_context_takeover) if deflate else None
+
+    @classmethod
+    def from_record(cls, record: WsRecord, *, settings: Settings, instance_id: bytes,
+                    now: float) -> WebSocketSession:
+        """Rebuild an exported session (handover). Nothing is sent yet:
+        ``resume()`` tells the handler the session is back, then goes on
+        with the leftover bytes. ``instance_id``: the adopting process's
+        address, used when the record names none."""
+        self = cls(
+            instance_id=record.origin or instance_id, rid=record.rid, key=b"",
+            deflate=record.deflate, buffer_size=settings.buffer_size,
+            stream_timeout=settings.stream_timeout, messages_max=settings.messages_max,
+            max_message_size=settings.max_message_size, scheme=record.scheme,
+            peer_address=record.peer_address, peer_port=record.peer_port,
+            session_deadline=now + record.session_left,
+            stream_deadline=now + record.stream_left, leftover=record.leftover)
+        self._advance(Event.ACCEPTED)
+        self.adopted = True
+        self.handler = record.handler
+        self.out_seq = record.out_seq
+        self.in_seq = record.in_seq
+        self.input.credits = record.in_credits
+        self.output.credits = record.out_credits
+        self.input.msg_opcode = record.msg_opcode
+        self.input.msg_size = record.msg_size
+        if record.msg_opcode == TEXT:
+            self.input.utf8 = _utf8()
+            self.input.utf8.decode(record.utf8_partial)
+        self.credits_owed = record.credits_owed
+        self.input.pending += record.pending
+        self.input.msg_done = record.msg_done
+        self.output.msg_type = record.out_type
+        self.output.framed = record.out_framed
+        return self
+
+    def export_record(self, now: float) -> WsRecord | None:
+        """The record of this session when it may leave now (``resumable``,
+        or ``ready_to_export`` in a handover), else None."""
+        if self.snapshot_obstacle() is not None or not (self.resumable or self.ready_to_export):
+            return None
+        return WsRecord(
+            scheme=self.scheme, peer_address=self.peer_address, peer_port=self.peer_port,
+            leftover=bytes(self.input.inbuf),
+            session_left=max(self.session_deadline - now, 0.0),
+            stream_left=max(self.stream_deadline - now, 0.0), rid=self.rid,
+            origin=self.instance_id, handler=self.handler, out_seq=self.out_seq,
+            in_seq=self.in_seq, in_credits=self.input.credits, out_credits=self.output.credits,
+            msg_opcode=self.input.msg_opcode, msg_size=self.input.msg_size,
+            utf8_partial=self.input.utf8.getstate()[0] if self.input.utf8 is not None else b"",
+            out_type=self.output.msg_type, out_framed=self.output.framed, deflate=self.deflate,
+            pending=bytes(self.input.pending), msg_done=self.input.msg_done,
+            credits_owed=self.credits_owed)
 
     def __repr__(self) -> str:
         return (f"<WebSocketSession id={self.rid!r} state={self.state} handler={self.handler!r} "
-                f"out_seq={self.out_seq} in_seq={self.in_seq} credits={self.in_credits}/"
-                f"{self.out_credits} closed={self.in_closed}/{self.out_closed}>")
+                f"out_seq={self.out_seq} in_seq={self.in_seq} credits={self.input.credits}/"
+                f"{self.output.credits} closed={self.input.closed}/{self.output.closed}>")
 
     def send_request(self, method: bytes, uri: bytes, headers: tuple[Header, ...]) -> None:
         self.actions.append(Send(Data(
             from_=self.instance_id, ids=(Ident(self.rid, 0),), method=method, uri=uri,
-            headers=headers or None, credits=self.out_limit,
+            headers=headers or None, credits=self.output.limit,
             peer_address=self.peer_address, peer_port=self.peer_port), None))
         self.out_seq = 1
 
@@ -183,22 +242,22 @@ class WebSocketSession(ZhttpPeer, InputMixin):
     def wants_read(self) -> bool:
         if self.state is WAIT:
             # Only to notice a disconnect; frames wait for the acceptance.
-            return not self.client_gone and len(self.inbuf) < self.buffer_size
+            return not self.client_gone and len(self.input.inbuf) < self.buffer_size
         if self.handoff:
             # Only to finish a frame under way: the rest stays in the kernel
             # and moves with the connection.
-            return (self.state is OPEN and self.frame is not None and not self.in_closed
-                    and len(self.inbuf) < self.buffer_size)
-        return (self.state is OPEN and not self.paused and not self.in_closed
-                and self.in_credits > 0 and len(self.inbuf) < self.buffer_size)
+            return (self.state is OPEN and self.input.frame is not None and not self.input.closed
+                    and len(self.input.inbuf) < self.buffer_size)
+        return (self.state is OPEN and not self.paused and not self.input.closed
+                and self.input.credits > 0 and len(self.input.inbuf) < self.buffer_size)
 
     @property
     def resumable(self) -> bool:
         """At a frame boundary both ways with nothing owed to anyone, and no
-        compression context to carry (see ws_snapshot)."""
+        compression context to carry (see snapshot_obstacle)."""
         return (self.state is OPEN and not self.actions and not self.paused
-                and self.frame is None and not self.pending and not self.msg_done
-                and not self.unflushed and not self.out_closed and not self.in_closed
+                and self.input.frame is None and not self.input.pending and not self.input.msg_done
+                and not self.output.unflushed and not self.output.closed and not self.input.closed
                 and self.snapshot_obstacle() is None)
 
     @property
@@ -206,18 +265,27 @@ class WebSocketSession(ZhttpPeer, InputMixin):
         """Handover: the handler answered handoff-proceed, no client frame is
         half read and everything written reached the kernel. Client payload
         still waiting for credits travels in the record."""
+        inp, out = self.input, self.output
         return (self.handoff == PROCEEDED and self.state is OPEN and not self.actions
-                and self.frame is None and not self.unflushed and not self.out_closed
-                and not self.in_closed and len(self.pending) <= MAX_PENDING_EXPORT
+                and inp.frame is None and not out.unflushed and not out.closed
+                and not inp.closed and len(inp.pending) <= MAX_PENDING_EXPORT
                 and self.snapshot_obstacle() is None)
+
+    @property
+    def awaiting_handler(self) -> bool:
+        return self.state is WAIT
+
+    @property
+    def handing_off(self) -> bool:
+        return bool(self.handoff)
 
     def begin_handoff(self) -> bool:
         """Handover starts: ask the handler to stop sending (handoff-start);
         False when this session cannot move (see snapshot_obstacle)."""
         if self.handoff:
             return True
-        if (self.state is not OPEN or self.handler is None or self.out_closed
-                or self.in_closed or self.snapshot_obstacle() is not None):
+        if (self.state is not OPEN or self.handler is None or self.output.closed
+                or self.input.closed or self.snapshot_obstacle() is not None):
             return False
         self._send(HandoffStart)
         self.handoff = ASKED
@@ -226,14 +294,14 @@ class WebSocketSession(ZhttpPeer, InputMixin):
     def resume(self) -> None:
         """In the adopting process: tell the handler the session is back (its
         next packet, a keep-alive), then carry on with any leftover input."""
-        self.handoff = 0
+        self.handoff = Handoff.NONE
         self._send(KeepAlive)
         if self.credits_owed:
             credits, self.credits_owed = self.credits_owed, 0
             self._send(Credit, credits=credits)
-        self._pump()
+        self.input.pump(self)
 
-    def keep_alive(self):
+    def keep_alive(self) -> tuple[bytes, Ident] | None:
         if self.handoff:
             return None  # the handler would take it for the resume
         return super().keep_alive()
@@ -242,7 +310,7 @@ class WebSocketSession(ZhttpPeer, InputMixin):
         d = self.deflate
         if d is not None and not (d.client_no_context_takeover and d.server_no_context_takeover):
             return "permessage-deflate with context takeover"
-        if d is not None and (self.msg_compressed or self.out_type):
+        if d is not None and (self.input.msg_compressed or self.output.msg_type):
             return "a compressed message is under way"
         return None
 
@@ -252,76 +320,77 @@ class WebSocketSession(ZhttpPeer, InputMixin):
         if not data:
             if self.state is WAIT:
                 self.client_gone = True  # answered with cancel later (5.10.2)
-            elif not self.in_closed:
+            elif not self.input.closed:
                 self._cancel_and_close("client closed without a close frame")
             return
-        self.inbuf += data
+        self.input.inbuf += data
         if self.state is OPEN:
             self.stream_deadline = now + self.stream_timeout
-            self._pump()
+            self.input.pump(self)
 
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         if self.state is CLOSED:
             return
         if not self._accept_packet(packet, ident, now):
             return
-        kind = type(packet)
-        if kind is Cancel or kind is Error and (self.state is OPEN or packet.condition != b"rejected"):
+        if isinstance(packet, Cancel) or (isinstance(packet, Error) and (
+                self.state is OPEN or packet.condition != b"rejected")):
             self._close(graceful=False, reason="ended by handler")
         elif self.state is WAIT and self.client_gone:
             self._cancel_and_close("client closed")
-        elif kind is Credit:
-            self.in_credits += packet.credits
-        elif kind is KeepAlive:
+        elif isinstance(packet, Credit):
+            self.input.credits += packet.credits
+        elif isinstance(packet, KeepAlive):
             pass
-        elif kind is HandoffProceed and self.handoff == ASKED:
+        elif isinstance(packet, HandoffProceed) and self.handoff == ASKED:
             self.handoff = PROCEEDED
-        elif kind is HandoffStart:
+        elif isinstance(packet, HandoffStart):
             self._send(HandoffProceed)
             if self.handoff == ASKED:
                 self.handoff = PROCEEDED  # crossed: both sides stopped sending
             else:
                 self.paused = True
         elif self.state is WAIT:
-            if kind is Data:
+            if isinstance(packet, Data):
                 self._accept(packet, now)
-            elif kind is Error:
+            elif isinstance(packet, Error):
                 self.actions.append(Write(rejection(
                     packet.code or 0, packet.reason or b"", packet.headers, packet.body)))
                 self._close(graceful=True, reason="upgrade rejected by handler")
             else:
-                self._close(graceful=False, reason=f"unexpected {kind.__name__} packet")
-        elif kind is Data:
+                self._close(graceful=False, reason=f"unexpected {type(packet).__name__} packet")
+        elif isinstance(packet, Data):
             # Credits count on every data, ping and pong packet, not only
             # on credit packets (reference 5.2, 5.7).
-            self.in_credits += packet.credits
+            self.input.credits += packet.credits
             self._out_data(packet, now)
-        elif kind is Ping or kind is Pong:
-            self.in_credits += packet.credits
-            self._out_control(PING if kind is Ping else PONG, packet.body, now)
-        elif kind is ClosePacket:
+        elif isinstance(packet, (Ping, Pong)):
+            self.input.credits += packet.credits
+            self._out_control(PING if isinstance(packet, Ping) else PONG, packet.body)
+        elif isinstance(packet, ClosePacket):
             self._out_close(packet)
         else:
-            self._close(graceful=False, reason=f"unexpected {kind.__name__} packet")
-        self._pump()
+            self._close(graceful=False, reason=f"unexpected {type(packet).__name__} packet")
+        self.input.pump(self)
 
     def abort_unknown(self, reason: str) -> None:
         if self.state is not CLOSED:
             self._close(graceful=False, reason=reason)
 
-    def going_away(self, now: float | None = None, code: int = GOING_AWAY) -> None:
+    def going_away(self, now: float | None = None, code: int | None = None) -> None:
         """Graceful stop of the process: close frame 1001 (RFC 6455 7.4.1),
         or 1012 when the service restarts and this session cannot move;
         cancel to the handler. A handshake still awaiting the handler is
         left alone (asked again once open)."""
         if self.state is OPEN:
+            code = code or GOING_AWAY
             self._fail(code, "going away" if code == GOING_AWAY else "service restart")
 
     def output_flushed(self, now: float) -> None:
-        self.out_messages = 0
-        if self.unflushed and self.state is OPEN:
-            credits, self.unflushed = self.unflushed, 0
-            self.out_credits += credits
+        output = self.output
+        output.messages = 0
+        if output.unflushed and self.state is OPEN:
+            credits = output.flushed()
             self.stream_deadline = now + self.stream_timeout
             if self.handoff:
                 self.credits_owed += credits
@@ -345,59 +414,39 @@ class WebSocketSession(ZhttpPeer, InputMixin):
             self._cancel_and_close("acceptance head larger than the buffer")
             return
         self.actions.append(Write(head))
-        self.state = OPEN
-        self.in_credits += packet.credits or self.buffer_size
+        self._advance(Event.ACCEPTED)
+        self.input.credits += packet.credits or self.buffer_size
         self.stream_deadline = now + self.stream_timeout
 
     def _out_data(self, packet: Data, now: float) -> None:
-        if self.out_closed:
-            return  # after its close, the handler's data is dropped (5.7.6)
-        body = packet.body
-        last = not packet.more
-        if len(body) > self.out_credits:
-            self._cancel_and_close("handler sent more than its credits")
+        try:
+            out = self.output.data(packet)
+        except OutputError as e:
+            self._cancel_and_close(e.reason)
             return
-        if last and self.out_messages >= self.messages_max:
-            self._cancel_and_close("too many messages queued")
-            return
-        self.out_credits -= len(body)
-        if not self.out_type:
-            self.out_type = BINARY if packet.content_type == b"binary" else TEXT
-        if body or last:
-            rsv1 = False
-            if self.deflater is not None:
-                body = self.deflater.compress(body, last)
-                rsv1 = not self.out_framed
-            opcode = CONT if self.out_framed else self.out_type
-            self.actions.append(Write(frame(opcode, body, fin=last, rsv1=rsv1)))
-            self.out_framed = True
-        self.unflushed += len(packet.body)
-        if last:
-            self.out_type = 0
-            self.out_framed = False
-            self.out_messages += 1
+        if out:
+            self.actions.append(Write(out))
         if packet.body:
             self.stream_deadline = now + self.stream_timeout
 
-    def _out_control(self, opcode: int, body: bytes, now: float) -> None:
-        if self.out_closed:
+    def _out_control(self, opcode: int, body: bytes) -> None:
+        try:
+            out = self.output.control(opcode, body)
+        except OutputError as e:
+            if e.cancel:
+                self._cancel_and_close(e.reason)
+            else:
+                self._close(graceful=False, reason=e.reason)
             return
-        if len(body) > 125:
-            self._close(graceful=False, reason="handler control payload over 125 bytes")
-            return
-        if len(body) > self.out_credits:
-            self._cancel_and_close("handler sent more than its credits")
-            return
-        self.out_credits -= len(body)
-        self.unflushed += len(body)
-        self.actions.append(Write(frame(opcode, body)))
+        if out:
+            self.actions.append(Write(out))
 
     def _out_close(self, packet: ClosePacket) -> None:
-        if self.out_closed:
+        out = self.output.close(packet.code, packet.body)
+        if not out:
             return
-        self.actions.append(Write(frame(CLOSE, close_payload(packet.code, packet.body))))
-        self.out_closed = True
-        if self.in_closed:
+        self.actions.append(Write(out))
+        if self.input.closed:
             self._close(graceful=True, reason="closed by both sides")
 
     # -- endings ------------------------------------------------------------
@@ -405,8 +454,7 @@ class WebSocketSession(ZhttpPeer, InputMixin):
     def _fail(self, code: int, reason: str) -> None:
         """Fail the WebSocket connection (RFC 6455 7.1.7): close frame,
         cancel to the handler, then a graceful TCP close."""
-        if not self.out_closed:
-            self.actions.append(Write(frame(CLOSE, struct.pack("!H", code))))
-            self.out_closed = True
+        out = self.output.close(code)
+        if out:
+            self.actions.append(Write(out))
         self._cancel_and_close(reason, graceful=True)
-

@@ -34,7 +34,7 @@ class FrameError(Exception):
 
 
 class FrameHeader:
-    __slots__ = ("fin", "rsv1", "opcode", "mask", "length", "size")
+    __slots__ = ("fin", "length", "mask", "opcode", "rsv1", "size")
 
     def __init__(self, fin: bool, rsv1: bool, opcode: int, mask: bytes, length: int,
                  size: int) -> None:
@@ -150,7 +150,7 @@ class Deflater:
         self._z = self._new()
 
     @staticmethod
-    def _new():
+    def _new() -> zlib._Compress:
         return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
 
     def compress(self, data: bytes, last: bool) -> bytes:

@@ -122,7 +122,9 @@ def parse_extensions(value: bytes) -> list[Offer]:
 
     def ows() -> None:
         nonlocal pos
-        pos = _OWS.match(value, pos).end()
+        match = _OWS.match(value, pos)
+        assert match is not None  # OWS matches the empty string
+        pos = match.end()
 
     def token(what: str) -> bytes:
         nonlocal pos
@@ -203,7 +205,7 @@ def negotiate(offers: list[Offer]) -> Deflate | None:
 # -- response heads ------------------------------------------------------------
 
 def _handler_headers(headers: Iterable[Header] | None) -> list[bytes]:
-    parts = []
+    parts: list[bytes] = []
     for key, value in headers or ():
         if key.lower() not in _OWN:
             parts += (key, b": ", value, b"\r\n")

@@ -1,4 +1,5 @@
-"""The client-to-handler half of :class:`condure.session.websocket.WebSocketSession`:
+"""The client-to-handler half of a WebSocket session
+(:class:`condure.session.websocket.WebSocketSession`):
 client frames parsed, checked (RFC 6455 5, 8.1; RFC 7692), unmasked,
 inflated and forwarded to the handler against its credits (reference 5.7.4)."""
 
@@ -6,7 +7,10 @@ from __future__ import annotations
 
 import codecs
 import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
+from condure.session.states import OPEN, Phase
 from condure.session.ws_frames import (
     BINARY,
     CLOSE,
@@ -18,40 +22,87 @@ from condure.session.ws_frames import (
     PROTOCOL_ERROR,
     TEXT,
     FrameError,
+    FrameHeader,
+    Inflater,
     parse_header,
     unmask,
     valid_close_code,
 )
 from condure.zhttp.packets import Close as ClosePacket
-from condure.zhttp.packets import Data, Ping, Pong
+from condure.zhttp.packets import Data, Packet, Ping, Pong
 
-OPEN = "OPEN"
+if TYPE_CHECKING:
+    from condure.session.ws_handshake import Deflate
+    from condure.session.ws_output import HandlerOutput
+
 _utf8 = codecs.getincrementaldecoder("utf-8")
 
 
-class InputMixin:
-    """Client-to-handler flow. Mixed into WebSocketSession."""
+class Owner(Protocol):
+    """What :class:`ClientInput` uses of its session."""
+
+    @property
+    def state(self) -> Phase: ...
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def handoff(self) -> int: ...  # moving (handover): nothing goes to the handler
+    @property
+    def output(self) -> HandlerOutput: ...
+
+    def _send(self, kind: Callable[..., Packet], **fields: Any) -> None: ...
+    def _fail(self, code: int, reason: str) -> None: ...
+    def _close(self, *, graceful: bool, reason: str, unanswered: bool = False) -> None: ...
+
+
+class ClientInput:
+    """What the client sends the handler and where it stands: the bytes
+    read and not parsed, the frame and the message under way, payload
+    waiting for the handler's credits."""
+
+    __slots__ = ("buffer_size", "closed", "credits", "frame", "frame_left", "frame_offset",
+                 "inbuf", "inflater", "max_message_size", "msg_compressed", "msg_done",
+                 "msg_opcode", "msg_size", "pending", "utf8")
+
+    def __init__(self, buffer_size: int, max_message_size: int, deflate: Deflate | None,
+                 leftover: bytes) -> None:
+        self.buffer_size = buffer_size
+        self.max_message_size = max_message_size  # 0: no limit
+        self.inbuf = bytearray(leftover)  # read, not parsed yet
+        self.frame: FrameHeader | None = None  # header of the data frame being read
+        self.frame_left = 0
+        self.frame_offset = 0
+        self.msg_opcode = 0  # TEXT/BINARY while a client message is under way
+        self.msg_compressed = False
+        self.msg_done = False  # its last payload byte is in ``pending``
+        self.msg_size = 0  # bytes of it so far
+        self.pending = bytearray()  # payload for the handler, waiting for credits
+        self.utf8: codecs.IncrementalDecoder | None = None
+        self.credits = 0  # bytes condure may still send the handler
+        self.closed = False  # the client sent its close frame
+        self.inflater = Inflater(deflate.client_no_context_takeover) if deflate else None
 
     # -- client -> handler ----------------------------------------------------
 
-    def _pump(self) -> None:
-        if self.state is not OPEN or self.paused:
+    def pump(self, s: Owner) -> None:
+        """Read and forward what may be read and forwarded now."""
+        if s.state is not OPEN or s.paused:
             return
         try:
-            while self.state is OPEN and not self.in_closed:
-                if not self._forward() and not self._parse():
+            while s.state is OPEN and not self.closed:
+                if not self._forward(s) and not self._parse(s):
                     break
         except FrameError as e:
-            self._fail(e.code, e.reason)
+            s._fail(e.code, e.reason)
 
-    def _forward(self) -> bool:
+    def _forward(self, s: Owner) -> bool:
         """Send (part of) the client message under way, if credits allow."""
-        if not self.msg_opcode or self.handoff:
+        if not self.msg_opcode or s.handoff:
             return False  # (moving: nothing goes to the handler until resumed)
         pending = self.pending
         n = 0
         if pending:
-            n = min(self.in_credits, self.buffer_size, len(pending))
+            n = min(self.credits, self.buffer_size, len(pending))
             if n <= 0:
                 return False
             body = bytes(pending[:n])
@@ -61,8 +112,8 @@ class InputMixin:
         else:
             return False
         last = self.msg_done and not pending
-        self.in_credits -= n
-        self._send(Data, content_type=b"binary" if self.msg_opcode == BINARY else b"text",
+        self.credits -= n
+        s._send(Data, content_type=b"binary" if self.msg_opcode == BINARY else b"text",
                    body=body, more=not last)
         if last:
             self.msg_opcode = 0
@@ -70,15 +121,15 @@ class InputMixin:
             self.msg_compressed = False
         return True
 
-    def _parse(self) -> bool:
+    def _parse(self, s: Owner) -> bool:
         """Read from the client's bytes what may be read now; with no
         credits nothing is (reference 5.7.4)."""
-        if self.handoff and self.frame is None:
+        if s.handoff and self.frame is None:
             return False  # moving: no new frame is started here
-        if self.in_credits <= 0 and not self.handoff:
+        if self.credits <= 0 and not s.handoff:
             return False
         inflater = self.inflater
-        if self.msg_compressed and not inflater.idle:
+        if self.msg_compressed and inflater is not None and not inflater.idle:
             self._add(inflater.take(self.buffer_size or 1))
             self._frame_end()
             return True
@@ -88,11 +139,11 @@ class InputMixin:
                 return False
             if hdr.opcode in CONTROL_OPCODES:
                 end = hdr.size + hdr.length
-                if len(self.inbuf) < end or hdr.length > self.in_credits:
+                if len(self.inbuf) < end or hdr.length > self.credits:
                     return False
                 payload = unmask(bytes(self.inbuf[hdr.size:end]), hdr.mask, 0)
                 del self.inbuf[:end]
-                self._client_control(hdr.opcode, payload)
+                self._client_control(s, hdr.opcode, payload)
                 return True
             if hdr.opcode == CONT:
                 if not self.msg_opcode:
@@ -110,13 +161,15 @@ class InputMixin:
             self.frame_offset = 0
         elif not self.inbuf:
             return False
+        frame = self.frame
+        assert frame is not None
         n = min(self.frame_left, len(self.inbuf), self.buffer_size or 1)
-        data = unmask(bytes(self.inbuf[:n]), self.frame.mask, self.frame_offset)
+        data = unmask(bytes(self.inbuf[:n]), frame.mask, self.frame_offset)
         del self.inbuf[:n]
         self.frame_offset += n
         self.frame_left -= n
-        if self.msg_compressed:
-            inflater.feed(data, last=self.frame_left == 0 and self.frame.fin)
+        if self.msg_compressed and inflater is not None:
+            inflater.feed(data, last=self.frame_left == 0 and frame.fin)
             self._add(inflater.take(self.buffer_size or 1))
         else:
             self._add(data)
@@ -138,7 +191,8 @@ class InputMixin:
         hdr = self.frame
         if hdr is None or self.frame_left:
             return
-        if self.msg_compressed and not self.inflater.idle:
+        inflater = self.inflater
+        if self.msg_compressed and inflater is not None and not inflater.idle:
             return
         self.frame = None
         if not hdr.fin:
@@ -149,11 +203,11 @@ class InputMixin:
             except UnicodeDecodeError:
                 raise FrameError(INVALID_DATA, "incomplete UTF-8 in a text message") from None
             self.utf8 = None
-        if self.msg_compressed:
-            self.inflater.end_message()
+        if self.msg_compressed and inflater is not None:
+            inflater.end_message()
         self.msg_done = True
 
-    def _client_control(self, opcode: int, payload: bytes) -> None:
+    def _client_control(self, s: Owner, opcode: int, payload: bytes) -> None:
         if opcode == CLOSE:
             fields = {}
             if len(payload) == 1:
@@ -167,11 +221,11 @@ class InputMixin:
                 except UnicodeDecodeError:
                     raise FrameError(INVALID_DATA, "close reason is not UTF-8") from None
                 fields = {"code": code, "body": payload[2:]}
-            self.in_credits -= len(payload)
-            self._send(ClosePacket, **fields)
-            self.in_closed = True
-            if self.out_closed:
-                self._close(graceful=True, reason="closed by both sides")
+            self.credits -= len(payload)
+            s._send(ClosePacket, **fields)
+            self.closed = True
+            if s.output.closed:
+                s._close(graceful=True, reason="closed by both sides")
             return
-        self.in_credits -= len(payload)
-        self._send(Ping if opcode == PING else Pong, body=payload)
+        self.credits -= len(payload)
+        s._send(Ping if opcode == PING else Pong, body=payload)

@@ -28,13 +28,19 @@ import socket
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-from condure.supervisor.fdstore import is_stored
-
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START
 UNKNOWN_NAME = "unknown"  # the name of a descriptor when LISTEN_FDNAMES is unset
 CONNECTION_NAME = "connection"  # systemd's name for the socket of Accept=yes
 _VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 _INT_MAX = 2**31 - 1
+# Every name condure gives a descriptor in systemd's fd store starts with
+# this (condure.supervisor.fdstore puts them there and recovers them).
+STORE_PREFIX = "condure-store-"
+
+
+def is_stored(name: str) -> bool:
+    """Whether a passed descriptor's name says it comes from the fd store."""
+    return name.startswith(STORE_PREFIX)
 
 
 class ActivationError(Exception):
@@ -52,17 +58,25 @@ class Inherited:
     type: int
     listening: bool
 
+    def need_sock(self) -> socket.socket:
+        """The socket; only a stored descriptor may be no socket, so this
+        is for passed sockets (listening or connected)."""
+        if self.sock is None:
+            raise ActivationError(f"{self.describe()} is not a socket")
+        return self.sock
+
     @property
     def stored(self) -> bool:
-        """From systemd's fd store (a name with fdstore.STORE_PREFIX)."""
+        """From systemd's fd store (a name with STORE_PREFIX)."""
         return is_stored(self.name)
 
     def describe(self) -> str:
         """``fd 3 "web" (tcp 127.0.0.1:8000, listening)`` for messages."""
         if self.sock is None:
             return f'fd {self.fd} "{self.name}" (not a socket)'
-        kind = {socket.AF_INET: "tcp", socket.AF_INET6: "tcp6",
-                socket.AF_UNIX: "unix"}.get(self.family, f"family {self.family}")
+        kinds: dict[int, str] = {socket.AF_INET: "tcp", socket.AF_INET6: "tcp6",
+                                 socket.AF_UNIX: "unix"}
+        kind = kinds.get(self.family, f"family {self.family}")
         if self.type != socket.SOCK_STREAM:
             kind += " non-stream"
         where = local_address(self.sock)
@@ -135,7 +149,7 @@ def _parse(env: MutableMapping[str, str], pid: int) -> list[tuple[int, str]]:
                 fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
         except OSError as e:
             raise ActivationError(f"passed descriptor {fd} is unusable: {e.strerror}") from None
-    return list(zip(fds, names))
+    return list(zip(fds, names, strict=True))
 
 
 def _number(text: str, variable: str) -> int:

@@ -25,8 +25,6 @@ restart job is pending for its own unit (:func:`restart_pending`).
 
 from __future__ import annotations
 
-import array
-import errno
 import fcntl
 import json
 import logging
@@ -36,16 +34,14 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from condure.supervisor.activation import Inherited
+from condure.net.control import MAX_FDS
+from condure.supervisor.activation import STORE_PREFIX, Inherited
+from condure.supervisor.notify import NotifySocket
 
 log = logging.getLogger("condure")
 
-STORE_PREFIX = "condure-store-"  # every name condure puts into the fd store starts with this
 MANIFEST_SUFFIX = "-manifest"
-MAX_FDS = 253  # SCM_RIGHTS limit per message (SCM_MAX_FD)
 FDNAME_MAX = 255
 MANIFEST_VERSION = 1
 MANIFEST_MAX = 256 << 20  # bytes; a larger "manifest" is refused
@@ -67,13 +63,11 @@ def check_name(name: str) -> None:
 
 
 class FdStore:
-    """sd_notify with descriptors, to $NOTIFY_SOCKET (path, or abstract when it starts with '@')."""
+    """The fd store messages of sd_notify (through condure.supervisor.notify)."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
-        target = env.get("NOTIFY_SOCKET") or ""
-        self.enabled = bool(target)
-        self.address = "\0" + target[1:] if target.startswith("@") else target
+        self.socket = NotifySocket(environ)
+        self.enabled = self.socket.enabled
 
     def upload(self, name: str, fds: Sequence[int]) -> None:
         """``FDSTORE=1`` + ``FDNAME=name`` with ``fds``; ValueError for a bad
@@ -93,14 +87,13 @@ class FdStore:
         except OSError as e:
             log.warning("fd store: removing %s failed: %s", name, e)
 
+    def barrier(self, write_end: int) -> None:
+        """``BARRIER=1`` with the write end of a pipe, which systemd closes
+        once it has processed every message before (sd_notify_barrier(3))."""
+        self._send("BARRIER=1", [write_end])
+
     def _send(self, text: str, fds: Sequence[int]) -> None:
-        if not self.enabled:
-            raise OSError(errno.ENOTCONN, "NOTIFY_SOCKET is not set")
-        ancillary = []
-        if fds:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendmsg([text.encode()], ancillary, 0, self.address)
+        self.socket.send(text, fds)
 
 
 def inode(fd: int) -> int:
@@ -130,8 +123,8 @@ class Uploader:
             name = f"{STORE_PREFIX}{self.generation}-{self.batches}"
             self.batches += 1
             try:
-                described = [dict(entry, name=name, ino=inode(fd))
-                             for fd, entry in zip(chunk, entries[start:start + MAX_FDS])]
+                described = [dict(entry, name=name, ino=inode(fd)) for fd, entry
+                             in zip(chunk, entries[start:start + MAX_FDS], strict=True)]
                 self.store.upload(name, chunk)
             except OSError as e:
                 self.failed += len(chunk)
@@ -232,10 +225,6 @@ class Recovered:
         self.listeners.clear()
 
 
-def is_stored(name: str) -> bool:
-    return name.startswith(STORE_PREFIX)
-
-
 def recover(items: list[Inherited]) -> Recovered:
     """Match the passed store descriptors to their manifest entries by inode.
 
@@ -281,18 +270,18 @@ def recover(items: list[Inherited]) -> Recovered:
             held[ino] = item
     for ino in order:
         entry = by_ino[ino][0]
-        item = held.pop(ino, None)
-        if item is None:
+        held_item = held.pop(ino, None)
+        if held_item is None or held_item.sock is None:  # (held only has sockets)
             found.missing += 1
             continue
         if entry["kind"] == "session":
-            found.sessions.append((item.sock.detach(), entry))
+            found.sessions.append((held_item.sock.detach(), entry))
         elif entry["kind"] == "listener":
-            found.listeners.append((item.sock, entry))
+            found.listeners.append((held_item.sock, entry))
         else:
             found.lost += 1
-            found.problems.append(f'fd store "{item.name}": unknown kind {entry["kind"]!r}')
-            _close(item)
+            found.problems.append(f'fd store "{held_item.name}": unknown kind {entry["kind"]!r}')
+            _close(held_item)
     if found.missing:
         found.problems.append(f"fd store: {found.missing} descriptors in the manifest "
                               "did not come back")

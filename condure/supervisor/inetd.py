@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-import sdnotify
+import signal
 
 from condure.net.conn import Conn
 from condure.supervisor.activation import local_address
+from condure.supervisor.notify import Notifier
 from condure.supervisor.sockets import Listeners
-from condure.worker import Worker, flush_cancels, install_stop_signals
+from condure.worker import Worker
 
 log = logging.getLogger("condure")
 
@@ -36,49 +36,60 @@ class OneConnectionWorker(Worker):
 
     def release(self, conn: Conn) -> None:
         super().release(conn)
-        if not any(self.counts.values()) and not self.stopped.done():
-            self.stopped.set_result("connection ended")
+        if not any(self.counts.values()):
+            self.mark_stopping("connection ended")
+
+
+def install_stop_signals(loop: asyncio.AbstractEventLoop, worker: Worker) -> None:
+    """Condure's stop signals for a worker running on its own: the first
+    TERM/INT/QUIT stops it; a second one while stopping exits at once (1)."""
+
+    def on_signal(signame: str) -> None:
+        if worker.is_stopping:
+            raise SystemExit(1)
+        log.info("stopping...")
+        worker.mark_stopping(signame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
 
 
 def run(acquired: Listeners) -> int:
     """Serve ``acquired.connection`` to its end; returns the exit status."""
     item = acquired.connection
-    assert item is not None
+    assert item is not None and item.sock is not None  # a connected socket
+    sock = item.sock
     config = acquired.config
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = OneConnectionWorker(config, loop, listen_socks=[])
     log.info("starting...")
     try:
-        worker.start()
+        loop.run_until_complete(worker.start())
     except Exception as e:  # noqa: BLE001 - reported as a worker does
         log.error("%s", e)
-        item.sock.close()
+        sock.close()
         loop.close()
         return 1
 
     install_stop_signals(loop, worker)
     try:
-        peer = item.sock.getpeername()
+        peer = sock.getpeername()
     except OSError:
         peer = "?"
     log.info("serving one connection from %s on %s (inetd style)",
              peer[0] if isinstance(peer, tuple) else peer or "a local peer",
-             local_address(item.sock))
-    sdnotify.SystemdNotifier().notify("READY=1")
-    if not worker.adopt_connection(item.sock, 0):
+             local_address(sock))
+    Notifier().ready()
+    if not worker.adopt_connection(sock, 0):
         log.info("the connection was gone before it could be served")
-        if not worker.stopped.done():
-            worker.stopped.set_result("connection gone")
+        worker.mark_stopping("connection gone")
     try:
         loop.run_until_complete(worker.stopped)
         worker.stop()
-        loop.run_until_complete(flush_cancels(worker, CANCEL_FLUSH))
+        loop.run_until_complete(worker.flush_cancels(CANCEL_FLUSH))
     finally:
-        if worker.zmq is not None:
-            worker.zmq.close()
-        if worker.req is not None:
-            worker.req.close()
+        worker.close()
         loop.close()
     log.info("stopped")
     return 0

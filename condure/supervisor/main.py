@@ -3,8 +3,7 @@
 Theory of operation. Signal handlers only enqueue; one loop (asyncio, so
 the dispatch-mode accept loop can share it) wakes on a signal, a control
 message or a timer and runs the same phases every time: dispatch queued
-signals (``handle_term``, ``handle_int``, ``handle_hup``, ``handle_chld``),
-reap exited workers, then maintain (respawn due slots, move a reload on by
+signals (signals.py), reap exited workers, then maintain (respawn due slots, move a reload on by
 one slot, kill workers overdue to stop, tell systemd what changed).
 
 A slot is one worker position 0..N-1 with its own address and, in
@@ -19,7 +18,8 @@ to the old worker, and only once it is ready does the old one hand its
 live connections over (through us, see moves.py) and drain what cannot
 move, while the successor accepts. SIGTERM stops every worker gracefully,
 SIGINT and SIGQUIT at once; a SIGTERM that is part of `systemctl restart`
-hands the connections to the next start through systemd's fd store.
+hands the connections to the next start through systemd's fd store
+(signals.py). The workers are :class:`children.Child` records.
 """
 
 from __future__ import annotations
@@ -28,19 +28,24 @@ import asyncio
 import json
 import logging
 import os
-import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import condure
 from condure.config import Config
-from condure.net import ipcclaim
+from condure.net import control, ipcclaim
 from condure.net.unanswered import UnansweredLog
-from condure.supervisor import control, dispatch, fdstore, moves, pidfile, sockets
+from condure.supervisor import dispatch, fdstore, moves, pidfile, sockets
+from condure.supervisor.children import Child, State, describe_exit
 from condure.supervisor.notify import Notifier, status_text
+from condure.supervisor.signals import HANDLED, SupervisorSignals
+
+if TYPE_CHECKING:
+    from condure.supervisor.zmqproxy import ZmqProxy
 
 log = logging.getLogger("condure")
 
@@ -57,46 +62,12 @@ _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
                 "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
-@dataclass(eq=False)
-class Child:
-    slot: int
-    generation: int
-    popen: subprocess.Popen
-    ctl: object  # socket.socket, the supervisor's end
-    started: float
-    ready_at: float | None = None
-    connections: int = 0
-    requests: int = 0
-    stop_deadline: float | None = None
-    graceful: bool = True
-    handover_to: Child | None = None  # a reload's successor, taking the sessions
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def ready(self) -> bool:
-        return self.ready_at is not None
-
-
-@dataclass
-class State:
-    slots: list[Child | None]
-    successors: dict[int, Child] = field(default_factory=dict)
-    retiring: list[Child] = field(default_factory=list)
-    respawn_at: dict[int, float] = field(default_factory=dict)
-    crashes: dict[int, int] = field(default_factory=dict)
-    reload_pending: list[int] = field(default_factory=list)
-    reloading: bool = False
-
-
 def acquire_listeners(config: Config, n_workers: int) -> sockets.Listeners:
     """The listening sockets (inherited or bound); raises AcquireError."""
     return sockets.acquire_listeners(config, n_workers)
 
 
-def start_zmq(config: Config):
+def start_zmq(config: Config) -> tuple[ZmqProxy | None, dict[str, Any]]:
     """(proxy or None, the worker spec's ``zmq`` part)."""
     if config.zclient_connect or not (config.uses_stream or config.uses_req):
         return None, {"stream": list(config.zclient_stream), "req": list(config.zclient_req),
@@ -107,16 +78,12 @@ def start_zmq(config: Config):
     return proxy, proxy.start()
 
 
-def _describe_exit(status: int) -> str:
-    if status < 0:
-        try:
-            return f"signal {signal.Signals(-status).name}"
-        except ValueError:
-            return f"signal {-status}"
-    return f"status {status}"
+class Supervisor(SupervisorSignals, moves.SupervisorMoves):
+    # Set by run() before anything uses them.
+    listeners: sockets.Listeners
+    loop: asyncio.AbstractEventLoop
+    wake: asyncio.Event
 
-
-class Supervisor(moves.SupervisorMoves):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.n = config.workers
@@ -137,12 +104,10 @@ class Supervisor(moves.SupervisorMoves):
         self.stopping: str | None = None  # "graceful" or "fast"
         self.exit_status = 0
         self.announced = False
-        self.listeners: sockets.Listeners | None = None
-        self.zmq_spec: dict | None = None
-        self.proxy = None
-        self.dispatcher = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.wake: asyncio.Event | None = None
+        self.zmq_spec: dict[str, Any] | None = None
+        self.proxy: ZmqProxy | None = None
+        self.dispatcher: dispatch.Dispatcher | None = None
+        self._least_loaded = dispatch.LeastLoaded()
         self.last_watchdog = 0.0
         self.unanswered = UnansweredLog(config, time.monotonic)
 
@@ -196,7 +161,7 @@ class Supervisor(moves.SupervisorMoves):
     async def _main(self) -> int:
         loop = self.loop
         self.wake = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in HANDLED:
             loop.add_signal_handler(sig, self._enqueue, sig)
         for slot in range(self.n):
             self.state.slots[slot] = self.spawn(slot)
@@ -210,14 +175,11 @@ class Supervisor(moves.SupervisorMoves):
                 pass
             self.wake.clear()
             while self.signals:
-                sig = self.signals.popleft()
-                handler = getattr(self, "handle_" + signal.Signals(sig).name[3:].lower(), None)
-                if handler is not None:
-                    handler()
+                await self.dispatch_signal(self.signals.popleft())
             self.reap()
             if self.stopping and not self.children():
                 if self.restart_store is not None:
-                    stored = self.restart_store.finish()
+                    stored = await self.restart_store.finish()
                     log.info("restart: %d connections in systemd's fd store (%d lost)",
                              stored, self.moves.lost)
                 return self.exit_status
@@ -228,73 +190,7 @@ class Supervisor(moves.SupervisorMoves):
         self.wake.set()
 
     def children(self) -> list[Child]:
-        st = self.state
-        return ([c for c in st.slots if c is not None] + list(st.successors.values())
-                + st.retiring)
-
-    # -- signals ---------------------------------------------------------------
-
-    def handle_term(self) -> None:
-        if self.stopping:
-            return
-        unit = fdstore.own_unit() if self.notify.enabled else None
-        restart = fdstore.restart_pending(unit)
-        if restart and fdstore.store_max(unit) == 0:
-            log.warning("restart: FileDescriptorStoreMax=0 for %s, so connections cannot "
-                        "survive it; closing them instead", unit)
-            restart = False
-        log.info("restarting: moving connections to the next start" if restart
-                 else "stopping...")
-        self.notify.stopping()
-        self.stopping = "graceful"
-        if not restart:
-            self._stop_all(graceful=True)
-            return
-        self.restart_store = moves.RestartStore(self.store_id)
-        self.restart_store.listeners(self.listeners.store_entries())
-        self._stop_all(graceful=True, hand_over=True)
-
-    def handle_int(self) -> None:
-        if self.stopping == "fast":
-            return
-        if not self.stopping:
-            log.info("stopping...")
-            self.notify.stopping()
-        self.stopping = "fast"
-        self._stop_all(graceful=False)
-
-    handle_quit = handle_int
-
-    def handle_hup(self) -> None:
-        st = self.state
-        if self.stopping:
-            return
-        if st.reloading:
-            log.info("reload already under way")
-            return
-        log.info("reloading: replacing %d workers one by one", self.n)
-        self.notify.reloading()
-        st.reloading = True
-        st.reload_pending = list(range(self.n))
-
-    def handle_chld(self) -> None:
-        pass  # reap() runs after every wakeup
-
-    def _stop_all(self, graceful: bool, hand_over: bool = False) -> None:
-        st = self.state
-        st.respawn_at.clear()
-        st.reload_pending.clear()
-        st.reloading = False
-        if self.dispatcher is not None:
-            self.dispatcher.pause()
-        for child in self.children():
-            if hand_over:
-                if child.ready and child.stop_deadline is None:
-                    self.hand_over(child, None)
-                elif child.stop_deadline is None:
-                    self.stop_child(child, graceful)
-            elif child.stop_deadline is None or (not graceful and child.graceful):
-                self.stop_child(child, graceful)
+        return self.state.children()
 
     # -- workers -----------------------------------------------------------------
 
@@ -323,7 +219,8 @@ class Supervisor(moves.SupervisorMoves):
         finally:
             worker_end.close()
         sup_end.setblocking(False)
-        child = Child(slot, self.generation, popen, sup_end, time.monotonic())
+        child = Child(slot, self.generation, popen, sup_end, control.Outbox(self.loop, sup_end),
+                      time.monotonic())
         self.loop.add_reader(sup_end.fileno(), self.on_control, child)
         log.debug("worker %d started (pid %d)", slot, popen.pid)
         return child
@@ -333,9 +230,9 @@ class Supervisor(moves.SupervisorMoves):
         child.graceful = graceful
         child.stop_deadline = time.monotonic() + (drain + KILL_GRACE if graceful else FAST_STOP)
         try:
-            control.send(child.ctl, {"type": "stop", "graceful": graceful, "drain": drain})
+            child.outbox.send({"type": "stop", "graceful": graceful, "drain": drain})
         except OSError:
-            pass  # it is exiting already; reap() will see
+            pass  # it is exiting already (reap() will see) or killed at stop_deadline
 
     def on_control(self, child: Child) -> None:
         while True:
@@ -385,6 +282,7 @@ class Supervisor(moves.SupervisorMoves):
                 self.on_exit(child, status)
 
     def _forget(self, child: Child) -> None:
+        child.outbox.close()
         try:
             self.loop.remove_reader(child.ctl.fileno())
         except (ValueError, OSError):
@@ -395,7 +293,7 @@ class Supervisor(moves.SupervisorMoves):
         st = self.state
         self._forget(child)
         self.moves.target_gone(child)
-        how = _describe_exit(status)
+        how = describe_exit(status)
         if child in st.retiring:
             st.retiring.remove(child)
             log.debug("worker %d (pid %d) exited with %s", child.slot, child.pid, how)
@@ -521,11 +419,9 @@ class Supervisor(moves.SupervisorMoves):
         self._load().report(child.slot, child.connections)
 
     def _load(self) -> dispatch.LeastLoaded:
-        if not hasattr(self, "_least_loaded"):
-            self._least_loaded = dispatch.LeastLoaded()
         return self._least_loaded
 
-    def dispatch_conn(self, sock, spec: int) -> bool:
+    def dispatch_conn(self, sock: socket.socket, spec: int) -> bool:
         """Pass one accepted connection to the least-loaded ready worker."""
         ready = {c.slot: c for c in self.state.slots
                  if c is not None and c.ready and c.stop_deadline is None}

@@ -18,17 +18,18 @@ confirms, so nothing is lost if a process dies half-way:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
-from condure.supervisor import control, fdstore
-
-if TYPE_CHECKING:
-    from condure.supervisor.main import Child
+from condure.config import Config
+from condure.net import control
+from condure.supervisor import fdstore
+from condure.supervisor.children import Child, State
 
 log = logging.getLogger("condure")
 
@@ -38,9 +39,12 @@ ADOPT_TIMEOUT = 10.0  # after a restart, workers get this long to adopt the stor
 HANDOVER_GRACE = 10.0
 
 
+Message = dict[str, Any]
+
+
 @dataclass(eq=False)
 class _Pending:
-    source: object | None  # the Child that exported the batch (None: from the store)
+    source: Child | None  # the worker that exported the batch (None: from the store)
     batch: object  # its batch number there
     fds: list[int]
 
@@ -50,19 +54,21 @@ class Moves:
     """Batches in flight between processes, keyed by the number given to
     each ``adopt`` message."""
 
-    send: Callable[[object, dict, list[int]], bool]  # (child, message, fds) -> sent
-    pending: dict[int, tuple[object, _Pending]] = field(default_factory=dict)
+    # (child, message, fds) -> sent or queued (see SupervisorMoves._send_to)
+    send: Callable[[Child, Message, Sequence[int]], bool]
+    pending: dict[int, tuple[Child, _Pending]] = field(default_factory=dict)
     counter: int = 0
     moved: int = 0
     lost: int = 0
 
-    def relay(self, source, batch, records: list, fds: list[int], target) -> None:
+    def relay(self, source: Child, batch: object, records: list[Any], fds: list[int],
+              target: Child | None) -> None:
         """A batch from ``source`` goes to ``target`` (None: nobody can take
         it; the sessions are lost)."""
         if target is None or not self._adopt(target, records, _Pending(source, batch, fds)):
             self._settle(_Pending(source, batch, fds), len(fds))
 
-    def _adopt(self, target, records: list, item: _Pending) -> bool:
+    def _adopt(self, target: Child, records: list[Any], item: _Pending) -> bool:
         self.counter += 1
         key = self.counter
         if not self.send(target, {"type": "adopt", "batch": key, "records": records}, item.fds):
@@ -70,14 +76,24 @@ class Moves:
         self.pending[key] = (target, item)
         return True
 
-    def adopted(self, target, key, adopted: int, failed: int) -> None:
+    def adopted(self, target: Child, key: object, adopted: int, failed: int) -> None:
         entry = self.pending.pop(key, None) if isinstance(key, int) else None
         if entry is None or entry[0] is not target:
             return
         self.moved += adopted
         self._settle(entry[1], failed)
 
-    def target_gone(self, target) -> None:
+    def undelivered(self, target: Child, message: Message) -> None:
+        """``message`` to ``target`` could not be sent in time: if it was an
+        ``adopt``, its sessions are lost."""
+        key = message.get("batch")
+        if message.get("type") == "adopt" and isinstance(key, int):
+            entry = self.pending.get(key)
+            if entry is not None and entry[0] is target:
+                del self.pending[key]
+                self._settle(entry[1], len(entry[1].fds))
+
+    def target_gone(self, target: Child) -> None:
         """``target`` exited: what it had not confirmed is lost."""
         for key, (who, item) in list(self.pending.items()):
             if who is target:
@@ -90,7 +106,7 @@ class Moves:
         if item.source is not None:
             self.send(item.source, {"type": "taken", "batch": item.batch, "lost": lost}, [])
 
-    def waiting_on(self, target) -> bool:
+    def waiting_on(self, target: Child) -> bool:
         return any(who is target for who, _ in self.pending.values())
 
     @property
@@ -99,7 +115,7 @@ class Moves:
 
     # -- after a restart -------------------------------------------------------
 
-    def deal(self, sessions: list[tuple[int, dict]], targets: dict[int, object]) -> None:
+    def deal(self, sessions: list[tuple[int, dict[str, Any]]], targets: dict[int, Child]) -> None:
         """Sessions recovered from the fd store, to the ready workers by
         slot (``entry["worker"]``), in batches."""
         if not targets:
@@ -107,19 +123,19 @@ class Moves:
             self.lost += len(sessions)
             return
         slots = sorted(targets)
-        groups: dict[int, list[tuple[int, str]]] = {}
+        groups: dict[int, list[tuple[int, object]]] = {}
         for fd, entry in sessions:
             slot = entry.get("worker")
             if slot not in targets:
                 slot = slots[hash(fd) % len(slots)]
             groups.setdefault(slot, []).append((fd, entry.get("record")))
         for slot, items in groups.items():
-            records: list = []
+            records: list[Any] = []
             fds: list[int] = []
             size = 0
             for fd, record in items:
                 text = record if isinstance(record, str) else ""
-                if fds and (len(fds) >= fdstore.MAX_FDS or size + len(text) > MAX_BATCH_BYTES):
+                if fds and (len(fds) >= control.MAX_FDS or size + len(text) > MAX_BATCH_BYTES):
                     self._deal_batch(targets[slot], records, fds)
                     records, fds, size = [], [], 0
                 records.append(text)
@@ -128,7 +144,7 @@ class Moves:
             if fds:
                 self._deal_batch(targets[slot], records, fds)
 
-    def _deal_batch(self, target, records: list, fds: list[int]) -> None:
+    def _deal_batch(self, target: Child, records: list[Any], fds: list[int]) -> None:
         item = _Pending(None, None, fds)
         if not self._adopt(target, records, item):
             self._settle(item, len(fds))
@@ -138,14 +154,14 @@ class RestartStore:
     """A restart: every batch and the listeners the supervisor bound go
     into systemd's fd store; :meth:`finish` writes the manifest."""
 
-    def __init__(self, generation: str, environ=None) -> None:
+    def __init__(self, generation: str, environ: Mapping[str, str] | None = None) -> None:
         self.uploader = fdstore.Uploader(fdstore.FdStore(environ), generation)
 
-    def listeners(self, entries: list[tuple[int, dict]]) -> None:
+    def listeners(self, entries: list[tuple[int, dict[str, Any]]]) -> None:
         if entries:
             self.uploader.add([fd for fd, _ in entries], [entry for _, entry in entries])
 
-    def batch(self, slot: int, records: list, fds: list[int]) -> int:
+    def batch(self, slot: int, records: list[Any], fds: list[int]) -> int:
         """Store one worker batch; the number of sessions that could not be."""
         failed = self.uploader.failed
         entries = [{"kind": "session", "record": r, "worker": slot} for r in records]
@@ -153,28 +169,42 @@ class RestartStore:
         control.close_fds(fds)
         return self.uploader.failed - failed + max(len(fds) - len(entries), 0)
 
-    def finish(self) -> int:
+    async def finish(self) -> int:
         stored = self.uploader.finish()
-        barrier(self.uploader.store)
+        await barrier(self.uploader.store)
         return stored
 
 
-def barrier(store: fdstore.FdStore, timeout: float = 5.0) -> bool:
+async def barrier(store: fdstore.FdStore, timeout: float = 5.0) -> bool:
     """``BARRIER=1`` (sd_notify_barrier(3)): returns once systemd has
     processed every message sent before, so the store is complete before
     this process exits. False when that could not be confirmed."""
     if not store.enabled:
         return False
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    loop = asyncio.get_running_loop()
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    closed: asyncio.Future[bool] = loop.create_future()
+
+    def on_eof() -> None:
+        if not closed.done():
+            closed.set_result(True)
+
     try:
         try:
-            store._send("BARRIER=1", [write_end])
+            store.barrier(write_end)
         except OSError as e:
             log.debug("sd_notify barrier: %s", e)
             return False
         os.close(write_end)
         write_end = -1
-        return control.wait(read_end, False, timeout)  # EOF: systemd closed its copy
+        # EOF on the pipe: systemd closed its copy of the write end.
+        loop.add_reader(read_end, on_eof)
+        try:
+            return await asyncio.wait_for(closed, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(read_end)
     finally:
         os.close(read_end)
         if write_end >= 0:
@@ -183,8 +213,16 @@ def barrier(store: fdstore.FdStore, timeout: float = 5.0) -> bool:
 
 class SupervisorMoves:
     """The Supervisor's methods for moving connections (mixed into
-    condure.supervisor.main.Supervisor, whose state they use: ``config``,
-    ``state``, ``moves``, ``restart_store``, ``recovered``)."""
+    condure.supervisor.main.Supervisor, whose state they use, declared
+    here)."""
+
+    config: Config
+    state: State
+    moves: Moves
+    restart_store: RestartStore | None
+    recovered: fdstore.Recovered | None
+    adopt_until: float | None
+    moved_note: str
 
     def hand_over(self, child: Child, target: Child | None) -> None:
         """Ask ``child`` to export its sessions: to ``target`` (a reload's
@@ -195,16 +233,23 @@ class SupervisorMoves:
         child.stop_deadline = time.monotonic() + drain + handoff + HANDOVER_GRACE
         self._send_to(child, {"type": "handover", "drain": drain, "handoff_timeout": handoff})
 
-    def _send_to(self, child: Child, message: dict, fds: list[int] = ()) -> bool:
-        """A control message, waiting briefly if the socket is full."""
+    def _send_to(self, child: Child, message: Message, fds: Sequence[int] = ()) -> bool:
+        """A control message that must arrive: sent now, or queued until the
+        socket has room (control.SEND_TIMEOUT at most; then it counts as
+        undelivered). False when it could not even be queued."""
+
+        def failed() -> None:
+            log.warning("worker %d: could not send %s", child.slot, message["type"])
+            self.moves.undelivered(child, message)
+
         try:
-            control.send_waiting(child.ctl, message, fds)
+            child.outbox.send(message, fds, on_fail=failed)
             return True
         except OSError:
             log.warning("worker %d: could not send %s", child.slot, message["type"])
             return False
 
-    def on_sessions(self, child: Child, message: dict, fds: list[int]) -> None:
+    def on_sessions(self, child: Child, message: Message, fds: list[int]) -> None:
         records = message.get("records")
         records = records if isinstance(records, list) else []
         if self.restart_store is not None:
@@ -233,7 +278,7 @@ class SupervisorMoves:
             sessions, rec.sessions = rec.sessions, []
             try:
                 self.moves.deal(sessions, targets)
-            except Exception:  # noqa: BLE001 - never let one bad record stop condure
+            except Exception:
                 log.exception("fd store: dealing the stored connections failed")
         if self.moves.busy and now < self.adopt_until:
             return False

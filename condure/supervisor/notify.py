@@ -1,50 +1,69 @@
-"""sd_notify(3) for the supervisor.
+"""sd_notify(3): the one way condure talks to systemd's notify socket.
 
-Messages go to the datagram socket named by ``NOTIFY_SOCKET`` through
-systemd-python's ``systemd.daemon.notify`` when it is installed, else the
-``sdnotify`` package. Without ``NOTIFY_SOCKET`` every call is a no-op.
-Only the supervisor notifies: with ``NotifyAccess=main`` systemd would
-ignore the workers anyway, and they are started without the variable.
+:class:`NotifySocket` sends one datagram, optionally with descriptors
+(``SCM_RIGHTS``), to the socket named by ``NOTIFY_SOCKET`` (a path, or an
+abstract name when it starts with ``@``). :class:`Notifier` speaks the
+service states with it and :class:`condure.supervisor.fdstore.FdStore`
+the fd store; both go through :meth:`NotifySocket.send`. Without
+``NOTIFY_SOCKET`` nothing is sent. Only the supervisor notifies: with
+``NotifyAccess=main`` systemd would ignore the workers anyway, and they
+are started without the variable.
 
 See systemd.service(5) (``Type=notify``, ``WatchdogSec=``) and
 sd_notify(3) for ``READY``, ``RELOADING``, ``STOPPING``, ``STATUS``,
-``WATCHDOG`` and ``MONOTONIC_USEC``.
+``WATCHDOG``, ``MONOTONIC_USEC``, ``FDSTORE`` and ``BARRIER``.
 """
 
 from __future__ import annotations
 
+import array
+import errno
 import logging
 import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 
 log = logging.getLogger("condure.notify")
 
 
-def _backend() -> Callable[[str], object]:
-    try:
-        from systemd import daemon  # type: ignore[import-not-found]
-    except ImportError:
-        import sdnotify
+class NotifySocket:
+    """The service manager's notify socket, from ``NOTIFY_SOCKET``."""
 
-        notifier = sdnotify.SystemdNotifier()
-        return notifier.notify
-    return daemon.notify
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        target = env.get("NOTIFY_SOCKET") or ""
+        self.enabled = bool(target)
+        self.address = "\0" + target[1:] if target.startswith("@") else target
+
+    def send(self, text: str, fds: Sequence[int] = ()) -> None:
+        """One message (``KEY=value`` lines) with ``fds``; OSError when it
+        cannot be sent (ENOTCONN without ``NOTIFY_SOCKET``)."""
+        if not self.enabled:
+            raise OSError(errno.ENOTCONN, "NOTIFY_SOCKET is not set")
+        ancillary = []
+        if fds:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendmsg([text.encode()], ancillary, 0, self.address)
 
 
 class Notifier:
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
+    """The service's state for systemd; every call is a no-op without
+    ``NOTIFY_SOCKET``, and a manager that went away is only logged."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        self.enabled = bool(env.get("NOTIFY_SOCKET"))
-        self._send = _backend() if self.enabled else None
+        self.socket = NotifySocket(env)
+        self.enabled = self.socket.enabled
         self.last_status: str | None = None
         self.watchdog_interval = _watchdog_interval(env)
 
     def notify(self, text: str) -> None:
-        if self._send is None:
+        if not self.enabled:
             return
         try:
-            self._send(text)
+            self.socket.send(text)
         except OSError as e:  # the manager went away: nothing to tell
             log.debug("sd_notify: %s", e)
 
@@ -71,7 +90,7 @@ class Notifier:
         self.notify("WATCHDOG=1")
 
 
-def _watchdog_interval(env) -> float | None:
+def _watchdog_interval(env: Mapping[str, str]) -> float | None:
     """Half of ``WATCHDOG_USEC`` (sd_watchdog_enabled(3)), when it is meant
     for this process; None otherwise."""
     usec = env.get("WATCHDOG_USEC")

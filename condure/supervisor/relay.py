@@ -63,7 +63,7 @@ def pump(src: zmq.Socket, dst: zmq.Socket,
     for n in range(BATCH):
         # Most wakeups carry one message: asking ZMQ_EVENTS once is cheaper
         # than the EAGAIN exception of a receive that finds nothing more.
-        if n == 1 and not events(_EVENTS) & _POLLIN:
+        if n == 1 and not int(events(_EVENTS)) & _POLLIN:
             return None
         try:
             frame = recv(_NOBLOCK, copy=False)

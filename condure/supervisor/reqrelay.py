@@ -31,11 +31,6 @@ from condure.zhttp import tnetstring
 log = logging.getLogger("condure")
 
 
-def routing_id(index: int, pid: int) -> bytes:
-    """The internal DEALER identity of worker ``index``."""
-    return b"%d-%d" % (index, pid)
-
-
 def reply_index(payload: bytes) -> bytes | None:
     """The worker index in the id of a reply packet, or None."""
     if payload[:1] != b"T":
@@ -109,6 +104,9 @@ def _reply(router: zmq.Socket, peers: dict[bytes, set[bytes]], frames: list[byte
         log.debug("dropping req-mode message without a usable envelope")
         return
     index = reply_index(payload)
+    if index is None:
+        log.debug("dropping req-mode reply whose id names no worker")
+        return
     for worker in list(peers.get(index, ())):
         try:
             router.send_multipart((worker, b"", payload), zmq.NOBLOCK, copy=True)

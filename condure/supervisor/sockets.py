@@ -102,7 +102,7 @@ class Listeners:
             else:  # a bound Unix socket's file goes too
                 binder.close(item.sock, self.config.listen[item.spec])
         self.items.clear()
-        if self.connection is not None:
+        if self.connection is not None and self.connection.sock is not None:
             self.connection.sock.close()
 
 
@@ -130,7 +130,7 @@ def acquire_listeners(config: Config, n_workers: int, accept_mode: str | None = 
                                      recovered.listeners if recovered else None))
     except BaseException:
         for item in passed:
-            item.sock.close()
+            item.need_sock().close()
         if recovered is not None:
             recovered.close()
         raise
@@ -165,9 +165,9 @@ def match_listeners(config: Config, n_workers: int, requested: str, listen_given
     if mode == AUTO:
         mode = SHARED if passed else REUSEPORT
     if passed and not listen_given:
-        specs = tuple(_spec_for(item) for item in passed)
-        items = [Listener(item.sock, i, None, item.name) for i, item in enumerate(passed)]
-        config = replace(config, listen=specs, accept_mode=mode)
+        found = tuple(_spec_for(item) for item in passed)
+        items = [Listener(item.need_sock(), i, None, item.name) for i, item in enumerate(passed)]
+        config = replace(config, listen=found, accept_mode=mode)
         fdstore.take_listeners(pool, [])
         result = Listeners(config, mode, items, stored=stored)
         _log(result)
@@ -189,7 +189,7 @@ def match_listeners(config: Config, n_workers: int, requested: str, listen_given
                 for item in matched:
                     _check_address(spec, item)
                     unused.remove(item)
-                    result.items.append(Listener(item.sock, index, None, item.name))
+                    result.items.append(Listener(item.need_sock(), index, None, item.name))
                 if len(matched) == 1 and spec.host is None and spec.path is None:
                     # "fd-name=web" alone: the entry takes the socket's address
                     # (for the log, and so a Unix socket counts as local).
@@ -202,20 +202,20 @@ def match_listeners(config: Config, n_workers: int, requested: str, listen_given
                 if mode == REUSEPORT:
                     log.info("listen %s: a Unix socket is shared by all workers "
                              "(no SO_REUSEPORT for Unix sockets)", spec.path)
-                sock = reused.pop((index, None), None)
-                if sock is None:
+                kept = reused.pop((index, None), None)
+                if kept is None:
                     result.items.append(Listener(binder.bind(spec), index))
                 else:
-                    result.items.append(Listener(sock, index, reused=True,
+                    result.items.append(Listener(kept, index, reused=True,
                                                  file_id=_file_id(spec.path)))
         if unused:
             names = ", ".join(item.describe() for item in unused)
             raise AcquireError(f"passed socket not named by any --listen fd-name=: {names}")
     except BaseException as e:
         # Passed sockets are closed by the caller; close only what we bound.
-        result.items = [item for item in result.items if not item.inherited]
-        for item in result.items:
-            item.file_id = None  # a reused socket's file stays for the next start
+        result.items = [bound for bound in result.items if not bound.inherited]
+        for bound in result.items:
+            bound.file_id = None  # a reused socket's file stays for the next start
         result.close()
         for sock in reused.values():
             sock.close()
@@ -243,9 +243,9 @@ def _inetd(config: Config, item: Inherited, listen_given: bool) -> Listeners:
 def _spec_for(item: Inherited) -> ListenSpec:
     """A stream ListenSpec describing a passed listening socket."""
     if item.family == socket.AF_UNIX:
-        return ListenSpec(host=None, port=None, path=local_address(item.sock),
+        return ListenSpec(host=None, port=None, path=local_address(item.need_sock()),
                           fd_name=item.name)
-    host, port = item.sock.getsockname()[:2]
+    host, port = item.need_sock().getsockname()[:2]
     return ListenSpec(host=host, port=port, fd_name=item.name)
 
 
@@ -261,10 +261,10 @@ def _check_address(spec: ListenSpec, item: Inherited) -> None:
     """An entry that gives an address as well as a name must agree with the
     socket (a guard against a unit and a command line drifting apart)."""
     if spec.path is not None:
-        ok = item.family == socket.AF_UNIX and local_address(item.sock) == spec.path
+        ok = item.family == socket.AF_UNIX and local_address(item.need_sock()) == spec.path
     elif spec.host is not None:
         ok = item.family in (socket.AF_INET, socket.AF_INET6) and (
-            not spec.port or item.sock.getsockname()[1] == spec.port)
+            not spec.port or item.need_sock().getsockname()[1] == spec.port)
     else:
         return
     if not ok:

@@ -176,9 +176,13 @@ class ZmqProxy:
                 pass
         self._files = []
 
+    def _context(self) -> zmq.Context:
+        assert self.ctx is not None, "start() creates the context"
+        return self.ctx
+
     def _socket(self, kind: int, *, sndhwm: int | None = None,
                 rcvhwm: int | None = None) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
+        sock = self._context().socket(kind)
         self._sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
         if sndhwm is not None:
@@ -190,7 +194,7 @@ class ZmqProxy:
     def _control(self, name: str) -> zmq.Socket:
         """A PAIR for the thread (connected); ours (bound) goes to _controls."""
         endpoint = f"inproc://condure-proxy-{name}-{id(self)}"
-        ours = self.ctx.socket(zmq.PAIR)
+        ours = self._context().socket(zmq.PAIR)
         ours.setsockopt(zmq.LINGER, 0)
         ours.bind(endpoint)
         self._controls.append(ours)

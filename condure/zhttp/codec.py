@@ -26,7 +26,8 @@ rather than driven by reflection.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .packets import (
     Cancel,
@@ -53,10 +54,10 @@ try:
 
     if _fast_pop(b"1:a,}") != (b"a", b"}"):  # not the version we know
         _fast_pop = None
-except Exception:  # pragma: no cover - absent or broken
+except Exception:  # noqa: BLE001 # pragma: no cover - absent or broken
     _fast_pop = None
 
-__all__ = ["PacketError", "UnknownType", "encode", "decode", "split_address"]
+__all__ = ["PacketError", "UnknownType", "decode", "encode", "split_address"]
 
 HEADERS_MAX = 64
 IDS_MAX = 128
@@ -295,7 +296,7 @@ _CLOSE_FIELDS = {b"code": (0, _K_U16), b"body": (1, _K_TEXT)}
 _PING_FIELDS = {b"body": (0, _K_BYTES), b"credits": (1, _K_U32)}
 _NO_FIELDS: dict[bytes, tuple[int, int]] = {}
 
-_TYPES: dict[bytes, tuple[type, dict[bytes, tuple[int, int]], tuple]] = {
+_TYPES: dict[bytes, tuple[Callable[..., Packet], dict[bytes, tuple[int, int]], tuple[Any, ...]]] = {
     b"": (Data, _DATA_FIELDS, _DATA_DEFAULTS),
     b"error": (Error, _ERROR_FIELDS, (b"", None, None, None, b"")),
     b"credit": (Credit, _CREDIT_FIELDS, (0,)),
@@ -311,7 +312,7 @@ _KIND_NAMES = ("a string", "a UTF-8 string", "an integer 0..2^32-1", "an integer
                "a boolean", "a list of [name, value] lists")
 
 
-def _check_keys(m: dict) -> None:
+def _check_keys(m: dict[bytes, Any]) -> None:
     """Map keys must be UTF-8 (the tnetstring layer already made them bytes)."""
     # Joining on a byte that is never part of a multi-byte sequence keeps a
     # bad key bad and good keys good, so one check covers them all.
@@ -354,7 +355,8 @@ def _read_headers(value: object) -> tuple[Header, ...]:
     return tuple(headers)
 
 
-def _read_fields(top: dict, table: dict, values: list) -> None:
+def _read_fields(top: dict[bytes, Any], table: dict[bytes, tuple[int, int]],
+                 values: list[Any]) -> None:
     """Check and store the type-specific fields present in top."""
     lookup = table.get
     for key, value in top.items():
@@ -398,9 +400,9 @@ def _read_ids(value: object, seq: int | None) -> tuple[tuple[Ident, ...], bool]:
         if type(ident) is not bytes:
             raise PacketError("id must be a string")
         entry_seq = entry.get(b"seq")
-        if entry_seq is not None or b"seq" in entry:
-            if type(entry_seq) is not int or not 0 <= entry_seq <= _MAX32:
-                raise PacketError("seq must be an integer 0..2^32-1")
+        if (entry_seq is not None or b"seq" in entry) and (
+                type(entry_seq) is not int or not 0 <= entry_seq <= _MAX32):
+            raise PacketError("seq must be an integer 0..2^32-1")
         ids.append(Ident(ident, entry_seq))
     return tuple(ids), True
 
@@ -413,7 +415,7 @@ def decode(payload: bytes) -> Packet:
     if _fast_pop is not None:
         try:
             top = _fast_pop(payload[1:])[0]
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - any refusal: our parser decides below
             pass
     if top is None:
         try:
@@ -429,9 +431,8 @@ def decode(payload: bytes) -> Packet:
     if type(from_) is not bytes:
         raise PacketError("from must be a string")
     seq = get(b"seq")
-    if seq is not None or b"seq" in top:
-        if type(seq) is not int or not 0 <= seq <= _MAX32:
-            raise PacketError("seq must be an integer 0..2^32-1")
+    if (seq is not None or b"seq" in top) and (type(seq) is not int or not 0 <= seq <= _MAX32):
+        raise PacketError("seq must be an integer 0..2^32-1")
     ident = get(b"id")
     if ident is None and b"id" not in top:
         ids: tuple[Ident, ...] = (Ident(b"", seq),) if seq is not None else ()

@@ -23,7 +23,6 @@ Conventions shared by every class:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 Header = tuple[bytes, bytes]
 
@@ -154,9 +153,9 @@ class Pong:
     credits: int = 0  # accepted on input, never written
 
 
-Packet = Union[
-    Data, Error, Credit, KeepAlive, Cancel, HandoffStart, HandoffProceed, Close, Ping, Pong
-]
+Packet = (
+    Data | Error | Credit | KeepAlive | Cancel | HandoffStart | HandoffProceed | Close | Ping | Pong
+)
 
 # ZHTTP ``type`` value of each class (Data has none).
 TYPE_NAMES: dict[type, bytes] = {

@@ -20,8 +20,9 @@ are decoded inline.
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["TnetstringError", "dumps", "loads", "pop", "parse_at"]
+__all__ = ["TnetstringError", "dumps", "loads", "parse_at", "pop"]
 
 
 class TnetstringError(ValueError):
@@ -65,9 +66,8 @@ _COMMA, _HASH, _BANG, _TILDE, _CARET, _RBRACKET, _RBRACE = b",#!~^]}"
 
 
 def _int(raw: bytes) -> int:
-    if not raw.isdigit():
-        if not (raw[:1] in (b"-", b"+") and raw[1:].isdigit()):
-            raise TnetstringError(f"invalid integer {raw[:32]!r}")
+    if not raw.isdigit() and not (raw[:1] in (b"-", b"+") and raw[1:].isdigit()):
+        raise TnetstringError(f"invalid integer {raw[:32]!r}")
     try:
         return int(raw)
     except ValueError:  # beyond Python's digit limit for int()
@@ -103,9 +103,9 @@ def _scalar(data: bytes, tag: int, start: int, stop: int) -> object:
     raise TnetstringError(f"unknown type tag {bytes((tag,))!r}")
 
 
-def _list(data: bytes, pos: int, end: int) -> list:
+def _list(data: bytes, pos: int, end: int) -> list[Any]:
     """Decode the items in data[pos:end] (a list payload)."""
-    out: list = []
+    out: list[Any] = []
     append = out.append
     heads = _HEADS.get
     while pos < end:
@@ -130,9 +130,9 @@ def _list(data: bytes, pos: int, end: int) -> list:
     return out
 
 
-def _map(data: bytes, pos: int, end: int) -> dict:
+def _map(data: bytes, pos: int, end: int) -> dict[bytes, Any]:
     """Decode the key/value items in data[pos:end] (a map payload)."""
-    out: dict = {}
+    out: dict[bytes, Any] = {}
     heads = _HEADS.get
     while pos < end:
         # key: always a string
@@ -227,23 +227,23 @@ def pop(data: bytes) -> tuple[object, bytes]:
 # -- encoding ---------------------------------------------------------------
 
 
-def _dump(value: object, out: list) -> int:
+def _dump(value: Any, out: list[bytes]) -> int:
     """Append the encoding of value to out; return its length in bytes."""
     t = type(value)
     if t is bytes:
-        piece = b"%d:%b," % (len(value), value)  # type: ignore[arg-type]
+        piece = b"%d:%b," % (len(value), value)
     elif t is str:
-        raw = value.encode()  # type: ignore[union-attr]
+        raw = value.encode()
         piece = b"%d:%b," % (len(raw), raw)
     elif t is bool:
         piece = b"4:true!" if value else b"5:false!"
     elif t is int:
-        digits = b"%d" % value  # type: ignore[str-format]
+        digits = b"%d" % value
         piece = b"%d:%b#" % (len(digits), digits)
     elif value is None:
         piece = b"0:~"
     elif t is float:
-        if not math.isfinite(value):  # type: ignore[arg-type]
+        if not math.isfinite(value):
             raise TnetstringError("cannot encode a non-finite float")
         text = repr(value).encode()
         piece = b"%d:%b^" % (len(text), text)
@@ -252,14 +252,14 @@ def _dump(value: object, out: list) -> int:
         out.append(b"")  # the length prefix, filled in below
         size = 0
         if t is dict:
-            for key, item in value.items():  # type: ignore[union-attr]
+            for key, item in value.items():
                 if type(key) is not bytes and type(key) is not str:
                     raise TnetstringError(f"map key must be bytes or str, not {type(key)}")
                 size += _dump(key, out)
                 size += _dump(item, out)
             out.append(b"}")
         else:
-            for item in value:  # type: ignore[union-attr]
+            for item in value:
                 size += _dump(item, out)
             out.append(b"]")
         prefix = b"%d:" % size
@@ -285,11 +285,11 @@ def _dump(value: object, out: list) -> int:
     return len(piece)
 
 
-def dumps(value: object) -> bytes:
+def dumps(value: Any) -> bytes:
     """Encode value (bytes, str, int, bool, None, float, list, tuple, dict)."""
     t = type(value)
     if t is bytes:
-        return b"%d:%b," % (len(value), value)  # type: ignore[arg-type]
+        return b"%d:%b," % (len(value), value)
     out: list[bytes] = []
     try:
         _dump(value, out)

@@ -64,10 +64,10 @@ def install() -> None:
 
     http_going_away = HttpSession.going_away
 
-    def going_away(self, now=None):
+    def going_away(self, now=None, code=None):
         if getattr(self, "fault_on_stop", False):
             raise InjectedFault("graceful stop of a /boom-stop request")
-        http_going_away(self, now)
+        http_going_away(self, now, code)
 
     def packet_fault(original):
         def receive_packet(self, packet, ident, now):

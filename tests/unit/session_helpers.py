@@ -14,11 +14,24 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from condure.session import records
 from condure.session.actions import Close, Send, Write
 from condure.session.http import HttpSession
 from condure.zhttp.packets import Cancel, Credit, Data, Ident, Packet
 
 INSTANCE = b"condure"
+
+
+def encode_record(fields: dict[str, object]) -> str:
+    """A record map as handover sends it (records.encode of the typed record)."""
+    return records.encode(records.from_fields(fields))
+
+
+def decode_record(text: object) -> dict[str, object]:
+    """The map of a record as an adopting process reads it."""
+    return records.to_fields(records.decode(text))
+
+
 HANDLER = b"handler1"
 START = 1000.0
 

@@ -16,8 +16,8 @@ from condure.zhttp.packets import Credit, Data, Ident
 
 
 class Recorder:
-    """Stands in for the worker: a loop, timers, slot release, and the
-    packets the session sends."""
+    """Stands in for the worker (condure.net.conn.ConnHost): a loop, timers,
+    slot release, and the packets the session sends."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -31,6 +31,12 @@ class Recorder:
 
     def release(self, conn) -> None:
         self.released = True
+
+    def schedule(self, conn) -> None:
+        self.timers.schedule(conn)
+
+    def note_unanswered(self, slot) -> None:
+        pass
 
 
 def test_credits_return_after_a_blocked_write_drains():

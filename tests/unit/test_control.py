@@ -3,13 +3,14 @@ truncation, and the Config's JSON form."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 
 import pytest
 
 from condure.config import Config, ListenSpec
-from condure.supervisor import control
+from condure.net import control
 
 
 @pytest.fixture
@@ -96,3 +97,106 @@ def test_config_json_round_trip():
 
     text = json.dumps(control.config_to_json(config))
     assert control.config_from_json(json.loads(text)) == config
+
+
+# ------------------------------------------------------------------ Outbox
+
+
+def _fill(sock: socket.socket) -> None:
+    """Send until the socket is full."""
+    sock.setblocking(False)
+    while True:
+        try:
+            control.send(sock, {"type": "filler", "pad": "x" * 4000})
+        except BlockingIOError:
+            return
+
+
+def _drain(sock: socket.socket) -> list[dict]:
+    """Everything waiting on ``sock`` that is not filler (descriptors closed)."""
+    sock.setblocking(False)
+    got = []
+    while True:
+        try:
+            message, fds = control.recv(sock)
+        except BlockingIOError:
+            return got
+        if message["type"] != "filler":
+            got.append(dict(message, fds=[os.readlink(f"/proc/self/fd/{fd}") for fd in fds]))
+        control.close_fds(fds)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_outbox_waits_for_room_without_blocking_and_keeps_order(pair):
+    a, b = pair
+    loop = asyncio.new_event_loop()
+    r, w = os.pipe()
+    try:
+        outbox = control.Outbox(loop, a)
+        outbox.send({"type": "first"})  # room: sent at once
+        assert _drain(b) == [{"type": "first", "fds": []}]
+        _fill(a)
+        outbox.send({"type": "sessions", "batch": 1}, [r], timeout=5.0)  # waits
+        assert outbox.post({"type": "stats"})  # queued behind it, in order
+        os.close(r)  # the caller's copy may go: the outbox holds its own
+        r = -1
+        assert len(outbox) == 2
+        got: list[dict] = []
+
+        async def receive() -> None:
+            while len(got) < 2:
+                got.extend(_drain(b))  # makes room; the loop's writer sends the rest
+                await asyncio.sleep(0.01)
+
+        loop.run_until_complete(asyncio.wait_for(receive(), 5))
+        assert [m["type"] for m in got] == ["sessions", "stats"]
+        assert got[0]["fds"][0].startswith("pipe:")  # the descriptor travelled
+        assert len(outbox) == 0
+    finally:
+        loop.close()
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_outbox_gives_up_after_its_timeout_and_leaks_nothing(pair):
+    a, b = pair
+    loop = asyncio.new_event_loop()
+    r, w = os.pipe()
+    try:
+        outbox = control.Outbox(loop, a)
+        _fill(a)
+        before = _open_fds()
+        failed: list[str] = []
+        outbox.send({"type": "adopt"}, [r, w], timeout=0.05, on_fail=lambda: failed.append("x"))
+        assert _open_fds() == before + 2  # its own copies
+        loop.run_until_complete(asyncio.sleep(0.2))
+        assert failed == ["x"] and len(outbox) == 0
+        assert _open_fds() == before  # the copies are closed
+        assert [m["type"] for m in _drain(b)] == []  # nothing late arrived
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_outbox_close_forgets_the_queue(pair):
+    a, _ = pair
+    loop = asyncio.new_event_loop()
+    r, w = os.pipe()
+    try:
+        outbox = control.Outbox(loop, a)
+        _fill(a)
+        assert not outbox.post({"type": "stats"}) and len(outbox) == 0  # full: dropped
+        before = _open_fds()
+        failed: list[int] = []
+        outbox.send({"type": "adopt"}, [r], on_fail=lambda: failed.append(1))
+        outbox.close()
+        assert len(outbox) == 0 and _open_fds() == before and failed == []
+    finally:
+        loop.close()
+        os.close(r)
+        os.close(w)

@@ -257,7 +257,7 @@ def test_last_words_by_state():
     ws.respond(101, b"Switching Protocols")
     words, (address, cancel) = failure.last_words(ws.session)
     assert words == b"\x88\x02\x03\xf3" and address == HANDLER  # close 1011
-    ws.session.out_closed = True
+    ws.session.output.closed = True
     assert failure.last_words(ws.session)[0] == b""
     ws.handler(Cancel)
     assert failure.last_words(ws.session) == (b"", None)  # it had ended itself

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from condure.handover import decode_record, encode_record
 from condure.session import snapshot
-from condure.session.http import HEAD
+from condure.session.states import HEAD
 from condure.session.snapshot import SnapshotError, export_http, restore_http
 from condure.session.websocket import WebSocketSession
 from condure.session.ws_snapshot import export_ws, restore_ws
@@ -29,7 +28,14 @@ from condure.zhttp.packets import (
     KeepAlive,
     Ping,
 )
-from tests.unit.session_helpers import INSTANCE, Driver, EchoHandler, IdSource
+from tests.unit.session_helpers import (
+    INSTANCE,
+    Driver,
+    EchoHandler,
+    IdSource,
+    decode_record,
+    encode_record,
+)
 from tests.unit.test_handoff_session import adopt as adopt_ws
 from tests.unit.test_handoff_session import seqs
 from tests.unit.test_websocket_session import WsDriver, cframe, opened
@@ -203,7 +209,7 @@ def test_moved_session_equals_one_that_stayed(messages, data):
     def move():
         nonlocal d, phase
         session = d.session
-        event(f"pending {bool(session.pending)}, leftover {bool(session.inbuf)}, "
+        event(f"pending {bool(session.input.pending)}, leftover {bool(session.input.inbuf)}, "
               f"credits owed {bool(session.credits_owed)}")
         d = adopt_ws(d)
         drivers.append(d)
@@ -215,7 +221,7 @@ def test_moved_session_equals_one_that_stayed(messages, data):
         if i == start:
             assert d.session.begin_handoff()
             d.drain()
-            event(f"handoff with a frame half read: {d.session.frame is not None}")
+            event(f"handoff with a frame half read: {d.session.input.frame is not None}")
             phase = "asked"
         if phase == "asked" and (proceed_after == 0 or step is None):
             d.handler(HandoffProceed)
@@ -286,7 +292,7 @@ def _restore(record: dict) -> WebSocketSession:
 ], ids=repr)
 def test_restore_rejects_bad_handover_fields(change):
     record = _moving_record()
-    assert _restore(record).pending == b"def"  # the record itself is good
+    assert _restore(record).input.pending == b"def"  # the record itself is good
     with pytest.raises(SnapshotError):
         _restore({**record, **change})
 

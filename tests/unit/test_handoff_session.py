@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from condure.handover import decode_record, encode_record
 from condure.session.websocket import ASKED, PROCEEDED, WebSocketSession
 from condure.session.ws_snapshot import export_ws, restore_ws
 from condure.zhttp.packets import (
@@ -20,7 +19,7 @@ from condure.zhttp.packets import (
     Ping,
 )
 from condure.zhttp.packets import Close as ClosePacket
-from tests.unit.session_helpers import HANDLER, INSTANCE
+from tests.unit.session_helpers import HANDLER, INSTANCE, decode_record, encode_record
 from tests.unit.test_websocket_session import PMD, PMD_NCT, SIMPLE, WsDriver, cframe, opened
 
 OTHER = b"condure.7"  # the adopting process's own address
@@ -148,8 +147,8 @@ def test_client_frames_are_not_parsed_while_moving():
     d.inbound.clear()
     d.feed(data)  # even bytes that were read anyway are only kept
     assert not d.new_sends()
-    assert not d.session.pending and d.session.frame is None
-    assert bytes(d.session.inbuf) == data
+    assert not d.session.input.pending and d.session.input.frame is None
+    assert bytes(d.session.input.inbuf) == data
 
 
 def test_a_frame_half_read_is_finished_into_pending():
@@ -164,11 +163,11 @@ def test_a_frame_half_read_is_finished_into_pending():
     d.client(whole[9:] + cframe(2, b"xyz"))
     assert not d.new_sends()
     s = d.session
-    assert (bytes(s.pending), s.msg_done, s.frame) == (b"def", True, None)
-    assert bytes(s.inbuf) == cframe(2, b"xyz") and not s.wants_read
-    assert s.in_credits == 97  # nothing was spent on it
+    assert (bytes(s.input.pending), s.input.msg_done, s.input.frame) == (b"def", True, None)
+    assert bytes(s.input.inbuf) == cframe(2, b"xyz") and not s.wants_read
+    assert s.input.credits == 97  # nothing was spent on it
     d.handler(Credit, credits=50)  # credits do not release it either
-    assert not d.new_sends() and s.in_credits == 147
+    assert not d.new_sends() and s.input.credits == 147
 
 
 def test_flushed_output_earns_credits_owed_not_a_credit_packet():
@@ -179,7 +178,8 @@ def test_flushed_output_earns_credits_owed_not_a_credit_packet():
     d.new_sends()
     d.flush()
     assert not d.new_sends()
-    assert (d.session.credits_owed, d.session.out_credits, d.session.unflushed) == (5, 8192, 0)
+    assert (d.session.credits_owed, d.session.output.credits, d.session.output.unflushed) == (
+        5, 8192, 0)
     d.flush()
     assert d.session.credits_owed == 5
 
@@ -293,7 +293,7 @@ def test_pending_payload_goes_out_once_the_handler_grants_credits():
     d2.handler(Credit, credits=10)
     got = [(p.body, p.more, p.content_type, p.ids[0].seq) for p in d2.new_packets()]
     assert got == [(b"de", True, b"text", 4), (b"f", False, b"text", 5)]
-    assert d2.session.in_credits == 9 and d2.session.msg_opcode == 0
+    assert d2.session.input.credits == 9 and d2.session.input.msg_opcode == 0
 
 
 def _moved_with_leftover() -> tuple[WsDriver, dict]:

@@ -120,12 +120,12 @@ def test_acceptance_golden():  # reference 5.7.3
         b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Protocol: chat\r\n"
         b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
-    assert d.session.in_credits == 1024 and not d.new_sends() and not d.closed
+    assert d.session.input.credits == 1024 and not d.new_sends() and not d.closed
 
 
 def test_acceptance_without_credits_means_buffer_size():
-    assert opened().session.in_credits == 8192
-    assert opened(buffer_size=1000).session.in_credits == 1000
+    assert opened().session.input.credits == 8192
+    assert opened(buffer_size=1000).session.input.credits == 1000
 
 
 @pytest.mark.parametrize("request_, status", [
@@ -237,8 +237,8 @@ def test_client_messages_golden():
     d = opened()
     d.client(CLIENT_FRAMES)
     assert [encode(p) for p in d.new_packets()] == GOLDEN_IN
-    assert d.session.in_closed and not d.session.wants_read and not d.closed
-    assert d.session.in_credits == 8192 - 5 - 3 - 8 - 2 - 2 - 5
+    assert d.session.input.closed and not d.session.wants_read and not d.closed
+    assert d.session.input.credits == 8192 - 5 - 3 - 8 - 2 - 2 - 5
 
 
 def _messages(d: WsDriver) -> list[tuple]:
@@ -274,7 +274,7 @@ def test_partial_frames_under_small_credits():  # reference 5.7.4, 10-credit tra
     d.credit(15)
     (p,) = d.new_packets()
     assert (p.body, p.more, p.content_type) == (b"abcdefghij", False, b"text")
-    assert d.session.in_credits == 5
+    assert d.session.input.credits == 5
 
 
 def test_packet_size_is_bounded_by_buffer_size():
@@ -431,7 +431,7 @@ def test_messages_max():
 def test_ping_packet_credits_are_added():
     d = opened(credits=1)
     d.handler(Ping, credits=5)
-    assert d.session.in_credits == 6
+    assert d.session.input.credits == 6
 
 
 def test_client_closes_first():  # reference 5.7.6

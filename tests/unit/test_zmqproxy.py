@@ -17,7 +17,8 @@ import zmq
 
 from condure.config import Config, ListenSpec
 from condure.net.routerqueue import UNREACHABLE_GRACE, pack_later
-from condure.supervisor.reqrelay import reply_index, routing_id
+from condure.net.zmqreq import routing_id
+from condure.supervisor.reqrelay import reply_index
 from condure.supervisor.zmqproxy import ZmqProxy
 from condure.zhttp import tnetstring
 

@@ -1,0 +1,206 @@
+"""The session contract: what an I/O adapter may ask of a session.
+
+The adapters (``condure/net/conn.py``, ``condure/worker.py``,
+``condure/workerproc.py``, ``condure/handover.py``) drive every kind of
+session (stream HTTP, WebSocket, req mode, and the stand-in for a failed
+one) through this protocol only; nothing else of a session is theirs to
+touch. Calls feed the session (bytes, a packet, the time); what it wants
+done comes back from :meth:`Session.take_actions` as actions
+(:mod:`condure.session.actions`). ``wants_read`` and ``deadline`` are
+re-read after every drain.
+
+Handover (docs/handover.md) uses the second half: ``begin_handoff``,
+``ready_to_export``/``export_record``, and on the other side a session
+kind's ``from_record`` constructor followed by ``resume``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from condure.zhttp.packets import Ident, Packet
+
+if TYPE_CHECKING:
+    from condure.session.records import Record
+
+
+# -- what a session asks of its adapter ------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Bytes for the client, in order."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A packet for the handler. ``to`` is the handler address for the
+    later-packets socket (ROUTER); ``None`` means the first-packet socket
+    (PUSH), used for a session's request packet; ``"req"`` (req mode's
+    ``REQ_SOCKET``) the DEALER socket of a req-mode listener."""
+
+    packet: Packet
+    to: bytes | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """End the connection.
+
+    ``graceful``: write out what is queued, then shut down the write side
+    and let the client close (so an error response is not lost to a reset).
+    Otherwise drop the connection at once, discarding queued output.
+    """
+
+    graceful: bool = True
+    reason: str = ""
+    # A request went out and no handler ever answered it (the adapter logs
+    # which endpoint has no handler).
+    unanswered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchSession:
+    """From now on ``session`` drives this connection (for example a
+    WebSocket session after the upgrade). The adapter swaps sessions and
+    goes on draining the new one's actions."""
+
+    session: Session
+
+
+Action = Write | Send | Close | SwitchSession
+
+
+# -- what the adapter may ask of a session ----------------------------------------
+
+class Kind(enum.Enum):
+    """Which kind of session this is (for log lines and tests; the
+    adapters' decisions go through the protocol's members instead)."""
+
+    HTTP = "http"
+    WEBSOCKET = "ws"
+    REQ = "req"
+    ENDED = "ended"
+
+
+@runtime_checkable
+class Session(Protocol):
+    """What every session implements (see the module docstring)."""
+
+    # -- identity (log lines, the worker's id registry) --------------------
+
+    @property
+    def kind(self) -> Kind:
+        """The session's kind."""
+
+    @property
+    def rid(self) -> bytes:
+        """The ZHTTP session id now in use (it changes between requests)."""
+
+    @property
+    def instance_id(self) -> bytes:
+        """Condure's ZHTTP address for this session (``from``)."""
+
+    @property
+    def peer_address(self) -> bytes | None:
+        """The client's address (None for a Unix-socket client)."""
+
+    @property
+    def peer_port(self) -> int | None:
+        """The client's port (None for a Unix-socket client)."""
+
+    # -- driving it --------------------------------------------------------
+
+    @property
+    def wants_read(self) -> bool:
+        """Whether the adapter should read from the client now."""
+
+    @property
+    def deadline(self) -> float | None:
+        """When :meth:`handle_timer` must be called next (None: never)."""
+
+    def take_actions(self) -> list[Action]:
+        """Everything asked for since the last call, in order."""
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the client; ``b""`` is the end of its input."""
+
+    def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
+        """A handler packet routed to this session's id."""
+
+    def abort_unknown(self, reason: str) -> None:
+        """A packet of an unknown type came for this session."""
+
+    def output_flushed(self, now: float) -> None:
+        """Everything the adapter was asked to write reached the kernel."""
+
+    def handle_timer(self, now: float) -> None:
+        """``deadline`` passed (or was near): act on it."""
+
+    def keep_alive(self) -> tuple[bytes, Ident] | None:
+        """(handler address, id+seq) of the keep-alive owed now, counted as
+        sent, or None."""
+
+    def shutdown(self) -> tuple[bytes, Ident] | None:
+        """Stop at once (process exit); (handler address, id+seq) of the
+        cancel owed, or None. Leaves no actions behind."""
+
+    def going_away(self, now: float | None = None, code: int | None = None) -> None:
+        """Graceful stop of the process, called repeatedly while draining.
+        ``code``: the WebSocket close code to use (None: going away, 1001);
+        the other kinds ignore it."""
+
+    # -- moving to another process (handover) ------------------------------
+
+    @property
+    def can_move(self) -> bool:
+        """Whether this kind of session can ever move (req mode and ended
+        sessions cannot: a handover closes them politely instead)."""
+
+    @property
+    def handoff_needs_handler(self) -> bool:
+        """A handoff waits for the handler's ``handoff-proceed``, bounded
+        by the handoff timeout (else only for the request under way)."""
+
+    @property
+    def awaiting_handler(self) -> bool:
+        """A request went out and its handler has not answered yet."""
+
+    @property
+    def handing_off(self) -> bool:
+        """:meth:`begin_handoff` was called and accepted."""
+
+    @property
+    def resumable(self) -> bool:
+        """Between requests or frames with nothing owed: exportable now."""
+
+    @property
+    def ready_to_export(self) -> bool:
+        """A handover that began may take the session now."""
+
+    def begin_handoff(self) -> bool:
+        """Start a handover: finish what is under way, start nothing new.
+        False when it cannot start now (retried while ``awaiting_handler``;
+        otherwise the session is closed politely)."""
+
+    def export_record(self, now: float) -> Record | None:
+        """The record of this session if it is at a resumable point, else
+        None (a handover asks only once ``ready_to_export``)."""
+
+    def resume(self) -> None:
+        """In the adopting process, after ``from_record``: carry on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The listener and process settings a session is built with (the
+    ones a resumed session takes from the process adopting it)."""
+
+    buffer_size: int = 8192
+    stream_timeout: float = 1800.0
+    compression: bool = False
+    messages_max: int = 100
+    max_message_size: int = 0  # 0: no limit

@@ -1,0 +1,287 @@
+"""Snapshot records: a session at a resumable point, as data.
+
+A session that moves to another process (docs/handover.md) travels as its
+socket plus one of these records. They are typed, frozen and versioned;
+:func:`encode` and :func:`decode` are the one way to turn them into text
+and back, used by reload and restart alike. On the wire a record is a
+tnetstring map (plain str keys; bytes, int and float values) in base64,
+so it fits in the JSON control messages. Timers are stored as time
+remaining, so a record does not depend on the exporting process's clock.
+
+Reading is strict: a key the version does not know, a missing key that
+version requires, or a value of the wrong type is a :class:`RecordError`,
+never a silent default. Keys that version 1 made optional (a WebSocket's
+``msg_size``, ``from``, ``pending``, ``msg_done``, ``credits_owed``) keep
+their version 1 defaults, so records written by earlier condure still load
+(tests/unit/fixtures/records).
+
+HTTP record, version 1::
+
+    v, kind           1, b"http"
+    scheme            b"http" | b"https"
+    peer_address      bytes (b"" for Unix-socket clients)
+    peer_port         int (0 for Unix-socket clients)
+    leftover          bytes read from the client but not yet parsed
+    session_left      seconds until the session timeout
+    stream_left       seconds until the stream timeout
+
+WebSocket record, version 1: the HTTP fields but ``leftover`` (client bytes
+read, not parsed yet, starting at a frame), and::
+
+    v, kind       1, b"ws"
+    id            the session id (it does not change)
+    handler       the handler's address (b"" when none is known)
+    out_seq       next seq condure sends
+    in_seq        next seq expected from the handler
+    in_credits    bytes condure may still send the handler
+    out_credits   bytes the handler may still send condure
+    msg_opcode    1/2 while a client message is under way, else 0
+    msg_size      bytes of that message so far (optional, default 0)
+    utf8_partial  bytes of an unfinished UTF-8 sequence in that message
+    out_type      1/2 while a handler message is under way, else 0
+    out_framed    1 when that message's first frame was written
+    deflate       b"" or the negotiated Sec-WebSocket-Extensions value
+    from          condure's ZHTTP address for this session (optional: the
+                  adopting process's own)
+    pending       client payload of the message under way not yet sent to
+                  the handler for want of credits (optional)
+    msg_done      1 when that message's last frame was read (optional)
+    credits_owed  credits earned while moving, sent after the resume
+                  (optional)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from condure.session.ws_handshake import Deflate
+from condure.zhttp import tnetstring
+
+VERSION = 1
+
+
+class RecordError(Exception):
+    """A record cannot be written now, or read."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRecord:
+    """A stream-mode HTTP connection between requests."""
+
+    kind: ClassVar[bytes] = b"http"
+    keeps_id: ClassVar[bool] = False  # a new id comes with the next request
+    scheme: bytes
+    peer_address: bytes | None
+    peer_port: int | None
+    leftover: bytes
+    session_left: float
+    stream_left: float
+    version: int = VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class WsRecord:
+    """An open WebSocket session at a frame boundary."""
+
+    kind: ClassVar[bytes] = b"ws"
+    keeps_id: ClassVar[bool] = True  # the handler goes on with the same id
+    scheme: bytes
+    peer_address: bytes | None
+    peer_port: int | None
+    leftover: bytes
+    session_left: float
+    stream_left: float
+    rid: bytes
+    origin: bytes | None  # ``from``; None: the adopting process's own
+    handler: bytes | None
+    out_seq: int
+    in_seq: int
+    in_credits: int
+    out_credits: int
+    msg_opcode: int
+    msg_size: int
+    utf8_partial: bytes
+    out_type: int
+    out_framed: bool
+    deflate: Deflate | None
+    pending: bytes
+    msg_done: bool
+    credits_owed: int
+    version: int = VERSION
+
+
+Record = HttpRecord | WsRecord
+
+# -- version 1 keys: name -> (type, required) ----------------------------------
+
+_COMMON = {"v": int, "kind": bytes, "scheme": bytes, "peer_address": bytes, "peer_port": int,
+           "leftover": bytes, "session_left": float, "stream_left": float}
+_WS_REQUIRED = {"id": bytes, "handler": bytes, "out_seq": int, "in_seq": int,
+                "in_credits": int, "out_credits": int, "msg_opcode": int,
+                "utf8_partial": bytes, "out_type": int, "out_framed": int, "deflate": bytes}
+_WS_OPTIONAL: dict[str, tuple[type, object]] = {
+    "msg_size": (int, 0), "from": (bytes, None), "pending": (bytes, b""), "msg_done": (int, 0),
+    "credits_owed": (int, 0)}
+_DEFLATES = {d.header: d for d in (Deflate(a, b) for a in (False, True) for b in (False, True))}
+_utf8 = codecs.getincrementaldecoder("utf-8")
+
+
+def _typed(key: str, value: object, kind: type) -> object:
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise RecordError(f"record field {key!r} of the wrong type: {type(value).__name__}")
+    return value
+
+
+def from_fields(fields_: Mapping[str, object]) -> Record:
+    """The record a version 1 map describes (see the module docstring)."""
+    if fields_.get("v") != VERSION or type(fields_.get("v")) is not int:
+        raise RecordError(f"unknown record version {fields_.get('v')!r}")
+    kind = fields_.get("kind")
+    if kind == HttpRecord.kind:
+        table: dict[str, tuple[type, object]] = {k: (t, ...) for k, t in _COMMON.items()}
+    elif kind == WsRecord.kind:
+        table = {k: (t, ...) for k, t in (_COMMON | _WS_REQUIRED).items()} | _WS_OPTIONAL
+    else:
+        raise RecordError(f"unknown record kind {kind!r}")
+    unknown = set(fields_) - set(table)
+    if unknown:
+        raise RecordError(f"unknown record fields {sorted(unknown)}")
+    values: dict[str, object] = {}
+    for key, (kind_, default) in table.items():
+        if key in fields_:
+            values[key] = _typed(key, fields_[key], kind_)
+        elif default is ...:
+            raise RecordError(f"incomplete record: {key!r} missing")
+        else:
+            values[key] = default
+    address = _bytes(values, "peer_address")
+    http = HttpRecord(
+        scheme=_bytes(values, "scheme"), peer_address=address or None,
+        peer_port=_int(values, "peer_port") if address else None,
+        leftover=_bytes(values, "leftover"), session_left=_float(values, "session_left"),
+        stream_left=_float(values, "stream_left"))
+    if kind == HttpRecord.kind:
+        return http
+    return _ws_record(values, http)
+
+
+def _int(values: Mapping[str, object], key: str) -> int:
+    value = values[key]
+    assert type(value) is int
+    return value
+
+
+def _bytes(values: Mapping[str, object], key: str) -> bytes:
+    value = values[key]
+    assert type(value) is bytes
+    return value
+
+
+def _float(values: Mapping[str, object], key: str) -> float:
+    value = values[key]
+    assert type(value) is float
+    return value
+
+
+def _ws_record(values: dict[str, object], common: HttpRecord) -> WsRecord:
+    msg_opcode, out_type = _int(values, "msg_opcode"), _int(values, "out_type")
+    msg_done, out_framed = _int(values, "msg_done"), _int(values, "out_framed")
+    pending = _bytes(values, "pending")
+    if msg_opcode not in (0, 1, 2) or out_type not in (0, 1, 2):
+        raise RecordError("bad message state in record")
+    if msg_done not in (0, 1) or out_framed not in (0, 1):
+        raise RecordError("bad msg_done or out_framed in record")
+    if (pending or msg_done) and not msg_opcode:
+        raise RecordError("pending payload without a message under way")
+    for key in ("msg_size", "credits_owed", "out_seq", "in_seq"):
+        if _int(values, key) < 0:
+            raise RecordError(f"bad {key} in record")
+    origin = values["from"]
+    if origin is not None and not _bytes(values, "from"):
+        raise RecordError("empty from in record")
+    deflate = _bytes(values, "deflate")
+    if deflate and deflate not in _DEFLATES:
+        raise RecordError(f"unknown deflate parameters {deflate!r}")
+    partial = _bytes(values, "utf8_partial")
+    if msg_opcode == 1:
+        try:
+            _utf8().decode(partial)
+        except UnicodeDecodeError:
+            raise RecordError("bad utf8_partial in record") from None
+    return WsRecord(
+        scheme=common.scheme, peer_address=common.peer_address, peer_port=common.peer_port,
+        leftover=common.leftover, session_left=common.session_left,
+        stream_left=common.stream_left,
+        rid=_bytes(values, "id"), origin=origin if origin is None else _bytes(values, "from"),
+        handler=_bytes(values, "handler") or None, out_seq=_int(values, "out_seq"),
+        in_seq=_int(values, "in_seq"), in_credits=_int(values, "in_credits"),
+        out_credits=_int(values, "out_credits"), msg_opcode=msg_opcode,
+        msg_size=_int(values, "msg_size"), utf8_partial=partial, out_type=out_type,
+        out_framed=bool(out_framed), deflate=_DEFLATES.get(deflate), pending=pending,
+        msg_done=bool(msg_done), credits_owed=_int(values, "credits_owed"))
+
+
+def to_fields(record: Record) -> dict[str, object]:
+    """The version 1 map of ``record``."""
+    out: dict[str, object] = {
+        "v": record.version, "kind": record.kind, "scheme": record.scheme,
+        "peer_address": record.peer_address or b"", "peer_port": record.peer_port or 0,
+        "leftover": record.leftover, "session_left": record.session_left,
+        "stream_left": record.stream_left}
+    if isinstance(record, WsRecord):
+        out.update({
+            "id": record.rid, "handler": record.handler or b"", "out_seq": record.out_seq,
+            "in_seq": record.in_seq, "in_credits": record.in_credits,
+            "out_credits": record.out_credits, "msg_opcode": record.msg_opcode,
+            "msg_size": record.msg_size, "utf8_partial": record.utf8_partial,
+            "out_type": record.out_type, "out_framed": int(record.out_framed),
+            "deflate": record.deflate.header if record.deflate else b"",
+            "pending": record.pending, "msg_done": int(record.msg_done),
+            "credits_owed": record.credits_owed})
+        if record.origin is not None:
+            out["from"] = record.origin
+    return out
+
+
+def pack(fields_: Mapping[str, object]) -> bytes:
+    """A record map as bytes (a tnetstring map)."""
+    return tnetstring.dumps({key.encode(): value for key, value in fields_.items()})
+
+
+def unpack(data: bytes) -> dict[str, object]:
+    """The map :func:`pack` made; RecordError for anything else."""
+    try:
+        value = tnetstring.loads(data)
+    except tnetstring.TnetstringError as e:
+        raise RecordError(f"unreadable record: {e}") from None
+    if not isinstance(value, dict) or not all(isinstance(k, bytes) for k in value):
+        raise RecordError("record is not a map")
+    return {key.decode("ascii", "replace"): item for key, item in value.items()}
+
+
+def encode(record: Record) -> str:
+    """``record`` as text for a control message."""
+    return base64.b64encode(pack(to_fields(record))).decode("ascii")
+
+
+def decode(text: object) -> Record:
+    """The record :func:`encode` made (or an earlier condure did)."""
+    if not isinstance(text, str):
+        raise RecordError("record is not a string")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RecordError("record is not base64") from None
+    return from_fields(unpack(data))
+
+
+def field_names(record_type: type[HttpRecord] | type[WsRecord]) -> tuple[str, ...]:
+    """The dataclass fields of a record type (for tests)."""
+    return tuple(f.name for f in fields(record_type))
