@@ -11,11 +11,9 @@ handler's arguments.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from tests.handlers import scripted_handler
-from tests.handlers.scripted_handler import reply
 
 
 class BurstHandler(scripted_handler.Handler):
@@ -29,22 +27,7 @@ class BurstHandler(scripted_handler.Handler):
 
 
 def main(argv: list[str]) -> int:
-    handler = BurstHandler(scripted_handler.parse_args(argv))
-    try:
-        handler.wait_ready()
-        subs = [s.decode("utf-8", "replace") for s in handler.subscriptions]
-        reply({"ready": True, "subscriptions": subs})
-        for line in sys.stdin:
-            if not line.strip():
-                continue
-            answer = handler.handle(json.loads(line))
-            if answer is None:
-                reply({"ok": True, "bye": True})
-                break
-            reply(answer)
-    finally:
-        handler.close()
-    return 0
+    return scripted_handler.main(argv, BurstHandler)
 
 
 if __name__ == "__main__":

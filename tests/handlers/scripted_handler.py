@@ -255,9 +255,11 @@ def reply(obj: dict) -> None:
     sys.stdout.flush()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], handler_class: type[Handler] | None = None) -> int:
+    """Serve the test's commands on stdin; ``handler_class`` is Handler or
+    a subclass with more commands."""
     args = parse_args(argv)
-    handler = Handler(args)
+    handler = (handler_class or Handler)(args)
     try:
         handler.wait_ready()
         subs = [s.decode("utf-8", "replace") for s in handler.subscriptions]

@@ -114,7 +114,7 @@ class Server:
 
     # -- per test ---------------------------------------------------------
 
-    def begin(self) -> "Server":
+    def begin(self) -> Server:
         self.handler.begin()
         path = f"/sync-{next(_probe_numbers)}"
         uri = b"http://example.com" + path.encode()
@@ -207,6 +207,18 @@ def running(workdir: Path, extra_args=(), workers: int = 1) -> Iterator[Server]:
         client.close()
         status = condure.stop()
         assert status == 0, f"condure exit status {status} after SIGTERM:\n{condure.pump.tail()}"
+
+
+def serve_one(condure, handler, path: str = "/x") -> None:
+    """One GET through ``condure``, answered by ``handler`` (a HandlerClient)
+    with ``ok``: the endpoints and the handler are connected."""
+    with connect(condure.port) as c:
+        c.send(request("GET", path, HOST))
+        req = handler.recv()
+        assert req["uri"] == b"http://example.com" + path.encode()
+        handler.reply(req, body=b"ok")
+        resp = c.read_response()
+        assert resp.code == 200 and resp.body == b"ok"
 
 
 def assert_refused(server: Server, raw: bytes, status: int) -> Response:

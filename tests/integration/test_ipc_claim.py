@@ -13,21 +13,10 @@ import sys
 import time
 
 from tests.harness import procs
-from tests.harness.flows import HOST
-from tests.harness.http_client import connect, request
+from tests.harness.flows import serve_one
 
 SUFFIXES = ("-out", "-out-stream", "-in")
 REFUSAL_TIMEOUT = 15.0
-
-
-def serve_one(condure, handler, path):
-    with connect(condure.port) as c:
-        c.send(request("GET", path, HOST))
-        req = handler.recv()
-        assert req["uri"] == b"http://example.com" + path.encode()
-        handler.reply(req, body=b"ok")
-        resp = c.read_response()
-        assert resp.code == 200 and resp.body == b"ok"
 
 
 def inodes(directory) -> dict[str, int]:

@@ -10,18 +10,8 @@ import time
 import pytest
 
 from tests.harness import procs
-from tests.harness.flows import HOST
+from tests.harness.flows import HOST, serve_one
 from tests.harness.http_client import connect, request
-
-
-def serve_one(condure, handler, path="/x"):
-    with connect(condure.port) as c:
-        c.send(request("GET", path, HOST))
-        req = handler.recv()
-        assert req["uri"] == b"http://example.com" + path.encode()
-        handler.reply(req, body=b"ok")
-        resp = c.read_response()
-        assert resp.code == 200 and resp.body == b"ok"
 
 
 @pytest.mark.parametrize("mode", ["600", "660"])
@@ -72,9 +62,8 @@ def test_zclient_connect_reaches_a_binding_handler(tmp_path, make_handler):
 def test_packets_wait_for_a_handler_still_connecting(tmp_path):
     """A handler whose ROUTER connects a moment after it answered still gets
     condure's next packets (they wait up to a second, per handler)."""
-    import zmq
-
     import tnetstring
+    import zmq
 
     condure = procs.start_condure("ours", tmp_path, workers=1)  # its address is --id
     ctx = zmq.Context()
