@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from condure.net.certs import ALPN
 from condure.net.outconn import READ_SIZE, ClientTls, OutboundConn, PoolKey
 from condure.net.pool import Pool
+from condure.session.outbound import denied
 
 log = logging.getLogger("condure.outbound")
 
@@ -59,12 +60,6 @@ UNDEFINED_CONDITION = "undefined-condition"
 MAX_ADDRESSES = 16
 CONNECT_TIMEOUT = 10.0  # seconds, per address (and for the TLS handshake)
 HANDSHAKE_CHUNK = 16384
-
-# Condure's --deny-out-internal list (reference 2.1).
-_INTERNAL_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
-    "::1/128", "fc00::/7", "fe80::/10",
-))
 
 Address = tuple[int, tuple]  # (address family, socket address)
 
@@ -168,21 +163,10 @@ async def resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list
 
 # -- 2. the deny list ---------------------------------------------------------
 
-def _internal_address(ip: str) -> bool:
-    """Whether ``ip`` (a numeric address, IPv6 possibly with a zone) is one
-    that ``--deny-out-internal`` refuses."""
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if addr.is_unspecified:
-        return True
-    return any(addr in net for net in _INTERNAL_NETWORKS if net.version == addr.version)
-
-
 def _permitted(addresses: list[Address]) -> list[Address]:
     """``addresses`` without the internal ones; ``policy-violation`` if
     none remain."""
-    kept = [a for a in addresses if not _internal_address(a[1][0])]
+    kept = [a for a in addresses if not denied(a[1][0])]
     if not kept:
         raise OutboundError(POLICY_VIOLATION, "every address is denied")
     return kept

@@ -13,6 +13,7 @@ import pytest
 from condure.net import outbound
 from condure.net.outbound import OutboundError, Target
 from condure.net.pool import capacity_for
+from condure.session.outbound import denied
 
 DENIED = [
     # 127.0.0.0/8
@@ -51,12 +52,12 @@ ALLOWED = [
 
 @pytest.mark.parametrize("ip", DENIED)
 def test_internal_addresses_are_denied(ip: str) -> None:
-    assert outbound._internal_address(ip)
+    assert denied(ip)
 
 
 @pytest.mark.parametrize("ip", ALLOWED)
 def test_other_addresses_are_allowed(ip: str) -> None:
-    assert not outbound._internal_address(ip)
+    assert not denied(ip)
 
 
 def test_permitted_keeps_order_and_refuses_when_none_left() -> None:
