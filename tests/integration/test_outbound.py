@@ -13,6 +13,7 @@ queue is full (Linux drops the SYN), which is the honest loopback-only way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -36,15 +37,26 @@ def plain(port: int, **kw) -> Target:
     return Target("127.0.0.1", port, tls=False, **kw)
 
 
+@contextlib.asynccontextmanager
+async def pooled(**pool_args):
+    """(loop, origin, pool, connector): a running origin and a connector
+    with a pool, both closed at the end."""
+    loop = asyncio.get_running_loop()
+    origin = await Origin().start()
+    pool = Pool(loop, **pool_args)
+    try:
+        yield loop, origin, pool, Connector(loop, pool=pool)
+    finally:
+        pool.close()
+        await origin.stop()
+
+
 # -- plain connections and the pool -------------------------------------------------
 
 
 def test_plain_exchange_and_reuse_of_the_same_socket() -> None:
     async def scenario():
-        origin = await Origin().start()
-        pool = Pool(asyncio.get_running_loop(), capacity=10)
-        connector = Connector(asyncio.get_running_loop(), pool=pool)
-        try:
+        async with pooled(capacity=10) as (_loop, origin, pool, connector):
             conn = await connector.connect(plain(origin.port))
             assert not conn.reused
             assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
@@ -64,9 +76,6 @@ def test_plain_exchange_and_reuse_of_the_same_socket() -> None:
             assert await Client(other).get() == b"conn 1 req 0"
             other.close()
             again.close()
-        finally:
-            pool.close()
-            await origin.stop()
 
     run(scenario())
 
@@ -74,10 +83,7 @@ def test_plain_exchange_and_reuse_of_the_same_socket() -> None:
 @pytest.mark.parametrize("how", ["closed", "unexpected bytes"])
 def test_stale_pooled_connection_is_found_before_use(how: str) -> None:
     async def scenario():
-        origin = await Origin().start()
-        pool = Pool(asyncio.get_running_loop(), capacity=10)
-        connector = Connector(asyncio.get_running_loop(), pool=pool)
-        try:
+        async with pooled(capacity=10) as (_loop, origin, pool, connector):
             conn = await connector.connect(plain(origin.port))
             assert await Client(conn).get() == b"conn 0 req 0"
             assert pool.put(conn)
@@ -93,20 +99,13 @@ def test_stale_pooled_connection_is_found_before_use(how: str) -> None:
             # nothing was written to the stale connection
             assert [i for i, _ in origin.requests] == [0, 1]
             fresh.close()
-        finally:
-            pool.close()
-            await origin.stop()
 
     run(scenario())
 
 
 def test_idle_connections_expire_on_the_sweep_timer() -> None:
     async def scenario():
-        loop = asyncio.get_running_loop()
-        origin = await Origin().start()
-        pool = Pool(loop, capacity=10, idle=0.05)
-        connector = Connector(loop, pool=pool)
-        try:
+        async with pooled(capacity=10, idle=0.05) as (_loop, origin, pool, connector):
             conns = [await connector.connect(plain(origin.port)) for _ in range(3)]
             for conn in conns:
                 assert pool.put(conn)
@@ -117,20 +116,13 @@ def test_idle_connections_expire_on_the_sweep_timer() -> None:
             assert len(pool) == 0 and pool.expired == 3
             assert all(conn.closed for conn in conns)
             assert pool._timer is None  # nothing left to wake up for
-        finally:
-            pool.close()
-            await origin.stop()
 
     run(scenario())
 
 
 def test_sweep_closes_only_what_outlived_55_seconds() -> None:
     async def scenario():
-        loop = asyncio.get_running_loop()
-        origin = await Origin().start()
-        pool = Pool(loop, capacity=10)
-        connector = Connector(loop, pool=pool)
-        try:
+        async with pooled(capacity=10) as (loop, origin, pool, connector):
             conn = await connector.connect(plain(origin.port))
             start = loop.time()
             assert pool.put(conn)
@@ -141,20 +133,13 @@ def test_sweep_closes_only_what_outlived_55_seconds() -> None:
             assert conn.closed
             async with asyncio.timeout(WAIT):
                 await origin.ended[0].wait()
-        finally:
-            pool.close()
-            await origin.stop()
 
     run(scenario())
 
 
 def test_pool_size_is_bounded() -> None:
     async def scenario():
-        loop = asyncio.get_running_loop()
-        origin = await Origin().start()
-        pool = Pool(loop, capacity=2)
-        connector = Connector(loop, pool=pool)
-        try:
+        async with pooled(capacity=2) as (_loop, origin, pool, connector):
             conns = [await connector.connect(plain(origin.port)) for _ in range(3)]
             await origin.accepted(3)
             assert [pool.put(conn) for conn in conns] == [True, True, False]
@@ -171,20 +156,13 @@ def test_pool_size_is_bounded() -> None:
             await origin.accepted(4)
             for conn in (first, second, third):
                 conn.close()
-        finally:
-            pool.close()
-            await origin.stop()
 
     run(scenario())
 
 
 def test_connections_that_cannot_be_reused_are_not_pooled() -> None:
     async def scenario():
-        loop = asyncio.get_running_loop()
-        origin = await Origin().start()
-        pool = Pool(loop, capacity=10)
-        connector = Connector(loop, pool=pool)
-        try:
+        async with pooled(capacity=10) as (_loop, origin, pool, connector):
             conn = await connector.connect(plain(origin.port))
             client = Client(conn)
             await origin.accepted(1)
@@ -192,9 +170,6 @@ def test_connections_that_cannot_be_reused_are_not_pooled() -> None:
             await client.until(lambda: client.eofs)
             assert not conn.reusable
             assert not pool.put(conn) and conn.closed and len(pool) == 0
-        finally:
-            pool.close()
-            await origin.stop()
 
     run(scenario())
 
