@@ -45,6 +45,7 @@ class OriginExchange:
     """One request to an origin (see the module docstring)."""
 
     req_mode = False
+    websocket_ok = False  # ws/wss targets are this class's (client_ws)
 
     def __init__(self, packet: Data, *, now: float, buffer_size: int,
                  stream_timeout: float) -> None:
@@ -72,8 +73,9 @@ class OriginExchange:
         subclass once it has said what it must say first)."""
         try:
             self.target = parse_target(self._packet, req_mode=self.req_mode)
-            if self.target.websocket:
-                raise OutboundError(Condition.UNDEFINED, "WebSocket targets not supported yet")
+            if self.target.websocket != self.websocket_ok:
+                raise OutboundError(Condition.UNDEFINED,
+                                    f"{self.target.scheme} target for the wrong session kind")
             self._build_head()
         except OutboundError as e:
             self._fail(e.condition, e.detail)

@@ -199,3 +199,39 @@ class Inflater:
     def end_message(self) -> None:
         if self.no_context_takeover:
             self._z = zlib.decompressobj(-15)
+
+
+# -- the client role (condure talks to an origin) --------------------------------
+
+def parse_origin_header(buf: bytes | bytearray, *, rsv1_allowed: bool) -> FrameHeader | None:
+    """:func:`parse_header` for frames from an origin server: they must be
+    unmasked (RFC 6455 5.1; a masked one raises FrameError). The header
+    returned has an empty ``mask``; its payload needs no unmasking."""
+    if len(buf) < 2:
+        return None
+    if buf[1] & 0x80:
+        raise FrameError(PROTOCOL_ERROR, "masked frame from the server")
+    n = buf[1] & 0x7F
+    size = 2 if n < 126 else 4 if n == 126 else 10
+    if len(buf) < size:
+        return None
+    # The same checks as a client frame: present it with a zero mask.
+    hdr = parse_header(bytes((buf[0], buf[1] | 0x80)) + bytes(buf[2:size]) + b"\0\0\0\0",
+                       rsv1_allowed=rsv1_allowed)
+    assert hdr is not None
+    return FrameHeader(hdr.fin, hdr.rsv1, hdr.opcode, b"", hdr.length, size)
+
+
+def mask_frame(data: bytes, key: bytes) -> bytes:
+    """A frame built by :func:`frame` turned into a client frame: the mask
+    bit set, the 4-byte ``key`` after the length, the payload masked."""
+    n = data[1] & 0x7F
+    size = 2 if n < 126 else 4 if n == 126 else 10
+    return (bytes((data[0], data[1] | 0x80)) + data[2:size] + key
+            + unmask(data[size:], key, 0))
+
+
+def masked_frame(opcode: int, payload: bytes, key: bytes, *, fin: bool = True,
+                 rsv1: bool = False) -> bytes:
+    """A client frame: masked with ``key``, shortest length encoding."""
+    return mask_frame(frame(opcode, payload, fin=fin, rsv1=rsv1), key)

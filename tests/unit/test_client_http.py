@@ -74,7 +74,7 @@ def test_bad_request(packet: Data) -> None:
     assert not d.connects and d.closed
 
 
-def test_websocket_targets_are_not_done_yet() -> None:
+def test_websocket_targets_are_refused_by_the_http_kind() -> None:
     d = ClientDriver.stream(first(b"ws://example.com/", method=None))
     assert d.packets[-1].condition == b"undefined-condition" and d.closed
 
