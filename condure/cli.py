@@ -168,6 +168,8 @@ def parse(argv: Sequence[str]) -> tuple[Config, frozenset[str]]:
     if config.uses_stream:
         for base in config.zclient_stream:
             stream_endpoints(base)
+    for base in config.zserver_stream:
+        stream_endpoints(base)  # the same rules for the client role's bases
     return config, given
 
 

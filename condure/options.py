@@ -224,20 +224,25 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--zserver-req", ZMQ_SPEC, "ZeroMQ endpoint of the client-mode req ROUTER socket",
         "Client role, req mode: endpoint of the ROUTER socket on which "
-        "handlers send requests for outgoing HTTP connections.",
-        metavar="SPEC", repeatable=True, available=False,
+        "handlers send requests for outgoing HTTP connections; each gets the "
+        "whole response (or an error) as one reply on its envelope.",
+        metavar="SPEC", repeatable=True,
     ),
     Option(
         "--zserver-stream", ZMQ_BASE, "ZeroMQ endpoint base of the client-mode stream sockets",
-        "Client role, stream mode: base of the PULL, ROUTER and PUB endpoints "
-        "for outgoing connections.",
-        metavar="BASE", repeatable=True, available=False,
+        "Client role, stream mode: base of the endpoints through which handlers "
+        "have condure make outgoing HTTP and WebSocket requests: PULL "
+        "`BASE-in` (first packets), ROUTER `BASE-in-stream` with identity "
+        "`--id` (later packets) and PUB `BASE-out` (everything condure sends, "
+        "prefixed with the handler's address). With `--zserver-*` options and "
+        "no `--listen`, condure opens no listener.",
+        metavar="BASE", repeatable=True,
     ),
     Option(
         "--zserver-connect", FLAG, "Connect the client-role ZeroMQ sockets instead of binding",
         "The ZeroMQ sockets of the client role connect to the given endpoints "
         "instead of binding them.",
-        default=False, available=False,
+        default=False,
     ),
     Option(
         "--ipc-file-mode", OCTAL, "Permissions (octal) of bound ZeroMQ ipc socket files",
@@ -269,8 +274,9 @@ OPTIONS: tuple[Option, ...] = (
         "--deny-out-internal", FLAG, "Refuse outgoing connections to internal addresses",
         "Client role: refuse to connect to loopback, private and link-local "
         "ranges (127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, "
-        "169.254.0.0/16, ::1/128, fc00::/7, fe80::/10).",
-        default=False, available=False,
+        "169.254.0.0/16, ::1/128, fc00::/7, fe80::/10), checked on every "
+        "resolved address; a request with `ignore-policies` is exempt.",
+        default=False,
     ),
     Option(
         "--sizes", ACTION, "Print the sizes of internal objects and exit",

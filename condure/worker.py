@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+from condure.clients import Clients
 from condure.config import Config, ListenSpec
 from condure.log import TRACE, trace_enabled
 from condure.net import listeners
@@ -95,6 +96,9 @@ class Worker(Slots):
         self.trace = trace_enabled()  # checked once: packet logging is costly
         self.unanswered = UnansweredLog(config, time.monotonic) if log_unanswered else None
         self.unanswered_counts: defaultdict[str, int] = defaultdict(int)
+        # The client role (condure/clients.py), with --zserver-stream/-req.
+        self.clients = (Clients(config, loop, instance_id=self.instance_id, zmq_spec=zmq_spec)
+                        if config.zserver_stream or config.zserver_req else None)
 
     # -- start and stop -----------------------------------------------------
 
@@ -120,6 +124,10 @@ class Worker(Slots):
                 log.log(level, "zhttp client %s %s %s %s", verb, out, out_stream, in_)
             if not await self.zmq.wait_subscribed():
                 log.warning("no connection to the supervisor's proxy yet; accepting anyway")
+        if self.clients is not None:
+            sockets = self.clients.start()
+            for line in sockets.endpoints:
+                log.info(line, "connect" if self.config.zserver_connect else "bind")
         for sock, spec in self._listen_sockets():
             self.listeners.append((sock, spec))
             if spec.tls and not spec.is_local:
@@ -152,6 +160,8 @@ class Worker(Slots):
                 conn.fail("stopping")
             conn.abort()
         self._send_batched(Cancel, owed)
+        if self.clients is not None:
+            self.clients.stop()
         if self.tick_handle is not None:
             self.tick_handle.cancel()
         self.close_listeners()
@@ -166,27 +176,31 @@ class Worker(Slots):
             self.zmq.close()
         if self.req is not None:
             self.req.close()
+        if self.clients is not None:
+            self.clients.close()
 
     def mark_stopping(self, reason: str) -> None:
         """From now on the worker takes no connection (``is_stopping``)."""
         if not self.stopped.done():
             self.stopped.set_result(reason)
+        if self.clients is not None:
+            self.clients.stop_taking()  # exchanges under way finish
 
     async def flush_cancels(self, budget: float) -> None:
         """Give the packets queued for handlers (the cancels of :meth:`stop`)
         up to ``budget`` seconds to leave."""
-        zmq_io = self.zmq
-        if zmq_io is None:
-            return
+        zmq_io, clients = self.zmq, self.clients
         # Only the cancels matter now; requests still waiting for a handler are moot.
         deadline = time.monotonic() + budget
-        while zmq_io.router_queue and time.monotonic() < deadline:
+        while ((zmq_io is not None and zmq_io.router_queue)
+               or (clients is not None and clients.pending)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     def take_stats(self) -> dict[str, Any]:
         """Connections now, request packets sent so far and, when counted
         here, unanswered requests by mode since the last call."""
-        stats: dict[str, Any] = {"connections": sum(self.counts.values()),
+        outgoing = len(self.clients) if self.clients is not None else 0
+        stats: dict[str, Any] = {"connections": sum(self.counts.values()) + outgoing,
                                  "requests": self.requests}
         if self.unanswered_counts:
             stats["unanswered"] = dict(self.unanswered_counts)
@@ -415,6 +429,8 @@ class Worker(Slots):
         now = time.monotonic()
         self.timers.expire(now, lambda conn: conn.on_timer())
         self._sweep_keep_alives()
+        if self.clients is not None:
+            self.clients.tick(now)
 
     def _sweep_keep_alives(self) -> None:
         # The sweep walks all maxconn slot positions, used or not, so each

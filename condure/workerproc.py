@@ -230,10 +230,11 @@ class WorkerProcess:
         deadline = loop.time() + seconds
         while not self._fast.is_set():
             live = worker.live_connections()
-            if not live:
+            if not live and not worker.clients:
                 return
             if loop.time() >= deadline:
-                log.info("drain time over, %d connections left", len(live))
+                log.info("drain time over, %d connections left",
+                         len(live) + len(worker.clients or ()))
                 return
             for conn in live:
                 if not conn.closed:

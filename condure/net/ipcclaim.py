@@ -39,6 +39,7 @@ import stat
 from collections.abc import Iterable
 
 from condure.config import Config, stream_endpoints
+from condure.net.zmqclient import client_endpoints
 
 log = logging.getLogger("condure")
 
@@ -67,20 +68,25 @@ def ipc_path(endpoint: str) -> str | None:
 
 def bound_endpoints(config: Config) -> list[tuple[str, str]]:
     """(endpoint, where it comes from) for every ZeroMQ endpoint condure
-    binds with this config: none with ``--zclient-connect``, the req specs
-    if a listener is in req mode, the three endpoints of each stream base if
-    one is in stream mode (what the supervisor's relay, or a lone worker,
-    binds). The listeners' modes are known before they are acquired: passed
-    sockets taken without ``--listen`` are stream listeners, as the default
-    listener is."""
-    if config.zclient_connect:
-        return []
+    binds with this config. Server role: none with ``--zclient-connect``,
+    the req specs if a listener is in req mode, the three endpoints of each
+    stream base if one is in stream mode (what the supervisor's relay, or a
+    lone worker, binds). The listeners' modes are known before they are
+    acquired: passed sockets taken without ``--listen`` are stream
+    listeners, as the default listener is. Client role: none with
+    ``--zserver-connect``, else every ``--zserver-req`` spec and the three
+    endpoints of every ``--zserver-stream`` base."""
     found: list[tuple[str, str]] = []
-    if config.uses_req:
-        found += [(spec, f"--zclient-req {spec}") for spec in config.zclient_req]
-    if config.uses_stream:
-        for base in config.zclient_stream:
-            found += [(ep, f"--zclient-stream {base}") for ep in stream_endpoints(base)]
+    if not config.zclient_connect:
+        if config.uses_req:
+            found += [(spec, f"--zclient-req {spec}") for spec in config.zclient_req]
+        if config.uses_stream:
+            for base in config.zclient_stream:
+                found += [(ep, f"--zclient-stream {base}") for ep in stream_endpoints(base)]
+    if not config.zserver_connect:
+        found += [(spec, f"--zserver-req {spec}") for spec in config.zserver_req]
+        for base in config.zserver_stream:
+            found += [(ep, f"--zserver-stream {base}") for ep in client_endpoints(base)]
     return found
 
 

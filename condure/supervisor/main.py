@@ -69,11 +69,11 @@ def acquire_listeners(config: Config, n_workers: int) -> sockets.Listeners:
 
 def start_zmq(config: Config) -> tuple[ZmqProxy | None, dict[str, Any]]:
     """(proxy or None, the worker spec's ``zmq`` part)."""
-    if config.zclient_connect or not (config.uses_stream or config.uses_req):
+    from condure.supervisor.zmqproxy import ZmqProxy, clients_bound, serves_bound
+
+    if not (serves_bound(config) or clients_bound(config)):
         return None, {"stream": list(config.zclient_stream), "req": list(config.zclient_req),
                       "connect": True}
-    from condure.supervisor.zmqproxy import ZmqProxy
-
     proxy = ZmqProxy(config)
     return proxy, proxy.start()
 

@@ -33,6 +33,11 @@ packets as one frame, the handler's address after a length byte and then
 the packet (``routerqueue.pack_later``); the relay sends it on as
 ``[handler-id, "", T...]``, the frames a ROUTER sends.
 
+The client role's sockets (``--zserver-stream``, ``--zserver-req``, unless
+``--zserver-connect``) are bound and relayed by ``zserver.py``, in threads
+of this proxy; with the server role in connect mode (or without
+listeners) the proxy binds the client role only.
+
 Every thread listens on an ``inproc`` control socket; :meth:`close` sends
 ``TERMINATE`` to each, joins the threads, closes the sockets and the
 context.
@@ -74,6 +79,16 @@ def runtime_parent() -> str | None:
     return None
 
 
+def serves_bound(config: Config) -> bool:
+    """Whether the server role's ZeroMQ sockets are bound (by this proxy)."""
+    return not config.zclient_connect and (config.uses_stream or config.uses_req)
+
+
+def clients_bound(config: Config) -> bool:
+    """Whether the client role's ZeroMQ sockets are bound (supervisor/zserver.py)."""
+    return not config.zserver_connect and bool(config.zserver_stream or config.zserver_req)
+
+
 class ZmqProxy:
     """Bind the public endpoints, relay to internal ones; see the module doc.
 
@@ -112,9 +127,12 @@ class ZmqProxy:
         os.chmod(self.dir, 0o700)
         self.ctx = zmq.Context()
         spec: dict = {"stream": [], "req": [], "connect": True, "proxy": True}
+        if not serves_bound(config):  # only the client role is bound here
+            spec = {"stream": list(config.zclient_stream), "req": list(config.zclient_req),
+                    "connect": True}
         mode = config.ipc_file_mode
         # Same order as a single worker: req first, then stream (log lines).
-        if config.uses_req:
+        if config.uses_req and "proxy" in spec:
             internal = f"ipc://{self.dir}/req"
             router = self._socket(zmq.ROUTER, rcvhwm=config.hwm, sndhwm=config.hwm)
             router.bind(internal)
@@ -124,7 +142,7 @@ class ZmqProxy:
                 log.info("zhttp client bind %s", endpoint)
             self._start_thread("req", relay_req, router, dealer)
             spec["req"] = [internal]
-        if config.uses_stream:
+        if config.uses_stream and "proxy" in spec:
             base = f"ipc://{self.dir}/stream"
             in_out, in_out_stream, in_in = stream_endpoints(base)
             push = self._socket(zmq.PUSH, sndhwm=FIRST_PACKET_HWM)
@@ -153,6 +171,9 @@ class ZmqProxy:
             self._start_thread("in", _steerable, xsub, xpub)
             self._start_thread("out-stream", _relay_later, later, router)
             spec["stream"] = [base]
+        if clients_bound(config):
+            from condure.supervisor.zserver import start_zserver
+            spec.update(start_zserver(self))
         self.spec = spec
         return spec
 

@@ -70,8 +70,6 @@ def test_semantic_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv, flag", [
-    (["--zserver-stream=ipc://x"], "--zserver-stream"),
-    (["--deny-out-internal"], "--deny-out-internal"),
     (["--sizes"], "--sizes"),
 ])
 def test_not_supported_yet(argv: list[str], flag: str, tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     for opt in OPTIONS:
         assert opt.flag in out
     assert "[default: 0.0.0.0:8000,stream]" in out
-    assert "--compression" in out and "not supported yet" in out
+    assert "--compression" in out and "not supported yet" in " ".join(out.split())
 
 
 def test_help_names_every_accept_mode(capsys: pytest.CaptureFixture[str]) -> None:
@@ -349,11 +349,23 @@ def test_unavailable_options_fail_when_given(opt) -> None:  # type: ignore[no-un
 
 
 def test_unavailable_list_is_the_expected_one() -> None:
-    # Client mode (outgoing connections) and --sizes are all that is left.
-    assert {o.flag for o in OPTIONS if not o.available} == {
-        "--zserver-req", "--zserver-stream", "--zserver-connect",
-        "--deny-out-internal", "--sizes",
-    }
+    # --sizes is all that is left.
+    assert {o.flag for o in OPTIONS if not o.available} == {"--sizes"}
+
+
+def test_client_role_alone_opens_no_listener() -> None:
+    config = parse_args(["--zserver-stream", "ipc://x", "--zserver-req", "ipc://r",
+                         "--zserver-connect", "--deny-out-internal"])
+    assert config.listen == () and not config.uses_stream and not config.uses_req
+    assert config.zserver_stream == ("ipc://x",) and config.zserver_req == ("ipc://r",)
+    assert config.zserver_connect and config.deny_out_internal
+    both = parse_args(["--zserver-stream", "ipc://x", "--listen", "127.0.0.1:1"])
+    assert both.uses_stream and both.zserver_stream == ("ipc://x",)
+
+
+def test_client_role_base_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^base spec must be ipc or tcp$"):
+        parse_args(["--zserver-stream", "inproc://x"])
 
 
 # ---------------------------------------------------------------- syntax errors
@@ -411,8 +423,8 @@ def test_main_semantic_error(no_run: None, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_main_not_supported(no_run: None, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--zserver-stream=ipc://x"]) == 2
-    assert "--zserver-stream is not supported yet" in capsys.readouterr().err
+    assert main(["--sizes"]) == 2
+    assert "--sizes is not supported yet" in capsys.readouterr().err
 
 
 def test_main_syntax_error_returns_2(no_run: None) -> None:

@@ -174,3 +174,39 @@ def test_claim_on_a_config_removes_stale_files_only_in_bind_mode(tmp_path, socke
     assert os.path.lexists(path)
     assert ipcclaim.claim(config) == [str(path)]
     assert not os.path.lexists(path)
+
+
+def test_bound_endpoints_include_the_client_role_unless_it_connects():
+    config = Config(zserver_stream=("ipc://z", "tcp://127.0.0.1:6000"),
+                    zserver_req=("ipc://zr",), zclient_connect=True)
+    client_role = [
+        ("ipc://zr", "--zserver-req ipc://zr"),
+        ("ipc://z-in", "--zserver-stream ipc://z"),
+        ("ipc://z-in-stream", "--zserver-stream ipc://z"),
+        ("ipc://z-out", "--zserver-stream ipc://z"),
+        ("tcp://127.0.0.1:6000", "--zserver-stream tcp://127.0.0.1:6000"),
+        ("tcp://127.0.0.1:6001", "--zserver-stream tcp://127.0.0.1:6000"),
+        ("tcp://127.0.0.1:6002", "--zserver-stream tcp://127.0.0.1:6000"),
+    ]
+    assert ipcclaim.bound_endpoints(config) == client_role
+    # Both roles bound: the server role's first, then the client role's.
+    both = ipcclaim.bound_endpoints(replace(config, zclient_connect=False))
+    assert both[:3] == [(ep, "--zclient-stream ipc://client")
+                        for ep in ("ipc://client-out", "ipc://client-out-stream",
+                                   "ipc://client-in")]
+    assert both[3:] == client_role
+    # No listener: only the client role.
+    assert ipcclaim.bound_endpoints(replace(config, zclient_connect=False,
+                                            listen=())) == client_role
+    assert ipcclaim.bound_endpoints(replace(config, zserver_connect=True)) == []
+
+
+def test_claim_refuses_a_live_client_role_endpoint_naming_its_option(tmp_path, sockets):
+    base = f"ipc://{tmp_path}/zurl"
+    listening(sockets, tmp_path / "zurl-in-stream")
+    config = Config(listen=(), zserver_stream=(base,))
+    with pytest.raises(ClaimError) as info:
+        ipcclaim.claim(config)
+    assert str(info.value).startswith(
+        f"cannot bind {base}-in-stream (--zserver-stream {base}): another process")
+    assert ipcclaim.claim(replace(config, zserver_connect=True)) == []

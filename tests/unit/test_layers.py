@@ -32,7 +32,8 @@ LAYERS: list[tuple[str, ...]] = [
     # asyncio + pyzmq adapters, the control channel's codec
     ("condure.net",),
     # one worker process and the moving of its connections
-    ("condure.worker", "condure.slots", "condure.workerproc", "condure.handover"),
+    ("condure.worker", "condure.slots", "condure.workerproc", "condure.handover",
+     "condure.clients"),
     # the process tree, systemd
     ("condure.supervisor",),
     # entry points; the man page renderer is a build tool on top of options.py
