@@ -60,7 +60,7 @@ class OriginExchange:
         self.more = packet.more and not self.req_mode  # more body will come from the handler
         self.request_done = not self.more  # the whole request was queued for the origin
         self.redirects = 0
-        self.reader = ResponseReader(buffer_size)
+        self.reader = ResponseReader(buffer_size, self.method == b"HEAD")
         self.held = False  # an origin connection is held
         self.target: Target | None = None
         self.head_bytes = b""
@@ -101,7 +101,7 @@ class OriginExchange:
         self._advance(ClientEvent.CONNECTED)
         self.held = True
         self.stream_deadline = now + self.stream_timeout
-        self.reader = ResponseReader(self.buffer_size)
+        self.reader = ResponseReader(self.buffer_size, self.method == b"HEAD")
         # (an empty last packet may have come before the connection)
         self.actions.append(Write(self.head_bytes + self._framed(self.body, self.request_done)))
         self._connected()

@@ -5,11 +5,14 @@ special-cases HEAD; Condure does neither, so the response side of the
 client role has its own reader:
 
 - at most 64 header fields; a head larger than the buffer is an error;
-- the body is framed only by ``Transfer-Encoding: chunked`` (exactly that
-  value) or ``Content-Length``; with neither there is no body (and the
-  connection is not reused, as whatever the origin sends next cannot be
-  trusted); any other ``Transfer-Encoding`` is an error;
-- no HEAD special case: a Content-Length announces a body to read;
+- the body is framed by ``Transfer-Encoding: chunked`` (exactly that
+  value) or ``Content-Length``; with neither (and a status that has a
+  body) it runs to the connection's close (RFC 9112 6.3), and the
+  connection is not reused; any other ``Transfer-Encoding`` is an error.
+  Condure 1.10 read no body at all there;
+- the answer to a HEAD request has no body whatever its headers say
+  (RFC 9110 9.3.2); Condure 1.10 read a Content-Length's worth after it,
+  and its handler never saw the response end;
 - HTTP/1.0 is persistent only with ``Connection: keep-alive``, 1.1 unless
   ``Connection: close``;
 - interim 1xx responses (other than 101) are skipped.
@@ -43,6 +46,7 @@ class BodyKind(enum.Enum):
     NONE = "none"
     LENGTH = "length"
     CHUNKED = "chunked"
+    CLOSE = "close"  # no framing: the body ends when the origin closes
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +67,9 @@ class ResponseHead:
         return None
 
 
-def parse_head(head: bytes) -> ResponseHead:
-    """A response head without its final empty line."""
+def parse_head(head: bytes, head_request: bool = False) -> ResponseHead:
+    """A response head without its final empty line (``head_request``: it
+    answers a HEAD request, so it has no body)."""
     lines = head.split(b"\n")
     lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
     status = _STATUS.match(lines[0])
@@ -99,12 +104,14 @@ def parse_head(head: bytes) -> ResponseHead:
                 lengths.add(int(item))
     if len(lengths) > 1:
         raise WireError("conflicting content-length")
-    if body is BodyKind.CHUNKED:
+    if head_request or code in (204, 304) or 100 <= code <= 199:
+        body = BodyKind.NONE  # no body, whatever the framing headers say
+    elif body is BodyKind.CHUNKED:
         closes = bool(lengths)  # both: read as chunked, then do not reuse
     elif lengths:
         body, length = BodyKind.LENGTH, lengths.pop()
-    elif not (code in (204, 304) or 100 <= code <= 199):
-        closes = True  # no framing: perhaps a close-delimited body, not read
+    else:
+        body, closes = BodyKind.CLOSE, True  # to the connection's close
     tokens = header_tokens(headers, b"connection")
     keep_alive = (b"close" not in tokens if http11 else b"keep-alive" in tokens) and not closes
     return ResponseHead(http11=http11, code=code, reason=status.group(3) or b"",
@@ -116,8 +123,9 @@ class ResponseReader:
     """The bytes of one response, fed as they come: :meth:`head` once, then
     :meth:`body` until :attr:`done`."""
 
-    def __init__(self, max_head: int) -> None:
+    def __init__(self, max_head: int, head_request: bool = False) -> None:
         self.max_head = max_head
+        self.head_request = head_request
         self.buf = bytearray()
         self.eof = False
         self.response: ResponseHead | None = None
@@ -155,7 +163,7 @@ class ResponseReader:
             at, skip = min(cands)
             if at + skip > self.max_head:
                 raise WireError("response head too large")
-            head = parse_head(bytes(self.buf[:at + 1]).rstrip(b"\r\n"))
+            head = parse_head(bytes(self.buf[:at + 1]).rstrip(b"\r\n"), self.head_request)
             del self.buf[:at + skip]
             if 100 <= head.code <= 199 and head.code != 101:
                 continue
@@ -181,6 +189,11 @@ class ResponseReader:
                 self.done = True
             elif not out and self.eof:
                 raise WireError("connection closed inside the body")
+            return out
+        if self.response.body is BodyKind.CLOSE:
+            out = self._take(limit)
+            if not self.buf and self.eof:
+                self.done = True  # the origin's close ends the body
             return out
         return self._chunked(limit)
 

@@ -9,7 +9,15 @@ runner, whose ``condure_bin`` is a wrapper script that logs its argv to
 this repository's ``python -m condure`` ("ours"). It returns once a request
 through Pushpin's client port came back from the origin.
 
-The origin is ``tests.harness.origin.Origin`` (HTTP and WebSocket echo).
+The origin is ``tests.harness.origin.Origin`` (HTTP and WebSocket echo);
+``routes`` adds route lines before its catch-all (for further origins).
+
+``outbound="condure"`` runs Pushpin with no zurl at all: this repository's
+condure in client mode (``--zserver-stream``, no listener) binds the three
+endpoints the proxy's ``zurl_out_specs``, ``zurl_out_stream_specs`` and
+``zurl_in_specs`` connect to. Pushpin's names ``...zurl-in``,
+``...zurl-in-stream`` and ``...zurl-out`` are exactly condure's
+``BASE-in``, ``BASE-in-stream`` and ``BASE-out`` for ``BASE=...zurl``.
 
 Everything runs as the test's own processes, each in its own process group;
 ``PushpinInstance.stop()`` ends them all (the runner first, so it can stop its
@@ -68,7 +76,7 @@ def write_condure_wrapper(path: Path, impl: str, argv_log: Path) -> None:
 
 def write_config(workdir: Path, http_port: int, control_port: int, origin_port: int,
                  condure_bin: Path, local_ports: str | None = None, log_level: int = 2,
-                 https_port: int | None = None) -> Path:
+                 https_port: int | None = None, routes: list[str] | None = None) -> Path:
     """Write pushpin.conf, internal.conf, routes and zurl.conf into ``workdir``."""
     rundir = workdir / "run"
     rundir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +87,8 @@ def write_config(workdir: Path, http_port: int, control_port: int, origin_port: 
                           internal)
     assert n == 3, "unexpected internal.conf layout"
     (workdir / "internal.conf").write_text(internal)
-    (workdir / "routes").write_text(f"* 127.0.0.1:{origin_port}\n")
+    lines = [*(routes or []), f"* 127.0.0.1:{origin_port}"]
+    (workdir / "routes").write_text("".join(f"{line}\n" for line in lines))
     runner_extra = f"local_ports={local_ports}\n" if local_ports else ""
     if https_port:
         runner_extra += f"https_ports=127.0.0.1:{https_port}\n"
@@ -140,9 +149,11 @@ class PushpinInstance:
     workdir: Path
     port: int
     origin: Origin
-    zurl: Proc
+    zurl: Proc  # the outbound side: zurl, or our condure in client mode
     runner: Proc | None
     argv_log: Path
+    control_port: int = 0  # pushpin-handler's HTTP API (publish)
+    outbound: str = "zurl"  # "zurl" or "condure"
     local_path: Path | None = None
     https_port: int | None = None
     tls_ca: Path | None = None  # CA certificate that verifies the TLS listener
@@ -189,10 +200,50 @@ def group_members(pgid: int) -> list[str]:
     return out
 
 
+def zurl_base(workdir: Path) -> str:
+    """The endpoint base of Pushpin's zurl sockets in ``workdir``'s config."""
+    return f"ipc://{workdir / 'run'}/{IPC_PREFIX}zurl"
+
+
+def outbound_condure_args(workdir: Path) -> list[str]:
+    """Condure's options for zurl's role: client mode on zurl's endpoints,
+    zurl's instance id (``zurl.conf``'s ``instance_id``), no listener."""
+    return ["--zserver-stream", zurl_base(workdir), "--id", "zurl-test"]
+
+
+def start_outbound_condure(workdir: Path, timeout: float = READY_TIMEOUT) -> Proc:
+    """Our condure in client mode (``outbound_condure_args``): it binds
+    ``BASE-in`` (PULL), ``BASE-in-stream`` (ROUTER) and ``BASE-out`` (PUB).
+    Ready once it says so on ``NOTIFY_SOCKET`` (its sockets are bound)."""
+    from tests.harness.procs import _wait_notify, python_env
+
+    notify_path = workdir / "outbound.notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    env = python_env()
+    env["NOTIFY_SOCKET"] = str(notify_path)
+    proc = _spawn("outbound-condure",
+                  [sys.executable, "-m", "condure", *outbound_condure_args(workdir),
+                   "--drain-timeout", "2"],
+                  workdir / "outbound-condure.log", None, env=env, cwd=str(REPO_ROOT))
+    try:
+        _wait_notify(notify, proc, timeout)
+    except BaseException:
+        proc.stop(signal.SIGTERM, STOP_TIMEOUT)
+        raise
+    finally:
+        notify.close()
+    return proc
+
+
 def start_pushpin(impl: str, workdir: Path, local: bool = False, tls: bool = False,
-                  log_level: int = 2, timeout: float = READY_TIMEOUT) -> PushpinInstance:
-    """Start an origin, zurl and Pushpin (condure = ``impl``); wait until a
-    request through Pushpin's port reaches the origin and comes back."""
+                  log_level: int = 2, timeout: float = READY_TIMEOUT,
+                  outbound: str = "zurl", routes: list[str] | None = None) -> PushpinInstance:
+    """Start an origin, the outbound side (``zurl``, or our condure in client
+    mode for ``outbound="condure"``) and Pushpin (condure = ``impl``); wait
+    until a request through Pushpin's port reaches the origin and comes back."""
+    if outbound not in ("zurl", "condure"):
+        raise ValueError(f"unknown outbound side {outbound!r}")
     workdir.mkdir(parents=True, exist_ok=True)
     origin = Origin()
     argv_log = workdir / "condure.argv"
@@ -206,14 +257,25 @@ def start_pushpin(impl: str, workdir: Path, local: bool = False, tls: bool = Fal
         # the runner passes --tls-identities-dir=<config dir>/runner/certs and
         # default-cert=default_<port> for each of its https_ports
         tls_ca = make_cert(workdir / "runner" / "certs", f"default_{https_port}")
-    conf = write_config(workdir, port, free_port(), origin.port, wrapper,
-                        str(local_path) if local_path else None, log_level, https_port)
-    zurl = _spawn("zurl", [ZURL_BIN, f"--config={workdir / 'zurl.conf'}"],
-                  workdir / "zurl.log", "started")
-    inst = PushpinInstance(impl, workdir, port, origin, zurl, None, argv_log,
-                           local_path, https_port, tls_ca, pgids=[zurl.pid])
+    control_port = free_port()
+    conf = write_config(workdir, port, control_port, origin.port, wrapper,
+                        str(local_path) if local_path else None, log_level, https_port,
+                        routes)
     try:
-        _wait_marker(zurl, "zurl", timeout)
+        if outbound == "zurl":
+            zurl = _spawn("zurl", [ZURL_BIN, f"--config={workdir / 'zurl.conf'}"],
+                          workdir / "zurl.log", "started")
+        else:  # ready once started (sd_notify): its sockets are bound
+            zurl = start_outbound_condure(workdir, timeout)
+    except BaseException:
+        origin.close()
+        raise
+    inst = PushpinInstance(impl, workdir, port, origin, zurl, None, argv_log,
+                           control_port, outbound, local_path, https_port, tls_ca,
+                           pgids=[zurl.pid])
+    try:
+        if outbound == "zurl":
+            _wait_marker(zurl, "zurl", timeout)
         inst.runner = _spawn("pushpin", [PUSHPIN_BIN, f"--config={conf}", "--merge-output"],
                              workdir / "pushpin.log", None)
         inst.pgids.append(inst.runner.pid)

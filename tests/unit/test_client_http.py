@@ -207,14 +207,24 @@ def test_early_response_is_not_persistent() -> None:
 @pytest.mark.parametrize("response", [
     b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\n\r\nclose-delimited body",
     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nextra",
 ])
 def test_not_persistent(response: bytes) -> None:
     d = connected()
     d.origin(response)
     assert d.closed and [r.persistent for r in d.releases] == [False]
-    assert d.packets[-1].body == b""  # a close-delimited body is not read
+    assert d.packets[-1].body == b""
+
+
+def test_close_delimited_body_is_read_to_the_close() -> None:
+    # RFC 9112 6.3; Condure 1.10 read no body here
+    d = connected()
+    d.origin(b"HTTP/1.1 200 OK\r\n\r\nclose-delimited")
+    assert not d.closed
+    d.origin(b" body", eof=True)
+    assert d.closed and [r.persistent for r in d.releases] == [False]
+    assert b"".join(getattr(p, "body", b"") for p in d.packets) == b"close-delimited body"
+    assert not d.packets[-1].more
 
 
 def test_persistent_1_0_with_keep_alive() -> None:

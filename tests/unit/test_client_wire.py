@@ -54,17 +54,28 @@ def test_chunked_body_with_extensions_and_trailers() -> None:
         BodyKind.CHUNKED, b"hello world", True, False, True)
 
 
-def test_no_framing_means_no_body_and_no_reuse() -> None:
-    head, body, done, leftover = read_all(b"HTTP/1.1 200 OK\r\n\r\nclose-delimited", [])
+def test_no_framing_means_a_body_to_the_close_and_no_reuse() -> None:
+    # RFC 9112 6.3 (Condure 1.10 read no body here)
+    head, body, done, leftover = read_all(b"HTTP/1.1 200 OK\r\n\r\nclose-delimited", [3])
     assert (head.body, body, done, leftover, head.keep_alive) == (
-        BodyKind.NONE, b"", True, True, False)
+        BodyKind.CLOSE, b"close-delimited", True, False, False)
+    head, body, done, _ = read_all(b"HTTP/1.0 200 OK\r\n\r\n1.0 origin", [20, 22])
+    assert (head.body, body, done, head.keep_alive) == (BodyKind.CLOSE, b"1.0 origin", True,
+                                                        False)
     head, *_ = read_all(b"HTTP/1.1 204 No Content\r\n\r\n", [])
     assert head.keep_alive
     head, *_ = read_all(b"HTTP/1.1 304 Not Modified\r\n\r\n", [])
     assert head.keep_alive
 
 
-def test_head_responses_are_not_special() -> None:
+def test_answers_to_head_have_no_body() -> None:
+    # RFC 9110 9.3.2 (Condure 1.10 waited for a Content-Length's worth)
+    for framing in (b"Content-Length: 10", b"Transfer-Encoding: chunked", b"X-None: 1"):
+        r = ResponseReader(8192, head_request=True)
+        r.feed(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n")
+        head = r.head()
+        assert head is not None and head.body is BodyKind.NONE and r.done
+        assert head.keep_alive
     r = ResponseReader(8192)
     r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
     head = r.head()
