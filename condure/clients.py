@@ -28,6 +28,7 @@ from collections import defaultdict
 from typing import Any
 
 from condure.config import Config
+from condure.log import TRACE, trace_enabled
 from condure.net.clientconn import ClientConn
 from condure.net.outbound import Connector
 from condure.net.pool import Pool, capacity_for
@@ -99,7 +100,10 @@ class Clients:
             log.debug("no handler address for %r, packet dropped", packet.ids)
             return
         self.packets_out += 1
-        self.sockets.publish(to, encode(packet))
+        payload = encode(packet)
+        if trace_enabled():
+            log.log(TRACE, "OUT %s %r", to.decode("utf-8", "replace"), payload)
+        self.sockets.publish(to, payload)
 
     def reply(self, envelope: object, packet: Data | Error) -> None:
         if self.sockets is not None:
@@ -119,6 +123,8 @@ class Clients:
     # -- packets from handlers ----------------------------------------------------
 
     def _decode(self, payload: bytes) -> Packet | None:
+        if trace_enabled():
+            log.log(TRACE, "IN %r", payload)
         try:
             return decode(payload)
         except PacketError as e:  # UnknownType included
