@@ -90,19 +90,27 @@ class ClientHttpSession(OriginExchange):
             return self.credits > 0 and not self.reader.done
         return super().wants_read
 
-    def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
+    def _accept(self, packet: Packet, ident: Ident, now: float) -> bool:
+        """Reference 4.2, 4.6: the sender's address and the seq; an
+        accepted packet names the handler and proves it alive. False when
+        the session is over or the packet ended it (nothing is sent)."""
         if self.phase is CLOSED:
-            return
+            return False
         if len(packet.from_) > MAX_FROM:
             self._abort("handler address too long")
-            return
+            return False
         if ident.seq is not None:
             if ident.seq != self.in_seq:
                 self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
-                return
+                return False
             self.in_seq += 1
         self.handler = packet.from_
         self.session_deadline = now + SESSION_TIMEOUT
+        return True
+
+    def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
+        if not self._accept(packet, ident, now):
+            return
         kind = type(packet)
         if kind is Data:
             assert isinstance(packet, Data)

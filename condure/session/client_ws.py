@@ -57,25 +57,19 @@ from condure.session.client_http import ClientHttpSession
 from condure.session.client_wire import ResponseHead
 from condure.session.contract import Write
 from condure.session.outbound import Condition, Framing, request_head
-from condure.session.peer import MAX_FROM, SESSION_TIMEOUT
 from condure.session.states import CLOSED as WS_CLOSED
 from condure.session.states import OPEN, Phase
 from condure.session.ws_frames import (
     CLOSE,
-    CONT,
-    CONTROL_OPCODES,
     PING,
     PONG,
-    PROTOCOL_ERROR,
-    TEXT,
-    FrameError,
     close_payload,
     frame,
     mask_frame,
     parse_origin_header,
 )
 from condure.session.ws_handshake import Deflate, accept_value, parse_extensions
-from condure.session.ws_input import ClientInput, _utf8
+from condure.session.ws_input import ClientInput
 from condure.session.ws_output import HandlerOutput, OutputError
 from condure.zhttp.packets import (
     Cancel,
@@ -140,53 +134,9 @@ class OriginInput(ClientInput):
 
     __slots__ = ()
 
-    def _parse(self, s: Any) -> bool:
-        if self.credits <= 0:
-            return False
-        inflater = self.inflater
-        if self.msg_compressed and inflater is not None and not inflater.idle:
-            self._add(inflater.take(self.buffer_size or 1))
-            self._frame_end()
-            return True
-        if self.frame is None:
-            hdr = parse_origin_header(self.inbuf, rsv1_allowed=inflater is not None)
-            if hdr is None:
-                return False
-            if hdr.opcode in CONTROL_OPCODES:
-                end = hdr.size + hdr.length
-                if len(self.inbuf) < end or hdr.length > self.credits:
-                    return False
-                payload = bytes(self.inbuf[hdr.size:end])
-                del self.inbuf[:end]
-                self._client_control(s, hdr.opcode, payload)
-                return True
-            if hdr.opcode == CONT:
-                if not self.msg_opcode:
-                    raise FrameError(PROTOCOL_ERROR, "continuation frame without a message")
-            elif self.msg_opcode:
-                raise FrameError(PROTOCOL_ERROR, "new message inside a fragmented message")
-            else:
-                self.msg_opcode = hdr.opcode
-                self.msg_compressed = hdr.rsv1
-                self.msg_size = 0
-                self.utf8 = _utf8() if hdr.opcode == TEXT else None
-            del self.inbuf[:hdr.size]
-            self.frame = hdr
-            self.frame_left = hdr.length
-        elif not self.inbuf:
-            return False
-        hdr = self.frame
-        n = min(self.frame_left, len(self.inbuf), self.buffer_size or 1)
-        data = bytes(self.inbuf[:n])
-        del self.inbuf[:n]
-        self.frame_left -= n
-        if self.msg_compressed and inflater is not None:
-            inflater.feed(data, last=self.frame_left == 0 and hdr.fin)
-            self._add(inflater.take(self.buffer_size or 1))
-        else:
-            self._add(data)
-        self._frame_end()
-        return True
+    # The rest of frame reading is ClientInput's: an empty mask unmasks
+    # nothing.
+    read_header = staticmethod(parse_origin_header)
 
 
 class _Owner:
@@ -283,18 +233,8 @@ class ClientWsSession(ClientHttpSession):
         self.input.pump(self.owner)
 
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
-        if self.phase is CLOSED:
+        if not self._accept(packet, ident, now):
             return
-        if len(packet.from_) > MAX_FROM:
-            self._abort("handler address too long")
-            return
-        if ident.seq is not None:
-            if ident.seq != self.in_seq:
-                self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
-                return
-            self.in_seq += 1
-        self.handler = packet.from_
-        self.session_deadline = now + SESSION_TIMEOUT
         kind = type(packet)
         if kind is KeepAlive:
             return

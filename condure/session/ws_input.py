@@ -63,6 +63,9 @@ class ClientInput:
     __slots__ = ("buffer_size", "closed", "credits", "frame", "frame_left", "frame_offset",
                  "inbuf", "inflater", "max_message_size", "msg_compressed", "msg_done",
                  "msg_opcode", "msg_size", "pending", "utf8")
+    # Reads one frame header; a client's frames come masked. (The origin
+    # side of client mode reads unmasked ones: client_ws.OriginInput.)
+    read_header = staticmethod(parse_header)
 
     def __init__(self, buffer_size: int, max_message_size: int, deflate: Deflate | None,
                  leftover: bytes) -> None:
@@ -134,7 +137,7 @@ class ClientInput:
             self._frame_end()
             return True
         if self.frame is None:
-            hdr = parse_header(self.inbuf, rsv1_allowed=inflater is not None)
+            hdr = self.read_header(self.inbuf, rsv1_allowed=inflater is not None)
             if hdr is None:
                 return False
             if hdr.opcode in CONTROL_OPCODES:
