@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from condure.config import Config
@@ -46,6 +47,14 @@ KEEP_ALIVE_INTERVAL = 45.0  # as for server-role sessions (reference 6.2 step 11
 MAX_IDS = 128  # ids per batched keep-alive/cancel packet
 
 Key = tuple[bytes, bytes]  # (handler address, id)
+
+
+def batched(kind: type, from_: bytes, idents: list[Ident]) -> Iterator[Packet]:
+    """``kind`` packets (keep-alive or cancel) from ``from_`` carrying
+    ``idents``, MAX_IDS ids each."""
+    for i in range(0, len(idents), MAX_IDS):
+        group = tuple(idents[i:i + MAX_IDS])
+        yield kind(from_=from_, ids=group, id_list=len(group) > 1)
 
 
 class Clients:
@@ -70,6 +79,7 @@ class Clients:
         self.packets_out = 0
         self.sockets: ClientSockets | None = None
         self.zmq_spec = zmq_spec
+        self.trace = trace_enabled()  # checked once: packet logging is costly
 
     def start(self) -> ClientSockets:
         """Open the sockets (ZMQError or ConfigError on failure)."""
@@ -101,7 +111,7 @@ class Clients:
             return
         self.packets_out += 1
         payload = encode(packet)
-        if trace_enabled():
+        if self.trace:
             log.log(TRACE, "OUT %s %r", to.decode("utf-8", "replace"), payload)
         self.sockets.publish(to, payload)
 
@@ -123,7 +133,7 @@ class Clients:
     # -- packets from handlers ----------------------------------------------------
 
     def _decode(self, payload: bytes) -> Packet | None:
-        if trace_enabled():
+        if self.trace:
             log.log(TRACE, "IN %r", payload)
         try:
             return decode(payload)
@@ -242,7 +252,5 @@ class Clients:
 
     def _send_batched(self, kind: type, owed: dict[bytes, list[Ident]]) -> None:
         for address, idents in owed.items():
-            for i in range(0, len(idents), MAX_IDS):
-                group = tuple(idents[i:i + MAX_IDS])
-                self.send_packet(kind(from_=self.from_, ids=group, id_list=len(group) > 1),
-                                 address)
+            for packet in batched(kind, self.from_, idents):
+                self.send_packet(packet, address)

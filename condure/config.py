@@ -242,3 +242,14 @@ def stream_endpoints(base: str) -> tuple[str, str, str]:
             raise ConfigError(f"error parsing tcp port in base spec: {e}") from None
         return tuple(f"{host}:{port + i}" for i in range(3))  # type: ignore[return-value]
     raise ConfigError("base spec must be ipc or tcp")
+
+
+def client_endpoints(base: str) -> tuple[str, str, str]:
+    """Client-role endpoints of one ``--zserver-stream`` base, in the order
+    (first packets ``in``, later packets ``in-stream``, return ``out``):
+    ``ipc://X`` -> ``X-in``, ``X-in-stream``, ``X-out``; ``tcp://H:P`` ->
+    ports P, P+1, P+2 (reference 3.1). Raises ConfigError like
+    :func:`stream_endpoints`."""
+    if base.startswith("ipc:"):
+        return (base + "-in", base + "-in-stream", base + "-out")
+    return stream_endpoints(base)

@@ -21,10 +21,10 @@ import socket
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from condure.clients import Clients
+from condure.clients import Clients, batched
 from condure.config import Config, ListenSpec
 from condure.log import TRACE, trace_enabled
 from condure.net import listeners
@@ -45,7 +45,6 @@ from condure.zhttp.packets import Cancel, Ident, KeepAlive, Packet
 log = logging.getLogger("condure")
 
 KEEP_ALIVE_INTERVAL = 45.0  # every session is visited once per 45 s (reference 5.8)
-MAX_IDS = 128  # ids per batched keep-alive/cancel packet
 ACCEPT_BATCH = 64  # connections accepted per wakeup
 # On a socket every worker accepts on (--accept-mode shared), each worker
 # takes only a few per wakeup, so one that woke first does not drain the
@@ -152,12 +151,7 @@ class Worker(Slots):
         for conn in self.slots:
             if conn is None:
                 continue
-            try:
-                entry = conn.session.shutdown()
-                if entry is not None:
-                    owed[entry[0], conn.session.instance_id].append(entry[1])
-            except Exception:  # noqa: BLE001 - a bug in the session: end it alone
-                conn.fail("stopping")
+            _owe(conn, conn.session.shutdown, owed, "stopping")
             conn.abort()
         self._send_batched(Cancel, owed)
         if self.clients is not None:
@@ -446,21 +440,25 @@ class Worker(Slots):
             pos = (pos + 1) % size
             conn = slots[pos] if pos < len(slots) else None
             if conn is not None:
-                try:
-                    entry = conn.session.keep_alive()
-                    if entry is not None:
-                        owed[entry[0], conn.session.instance_id].append(entry[1])
-                except Exception:  # noqa: BLE001 - a bug in the session: end it alone
-                    conn.fail("sending keep-alives")
+                _owe(conn, conn.session.keep_alive, owed, "sending keep-alives")
         self.sweep_pos = pos
         self._send_batched(KeepAlive, owed)
 
     def _send_batched(self, kind: type, owed: dict[tuple[bytes, bytes], list[Ident]]) -> None:
-        """One packet per (handler address, our address) and MAX_IDS ids;
+        """One packet per (handler address, our address) and MAX_IDS ids (:func:`batched`);
         our address is the session's own (an adopted one keeps its)."""
         for (address, origin), idents in owed.items():
-            for i in range(0, len(idents), MAX_IDS):
-                group = tuple(idents[i:i + MAX_IDS])
-                packet = kind(from_=origin, ids=group, id_list=len(group) > 1)
+            for packet in batched(kind, origin, idents):
                 self.send_packet(packet, address)
 
+
+def _owe(conn: Conn, call: Callable[[], tuple[bytes, Ident] | None],
+         owed: dict[tuple[bytes, bytes], list[Ident]], doing: str) -> None:
+    """Add what ``call`` (the session's keep_alive or shutdown) says the
+    handler is owed to ``owed``; a session that raises is ended alone."""
+    try:
+        entry = call()
+        if entry is not None:
+            owed[entry[0], conn.session.instance_id].append(entry[1])
+    except Exception:  # noqa: BLE001 - a bug in the session: end it alone
+        conn.fail(doing)

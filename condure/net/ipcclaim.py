@@ -38,8 +38,7 @@ import socket
 import stat
 from collections.abc import Iterable
 
-from condure.config import Config, stream_endpoints
-from condure.net.zmqclient import client_endpoints
+from condure.config import Config, client_endpoints, stream_endpoints
 
 log = logging.getLogger("condure")
 

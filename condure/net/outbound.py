@@ -46,16 +46,17 @@ from dataclasses import dataclass
 from condure.net.certs import ALPN
 from condure.net.outconn import READ_SIZE, ClientTls, OutboundConn, PoolKey
 from condure.net.pool import Pool
-from condure.session.outbound import denied
+from condure.session.outbound import Condition, denied
 
 log = logging.getLogger("condure.outbound")
 
-REMOTE_CONNECTION_FAILED = "remote-connection-failed"
-CONNECTION_TIMEOUT = "connection-timeout"
-BAD_REQUEST = "bad-request"
-TLS_ERROR = "tls-error"
-POLICY_VIOLATION = "policy-violation"
-UNDEFINED_CONDITION = "undefined-condition"
+# The conditions a connect can fail with: the session's names, as strings.
+REMOTE_CONNECTION_FAILED = Condition.REMOTE_CONNECTION_FAILED.value
+CONNECTION_TIMEOUT = Condition.CONNECTION_TIMEOUT.value
+BAD_REQUEST = Condition.BAD_REQUEST.value
+TLS_ERROR = Condition.TLS_ERROR.value
+POLICY_VIOLATION = Condition.POLICY_VIOLATION.value
+UNDEFINED_CONDITION = Condition.UNDEFINED.value
 
 MAX_ADDRESSES = 16
 CONNECT_TIMEOUT = 10.0  # seconds, per address (and for the TLS handshake)

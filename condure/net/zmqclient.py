@@ -18,7 +18,7 @@ from typing import cast
 
 import zmq
 
-from condure.config import Config, stream_endpoints
+from condure.config import Config, client_endpoints
 from condure.net.routerqueue import ROUTER_RETRY
 from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, INTERNAL_HWM_FACTOR
 from condure.net.zmqreq import MAX_ENVELOPE, packet_frame
@@ -53,17 +53,6 @@ def unpack_frames(data: bytes) -> list[bytes] | None:
         frames.append(bytes(data[pos:pos + size]))
         pos += size
     return frames or None
-
-
-def client_endpoints(base: str) -> tuple[str, str, str]:
-    """Client-role endpoints of one ``--zserver-stream`` base, in the order
-    (first packets ``in``, later packets ``in-stream``, return ``out``):
-    ``ipc://X`` -> ``X-in``, ``X-in-stream``, ``X-out``; ``tcp://H:P`` ->
-    ports P, P+1, P+2 (reference 3.1). Raises ConfigError like
-    :func:`condure.config.stream_endpoints`."""
-    if base.startswith("ipc:"):
-        return (base + "-in", base + "-in-stream", base + "-out")
-    return stream_endpoints(base)
 
 
 class _Inbox:

@@ -28,6 +28,7 @@ from condure.session.outbound import (
     Framing,
     OutboundError,
     Target,
+    first_packet_problem,
     framing,
     is_redirect,
     parse_target,
@@ -49,6 +50,9 @@ class OriginExchange:
 
     def __init__(self, packet: Data, *, now: float, buffer_size: int,
                  stream_timeout: float) -> None:
+        problem = first_packet_problem(packet, req_mode=self.req_mode)
+        if problem is not None:
+            raise ValueError(problem)
         self.buffer_size = buffer_size
         self.stream_timeout = stream_timeout
         self.actions: list[ClientAction] = []

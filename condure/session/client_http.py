@@ -26,14 +26,11 @@ the stream timeout bounds origin inactivity (``connection-timeout``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from condure.session.client_base import CLOSED, RESPONSE, OriginExchange
 from condure.session.client_wire import ResponseHead
-from condure.session.contract import Send, Write
-from condure.session.outbound import Condition, first_packet_problem
-from condure.session.peer import MAX_FROM, SESSION_TIMEOUT
+from condure.session.contract import Write
+from condure.session.outbound import Condition
+from condure.session.peer import SESSION_TIMEOUT, ZhttpLink
 from condure.zhttp.packets import (
     Cancel,
     Credit,
@@ -49,14 +46,11 @@ from condure.zhttp.packets import (
 __all__ = ["ClientHttpSession"]
 
 
-class ClientHttpSession(OriginExchange):
+class ClientHttpSession(OriginExchange, ZhttpLink):
     """One outgoing HTTP request in stream mode (see the module docstring)."""
 
     def __init__(self, packet: Data, *, instance_id: bytes, now: float,
                  buffer_size: int = 8192, stream_timeout: float = 1800.0) -> None:
-        problem = first_packet_problem(packet, req_mode=False)
-        if problem is not None:
-            raise ValueError(problem)
         super().__init__(packet, now=now, buffer_size=buffer_size,
                          stream_timeout=stream_timeout)
         self.instance_id = instance_id
@@ -91,22 +85,9 @@ class ClientHttpSession(OriginExchange):
         return super().wants_read
 
     def _accept(self, packet: Packet, ident: Ident, now: float) -> bool:
-        """Reference 4.2, 4.6: the sender's address and the seq; an
-        accepted packet names the handler and proves it alive. False when
-        the session is over or the packet ended it (nothing is sent)."""
-        if self.phase is CLOSED:
-            return False
-        if len(packet.from_) > MAX_FROM:
-            self._abort("handler address too long")
-            return False
-        if ident.seq is not None:
-            if ident.seq != self.in_seq:
-                self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
-                return False
-            self.in_seq += 1
-        self.handler = packet.from_
-        self.session_deadline = now + SESSION_TIMEOUT
-        return True
+        """False when the session is over or the packet ended it (nothing
+        is sent); see ``ZhttpLink._accept_packet``."""
+        return self.phase is not CLOSED and self._accept_packet(packet, ident, now)
 
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         if not self._accept(packet, ident, now):
@@ -160,9 +141,7 @@ class ClientHttpSession(OriginExchange):
     def keep_alive(self) -> tuple[bytes, Ident] | None:
         if self.phase is CLOSED or self.handler is None:
             return None
-        ident = Ident(self.rid, self.out_seq)
-        self.out_seq += 1
-        return self.handler, ident
+        return self.handler, self._next_ident()
 
     def shutdown(self) -> tuple[bytes, Ident] | None:
         owed = self.keep_alive()
@@ -217,12 +196,6 @@ class ClientHttpSession(OriginExchange):
                 self._close(graceful=True, reason="response complete")
 
     # -- endings ----------------------------------------------------------------
-
-    def _send(self, kind: Callable[..., Packet], **fields: Any) -> None:
-        ident = Ident(self.rid, self.out_seq)
-        self.out_seq += 1
-        self.actions.append(Send(kind(from_=self.instance_id, ids=(ident,), **fields),
-                                 self.handler))
 
     def _fail(self, condition: Condition, detail: str) -> None:
         """Before the response head: ``error`` with ``condition``; after it:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from condure.session.client_base import CLOSED, RESPONSE, OriginExchange
 from condure.session.client_contract import Reply
 from condure.session.client_wire import ResponseHead
-from condure.session.outbound import Condition, first_packet_problem
+from condure.session.outbound import Condition
 from condure.zhttp.packets import Data, Error, Ident, Packet
 
 __all__ = ["ClientReqSession"]
@@ -28,9 +28,6 @@ class ClientReqSession(OriginExchange):
 
     def __init__(self, packet: Data, *, now: float, buffer_size: int = 8192,
                  body_buffer_size: int = 100000, req_timeout: float = 30.0) -> None:
-        problem = first_packet_problem(packet, req_mode=True)
-        if problem is not None:
-            raise ValueError(problem)
         super().__init__(packet, now=now, buffer_size=buffer_size,
                          stream_timeout=req_timeout)
         self.rid: bytes | None = packet.ids[0].id if packet.ids else None

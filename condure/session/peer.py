@@ -3,10 +3,12 @@
 The HTTP and WebSocket sessions differ in what they do with a packet, not
 in how a packet is accepted (address length, sequence number, liveness),
 how condure numbers its own packets, or how a session ends. That part
-lives here. A subclass sets ``rid``, ``state``, ``handler``, ``out_seq``,
-``in_seq``, ``paused``, ``session_deadline`` and ``stream_deadline``; the
-handler is known (``handler`` is not None) only while a ZHTTP session is
-under way.
+lives here: :class:`ZhttpLink` (accepting and numbering packets, shared
+with the client role's stream sessions) and :class:`ZhttpPeer` (the
+server role's timers and endings). A subclass sets ``rid``, ``state``,
+``handler``, ``out_seq``, ``in_seq``, ``paused``, ``session_deadline`` and
+``stream_deadline``; the handler is known (``handler`` is not None) only
+while a ZHTTP session is under way.
 """
 
 from __future__ import annotations
@@ -23,17 +25,62 @@ SESSION_TIMEOUT = 60.0  # handler silence that ends a session (reference 5.8)
 MAX_FROM = 64  # longest handler address accepted (reference 4.2)
 
 
-class ZhttpPeer:
-    """The ZHTTP end of a stream-mode session (see the module docstring)."""
+class ZhttpLink:
+    """Accepting the handler's packets and numbering condure's, for a
+    stream-mode session of either role."""
 
-    table: Table  # the session kind's transition table (condure/session/states.py)
+    instance_id: bytes
     rid: bytes
-    state: Phase
     handler: bytes | None
     out_seq: int
     in_seq: int
-    paused: bool
     session_deadline: float
+    actions: list[Any]
+    adopted = False  # rebuilt from a record exported by another process
+
+    def _next_ident(self) -> Ident:
+        ident = Ident(self.rid, self.out_seq)
+        self.out_seq += 1
+        return ident
+
+    def _send(self, kind: Callable[..., Packet], **fields: Any) -> None:
+        ident = self._next_ident()
+        self.actions.append(Send(kind(from_=self.instance_id, ids=(ident,), **fields),
+                                 self.handler))
+
+    def _accept_packet(self, packet: Packet, ident: Ident, now: float) -> bool:
+        """Reference 4.2 and 4.6: check the sender's address and the seq;
+        an accepted packet names the handler and proves it alive. False when
+        the packet ended the session instead, or (adopted sessions only) was
+        an old copy to ignore."""
+        if len(packet.from_) > MAX_FROM:
+            self._abort("handler address too long")
+            return False
+        if ident.seq is not None:
+            if ident.seq < self.in_seq and self.adopted:
+                # Moved here from another worker that shares our address:
+                # the handler's packets reached both, and that one already
+                # took this (handover). A copy, not a protocol error.
+                return False
+            if ident.seq != self.in_seq:
+                self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
+                return False
+            self.in_seq += 1
+        self.handler = packet.from_
+        self.session_deadline = now + SESSION_TIMEOUT
+        return True
+
+    def _abort(self, reason: str) -> None:
+        """Handler-caused end: close, and tell the handler nothing."""
+        raise NotImplementedError
+
+
+class ZhttpPeer(ZhttpLink):
+    """The ZHTTP end of a stream-mode session (see the module docstring)."""
+
+    table: Table  # the session kind's transition table (condure/session/states.py)
+    state: Phase
+    paused: bool
     stream_deadline: float
 
     def __init__(self, *, instance_id: bytes, buffer_size: int, stream_timeout: float,
@@ -92,9 +139,7 @@ class ZhttpPeer:
         counted as sent, or None when no handler is known."""
         if self.handler is None or self.state is CLOSED:
             return None
-        ident = Ident(self.rid, self.out_seq)
-        self.out_seq += 1
-        return self.handler, ident
+        return self.handler, self._next_ident()
 
     def shutdown(self) -> tuple[bytes, Ident] | None:
         """Stop now (process exit): the cancel owed to the handler, if any."""
@@ -104,33 +149,10 @@ class ZhttpPeer:
         return owed
 
     def _accept_packet(self, packet: Packet, ident: Ident, now: float) -> bool:
-        """Reference 4.2 and 4.6: check the sender's address and the seq;
-        an accepted packet names the handler and proves it alive. False when
-        the packet ended the session instead, or (adopted sessions only) was
-        an old copy to ignore."""
-        if len(packet.from_) > MAX_FROM:
-            self._abort("handler address too long")
+        if not super()._accept_packet(packet, ident, now):
             return False
-        if ident.seq is not None:
-            if ident.seq < self.in_seq and self.adopted:
-                # Moved here from another worker that shares our address:
-                # the handler's packets reached both, and that one already
-                # took this (handover). A copy, not a protocol error.
-                return False
-            if ident.seq != self.in_seq:
-                self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
-                return False
-            self.in_seq += 1
-        self.handler = packet.from_
-        self.session_deadline = now + SESSION_TIMEOUT
         self.paused = False
         return True
-
-    def _send(self, kind: Callable[..., Packet], **fields: Any) -> None:
-        ident = Ident(self.rid, self.out_seq)
-        self.out_seq += 1
-        self.actions.append(Send(kind(from_=self.instance_id, ids=(ident,), **fields),
-                                 self.handler))
 
     def _cancel_and_close(self, reason: str, graceful: bool = False) -> None:
         if self.handler is not None and self.state is not CLOSED:

@@ -56,7 +56,7 @@ import base64
 import binascii
 import codecs
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 from condure.session.ws_handshake import Deflate
@@ -280,8 +280,3 @@ def decode(text: object) -> Record:
     except (binascii.Error, ValueError):
         raise RecordError("record is not base64") from None
     return from_fields(unpack(data))
-
-
-def field_names(record_type: type[HttpRecord] | type[WsRecord]) -> tuple[str, ...]:
-    """The dataclass fields of a record type (for tests)."""
-    return tuple(f.name for f in fields(record_type))

@@ -69,11 +69,10 @@ def acquire_listeners(config: Config, n_workers: int) -> sockets.Listeners:
 
 def start_zmq(config: Config) -> tuple[ZmqProxy | None, dict[str, Any]]:
     """(proxy or None, the worker spec's ``zmq`` part)."""
-    from condure.supervisor.zmqproxy import ZmqProxy, clients_bound, serves_bound
+    from condure.supervisor.zmqproxy import ZmqProxy, clients_bound, connect_spec, serves_bound
 
     if not (serves_bound(config) or clients_bound(config)):
-        return None, {"stream": list(config.zclient_stream), "req": list(config.zclient_req),
-                      "connect": True}
+        return None, connect_spec(config)
     proxy = ZmqProxy(config)
     return proxy, proxy.start()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import zmq
 
@@ -85,16 +86,14 @@ def pump(src: zmq.Socket, dst: zmq.Socket,
     return None
 
 
-def relay_loop(src: zmq.Socket, dst: zmq.Socket, control: zmq.Socket) -> None:
-    """Thread body: ``src`` -> ``dst`` until ``control`` receives a message.
-
-    Polls ``src`` for POLLIN or, while a message is held, ``dst`` for
-    POLLOUT: never both, so a full output means no wakeups."""
-    reading = [(control, _POLLIN), (src, _POLLIN)]
-    writing = [(control, _POLLIN), (dst, _POLLOUT)]
-    items = reading
+def run_until_stopped(control: zmq.Socket, items: list[tuple[zmq.Socket, int]],
+                      step: Callable[[], list[tuple[zmq.Socket, int]]]) -> None:
+    """The skeleton of a relay thread: sleep in ``zmq_poll`` on ``items``
+    (``control`` first), return once ``control`` receives a message, else
+    run ``step``, which does the work of one wakeup and returns the items
+    to poll next. A terminated context ends the thread quietly; any other
+    ZeroMQ error is logged and ends it."""
     poll = zmq.zmq_poll  # what Poller.poll calls, without its dict
-    held: list[zmq.Frame] | None = None
     try:
         while True:
             ready = poll(items, -1)
@@ -103,9 +102,25 @@ def relay_loop(src: zmq.Socket, dst: zmq.Socket, control: zmq.Socket) -> None:
             if ready[0][0] is control:
                 control.recv()
                 return
-            held = pump(src, dst, held)
-            items = reading if held is None else writing
+            items = step()
     except zmq.ContextTerminated:
         pass
     except zmq.ZMQError as e:  # pragma: no cover - reported, thread ends
         log.error("zmq proxy %s: %s", threading.current_thread().name, e)
+
+
+def relay_loop(src: zmq.Socket, dst: zmq.Socket, control: zmq.Socket) -> None:
+    """Thread body: ``src`` -> ``dst`` until ``control`` receives a message.
+
+    Polls ``src`` for POLLIN or, while a message is held, ``dst`` for
+    POLLOUT: never both, so a full output means no wakeups."""
+    reading = [(control, _POLLIN), (src, _POLLIN)]
+    writing = [(control, _POLLIN), (dst, _POLLOUT)]
+    held: list[zmq.Frame] | None = None
+
+    def step() -> list[tuple[zmq.Socket, int]]:
+        nonlocal held
+        held = pump(src, dst, held)
+        return reading if held is None else writing
+
+    run_until_stopped(control, reading, step)

@@ -84,6 +84,13 @@ def serves_bound(config: Config) -> bool:
     return not config.zclient_connect and (config.uses_stream or config.uses_req)
 
 
+def connect_spec(config: Config) -> dict:
+    """The worker spec's ``zmq`` part when the server role's sockets are
+    not bound here: each worker uses the configured endpoints itself."""
+    return {"stream": list(config.zclient_stream), "req": list(config.zclient_req),
+            "connect": True}
+
+
 def clients_bound(config: Config) -> bool:
     """Whether the client role's ZeroMQ sockets are bound (supervisor/zserver.py)."""
     return not config.zserver_connect and bool(config.zserver_stream or config.zserver_req)
@@ -128,8 +135,7 @@ class ZmqProxy:
         self.ctx = zmq.Context()
         spec: dict = {"stream": [], "req": [], "connect": True, "proxy": True}
         if not serves_bound(config):  # only the client role is bound here
-            spec = {"stream": list(config.zclient_stream), "req": list(config.zclient_req),
-                    "connect": True}
+            spec = connect_spec(config)
         mode = config.ipc_file_mode
         # Same order as a single worker: req first, then stream (log lines).
         if config.uses_req and "proxy" in spec:

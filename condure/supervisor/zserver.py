@@ -45,16 +45,15 @@ and removes their ipc files.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
 import zmq
 
-from condure.config import Config
-from condure.net.zmqclient import client_endpoints, pack_frames, unpack_frames
+from condure.config import Config, client_endpoints
+from condure.net.zmqclient import pack_frames, unpack_frames
 from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, INTERNAL_HWM_FACTOR
-from condure.supervisor.relay import relay_loop
+from condure.supervisor.relay import relay_loop, run_until_stopped
 
 log = logging.getLogger("condure")
 
@@ -147,29 +146,21 @@ def relay_later(router: zmq.Socket, pub: zmq.Socket, control: zmq.Socket) -> Non
     """Thread body: later packets from handlers to every worker, until
     ``control`` receives a message."""
     items = [(control, _POLLIN), (router, _POLLIN)]
-    poll = zmq.zmq_poll
-    try:
-        while True:
-            ready = poll(items, -1)
-            if not ready:
+
+    def step() -> list[tuple[zmq.Socket, int]]:
+        for _ in range(BATCH):
+            try:
+                frames = router.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                break
+            payload = later_payload(frames)
+            if payload is None:
+                log.debug("zserver: later packet without an envelope dropped")
                 continue
-            if ready[0][0] is control:
-                control.recv()
-                return
-            for _ in range(BATCH):
-                try:
-                    frames = router.recv_multipart(_NOBLOCK)
-                except zmq.Again:
-                    break
-                payload = later_payload(frames)
-                if payload is None:
-                    log.debug("zserver: later packet without an envelope dropped")
-                    continue
-                pub.send(payload, _NOBLOCK)  # a PUB drops, never refuses
-    except zmq.ContextTerminated:
-        pass
-    except zmq.ZMQError as e:  # pragma: no cover - reported, thread ends
-        log.error("zmq proxy %s: %s", threading.current_thread().name, e)
+            pub.send(payload, _NOBLOCK)  # a PUB drops, never refuses
+        return items
+
+    run_until_stopped(control, items, step)
 
 
 def _send_reply(router: zmq.Socket, data: bytes) -> None:
@@ -194,33 +185,24 @@ def relay_zserver_req(router: zmq.Socket, push: zmq.Socket, pull: zmq.Socket,
     ROUTER is not read and the PUSH is polled for POLLOUT instead."""
     reading = [(control, _POLLIN), (pull, _POLLIN), (router, _POLLIN)]
     writing = [(control, _POLLIN), (pull, _POLLIN), (push, _POLLOUT)]
-    items = reading
-    poll = zmq.zmq_poll
     held: bytes | None = None
-    try:
-        while True:
-            ready = poll(items, -1)
-            if not ready:
-                continue
-            if ready[0][0] is control:
-                control.recv()
-                return
-            # Replies first: they end exchanges; then requests.
-            for _ in range(BATCH):
-                try:
-                    data = pull.recv(_NOBLOCK)
-                except zmq.Again:
-                    break
-                while pull.getsockopt(zmq.RCVMORE):  # not a worker's: dropped
-                    pull.recv()
-                    data = b""
-                _send_reply(router, data)
-            held = _forward_requests(router, push, held)
-            items = reading if held is None else writing
-    except zmq.ContextTerminated:
-        pass
-    except zmq.ZMQError as e:  # pragma: no cover - reported, thread ends
-        log.error("zmq proxy %s: %s", threading.current_thread().name, e)
+
+    def step() -> list[tuple[zmq.Socket, int]]:
+        nonlocal held
+        # Replies first: they end exchanges; then requests.
+        for _ in range(BATCH):
+            try:
+                data = pull.recv(_NOBLOCK)
+            except zmq.Again:
+                break
+            while pull.getsockopt(zmq.RCVMORE):  # not a worker's: dropped
+                pull.recv()
+                data = b""
+            _send_reply(router, data)
+        held = _forward_requests(router, push, held)
+        return reading if held is None else writing
+
+    run_until_stopped(control, reading, step)
 
 
 def _forward_requests(router: zmq.Socket, push: zmq.Socket,

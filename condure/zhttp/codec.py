@@ -93,7 +93,6 @@ def split_address(frame: bytes) -> tuple[bytes, bytes]:
 # -- encoding -----------------------------------------------------------------
 
 _EXT_MULTI = b"3:ext,15:5:multi,4:true!}"
-_TRUE = b"4:true!"
 
 
 def _int(value: int) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,6 +112,33 @@ class Origin:
                     await writer.wait_closed()
             except (TimeoutError, ConnectionError, ssl.SSLError):
                 writer.transport.abort()
+
+
+class OriginThread:
+    """An Origin on its own event loop in a thread, for tests whose own
+    thread blocks (on ZeroMQ sockets, say)."""
+
+    THREAD_WAIT = 10.0
+
+    def __init__(self, respond: Respond) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.origin = asyncio.run_coroutine_threadsafe(
+            Origin(respond).start(), self.loop).result(self.THREAD_WAIT)
+        self.port = self.origin.port
+
+    def requests(self) -> list[Request]:
+        return asyncio.run_coroutine_threadsafe(self._copy(), self.loop).result(self.THREAD_WAIT)
+
+    async def _copy(self) -> list[Request]:
+        return list(self.origin.requests)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.origin.stop(), self.loop).result(self.THREAD_WAIT)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(self.THREAD_WAIT)
+        self.loop.close()
 
 
 # -- the recording host ---------------------------------------------------------------

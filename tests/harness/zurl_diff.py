@@ -12,8 +12,6 @@ req mode: the reply on the DEALER) and the requests the origin read.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from pathlib import Path
 import zmq
 
 from tests.harness import procs, tnet
-from tests.harness.client_origin import Origin, Request, ok
+from tests.harness.client_origin import OriginThread, Request, ok
 
 ZURL_BIN = "/usr/bin/zurl"
 ZURL_ID = "zurltest"
@@ -48,30 +46,6 @@ def respond(request: Request) -> bytes:
     return ok(b"%s %s got %d bytes: %s" % (request.method, request.path,
                                            len(request.body), request.body),
               b"Content-Type: text/plain\r\n")
-
-
-class OriginThread:
-    """client_origin.Origin on its own event loop in a thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.origin = asyncio.run_coroutine_threadsafe(
-            Origin(respond).start(), self.loop).result(WAIT)
-        self.port = self.origin.port
-
-    def requests(self) -> list[Request]:
-        return asyncio.run_coroutine_threadsafe(self._copy(), self.loop).result(WAIT)
-
-    async def _copy(self) -> list[Request]:
-        return list(self.origin.requests)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.origin.stop(), self.loop).result(WAIT)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(WAIT)
-        self.loop.close()
 
 
 # -- the two implementations -----------------------------------------------------------
@@ -234,7 +208,7 @@ def stream(h: Handler, s: Session, fields, *, second: bytes | None = None,
 def run_cases(impl: str, workdir: Path, cases: dict[str, Callable]) -> dict[str, dict]:
     base = f"ipc://{workdir}/zs"
     req = f"ipc://{workdir}/zr"
-    origin = OriginThread()
+    origin = OriginThread(respond)
     proc = handler = None
     results: dict[str, dict] = {}
     try:

@@ -13,9 +13,7 @@ mode request answered on its envelope.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 import time
 
 import pytest
@@ -24,33 +22,15 @@ import zmq
 from condure.zhttp import decode, encode
 from condure.zhttp.packets import Credit, Data, Error, Ident, KeepAlive, Packet
 from tests.harness import procs
-from tests.harness.client_origin import Origin, Request, ok
+from tests.harness.client_origin import OriginThread, Request, ok
 
 HANDLER = b"handler-7"
 WAIT = 10.0
 
 
-class OriginThread:
-    """client_origin.Origin on its own event loop in a thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.origin = asyncio.run_coroutine_threadsafe(
-            Origin(self.respond).start(), self.loop).result(WAIT)
-        self.port = self.origin.port
-
-    @staticmethod
-    def respond(request: Request) -> bytes:
-        return ok(b"%s %s got %d bytes: %s" % (request.method, request.path,
-                                               len(request.body), request.body))
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.origin.stop(), self.loop).result(WAIT)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(WAIT)
-        self.loop.close()
+def echo(request: Request) -> bytes:
+    return ok(b"%s %s got %d bytes: %s" % (request.method, request.path,
+                                           len(request.body), request.body))
 
 
 class Handler:
@@ -140,7 +120,7 @@ def running(tmp_path, mode: str):
     workers = 2 if mode == "bind-2" else 1
     if mode == "connect":
         args.append("--zserver-connect")
-    origin = OriginThread()
+    origin = OriginThread(echo)
     handler = dealer = proc = None
     try:
         if mode == "connect":  # the handler binds first
@@ -216,7 +196,7 @@ def test_deny_out_internal(tmp_path):
     """--deny-out-internal refuses the loopback origin (``policy-violation``
     after the keep-alive) unless the request has ``ignore-policies``."""
     base = f"ipc://{tmp_path}/zs"
-    origin = OriginThread()
+    origin = OriginThread(echo)
     handler = proc = None
     try:
         proc = procs.start_condure("ours", tmp_path / "condure", listen=[],

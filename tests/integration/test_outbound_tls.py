@@ -212,14 +212,19 @@ class SlowOrigin:
         await self.server.wait_closed()
 
 
+async def connect_slow_origin(leaf, cafile, use_tls: bool):
+    """A started SlowOrigin (over TLS if ``use_tls``) and our connection to it."""
+    origin = SlowOrigin(origin_context(leaf, []) if use_tls else None)
+    port = await origin.start()
+    target = https(port) if use_tls else Target("127.0.0.1", port, False)
+    conn = await Connector(asyncio.get_running_loop(), cafile=cafile).connect(target)
+    return origin, conn
+
+
 @pytest.mark.parametrize("use_tls", [False, True], ids=["plain", "tls"])
 def test_backpressure_then_flushed(leaf, cafile, use_tls: bool) -> None:
     async def scenario():
-        loop = asyncio.get_running_loop()
-        origin = SlowOrigin(origin_context(leaf, []) if use_tls else None)
-        port = await origin.start()
-        target = https(port) if use_tls else Target("127.0.0.1", port, False)
-        conn = await Connector(loop, cafile=cafile).connect(target)
+        origin, conn = await connect_slow_origin(leaf, cafile, use_tls)
         try:
             client = Client(conn)
             await asyncio.wait_for(origin.accepted.wait(), WAIT)
@@ -245,11 +250,7 @@ def test_backpressure_then_flushed(leaf, cafile, use_tls: bool) -> None:
 @pytest.mark.parametrize("use_tls", [False, True], ids=["plain", "tls"])
 def test_reading_paused_then_end_of_stream_once(leaf, cafile, use_tls: bool) -> None:
     async def scenario():
-        loop = asyncio.get_running_loop()
-        origin = SlowOrigin(origin_context(leaf, []) if use_tls else None)
-        port = await origin.start()
-        target = https(port) if use_tls else Target("127.0.0.1", port, False)
-        conn = await Connector(loop, cafile=cafile).connect(target)
+        origin, conn = await connect_slow_origin(leaf, cafile, use_tls)
         try:
             client = Client(conn)
             conn.set_reading(False)

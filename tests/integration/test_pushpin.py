@@ -13,7 +13,7 @@ import os
 import pytest
 
 from tests.harness import pushpin
-from tests.harness.ws_client import OP_BINARY, OP_TEXT, WsConn, accept_key
+from tests.harness import pushpin_checks as checks
 
 REASON = pushpin.missing()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
@@ -78,36 +78,17 @@ def test_condure_argv(start, impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_http_get(start, impl):
-    inst = start(impl)
-    resp = pushpin.fetch(inst.port, "GET", "/echo/get?x=1", headers=[("X-Test", "abc")])
-    assert resp.code == 200
-    assert resp.header("X-Origin") == b"test"
-    assert resp.body == b"GET /echo/get?x=1\n"
-    seen = [r for r in inst.origin.requests if r.path == "/echo/get?x=1"]
-    assert len(seen) == 1
-    assert seen[0].header("X-Test") == "abc"
-    assert seen[0].header("Grip-Sig") is not None  # it did go through pushpin-proxy
+    checks.http_get(start(impl))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_http_post_body(start, impl):
-    inst = start(impl)
-    body = bytes(range(256)) * 40  # 10 KiB, larger than the 8 KiB buffer
-    resp = pushpin.fetch(inst.port, "POST", "/echo/post", body=body,
-                         headers=[("Content-Type", "application/octet-stream")])
-    assert resp.code == 200
-    assert resp.body == b"POST /echo/post\n" + body
-    assert [r.body for r in inst.origin.requests if r.path == "/echo/post"] == [body]
+    checks.http_post_body(start(impl))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_http_large_response(start, impl):
-    """A response far larger than condure's buffer: credits flow through."""
-    inst = start(impl)
-    n = 1_000_000
-    resp = pushpin.fetch(inst.port, "GET", f"/big/{n}", timeout=20)
-    assert resp.code == 200
-    assert resp.body == pushpin.big_body(n)
+    checks.http_large_response(start(impl))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -129,26 +110,7 @@ def test_http_keep_alive(start, impl):
 def test_websocket_echo(start, impl, request):
     """A WebSocket through Pushpin to a WebSocket origin: text, binary, close."""
     expect_ours(request, impl, "websocket")
-    inst = start(impl)
-    ws = WsConn.open(inst.port, "/ws/chat", host=f"127.0.0.1:{inst.port}")
-    try:
-        hs = ws.read_handshake()
-        assert hs.code == 101, hs.raw
-        assert hs.header("Sec-WebSocket-Accept") == accept_key(ws.key).encode()
-        ws.send_text("hello pushpin")
-        assert ws.read_message()[:2] == (OP_TEXT, b"hello pushpin")
-        blob = bytes(range(256)) * 64  # 16 KiB, several condure buffers
-        ws.send_binary(blob)
-        assert ws.read_message(timeout=10)[:2] == (OP_BINARY, blob)
-        ws.send_close(1000, "bye")
-        code, _reason = ws.read_close()
-        assert code == 1000
-    finally:
-        ws.close()
-    assert inst.origin.ws_received == ["hello pushpin", blob]
-    assert [code for code, _ in inst.origin.ws_closes] == [1000]
-    assert inst.origin.errors == []
-    assert [r.path for r in inst.origin.requests if r.path.startswith("/ws/")] == ["/ws/chat"]
+    checks.ws_echo(start(impl), bytes(range(256)) * 64)  # 16 KiB, several condure buffers
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -180,7 +142,4 @@ def test_tls_listener(start, impl, request):
 def test_stop_leaves_nothing_running(start, impl):
     inst = start(impl)
     assert inst.runner.alive()
-    inst.stop()
-    assert inst.leftovers() == []
-    with pytest.raises(OSError):
-        pushpin.http_client.Conn(inst.port, timeout=1).close()
+    checks.stop_leaves_nothing(inst)

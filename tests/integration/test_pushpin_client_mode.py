@@ -25,7 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.harness import pushpin
-from tests.harness.ws_client import OP_BINARY, OP_TEXT, WsConn, accept_key
+from tests.harness import pushpin_checks as checks
+from tests.harness.ws_client import OP_TEXT, WsConn, accept_key
 
 REASON = pushpin.missing()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
@@ -151,30 +152,15 @@ def test_no_zurl_process(inst):
 
 
 def test_http_get(inst):
-    resp = pushpin.fetch(inst.port, "GET", "/echo/get?x=1", headers=[("X-Test", "abc")])
-    assert resp.code == 200
-    assert resp.header("X-Origin") == b"test"
-    assert resp.body == b"GET /echo/get?x=1\n"
-    seen = [r for r in inst.origin.requests if r.path == "/echo/get?x=1"]
-    assert len(seen) == 1
-    assert seen[0].header("X-Test") == "abc"
-    assert seen[0].header("Grip-Sig") is not None  # it went through pushpin-proxy
+    checks.http_get(inst)
 
 
 def test_http_post_body(inst):
-    body = bytes(range(256)) * 40  # 10 KiB, larger than the 8 KiB buffers
-    resp = pushpin.fetch(inst.port, "POST", "/echo/post", body=body,
-                         headers=[("Content-Type", "application/octet-stream")])
-    assert resp.code == 200
-    assert resp.body == b"POST /echo/post\n" + body
-    assert [r.body for r in inst.origin.requests if r.path == "/echo/post"] == [body]
+    checks.http_post_body(inst)
 
 
 def test_http_large_response(inst):
-    n = 1_000_000
-    resp = pushpin.fetch(inst.port, "GET", f"/big/{n}", timeout=20)
-    assert resp.code == 200
-    assert resp.body == pushpin.big_body(n)
+    checks.http_large_response(inst)
 
 
 def _read_until(sock: socket.socket, buf: bytes, needle: bytes, deadline: float) -> bytes:
@@ -232,32 +218,11 @@ def test_websocket_over_http(inst, grip_origin):
                for _m, _p, h, _b in grip_origin.requests)
 
 
-def _ws_echo(inst, blob: bytes) -> None:
-    ws = WsConn.open(inst.port, "/ws/chat", host=f"127.0.0.1:{inst.port}")
-    try:
-        hs = ws.read_handshake()
-        assert hs.code == 101, hs.raw
-        assert hs.header("Sec-WebSocket-Accept") == accept_key(ws.key).encode()
-        ws.send_text("hello pushpin")
-        assert ws.read_message(timeout=WAIT)[:2] == (OP_TEXT, b"hello pushpin")
-        ws.send_binary(blob)
-        assert ws.read_message(timeout=WAIT)[:2] == (OP_BINARY, blob)
-        ws.send_close(1000, "bye")
-        code, _reason = ws.read_close(timeout=WAIT)
-        assert code == 1000
-    finally:
-        ws.close()
-    assert inst.origin.ws_received == ["hello pushpin", blob]
-    assert [code for code, _ in inst.origin.ws_closes] == [1000]
-    assert inst.origin.errors == []
-    assert [r.path for r in inst.origin.requests if r.path.startswith("/ws/")] == ["/ws/chat"]
-
-
 def test_websocket_to_websocket_origin(inst):
     """A WebSocket proxied to a WebSocket origin: the client-mode condure
     makes the origin WebSocket connection (ws://). A 12 KiB message spans
     two of condure's 8 KiB buffers, so credits flow back once."""
-    _ws_echo(inst, bytes(range(256)) * 48)
+    checks.ws_echo(inst, bytes(range(256)) * 48)
 
 
 @pytest.mark.xfail(strict=False, reason=(
@@ -266,12 +231,9 @@ def test_websocket_to_websocket_origin(inst):
     "that exactly matches the part of a split frame it holds leaves it idle "
     "(docs/pushpin.md)"))
 def test_websocket_large_message(inst):
-    _ws_echo(inst, bytes(range(256)) * 64)
+    checks.ws_echo(inst, bytes(range(256)) * 64)
 
 
 def test_stop_leaves_nothing_running(inst):
     assert inst.runner.alive() and inst.zurl.alive()
-    inst.stop()
-    assert inst.leftovers() == []
-    with pytest.raises(OSError):
-        pushpin.http_client.Conn(inst.port, timeout=1).close()
+    checks.stop_leaves_nothing(inst)

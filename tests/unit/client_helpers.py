@@ -17,6 +17,7 @@ from condure.session.client_req import ClientReqSession
 from condure.session.contract import Close, Send, Write
 from condure.session.outbound import Condition
 from condure.zhttp.packets import Credit, Data, Ident, Packet
+from tests.unit.session_helpers import SeamDriver
 
 INSTANCE = b"condure"
 HANDLER = b"handler1"
@@ -32,7 +33,7 @@ def first(uri: bytes = b"http://example.com/path?x=1", method: bytes | None = b"
     return Data(method=method, uri=uri, **fields)  # type: ignore[arg-type]
 
 
-class ClientDriver:
+class ClientDriver(SeamDriver):
     def __init__(self, session: ClientSession, *, now: float = START,
                  read_size: int = 65536) -> None:
         self.session = session
@@ -66,14 +67,6 @@ class ClientDriver:
 
     # -- what happened --------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return bool(self.closes)
-
-    @property
-    def packets(self) -> list[Packet]:
-        return [s.packet for s in self.sends]
-
     def new_packets(self) -> list[Packet]:
         sends = self.sends[self._send_mark:]
         self._send_mark = len(self.sends)
@@ -104,21 +97,6 @@ class ClientDriver:
             else:  # pragma: no cover
                 raise AssertionError(f"unknown action {action!r}")
 
-    def pump(self) -> None:
-        self.drain()
-        while not self.closed and self.session.wants_read:
-            if self.inbound:
-                n = min(self.read_size, len(self.inbound))
-                data = bytes(self.inbound[:n])
-                del self.inbound[:n]
-                self.session.receive_data(data, self.now)
-            elif self.eof_pending:
-                self.eof_pending = False
-                self.session.receive_data(b"", self.now)
-            else:
-                break
-            self.drain()
-
     # -- inputs ------------------------------------------------------------
 
     def connect(self) -> None:
@@ -130,20 +108,7 @@ class ClientDriver:
         self.pump()
 
     def origin(self, data: bytes = b"", *, eof: bool = False) -> None:
-        self.inbound += data
-        self.eof_pending = self.eof_pending or eof
-        self.pump()
-
-    def flush(self) -> None:
-        self.session.output_flushed(self.now)
-        self.pump()
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        deadline = self.session.deadline
-        if deadline is not None and deadline <= self.now:
-            self.session.handle_timer(self.now)
-        self.pump()
+        self.queue(data, eof)
 
     def handler(self, kind: type = Data, *, seq: int | str | None = "auto",
                 from_: bytes = HANDLER, **fields: object) -> None:

@@ -13,6 +13,7 @@ packets to the session's current id with a per-id seq counter.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from condure.session import records
 from condure.session.actions import Close, Send, Write
@@ -49,7 +50,69 @@ class IdSource:
         return rid
 
 
-class Driver:
+class SeamDriver:
+    """What a session driver and a client-session driver share: the read
+    rhythm (bytes queued in ``inbound``, handed over only while the session
+    wants to read, at most ``read_size`` at a time), the clock and the
+    collected sends and closes. Subclasses set those attributes and define
+    ``drain``."""
+
+    session: Any
+    now: float
+    read_size: int
+    inbound: bytearray
+    eof_pending: bool
+    sends: list[Send]
+    closes: list[Close]
+
+    def drain(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.closes)
+
+    @property
+    def packets(self) -> list[Packet]:
+        return [s.packet for s in self.sends]
+
+    def pump(self) -> None:
+        """Read the peer while the session wants to, like the adapter."""
+        self.drain()
+        while not self.closed and self.session.wants_read:
+            if self.inbound:
+                n = min(self.read_size, len(self.inbound))
+                data = bytes(self.inbound[:n])
+                del self.inbound[:n]
+                self.session.receive_data(data, self.now)
+            elif self.eof_pending:
+                self.eof_pending = False
+                self.session.receive_data(b"", self.now)
+            else:
+                break
+            self.drain()
+
+    def queue(self, data: bytes, eof: bool) -> None:
+        """The peer sends ``data`` (then closes its side if ``eof``)."""
+        self.inbound += data
+        self.eof_pending = self.eof_pending or eof
+        self.pump()
+
+    def flush(self) -> None:
+        """Everything written so far reached the peer."""
+        self.session.output_flushed(self.now)
+        self.pump()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock; fire the session's timer if it is due."""
+        self.now += seconds
+        deadline = self.session.deadline
+        if deadline is not None and deadline <= self.now:
+            self.session.handle_timer(self.now)
+        self.pump()
+
+
+class Driver(SeamDriver):
     def __init__(
         self,
         *,
@@ -90,17 +153,9 @@ class Driver:
     # -- what happened --------------------------------------------------
 
     @property
-    def closed(self) -> bool:
-        return bool(self.closes)
-
-    @property
     def close(self) -> Close:
         assert len(self.closes) == 1, self.closes
         return self.closes[0]
-
-    @property
-    def packets(self) -> list[Packet]:
-        return [s.packet for s in self.sends]
 
     def new_output(self) -> bytes:
         """Client output since the previous call."""
@@ -139,46 +194,15 @@ class Driver:
             if wrote and self.auto_flush and not self.closed:
                 self.session.output_flushed(self.now)
 
-    def pump(self) -> None:
-        """Read the client while the session wants to, like the adapter."""
-        self.drain()
-        while not self.closed and self.session.wants_read:
-            if self.inbound:
-                n = min(self.read_size, len(self.inbound))
-                data = bytes(self.inbound[:n])
-                del self.inbound[:n]
-                self.session.receive_data(data, self.now)
-            elif self.eof_pending:
-                self.eof_pending = False
-                self.session.receive_data(b"", self.now)
-            else:
-                break
-            self.drain()
-
     # -- inputs ------------------------------------------------------------
 
     def client(self, data: bytes = b"", *, eof: bool = False) -> None:
         """The client sends ``data`` (then closes its side if ``eof``)."""
-        self.inbound += data
-        self.eof_pending = self.eof_pending or eof
-        self.pump()
+        self.queue(data, eof)
 
     def feed(self, data: bytes) -> None:
         """Hand bytes straight to the session, ignoring ``wants_read``."""
         self.session.receive_data(data, self.now)
-        self.pump()
-
-    def flush(self) -> None:
-        """Everything written so far reached the client."""
-        self.session.output_flushed(self.now)
-        self.pump()
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock; fire the session's timer if it is due."""
-        self.now += seconds
-        deadline = self.session.deadline
-        if deadline is not None and deadline <= self.now:
-            self.session.handle_timer(self.now)
         self.pump()
 
     def send_raw(self, packet: Packet, ident: Ident) -> None:

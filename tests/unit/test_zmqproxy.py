@@ -21,39 +21,10 @@ from condure.net.zmqreq import routing_id
 from condure.supervisor.reqrelay import reply_index
 from condure.supervisor.zmqproxy import ZmqProxy
 from condure.zhttp import tnetstring
+from tests.unit import zmq_sockets
+from tests.unit.zmq_sockets import thread_cpu
 
-TIMEOUT_MS = 5000
-
-
-class Sockets:
-    """Makes test sockets and keeps them, so none is garbage-collected
-    unclosed; closed at teardown."""
-
-    def __init__(self) -> None:
-        self.ctx = zmq.Context()
-        self.made: list[zmq.Socket] = []
-
-    def __call__(self, kind, endpoint, **opts):
-        s = self.ctx.socket(kind)
-        self.made.append(s)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
-        for name, value in opts.items():
-            s.setsockopt(getattr(zmq, name), value)
-        s.connect(endpoint)
-        return s
-
-    def close(self) -> None:
-        for s in self.made:
-            s.close(linger=0)
-        self.ctx.term()
-
-
-@pytest.fixture
-def sock():
-    sockets = Sockets()
-    yield sockets
-    sockets.close()
+sock = zmq_sockets.sock  # the fixture
 
 
 @pytest.fixture
@@ -106,14 +77,6 @@ def test_first_packets_reach_a_handler(start_proxy, sock, tmp_path):
     workers[0].send(b"T-first-0")
     workers[1].send(b"T-first-1")
     assert {handler.recv(), handler.recv()} == {b"T-first-0", b"T-first-1"}
-
-
-def thread_cpu(name: str) -> float:
-    """CPU seconds used so far by this process's thread called ``name``."""
-    (thread,) = [t for t in threading.enumerate() if t.name == name]
-    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_first_packets_wait_for_a_handler_without_spinning(start_proxy, sock, tmp_path):

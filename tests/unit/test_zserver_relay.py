@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import threading
 import time
 
 import pytest
@@ -19,39 +18,12 @@ import zmq
 from condure.config import Config
 from condure.net.zmqclient import pack_frames, unpack_frames
 from condure.supervisor.zmqproxy import ZmqProxy
+from tests.unit import zmq_sockets
+from tests.unit.zmq_sockets import thread_cpu
 
-TIMEOUT_MS = 5000
 ID = b"condure"
 
-
-class Sockets:
-    """Test sockets, all closed at teardown."""
-
-    def __init__(self) -> None:
-        self.ctx = zmq.Context()
-        self.made: list[zmq.Socket] = []
-
-    def __call__(self, kind, endpoint, **opts):
-        s = self.ctx.socket(kind)
-        self.made.append(s)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
-        for name, value in opts.items():
-            s.setsockopt(getattr(zmq, name), value)
-        s.connect(endpoint)
-        return s
-
-    def close(self) -> None:
-        for s in self.made:
-            s.close(linger=0)
-        self.ctx.term()
-
-
-@pytest.fixture
-def sock():
-    sockets = Sockets()
-    yield sockets
-    sockets.close()
+sock = zmq_sockets.sock  # the fixture
 
 
 @pytest.fixture
@@ -106,14 +78,6 @@ def send_later(router: zmq.Socket, payload: bytes) -> None:
             if e.errno != zmq.EHOSTUNREACH or time.monotonic() > end:
                 raise
             time.sleep(0.01)
-
-
-def thread_cpu(name: str) -> float:
-    """CPU seconds (user + system) the named thread has used."""
-    [thread] = [t for t in threading.enumerate() if t.name == name]
-    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_spec_and_log_lines(start_proxy, tmp_path, caplog):
