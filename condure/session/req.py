@@ -34,6 +34,7 @@ from condure.session.contract import Kind
 from condure.session.head import Head, HeadReader, Refusal
 from condure.session.httpwire import error_response
 from condure.session.states import BODY, CLOSED, HEAD, REQ_TABLE, WAIT, Event, Phase, advance
+from condure.session.ws_handshake import is_upgrade
 from condure.zhttp.packets import Data, Error, Ident, Packet
 
 __all__ = ["BODY", "REQ_SOCKET", "WEBSOCKET_REFUSAL", "ReqSession"]
@@ -244,7 +245,7 @@ class ReqSession:
 
     def _request(self, head: Head) -> None:
         headers = head.headers
-        if b"websocket" in httpwire.header_tokens(headers, b"upgrade"):
+        if is_upgrade(headers):
             self.actions.append(Write(WEBSOCKET_REFUSAL))
             self._close(graceful=True, reason="WebSocket upgrade on a req listener")
             return

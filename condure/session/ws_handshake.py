@@ -61,9 +61,18 @@ class Upgrade:
 
 
 def is_upgrade(headers: Iterable[Header]) -> bool:
-    """An ``Upgrade`` header (any case) whose value is exactly
-    ``websocket`` (reference 5.7.1; ``WebSocket`` is plain HTTP there)."""
-    return any(value == b"websocket" and key.lower() == b"upgrade" for key, value in headers)
+    """Whether a request is a WebSocket handshake: an ``Upgrade`` header
+    (name in any case) lists the token ``websocket`` in any case (RFC 6455
+    4.2.1; RFC 9110 7.8: a comma-separated list). Condure took only the
+    exact value ``websocket`` (reference 5.7.1: ``Upgrade: WebSocket`` was
+    plain HTTP there). ``Connection`` is not looked at, as in Condure. The
+    one test for both listener modes (stream upgrades, req refuses)."""
+    for key, value in headers:
+        if len(key) == 7 and key.lower() == b"upgrade":
+            for token in value.split(b","):
+                if token.strip().lower() == b"websocket":
+                    return True
+    return False
 
 
 def check_upgrade(method: bytes, headers: Iterable[Header], *, compression: bool) -> Upgrade:

@@ -142,10 +142,10 @@ def test_bad_upgrade_is_refused(request_, status):
     assert not d.packets and d.close.graceful
 
 
-def test_mixed_case_upgrade_value_is_plain_http():
+def test_mixed_case_upgrade_value_is_a_handshake():  # unlike Condure; test_upgrade_tokens.py
     d = WsDriver()
     d.client(SIMPLE.replace(b"websocket", b"WebSocket") + b"\r\n")
-    assert d.packets[0].uri == b"http://e/ws" and d.packets[0].stream
+    assert d.packets[0].uri == b"ws://e/ws" and not d.packets[0].stream
 
 
 def test_rejection_golden():  # reference 5.7.7

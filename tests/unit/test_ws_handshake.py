@@ -21,8 +21,9 @@ def with_(*extra, drop=()):
 @pytest.mark.parametrize("headers, expected", [
     (((b"Upgrade", b"websocket"),), True),
     (((b"uPGRADE", b"websocket"),), True),
-    (((b"Upgrade", b"WebSocket"),), False),
-    (((b"Upgrade", b"websocket, h2c"),), False),
+    (((b"Upgrade", b"WebSocket"),), True),  # any case (RFC 6455 4.2.1), unlike Condure
+    (((b"Upgrade", b"websocket, h2c"),), True),  # a list (RFC 9110 7.8)
+    (((b"Upgrade", b"h2c"),), False),
     (((b"Connection", b"websocket"),), False),
     ((), False),
 ])
