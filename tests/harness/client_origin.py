@@ -4,17 +4,19 @@ tests of condure.net.clientconn (tests/integration/test_clientconn.py).
 ``Origin`` runs on 127.0.0.1 in the test's loop (optionally TLS): it reads
 each request (Content-Length or chunked body) and answers with what
 ``respond(request)`` returns (None: no answer, it waits for the client to
-go). ``Host`` is what a ClientConn needs from the worker: it records the
-packets published to handlers, the req-mode replies and the releases, and
-keeps one ``call_at`` timer per exchange.
+go; a coroutine function may be given, so that an origin can hold its
+answers until something happens). ``Host`` is what a ClientConn needs from
+the worker: it records the packets published to handlers, the req-mode
+replies and the releases, and keeps one ``call_at`` timer per exchange.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from condure.net.clientconn import ClientConn
@@ -35,7 +37,8 @@ class Request:
     body: bytes
 
 
-Respond = Callable[[Request], "bytes | None"]  # None: answer nothing, wait for EOF
+# None: answer nothing, wait for EOF; an awaitable is awaited for the answer
+Respond = Callable[[Request], "bytes | Awaitable[bytes | None] | None"]
 
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:
@@ -87,6 +90,8 @@ class Origin:
                 request = Request(index, method, path, headers, body)
                 self.requests.append(request)
                 answer = self.respond(request)
+                if inspect.isawaitable(answer):
+                    answer = await answer
                 if answer is None:
                     await reader.read()  # hold the request until the client goes
                     break
