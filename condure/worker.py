@@ -119,6 +119,7 @@ class Worker(Slots):
         if self.config.uses_stream:
             self.zmq = StreamSockets(self.config, self.loop, self.on_message,
                                      instance_id=self.instance_id, zmq_spec=self.zmq_spec)
+            self.zmq.on_congestion = self._on_congestion
             for out, out_stream, in_ in self.zmq.endpoints:
                 log.log(level, "zhttp client %s %s %s %s", verb, out, out_stream, in_)
             if not await self.zmq.wait_subscribed():
@@ -345,6 +346,21 @@ class Worker(Slots):
     def is_stopping(self) -> bool:
         """The worker is stopping: it takes no more connections."""
         return self.stopped.done()
+
+    @property
+    def holds_reads(self) -> bool:
+        """Packets for handlers pile up (net/zmqio.py): connections stop
+        reading from clients, except while the worker stops or hands over
+        (sessions that close or move must read on)."""
+        zmq = self.zmq
+        return zmq is not None and zmq.congested and not self.stopped.done()
+
+    def _on_congestion(self, on: bool) -> None:
+        log.debug("packets for handlers %s; %s reading from clients",
+                  "pile up" if on else "drained", "stop" if on else "resume")
+        if not on:
+            for conn in self.live_connections():
+                conn.refresh_reading()
 
     def track_moved(self, conn: Conn, rid: bytes, instance_id: bytes) -> None:
         """``conn`` was adopted from another worker with session id ``rid``

@@ -55,6 +55,12 @@ class ConnHost(Protocol):
     def read_size(self) -> int:
         """Bytes to read from a client socket at a time."""
 
+    @property
+    def holds_reads(self) -> bool:
+        """Backpressure: packets for handlers pile up, connections read
+        nothing more from their clients for now (:meth:`Conn.refresh_reading`
+        once that is over)."""
+
     def send_packet(self, packet: Packet, to: bytes | str | None) -> None:
         """Send a handler packet: ``to`` as in :class:`condure.session.actions.Send`
         (or the req-mode socket's marker)."""
@@ -239,7 +245,7 @@ class Conn:
             if self.closed:
                 return
             if not self.closing:
-                want = session.wants_read
+                want = session.wants_read and not worker.holds_reads
                 if want != self.reading:
                     self._set_reading(want)
             worker.schedule(self)
@@ -277,6 +283,19 @@ class Conn:
         if self.closing:
             self._half_close()
         return True
+
+    def refresh_reading(self) -> None:
+        """Read again if the session wants to (the host stopped holding
+        reads back)."""
+        if self.closed or self.closing or self.reading:
+            return
+        try:
+            want = self.session.wants_read and not self.worker.holds_reads
+        except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
+            self.fail("resuming reads")
+            return
+        if want:
+            self._set_reading(True)
 
     def _set_reading(self, on: bool) -> None:
         self.reading = on

@@ -12,7 +12,9 @@ started at the same moment) before dropping what it has for it; Condure
 dropped at once. Packets wait in order, per handler, so one slow handler
 never holds up the others. Used by a worker's own ROUTER and by the
 supervisor's relay in front of the public ROUTER; the caller decides when
-``retry`` runs (``delay`` seconds later, while ``waiting``).
+``retry`` runs (``delay`` seconds later, while ``waiting``). ``queued``
+counts what waits, for the caller's backpressure (docs/handover.md,
+"Bounded backlog").
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class RouterQueues:
         self.waiting: dict[bytes, deque[list[bytes]]] = {}
         self.since: dict[bytes, float] = {}  # when each queue last moved
         self.dropped = 0
+        self.queued = 0  # packets waiting, all handlers together
         self.delay = ROUTER_RETRY_MIN  # until the next retry() should run
 
     def offer(self, frames: list[bytes]) -> bool:
@@ -50,6 +53,7 @@ class RouterQueues:
         queue = self.waiting.get(address)
         if queue is not None:
             queue.append(frames)
+            self.queued += 1
             return True
         if self._send(frames) is None:
             return False
@@ -57,6 +61,7 @@ class RouterQueues:
             self.delay = ROUTER_RETRY_MIN
         self.waiting[address] = deque((frames,))
         self.since[address] = self.clock()
+        self.queued += 1
         return True
 
     def _send(self, frames: list[bytes]) -> bool | None:
@@ -87,12 +92,14 @@ class RouterQueues:
                 unreachable = self._send(queue[0])
                 if unreachable is None:
                     queue.popleft()
+                    self.queued -= 1
                     self.since[address] = now
                     moved = True
                     continue
                 if unreachable and now - self.since[address] > UNREACHABLE_GRACE:
                     log.debug("handler %r unreachable, %d packets dropped", address, len(queue))
                     self.dropped += len(queue)
+                    self.queued -= len(queue)
                     queue.clear()
                 break
             if not queue:

@@ -38,6 +38,18 @@ FIRST_PACKET_HWM = 128  # Condure 1.10's SNDHWM for the first-packet socket
 # The hop between the supervisor's relay and a worker (bind mode) holds
 # this many times Condure's high-water mark.
 INTERNAL_HWM_FACTOR = 100
+# The other way (worker -> relay, later packets) never drops: a full pipe
+# makes the sender queue, and a queue makes it read less from clients
+# (``on_congestion``). A small pipe keeps what waits ahead of a packet
+# that was just queued, a handoff-start say, to a fraction of a second.
+LATER_HOP_HWM_FACTOR = 4
+
+
+def congestion_marks(hwm: int) -> tuple[int, int]:
+    """(high, low): packets waiting for handlers (beyond ZeroMQ's own
+    queues) at which a worker stops reading from clients, and resumes."""
+    high = 2 * max(hwm, 64)
+    return high, high // 4
 
 
 def _bind_or_connect(sock: zmq.Socket, endpoint: str, connect: bool, file_mode: int) -> None:
@@ -81,7 +93,7 @@ class StreamSockets:
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.SNDHWM, FIRST_PACKET_HWM)
         self.router = self.ctx.socket(zmq.PUSH if self.proxied else zmq.ROUTER)
-        self.router.setsockopt(zmq.SNDHWM, hwm * INTERNAL_HWM_FACTOR if self.proxied else hwm)
+        self.router.setsockopt(zmq.SNDHWM, hwm * LATER_HOP_HWM_FACTOR if self.proxied else hwm)
         if not self.proxied:
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             # A handler that restarts with the same identity takes over its
@@ -105,6 +117,11 @@ class StreamSockets:
             _bind_or_connect(self.sub, in_, connect, mode)
             self.endpoints.append((out, out_stream, in_))
         self.push_queue: deque[bytes] = deque()
+        # Backpressure: called with True when packets for handlers pile up
+        # past the high mark, with False once they are down to the low one.
+        self.on_congestion: Callable[[bool], None] | None = None
+        self.congested = False
+        self._high, self._low = congestion_marks(hwm)
         self.router_queues = (PackedQueues if self.proxied else RouterQueues)(
             self.router, clock=loop.time)
         self._retry: asyncio.TimerHandle | None = None
@@ -260,6 +277,7 @@ class StreamSockets:
             waited = offer(frames) or waited
         if waited:
             self._arm_retry()
+            self._check_congestion()
 
     @property
     def router_queue(self) -> bool:
@@ -279,6 +297,18 @@ class StreamSockets:
         self.router_queues.retry()
         if self.push_queue or self.router_queues.waiting:
             self._arm_retry()
+        self._check_congestion()
+
+    def _check_congestion(self) -> None:
+        queued = self.router_queues.queued
+        if self.congested:
+            if queued > self._low:
+                return
+        elif queued < self._high:
+            return
+        self.congested = not self.congested
+        if self.on_congestion is not None:
+            self.on_congestion(self.congested)
 
     def close(self) -> None:
         self.flush()

@@ -52,12 +52,20 @@ import shutil
 import tempfile
 import threading
 import time
+from functools import partial
 
 import zmq
 
 from condure.config import Config, stream_endpoints
 from condure.net.routerqueue import ROUTER_RETRY, RouterQueues, unpack_later
-from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, INTERNAL_HWM_FACTOR, _bind_or_connect
+from condure.net.zmqio import (
+    BATCH,
+    FIRST_PACKET_HWM,
+    INTERNAL_HWM_FACTOR,
+    LATER_HOP_HWM_FACTOR,
+    _bind_or_connect,
+    congestion_marks,
+)
 from condure.supervisor.relay import relay_loop
 from condure.supervisor.reqrelay import relay_req
 
@@ -164,7 +172,7 @@ class ZmqProxy:
                 log.info("zhttp client bind %s %s %s", out, out_stream, in_)
             first = self._socket(zmq.PULL, rcvhwm=FIRST_PACKET_HWM)
             first.bind(in_out)
-            later = self._socket(zmq.PULL, rcvhwm=INTERNAL_HWM_FACTOR * config.hwm)
+            later = self._socket(zmq.PULL, rcvhwm=LATER_HOP_HWM_FACTOR * config.hwm)
             later.bind(in_out_stream)
             # A worker busy for a moment (adopting moved sessions, say)
             # must not make the relay drop its packets: room for a few
@@ -175,7 +183,8 @@ class ZmqProxy:
             xpub.bind(in_in)
             self._start_thread("out", relay_loop, first, push)
             self._start_thread("in", _steerable, xsub, xpub)
-            self._start_thread("out-stream", _relay_later, later, router)
+            self._start_thread("out-stream", partial(_relay_later, marks=congestion_marks(
+                config.hwm)), later, router)
             spec["stream"] = [base]
         if clients_bound(config):
             from condure.supervisor.zserver import start_zserver
@@ -313,12 +322,19 @@ def _recv_later(pull: zmq.Socket) -> list[bytes] | None:
     return frames
 
 
-def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> None:
+def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket, *,
+                 marks: tuple[int, int] = (1 << 62, 0)) -> None:
+    """Workers' later packets to the handlers. While more than ``marks[0]``
+    wait for handlers, the workers' pipe is not read (down to ``marks[1]``):
+    the pipe fills, the workers queue and read less from their clients, so
+    what waits ahead of a new packet stays bounded (docs/handover.md)."""
     relay = LaterRelay(router)
+    high, low = marks
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
     poller.register(router, zmq.POLLIN)  # handlers never send here; discard
     poller.register(control, zmq.POLLIN)
+    reading = True
     next_retry = 0.0
     try:
         while True:
@@ -341,6 +357,8 @@ def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> N
             if pull in events:
                 had_waiting = bool(relay.waiting)
                 for _ in range(BATCH):
+                    if relay.queued >= high:
+                        break
                     try:
                         relay.offer(_recv_later(pull))
                     except zmq.Again:
@@ -350,6 +368,12 @@ def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket) -> N
             if relay.waiting and time.monotonic() >= next_retry:
                 relay.retry()
                 next_retry = time.monotonic() + relay.delay
+            if reading and relay.queued >= high:
+                reading = False
+                poller.unregister(pull)
+            elif not reading and relay.queued <= low:
+                reading = True
+                poller.register(pull, zmq.POLLIN)
         # Closing: pass on what the workers sent last (their cancels).
         deadline = time.monotonic() + FINAL_FLUSH
         while True:

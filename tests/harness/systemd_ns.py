@@ -301,6 +301,12 @@ class SystemdNamespace:
                   check: bool = True) -> subprocess.CompletedProcess:
         return self.run("systemctl", "--no-pager", *args, timeout=timeout, check=check)
 
+    def systemctl_async(self, *args: str) -> subprocess.Popen:
+        """``systemctl`` started in the background (the caller waits)."""
+        return subprocess.Popen(self.command("systemctl", "--no-pager", *args),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
     def show(self, unit: str, prop: str) -> str:
         return self.systemctl("show", "-P", prop, unit).stdout.strip()
 

@@ -12,6 +12,7 @@ The full-size run is reported in docs/restarts.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -47,6 +48,13 @@ PAUSE = float(os.environ.get("CONDURE_RESTART_PAUSE", "0"))  # load alone before
 # "bind" (condure binds, the supervisor relays to the workers) or "connect"
 # (--zclient-connect: the handler binds, each worker connects to it)
 ZMQ_MODE = os.environ.get("CONDURE_RESTART_ZMQ", "bind")
+# seconds the handler is stopped (SIGSTOP) during each restart; 0: never
+HANDLER_PAUSE = float(os.environ.get("CONDURE_RESTART_HANDLER_PAUSE", "0"))
+# "during": the pause overlaps the restart; "before": it ends just as the
+# restart begins (the handler is then seconds behind)
+HANDLER_PAUSE_AT = os.environ.get("CONDURE_RESTART_HANDLER_PAUSE_AT", "during")
+# "alternate": restart, reload, restart, ...; "grouped": all restarts, then all reloads
+ORDER = os.environ.get("CONDURE_RESTART_ORDER", "alternate")
 
 
 def build_units(workdir: Path, port: int) -> dict[str, str]:
@@ -75,8 +83,9 @@ def start_handler(workdir: Path, bind: bool = False) -> subprocess.Popen:
 
 
 class Setup:
-    def __init__(self, ns: SystemdNamespace, port: int, workdir: Path) -> None:
-        self.ns, self.port, self.workdir = ns, port, workdir
+    def __init__(self, ns: SystemdNamespace, port: int, workdir: Path,
+                 handler: subprocess.Popen) -> None:
+        self.ns, self.port, self.workdir, self.handler = ns, port, workdir, handler
 
     def fd_store(self) -> int:
         return int(self.ns.show(SERVICE, "NFileDescriptorStore") or 0)
@@ -96,7 +105,7 @@ def setup(tmp_path):
         ns.systemctl("start", SOCKET)
         ns.systemctl("start", SERVICE)  # returns on READY=1
         handler = start_handler(tmp_path, bind=ZMQ_MODE == "connect")
-        yield Setup(ns, port, tmp_path)
+        yield Setup(ns, port, tmp_path, handler)
     except BaseException:
         print(ns.journal(SERVICE)[-20000:])
         raise
@@ -108,10 +117,8 @@ def setup(tmp_path):
             except subprocess.TimeoutExpired:
                 handler.kill()
                 handler.wait()
-        try:  # for a look after a failure
+        with contextlib.suppress(Exception):  # for a look after a failure
             (tmp_path / "journal.txt").write_text(ns.journal(SERVICE))
-        except Exception:  # noqa: BLE001 - systemd may be gone already
-            pass
         ns.stop()
 
 
@@ -124,26 +131,54 @@ def start_load(setup: Setup, clients: int, http_loops: int = 0,
                        http_loops, extra)
 
 
+def _operate(setup: Setup, operation: str, handler_pause: float) -> float:
+    """``systemctl OPERATION``; its duration. With ``handler_pause``, the
+    handler is stopped just before a restart and continued that many
+    seconds later, while the restart waits on it: it stops reading, then
+    catches up."""
+    started = time.monotonic()
+    if operation != "restart" or not handler_pause:
+        setup.ns.systemctl(operation, SERVICE, timeout=60)
+        return time.monotonic() - started
+    os.kill(setup.handler.pid, signal.SIGSTOP)
+    try:
+        if HANDLER_PAUSE_AT == "before":
+            time.sleep(handler_pause)
+        call = setup.ns.systemctl_async(operation, SERVICE)
+        if HANDLER_PAUSE_AT != "before":
+            time.sleep(handler_pause)
+    finally:
+        os.kill(setup.handler.pid, signal.SIGCONT)
+    _, errors = call.communicate(timeout=60)
+    assert call.returncode == 0, errors
+    return time.monotonic() - started
+
+
 def test_connections_live_through_restarts_and_reloads(setup):
     load = start_load(setup, CLIENTS, http_loops=2)
+    took: dict[str, list[float]] = {"restart": [], "reload": []}
     try:
         load.ready()
         started = time.monotonic()
-        for _ in range(CYCLES):
-            for operation in ("restart", "reload"):
-                time.sleep(PAUSE)  # the load runs on its own meanwhile
-                setup.ns.systemctl(operation, SERVICE, timeout=60)
+        operations = ["restart", "reload"] * CYCLES
+        if ORDER == "grouped":
+            operations.sort(key=("restart", "reload").index)
+        for operation in operations:
+            time.sleep(PAUSE)  # the load runs on its own meanwhile
+            took[operation].append(_operate(setup, operation, HANDLER_PAUSE))
         busy = time.monotonic() - started
         result = load.finish()
     finally:
         load.kill()
     print(f"\n{CLIENTS} clients, {CYCLES} restarts + {CYCLES} reloads in {busy:.1f} s "
-          f"({ZMQ_MODE} mode): "
+          f"({ZMQ_MODE} mode, handler paused {HANDLER_PAUSE:g} s per restart): "
           f"longest stall {result['max_stall']:.3f} s (longest gap between echoes "
           f"{result['max_echo_gap']:.3f} s, longest HTTP response "
           f"{result['http_max_time']:.3f} s); {result['sent']} messages "
           f"({result['sent'] / result['duration']:.0f}/s), "
-          f"{result['http_ok']} HTTP requests")
+          f"{result['http_ok']} HTTP requests; restarts took "
+          f"{', '.join(f'{t:.2f}' for t in took['restart'])} s, longest reload call "
+          f"{max(took['reload'], default=0):.2f} s")
     assert result["connected"] == CLIENTS
     assert result["disconnects"] == 0, result
     assert result["sent"] > CLIENTS * 10 and result["echoed"] == result["sent"], result
@@ -152,6 +187,25 @@ def test_connections_live_through_restarts_and_reloads(setup):
     journal = setup.ns.journal(SERVICE)
     adopted = [int(n) for n in re.findall(r"restart: (\d+) connections adopted, 0 lost", journal)]
     assert len(adopted) == CYCLES and min(adopted) >= CLIENTS, journal[-5000:]
+    assert "closing it" not in journal, journal[-5000:]
+    assert setup.fd_store() == 0
+
+
+def test_stop_under_load_closes_every_websocket_with_1001(setup):
+    """`systemctl stop` while CLIENTS WebSockets send at the full rate."""
+    load = start_load(setup, CLIENTS, expect_close=True)
+    try:
+        load.ready()
+        time.sleep(PAUSE)
+        started = time.monotonic()
+        setup.ns.systemctl("stop", SERVICE, timeout=60)
+        took = time.monotonic() - started
+        result = load.finish()
+    finally:
+        load.kill()
+    print(f"\nstop with {CLIENTS} clients under load took {took:.2f} s; "
+          f"close codes {result['close_codes']}")
+    assert result["close_codes"] == {"1001": CLIENTS}, result
     assert setup.fd_store() == 0
 
 
@@ -235,7 +289,7 @@ def test_killed_worker_loses_only_its_own_connections(setup):
 def test_fd_store_holds_nothing_stale_after_20_restarts(setup):
     conns = []
     try:
-        for i in range(5):
+        for _ in range(5):
             ws = WsConn.open(setup.port, "/ws")
             assert ws.read_handshake().code == 101
             conns.append(ws)
@@ -266,7 +320,7 @@ def test_listeners_condure_bound_itself_survive_restart(tmp_path):
         ns.start()
         ns.systemctl("start", SERVICE)
         handler = start_handler(tmp_path)
-        for i in range(4):
+        for _ in range(4):
             ws = WsConn.open(port, "/ws")
             conns.append(ws)
             assert ws.read_handshake().code == 101

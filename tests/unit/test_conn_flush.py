@@ -23,6 +23,7 @@ class Recorder:
         self.loop = loop
         self.timers = TimerWheel()
         self.read_size = 8192
+        self.holds_reads = False
         self.packets: list = []
         self.released = False
 

@@ -48,6 +48,7 @@ class ZmqRecorder:
     def __init__(self) -> None:
         self.first: list = []
         self.later: list = []
+        self.congested = False
 
     def send_first(self, payload: bytes) -> None:
         self.first.append(decode(payload))

@@ -286,3 +286,34 @@ def test_close_with_traffic_in_flight(start_proxy, sock, tmp_path):
     started = time.monotonic()
     proxy.close()
     assert time.monotonic() - started < 4
+
+
+def test_later_packets_back_up_to_the_workers_while_a_handler_lags(start_proxy, sock, tmp_path):
+    """Backpressure: while a handler does not read, the relay stops taking
+    the workers' packets past its high mark (docs/handover.md, "Bounded
+    backlog"), so a worker's sends are refused after a bounded number,
+    instead of the relay queueing without end; nothing is lost or
+    reordered when the handler reads again."""
+    _, spec = start_proxy(stream_maxconn=20, req_maxconn=0)  # hwm 1: marks (128, 32)
+    handler = sock(zmq.ROUTER, f"ipc://{tmp_path}/client-out-stream",
+                   ROUTING_ID=b"slow", RCVHWM=1)
+    worker = sock(zmq.PUSH, internal(spec, "-out-stream"), SNDHWM=4)
+    payload = b"x" * 4096
+    worker.send(pack_later(b"slow", b"T0" + payload))
+    assert handler.recv_multipart()[2] == b"T0" + payload  # connected, routed
+    accepted = 1
+    progress = time.monotonic()  # the last send the relay let through
+    while accepted < 3000 and time.monotonic() - progress < 0.5:
+        try:
+            worker.send(pack_later(b"slow", b"T%d" % accepted + payload), zmq.NOBLOCK)
+        except zmq.Again:
+            time.sleep(0.001)
+            continue
+        accepted += 1
+        progress = time.monotonic()
+    # Kernel buffers and ZeroMQ's pipes hold a few hundred of these; the
+    # relay's own queue at most 128. Unbounded, all 3000 went in.
+    assert accepted < 1000, accepted
+    handler.setsockopt(zmq.RCVTIMEO, 5000)
+    got = [handler.recv_multipart()[2] for _ in range(accepted - 1)]
+    assert got == [b"T%d" % i + payload for i in range(1, accepted)]
