@@ -9,6 +9,10 @@ worker, which carries on as if nothing happened.
   finish the request under way and start no new one; WebSocket sessions
   send ``handoff-start`` and wait for the handler's ``handoff-proceed``
   (within the handoff timeout), so the handler holds what it would send.
+  The handoff timeout counts the handler's silence, not the time since
+  ``handoff-start``: while the handler keeps sending (it is behind, working
+  through what was queued ahead of ``handoff-start``), a session waits on,
+  up to the drain time (``--drain-timeout``).
   Ready sessions leave in batches (at most 253 descriptors, a bounded
   message size); each socket is kept open here until the supervisor says
   the batch was taken, then our copy is closed (which sends nothing: the
@@ -86,6 +90,10 @@ class Exporter:
         self.handoff_timeout = handoff_timeout
         self.drain_deadline = drain_deadline
         self.moving: list[_Moving] = []
+        self.started = time.monotonic()
+        # The handler's last sign of life: a packet from it reached this worker.
+        self.heard = worker.handler_packets
+        self.heard_at = self.started
         self.unconfirmed: dict[int, list[socket.socket]] = {}
         self.moved = 0  # sessions the supervisor took
         self.closed = 0  # sessions that could not move and were closed politely
@@ -141,9 +149,27 @@ class Exporter:
             return
         conn.run()
 
+    def _overdue(self, item: _Moving, now: float) -> bool:
+        """Whether to give up on a session not ready by its deadline: a
+        handoff waits while the handler was heard from within the handoff
+        timeout, up to the drain deadline."""
+        if now < item.deadline:
+            return False
+        session: Session = item.conn.session
+        if not session.handoff_needs_handler:
+            return True
+        extended = min(self.heard_at + self.handoff_timeout, self.drain_deadline)
+        if now < extended:
+            item.deadline = extended
+            return False
+        return True
+
     def poll(self) -> None:
         """Export what is ready, give up on what is overdue, send batches."""
         now = time.monotonic()
+        heard = self.worker.handler_packets
+        if heard != self.heard:
+            self.heard, self.heard_at = heard, now
         texts: list[str] = []
         socks: list[socket.socket] = []
         size = 0
@@ -162,7 +188,7 @@ class Exporter:
                 conn.fail("preparing a handover")
                 continue
             if record is None:
-                if now >= item.deadline:
+                if self._overdue(item, now):
                     log.info("%s: cannot move (%s); closing it", describe(conn),
                              "no handoff-proceed in time" if session.handoff_needs_handler
                              else "request still under way")

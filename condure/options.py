@@ -116,12 +116,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS", default="30",
     ),
     Option(
-        "--handoff-timeout", UINT, "Seconds a handler has to answer handoff-start",
+        "--handoff-timeout", UINT, "Seconds of handler silence a handoff waits through",
         "When a live session moves to another process (SIGHUP, or a restart "
         "through systemd's fd store), condure sends its handler handoff-start "
-        "and waits this long for handoff-proceed; a session whose handler "
-        "does not answer is closed politely instead (WebSocket close 1012). "
-        "See docs/handover.md. Not a Condure option.",
+        "and waits for handoff-proceed while the handler keeps sending (it is "
+        "behind, not gone), up to --drain-timeout; once nothing came from the "
+        "handler for this long, a session not answered is closed politely "
+        "instead (WebSocket close 1012). See docs/handover.md. Not a Condure "
+        "option.",
         metavar="SECONDS", default="5",
     ),
     Option(

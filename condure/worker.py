@@ -72,6 +72,7 @@ class Worker(Slots):
         # Listening sockets handed over by the supervisor; None: bind our own.
         self.given_listeners = listen_socks
         self.requests = 0  # request packets sent, for the supervisor's stats
+        self.handler_packets = 0  # packets received from handlers (a handover's sign of life)
         self.loop = loop
         # Our ZHTTP "from" and SUB prefix: --id, or --id.<index> with workers.
         self.instance_id = (address if address is not None else config.id).encode()
@@ -402,6 +403,7 @@ class Worker(Slots):
             log.debug("no handler address for %r, packet dropped", packet.ids)
 
     def on_message(self, payload: bytes) -> None:
+        self.handler_packets += 1
         if self.trace:
             log.log(TRACE, "IN %r", payload)
         try:

@@ -298,6 +298,44 @@ def test_handler_silent_on_handoff_start_gets_1012_and_cancel(start, tmp_path):
     assert_no_complaints(condure)
 
 
+def test_handler_behind_but_sending_is_waited_for_and_the_session_moves(start, tmp_path):
+    """The handoff timeout counts the handler's silence: a handler that
+    answers ``handoff-start`` late, but keeps sending meanwhile (it is
+    working through a backlog), gets its session moved, not closed."""
+    condure = start("--handoff-timeout", "1")
+    h = procs.start_handler(condure.base, tmp_path, sub_prefix="condure", name="scripted")
+    try:
+        ws = wc.WsConn.open(condure.port, "/ws")
+        with ws:
+            req, _ = accept(h, ws, credits=100000)
+            condure.proc.popen.send_signal(signal.SIGHUP)
+            start_pkt = recv(h, timeout=15)
+            assert (start_pkt.type, start_pkt.id) == ("handoff-start", req.id), start_pkt
+            t0 = time.monotonic()
+            sent = 0
+            while time.monotonic() - t0 < 2.5:  # 2.5 times the handoff timeout
+                h.body(req, b"late %d" % sent)
+                op, payload, _ = ws.read_message(timeout=5)
+                assert (op, payload) == (wc.OP_TEXT, b"late %d" % sent)
+                sent += 1
+                time.sleep(0.2)
+            h.send(req, type="handoff-proceed")
+            condure.wait_log(lambda: condure.handovers() == [(1, 0, 0)])
+            # the new worker has it: a client message reaches the handler,
+            # the answer reaches the client
+            ws.send_text(b"after")
+            data = recv(h, timeout=10)
+            while data.type == "credit":  # owed for what the client was sent
+                data = recv(h, timeout=10)
+            assert (data.id, data.body) == (req.id, b"after"), data
+            h.body(req, b"answer")
+            assert ws.read_message(timeout=5)[:2] == (wc.OP_TEXT, b"answer")
+        assert not [line for line in condure.log().splitlines() if "cannot move" in line]
+    finally:
+        h.close()
+    assert_no_complaints(condure)
+
+
 def tls_identity(directory: Path) -> object:
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
