@@ -41,7 +41,7 @@ SOCKET = "condure.socket"
 # suite stays quick on two cores; override with CONDURE_RESTART_CLIENTS.
 CLIENTS = int(os.environ.get("CONDURE_RESTART_CLIENTS", "100"))
 CYCLES = int(os.environ.get("CONDURE_RESTART_CYCLES", "5"))
-HANDOFF_TIMEOUT = os.environ.get("CONDURE_RESTART_HANDOFF_TIMEOUT", "3")
+HANDOFF_TIMEOUT = os.environ.get("CONDURE_RESTART_HANDOFF_TIMEOUT", "5")
 INTERVAL = os.environ.get("CONDURE_RESTART_INTERVAL", "0.05")  # seconds between messages
 FINAL_WAIT = os.environ.get("CONDURE_RESTART_FINAL_WAIT", "2")  # for echoes still on their way
 PAUSE = float(os.environ.get("CONDURE_RESTART_PAUSE", "0"))  # load alone before each operation
@@ -155,23 +155,34 @@ def _operate(setup: Setup, operation: str, handler_pause: float) -> float:
 
 
 def test_connections_live_through_restarts_and_reloads(setup):
+    _live_through(setup, CYCLES, HANDLER_PAUSE)
+
+
+def test_restarts_wait_for_a_handler_that_pauses(setup):
+    """The handler stops reading for 3 s in the middle of each restart
+    (SIGSTOP, then SIGCONT): the handoff waits for it (its silence is
+    shorter than --handoff-timeout) and nothing is closed or lost."""
+    _live_through(setup, 2, 3.0)
+
+
+def _live_through(setup: Setup, cycles: int, handler_pause: float) -> None:
     load = start_load(setup, CLIENTS, http_loops=2)
     took: dict[str, list[float]] = {"restart": [], "reload": []}
     try:
         load.ready()
         started = time.monotonic()
-        operations = ["restart", "reload"] * CYCLES
+        operations = ["restart", "reload"] * cycles
         if ORDER == "grouped":
             operations.sort(key=("restart", "reload").index)
         for operation in operations:
             time.sleep(PAUSE)  # the load runs on its own meanwhile
-            took[operation].append(_operate(setup, operation, HANDLER_PAUSE))
+            took[operation].append(_operate(setup, operation, handler_pause))
         busy = time.monotonic() - started
         result = load.finish()
     finally:
         load.kill()
-    print(f"\n{CLIENTS} clients, {CYCLES} restarts + {CYCLES} reloads in {busy:.1f} s "
-          f"({ZMQ_MODE} mode, handler paused {HANDLER_PAUSE:g} s per restart): "
+    print(f"\n{CLIENTS} clients, {cycles} restarts + {cycles} reloads in {busy:.1f} s "
+          f"({ZMQ_MODE} mode, handler paused {handler_pause:g} s per restart): "
           f"longest stall {result['max_stall']:.3f} s (longest gap between echoes "
           f"{result['max_echo_gap']:.3f} s, longest HTTP response "
           f"{result['http_max_time']:.3f} s); {result['sent']} messages "
@@ -186,7 +197,7 @@ def test_connections_live_through_restarts_and_reloads(setup):
     assert result["http_ok"] > 0 and result["http_failed"] == 0, result
     journal = setup.ns.journal(SERVICE)
     adopted = [int(n) for n in re.findall(r"restart: (\d+) connections adopted, 0 lost", journal)]
-    assert len(adopted) == CYCLES and min(adopted) >= CLIENTS, journal[-5000:]
+    assert len(adopted) == cycles and min(adopted) >= CLIENTS, journal[-5000:]
     assert "closing it" not in journal, journal[-5000:]
     assert setup.fd_store() == 0
 
