@@ -38,7 +38,7 @@ from condure.net.zmqclient import ClientSockets
 from condure.session.client_kinds import stream_session
 from condure.session.client_req import ClientReqSession
 from condure.session.outbound import first_packet_problem
-from condure.zhttp import PacketError, decode, encode
+from condure.zhttp import PacketError, UnknownType, decode, encode
 from condure.zhttp.packets import Cancel, Data, Error, Ident, KeepAlive, Packet
 
 log = logging.getLogger("condure.outbound")
@@ -173,8 +173,20 @@ class Clients:
         conn.run()
 
     def on_later(self, payload: bytes) -> None:
-        packet = self._decode(payload)
-        if packet is None:
+        if self.trace:
+            log.log(TRACE, "IN %r", payload)
+        try:
+            packet = decode(payload)
+        except UnknownType as e:
+            # As in the server role (reference 4.5): the sessions it names end.
+            log.debug("handler packet of unknown type for %d session(s): %s", len(e.ids), e)
+            for ident in e.ids:
+                conn = self.streams.get((e.from_, ident.id))
+                if conn is not None:
+                    conn.abort_unknown(str(e))
+            return
+        except PacketError as e:
+            log.debug("dropping a handler packet: %s", e)
             return
         now = time.monotonic()
         for ident in packet.ids:

@@ -188,6 +188,17 @@ class ClientConn:
             return
         self.run()
 
+    def abort_unknown(self, reason: str) -> None:
+        """A handler packet of an unknown type for this exchange."""
+        if self.closed:
+            return
+        try:
+            self.session.abort_unknown(reason)
+        except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
+            self.fail("ending it on an unknown packet type")
+            return
+        self.run()
+
     def on_timer(self) -> None:
         if self.closed:
             return

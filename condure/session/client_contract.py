@@ -151,6 +151,10 @@ class ClientSession(Protocol):
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         """A handler packet for this session (stream mode)."""
 
+    def abort_unknown(self, reason: str) -> None:
+        """The handler sent a packet of a type ZHTTP does not have: the
+        exchange ends as for any unexpected packet (stream mode)."""
+
     def output_flushed(self, now: float) -> None:
         """Everything written to the origin reached the kernel."""
 

@@ -64,6 +64,9 @@ class ClientReqSession(OriginExchange):
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         """Req mode has no later packets."""
 
+    def abort_unknown(self, reason: str) -> None:
+        """Req mode has no later packets."""
+
     def output_flushed(self, now: float) -> None:
         """Nothing waits for a flush in req mode."""
 

@@ -16,8 +16,8 @@ The response head:
   extension answer (at most one ``permessage-deflate``, only when offered,
   ``client_max_window_bits`` absent or 15; no other extension) opens the
   session: one data packet to the handler with ``code``, ``reason``,
-  ``headers``, no ``more``, and ``credits`` = the buffer size (three
-  quarters with compression, reference 10.3). A wrong accept value or
+  ``headers``, no ``more``, and ``credits`` = the window (three quarters
+  with compression, reference 10.3; see below). A wrong accept value or
   extension answer is ``error`` ``undefined-condition``.
 - Any other code is ``error`` ``rejected`` with ``code``, ``reason``,
   ``headers`` and the body (framed as reference 6.8, read to its end or to
@@ -36,6 +36,31 @@ A close frame from either side is relayed, never answered by condure; the
 connection ends once both sides have sent one. Failures before the 101
 are ``error`` packets with a condition, after it ``cancel``; a protocol
 error from the origin also sends it a close frame (1002 or 1007).
+
+The window (a difference from Condure 1.10, which uses the buffer size
+for both): the handler is offered ``window`` = ``max(buffer_size,
+WINDOW)`` credits (just over 256 KiB by default; three quarters with
+compression), and each origin message goes to the handler as one packet
+when the handler's credits and the window allow: its payload is held until
+the message is complete, or until it fills the handler's credits or the
+window, whichever comes first (then that much goes as a piece with
+``more``). A control frame in the middle of a fragmented message sends the
+part held so far first, so payload and control packets keep the origin's
+order. Memory per connection stays bounded by the window both ways.
+
+Pushpin's proxy (1.36) needs both. It reads a peer's next frame only after
+a write that leaves it credits, so a credit grant that exactly covers the
+rest of a frame it holds leaves it idle for good (docs/pushpin.md). With
+the buffer size as window, and messages in several packets, such exact
+grants are common. The proxy's limit towards this session is the window
+plus every byte returned so far, that is the window plus a position in
+the stream it sends, and the frames of that stream come from the listening
+condure in packets of its buffer size (a power of two) or cut at the
+200,000 credits the proxy gives it. A window that is a multiple of such a
+size, or 200,000 itself (zurl's), keeps putting the limit exactly on a
+frame's end: messages from 256 KiB up stalled now and then in tests. So
+``WINDOW`` is 2**18 + 5: odd, and three quarters of it too, and more than
+the 200,000 bytes the listening condure may send in one burst.
 
 The permessage-deflate roles are mirrored: the server session's
 "client" parameters describe the peer. Here the peer is the origin, so
@@ -61,6 +86,7 @@ from condure.session.states import CLOSED as WS_CLOSED
 from condure.session.states import OPEN, Phase
 from condure.session.ws_frames import (
     CLOSE,
+    CONTROL_OPCODES,
     PING,
     PONG,
     close_payload,
@@ -69,7 +95,7 @@ from condure.session.ws_frames import (
     parse_origin_header,
 )
 from condure.session.ws_handshake import Deflate, accept_value, parse_extensions
-from condure.session.ws_input import ClientInput
+from condure.session.ws_input import ClientInput, Owner
 from condure.session.ws_output import HandlerOutput, OutputError
 from condure.zhttp.packets import (
     Cancel,
@@ -89,6 +115,7 @@ from condure.zhttp.packets import Close as ClosePacket
 __all__ = ["ClientWsSession", "origin_deflate"]
 
 MESSAGES_MAX = 100  # handler messages pending before a flush (as --messages-max)
+WINDOW = 2**18 + 5  # least credits offered, largest packet sent to the handler
 
 
 def origin_deflate(values: list[bytes], offered: bool) -> Deflate | None:
@@ -130,13 +157,45 @@ def origin_deflate(values: list[bytes], offered: bool) -> Deflate | None:
 
 class OriginInput(ClientInput):
     """Origin frames to handler packets: :class:`ClientInput` with frames
-    that come unmasked (a masked one fails the connection)."""
+    that come unmasked (a masked one fails the connection), each message
+    held back until it can go as one packet (see the module docstring).
+    Its ``buffer_size`` is the session's window: the largest packet."""
 
-    __slots__ = ()
+    __slots__ = ("cut",)
 
     # The rest of frame reading is ClientInput's: an empty mask unmasks
     # nothing.
     read_header = staticmethod(parse_origin_header)
+
+    def __init__(self, window: int, deflate: Deflate | None, leftover: bytes) -> None:
+        super().__init__(window, 0, deflate, leftover)
+        self.cut = False  # send what is held now: a control frame comes next
+
+    def _forward(self, s: Owner) -> bool:
+        if (self.msg_opcode and not self.msg_done and not self.cut
+                and len(self.pending) < min(self.credits, self.buffer_size)):
+            return False  # the message is not complete and there is room for more
+        if not super()._forward(s):
+            return False
+        self.cut = False
+        return True
+
+    def _parse(self, s: Owner) -> bool:
+        if len(self.pending) >= min(self.credits, self.buffer_size):
+            return False  # a packet's worth is held: it goes first (or waits for credits)
+        if self.pending and self.frame is None and self._control_next():
+            self.cut = True
+            return True
+        return super()._parse(s)
+
+    def _control_next(self) -> bool:
+        """A control frame's header is next (between two frames of a
+        message, not inside a compressed one's inflation)."""
+        inflater = self.inflater
+        if self.msg_compressed and inflater is not None and not inflater.idle:
+            return False
+        hdr = self.read_header(self.inbuf, rsv1_allowed=inflater is not None)
+        return hdr is not None and hdr.opcode in CONTROL_OPCODES
 
 
 class _Owner:
@@ -175,16 +234,17 @@ class ClientWsSession(ClientHttpSession):
     def __init__(self, packet: Data, *, instance_id: bytes, now: float,
                  buffer_size: int = 8192, stream_timeout: float = 1800.0,
                  compression: bool = False, messages_max: int = MESSAGES_MAX,
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+                 random: Callable[[int], bytes] = os.urandom, window: int = WINDOW) -> None:
         self.random = random
         self.compression = compression
         self.messages_max = messages_max
+        self.window = max(buffer_size, window)  # see the module docstring
         self.key = b""
         self.open = False  # the 101 went to the handler
         self.rejected_body = bytearray()  # a non-101 answer's body, read so far
-        self.input = OriginInput(buffer_size, 0, None, b"")
+        self.input = OriginInput(self.window, None, b"")
         self.input.credits = packet.credits
-        self.output = HandlerOutput(buffer_size, None, messages_max)
+        self.output = HandlerOutput(self.window, None, messages_max)
         self.owner = _Owner(self)
         super().__init__(packet, instance_id=instance_id, now=now, buffer_size=buffer_size,
                          stream_timeout=stream_timeout)
@@ -316,10 +376,10 @@ class ClientWsSession(ClientHttpSession):
             self._fail(Condition.UNDEFINED, f"bad Sec-WebSocket-Extensions: {e}")
             return
         credits = self.input.credits
-        self.input = OriginInput(self.buffer_size, 0, deflate, bytes(self.reader.buf))
+        self.input = OriginInput(self.window, deflate, bytes(self.reader.buf))
         self.input.credits = credits
         self.reader.buf.clear()
-        self.output = HandlerOutput(self.buffer_size, deflate, self.messages_max)
+        self.output = HandlerOutput(self.window, deflate, self.messages_max)
         self.open = True
         self._send(Data, code=head.code, reason=head.reason, headers=head.headers or None,
                    credits=self.output.limit)

@@ -27,6 +27,7 @@ import threading
 
 import pytest
 
+from condure.zhttp import tnetstring
 from condure.zhttp.packets import Close, Credit, Data, Error, Ident, KeepAlive
 from tests.harness import procs
 from tests.harness.client_origin import Origin, Request, ok
@@ -371,3 +372,26 @@ def test_one_process_serves_both_roles(condure, tmp_path):
             assert response(handler, b"both")[1] == b"GET /out got 0 bytes: "
     finally:
         server_handler.close()
+
+
+def test_a_later_packet_of_unknown_type_ends_the_exchange(condure):
+    """As in the server role (reference 4.5): the session it names ends,
+    its origin connection is closed, the handler is sent nothing."""
+    _proc, handler = condure
+    ws = WsOrigin()
+    try:
+        rid = b"ws-unknown"
+        alive = started(handler, rid, f"ws://127.0.0.1:{ws.port}/u", credits=1000)
+        head = handler.next(rid)
+        assert isinstance(head, Data) and head.code == 101, head
+        bogus = b"T" + tnetstring.dumps({b"from": HANDLER, b"id": rid, b"seq": 1,
+                                        b"type": b"bogus"})
+        handler.router.send_multipart([alive.from_, b"", bogus])
+        assert ws.done.wait(WAIT), "the origin connection stayed open"
+        assert ws.closes == [1006]  # dropped, no close frame: a handler-caused end
+        # nothing for the handler, and the session is gone: a later data
+        # packet is ignored
+        handler.later(alive.from_, Data(from_=HANDLER, ids=(Ident(rid, 2),), body=b"x"))
+        assert not handler.sub.poll(500), handler.sub.recv()
+    finally:
+        ws.close()

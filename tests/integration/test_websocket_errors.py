@@ -210,11 +210,22 @@ def test_upgrade_with_content_length_zero_accepted(srv):
     expect_packet(h, body=b"ok")
 
 
-def test_upgrade_header_not_lowercase_is_plain_http(srv):
-    h, c = srv.handler, srv.conn()
+def test_upgrade_header_not_lowercase(srv):
+    """``Upgrade: WebSocket``: a handshake for us (RFC 6455 4.2.1, see
+    docs/differences-from-condure.md), plain HTTP for Condure."""
+    h, c = srv.handler, wc.WsConn(srv.port)
+    srv.conns.append(c)
     c.send(request("GET", "/x", flows.HOST + [("Upgrade", "WebSocket"),
-                                              ("Connection", "Upgrade")]))
+                                              ("Connection", "Upgrade"),
+                                              ("Sec-WebSocket-Version", "13"),
+                                              ("Sec-WebSocket-Key", wc.SAMPLE_KEY)]))
     req = recv(h)
+    if IMPL == "ours":
+        assert req["uri"] == b"ws://example.com/x", req
+        accept(h, c, req=req)
+        c.send_text("ok")
+        expect_packet(h, body=b"ok")
+        return
     assert req["uri"] == b"http://example.com/x" and req["stream"] is True
     h.reply(req, body=b"plain")
     assert c.read_response().body == b"plain"

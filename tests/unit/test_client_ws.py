@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from condure.session.client_kinds import stream_session
-from condure.session.client_ws import ClientWsSession
+from condure.session.client_ws import WINDOW, ClientWsSession
 from condure.session.ws_frames import (
     BINARY,
     CLOSE,
@@ -62,10 +62,10 @@ class Counting:
 
 
 def session(packet: Data | None = None, *, compression: bool = False,
-            buffer_size: int = 8192, **kw: object) -> ClientDriver:
+            buffer_size: int = 8192, window: int = WINDOW, **kw: object) -> ClientDriver:
     s = ClientWsSession(packet or first(URI, method=None, credits=1000), instance_id=INSTANCE,
                         now=START, buffer_size=buffer_size, compression=compression,
-                        random=Counting())
+                        random=Counting(), window=window)
     return ClientDriver(s, **kw)  # type: ignore[arg-type]
 
 
@@ -151,23 +151,37 @@ def test_switching_protocols_opens_the_session() -> None:
     d.new_packets()
     d.origin(switching(extra=b"Sec-WebSocket-Protocol: chat\r\n"))
     (packet,) = d.new_packets()
+    # credits: the window, 2**18 + 5 (Condure 1.10: --buffer-size)
     assert encode(packet) == (
-        b"T293:4:from,7:condure,2:id,5:req-1,3:seq,1:1#3:ext,15:5:multi,4:true!}"
+        b"T295:4:from,7:condure,2:id,5:req-1,3:seq,1:1#3:ext,15:5:multi,4:true!}"
         b"4:code,3:101#6:reason,19:Switching Protocols,7:headers,151:"
         b"22:7:Upgrade,9:websocket,]24:10:Connection,7:Upgrade,]"
         b"56:20:Sec-WebSocket-Accept,28:Bz3qJYTGdOe8gUSpLosEdiLKDrk=,]"
-        b"33:22:Sec-WebSocket-Protocol,4:chat,]]7:credits,4:8192#}")
+        b"33:22:Sec-WebSocket-Protocol,4:chat,]]7:credits,6:262149#}")
     assert not d.closed and d.session.wants_read and not d.releases
 
 
+@pytest.mark.parametrize(("buffer_size", "window", "credits"), [
+    (8192, WINDOW, 262_149), (300_000, WINDOW, 300_000), (256, 256, 256), (8192, 256, 8192)])
+def test_the_window_is_the_larger_of_the_buffer_and_window(
+        buffer_size: int, window: int, credits: int) -> None:
+    d = opened(buffer_size=buffer_size, window=window)
+    assert d.session.output.credits == credits
+    d.handler(Data, body=b"x" * credits)  # the whole window at once is fine
+    assert len(client_frames(d.new_written())[0][4]) == credits
+    assert not d.new_packets() and not d.closed
+
+
 def test_compression_credits_are_three_quarters() -> None:
-    d = session(compression=True)
+    d = session(compression=True, window=8192)
     d.connect()
     d.new_packets()
     d.origin(switching(extra=b"Sec-WebSocket-Extensions: permessage-deflate; "
                        b"client_max_window_bits=15; server_no_context_takeover\r\n"))
     (packet,) = d.new_packets()
     assert packet.code == 101 and packet.credits == 6144
+    d = opened(compression=True)
+    assert d.session.output.credits == 196_611
 
 
 def test_bad_accept_is_undefined_condition() -> None:
@@ -288,9 +302,10 @@ def test_fragmented_handler_message() -> None:
     assert frames[0][3] != frames[1][3]
 
 
-def test_handler_beyond_its_credits_is_cancelled() -> None:
-    d = opened(buffer_size=256)
-    d.handler(Data, body=b"x" * 257)
+@pytest.mark.parametrize(("buffer_size", "window"), [(256, 256), (8192, WINDOW)])
+def test_handler_beyond_its_credits_is_cancelled(buffer_size: int, window: int) -> None:
+    d = opened(buffer_size=buffer_size, window=window)
+    d.handler(Data, body=b"x" * (max(buffer_size, window) + 1))
     assert summary(d.new_packets()) == [("cancel",)] and d.closed
 
 
@@ -303,11 +318,54 @@ def test_origin_messages_within_credits() -> None:
     assert summary(d.new_packets()) == [("data", b"text", b"abcdefghij", False),
                                         ("data", b"binary", b"\x00\x01", False)]
     d.handler(Data, credits=100)  # credits in a data packet count too
+    # a fragmented message goes as one packet when the credits allow
     d.origin(frame(TEXT, b"frag", fin=False) + frame(CONT, b"", fin=False)
              + frame(CONT, b"ment") + frame(TEXT, b""))
-    assert summary(d.new_packets()) == [("data", b"text", b"frag", True),
-                                        ("data", b"text", b"ment", False),
+    assert summary(d.new_packets()) == [("data", b"text", b"fragment", False),
                                         ("data", b"text", b"", False)]
+
+
+def test_origin_message_held_until_complete() -> None:
+    """Each origin message is one packet when credits and window allow,
+    whatever the reads (pushpin-proxy 1.36 then never has to split it)."""
+    d = opened(first(URI, method=None, credits=WINDOW))
+    d.read_size = 8192
+    blob = bytes(range(256)) * 256  # 64 KiB, eight reads and more
+    d.origin(frame(BINARY, blob))
+    assert summary(d.new_packets()) == [("data", b"binary", blob, False)]
+    parts = [bytes([i]) * 10000 for i in range(5)]
+    d.origin(b"".join(frame(BINARY if i == 0 else CONT, part, fin=i == 4)
+                      for i, part in enumerate(parts)))
+    assert summary(d.new_packets()) == [("data", b"binary", b"".join(parts), False)]
+
+
+def test_origin_message_beyond_the_credits_or_window_goes_in_pieces() -> None:
+    d = opened(first(URI, method=None, credits=1000), buffer_size=256, window=300)
+    d.read_size = 100
+    whole = frame(TEXT, b"a" * 700)
+    d.origin(whole[:200])
+    assert not d.new_packets() and d.session.wants_read  # held, reading on
+    d.origin(whole[200:])  # pieces of the window
+    assert summary(d.new_packets()) == [("data", b"text", b"a" * 300, True),
+                                        ("data", b"text", b"a" * 300, True),
+                                        ("data", b"text", b"a" * 100, False)]
+    d.origin(frame(TEXT, b"c" * 500))  # 300 credits left: a piece of 300
+    assert summary(d.new_packets()) == [("data", b"text", b"c" * 300, True)]
+    assert not d.session.wants_read  # no credits: nothing more is read
+    d.credit(100)
+    assert summary(d.new_packets()) == [("data", b"text", b"c" * 100, True)]
+    d.credit(1000)
+    assert summary(d.new_packets()) == [("data", b"text", b"c" * 100, False)]
+    assert d.session.input.credits == 900
+
+
+def test_control_frame_inside_a_held_message_keeps_its_place() -> None:
+    d = opened()
+    d.origin(frame(TEXT, b"fr", fin=False) + frame(PING, b"p") + frame(CONT, b"ag")
+             + frame(TEXT, b"x", fin=False) + frame(CLOSE, b""))
+    assert summary(d.new_packets()) == [("data", b"text", b"fr", True), ("ping", b"p"),
+                                        ("data", b"text", b"ag", False),
+                                        ("data", b"text", b"x", True), ("close", None, b"")]
 
 
 def test_origin_control_frames() -> None:
@@ -456,8 +514,8 @@ ORIGIN_BYTES = (switching() + frame(TEXT, b"hello") + frame(BINARY, b"\x00" * 60
                 + frame(CLOSE, struct.pack("!H", 1000) + b"done"))
 
 
-def run_split(cuts: list[int], credits: int) -> list[tuple[object, ...]]:
-    d = session(first(URI, method=None, credits=credits), buffer_size=256)
+def run_split(cuts: list[int], credits: int, window: int = 256) -> list[tuple[object, ...]]:
+    d = session(first(URI, method=None, credits=credits), buffer_size=256, window=window)
     d.connect()
     d.new_packets()
     points = sorted({0, len(ORIGIN_BYTES), *(c % (len(ORIGIN_BYTES) + 1) for c in cuts)})
@@ -481,6 +539,9 @@ def test_any_split_of_the_origin_bytes_gives_the_same_messages(cuts: list[int]) 
     # control packets and their order do not.
     assert messages(run_split(cuts, 10000)) == messages(EXPECTED)
     assert messages(run_split(cuts, 7)) == messages(EXPECTED)
+    assert messages(run_split(cuts, 7, WINDOW)) == messages(EXPECTED)
+    # with room in the credits and the window, each message is one packet
+    assert run_split(cuts, 10000, WINDOW) == messages(EXPECTED)
 
 
 def messages(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
@@ -498,4 +559,5 @@ def test_the_split_reference() -> None:
         ("data", None, b"", False), ("data", b"text", b"hello", False),
         ("data", b"binary", b"\x00" * 600, False),
         ("ping", b"p"), ("data", b"text", b"frag", False), ("close", 1000, b"done")]
+    # a window of 256 bytes: the 600-byte message goes in pieces of 256
     assert [len(r[2]) for r in EXPECTED[2:5]] == [256, 256, 88]  # type: ignore[arg-type]
