@@ -69,7 +69,7 @@ class WorkerProcess:
         # Unanswered requests are counted in stats; the supervisor logs them.
         self.worker = Worker(self.config, self.loop, self.index, listen_socks=self.listen_socks,
                              address=spec.get("address"), zmq_spec=spec.get("zmq"),
-                             first_id=(self.generation & 0xFFFF) << 32, log_unanswered=False)
+                             first_id=first_id(self.generation), log_unanswered=False)
         self.stop_request: asyncio.Future[tuple[bool, float, float | None]] = \
             self.loop.create_future()
         self.stats_handle: asyncio.TimerHandle | None = None
@@ -248,6 +248,14 @@ class WorkerProcess:
                 await asyncio.wait_for(self._fast.wait(), DRAIN_SWEEP)
             except TimeoutError:
                 pass
+
+
+def first_id(generation: int) -> int:
+    """Where a worker's id counter starts: its generation (all of it: the
+    supervisor's random start and the spawn count) above 32 bits of
+    sessions, so that no worker makes an id another one made, in this run
+    or before a restart (adopted sessions keep theirs)."""
+    return generation << 32
 
 
 def main() -> int:

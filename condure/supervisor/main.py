@@ -89,9 +89,10 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         self.notify = Notifier()
         self.signals: deque[int] = deque()
         self.state = State(slots=[None] * self.n)
-        # Worker ids embed the generation: start somewhere new each run, so
-        # ids of connections adopted across a restart are not made again.
-        self.generation = int.from_bytes(os.urandom(2), "big") << 8
+        # Worker ids embed the generation: start somewhere new each run (32
+        # random bits, room for 256 workers after them), so ids of
+        # connections adopted across a restart are not made again.
+        self.generation = int.from_bytes(os.urandom(4), "big") << 8
         self.store_id = (os.environ.get("INVOCATION_ID", "")[:16]
                          or f"{os.getpid()}-{int(time.time())}")
         self.moves = moves.Moves(self._send_to)
