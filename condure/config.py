@@ -83,6 +83,7 @@ class Config:
     accept_mode: str = "auto"
     drain_timeout: int = 30
     handoff_timeout: int = 5
+    worker_timeout: int = 20
     pid_file: str | None = None
 
     def __post_init__(self) -> None:

@@ -127,6 +127,16 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS", default="5",
     ),
     Option(
+        "--worker-timeout", UINT, "Seconds a worker may go without answering",
+        "Each worker reports to the supervisor every second. One that has "
+        "said nothing for this long (stuck in a loop, blocked, stopped) has "
+        "its Python stacks written to the log, is killed and replaced; while "
+        "a worker is silent the systemd watchdog is not pinged. Workers that "
+        "are stopping or handing over are bounded by --drain-timeout instead. "
+        "0 turns the check off. See docs/operations.md. Not a Condure option.",
+        metavar="SECONDS", default="20",
+    ),
+    Option(
         "--pid-file", PATH, "Write the supervisor's pid to this file",
         "Write the supervisor's process id to this file at start and remove "
         "it at exit. Not a Condure option.",

@@ -26,6 +26,7 @@ process group; the supervisor decides); SIGTERM stops gracefully.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -259,6 +260,9 @@ def first_id(generation: int) -> int:
 
 
 def main() -> int:
+    # A worker the supervisor finds hung gets SIGABRT: its stacks go to stderr
+    # (the journal under systemd) before it ends.
+    faulthandler.enable(all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     text = os.environ.pop(control.SPEC_VARIABLE, None)

@@ -32,6 +32,8 @@ class Child:
     stop_deadline: float | None = None
     graceful: bool = True
     handover_to: Child | None = None  # a reload's successor, taking the sessions
+    heard_at: float = 0.0  # its last message (stats come every second)
+    hung_since: float | None = None  # found silent: asked for its stacks, then killed
 
     @property
     def pid(self) -> int:

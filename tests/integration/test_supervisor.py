@@ -4,6 +4,7 @@ graceful and fast stops, boot failure, pid file."""
 from __future__ import annotations
 
 import os
+import re
 import queue
 import signal
 import socket
@@ -232,6 +233,47 @@ def test_killed_worker_is_respawned_and_others_keep_serving(start, handler):
         if seen == set(owner.values()):
             break
     assert seen == set(owner.values())
+    for conn in conns:
+        conn.close()
+
+
+def test_a_stopped_worker_is_found_hung_and_replaced(start, handler):
+    """--worker-timeout: a worker that stops answering (SIGSTOP here) has
+    its stacks logged and is replaced; the other worker's connections
+    carry on."""
+    proc = start("--worker-timeout", "2", workers=2)
+    conns, owner = [], {}
+    while len(set(owner.values())) < 2:
+        assert len(conns) < 64, "connections all went to one worker"
+        conn = Conn(proc.port)
+        owner[conn] = get(conn)
+        conns.append(conn)
+    victim = min(children(proc.pid))
+    proc.notify.messages.clear()
+    os.kill(victim, signal.SIGSTOP)
+    proc.notify.wait(lambda m: "STATUS=workers 1/2" in m, timeout=15)
+    proc.notify.messages.clear()
+    proc.notify.wait(lambda m: "STATUS=workers 2/2" in m, timeout=30)
+    assert victim not in children(proc.pid) and len(children(proc.pid)) == 2
+    log = proc.output()
+    assert re.search(rf"worker \d \(pid {victim}\) has not answered for \d+s; its stacks "
+                     "follow", log), log[-3000:]
+    assert "Fatal Python error: Aborted" in log and "most recent call first" in log, log[-3000:]
+    survivors = 0
+    for conn in conns:
+        try:
+            get(conn)
+            survivors += 1
+        except (AssertionError, OSError):
+            pass
+    assert 0 < survivors < len(conns)
+    seen = set()
+    for _ in range(64):  # both workers serve new connections
+        with Conn(proc.port) as conn:
+            seen.add(get(conn))
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2
     for conn in conns:
         conn.close()
 
