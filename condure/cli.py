@@ -64,11 +64,17 @@ def _help_line(opt: Option) -> str:
     return text.replace("%", "%%")
 
 
+CTL_EPILOG = ("condure ctl [--socket PATH | --id ID] [--json] COMMAND: ask a running "
+              "condure (status, connections, stacks, log-level, reload); see "
+              "condure ctl --help.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="condure",
         usage="condure [OPTIONS]",
         description=DESCRIPTION,
+        epilog=CTL_EPILOG,
         add_help=False,
         allow_abbrev=False,
     )
@@ -181,6 +187,9 @@ def parse_args(argv: Sequence[str]) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if argv[:1] == ["ctl"]:  # the control client, a small parser of its own
+        from condure import ctl
+        return ctl.main(argv[1:])
     try:
         config, _ = parse(argv)
     except SystemExit as e:

@@ -69,6 +69,9 @@ class Config:
     max_message_size: int = 0
     req_timeout: int = 30
     stream_timeout: int = 1800
+    head_timeout: int = 10
+    body_min_rate: int = 1024
+    max_conns_per_ip: int = 0
     listen: tuple[ListenSpec, ...] = field(default_factory=lambda: (ListenSpec(),))
     zclient_req: tuple[str, ...] = ("ipc://client",)
     zclient_stream: tuple[str, ...] = ("ipc://client",)
@@ -85,6 +88,7 @@ class Config:
     handoff_timeout: int = 5
     worker_timeout: int = 20
     pid_file: str | None = None
+    control_socket: str | None = None  # None: condure-<id>.ctl in the runtime dir; "": none
 
     def __post_init__(self) -> None:
         if self.accept_mode not in ACCEPT_MODES:

@@ -252,7 +252,7 @@ def adopt(worker: Worker, texts: list[object], fds: list[int]) -> tuple[int, int
     settings = Settings(
         buffer_size=config.buffer_size, stream_timeout=float(config.stream_timeout),
         compression=config.compression, messages_max=config.messages_max,
-        max_message_size=config.max_message_size)
+        max_message_size=config.max_message_size, read_limits=worker.conn_limits.read)
     for text, fd in zip(texts, fds, strict=False):
         sock = socket.socket(fileno=fd)
         if worker.is_stopping:

@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 from condure import __version__
+from condure.ctl import COMMANDS as CTL_COMMANDS
 from condure.options import DEFAULT_LISTEN, LISTEN_PARAMS, OPTIONS, PATH, ListenParam, Option
 
 # The date in the title line: update it when the page's content changes in a
@@ -214,6 +215,25 @@ FILES = [
                                    "name NAME, DIR being `--tls-identities-dir`."),
 ]
 
+CONTROL = (
+    "The supervisor serves a Unix stream socket, `--control-socket` (by default "
+    "`condure-ID.ctl` in `$RUNTIME_DIRECTORY`, else `$XDG_RUNTIME_DIR`, else the "
+    "temporary directory), mode 0600; a client that is neither root nor condure's "
+    "own user is refused (SO_PEERCRED) and logged. Each request is a line of JSON, "
+    "`{\"command\": \"status\"}`, answered by one line of JSON with `\"ok\"`. "
+    "`condure ctl` speaks it:",
+    "`condure ctl [--socket PATH | --id ID] [--json] [--timeout SECONDS] COMMAND "
+    "[ARGS]` finds the socket by `--id` (the running condure's `--id`, default "
+    "`condure`, and the same environment) or takes its path. It prints for a "
+    "person, or the answer as JSON with `--json` (before or after the command). "
+    "Exit status 0, 1 when the socket cannot be reached or the request is "
+    "refused, 2 for a usage error. Commands:",
+)
+
+CONTROL_AFTER = (
+    "Every field of every answer is described in docs/operations.md.",
+)
+
 EXIT_STATUS = [
     ("0", "Stopped by a signal after a clean shutdown; `--help` and `--version`."),
     ("1", "Invalid option value, a listener or endpoint that cannot be set "
@@ -231,6 +251,8 @@ EXAMPLES = [
      f"ExecStart={PROGRAM} \\-\\-listen fd\\-name=http"),
     ("Rolling reload and status:",
      "systemctl reload condure.service\nsystemctl status condure.service"),
+    ("What each worker is doing, and its connections to port 8000:",
+     "condure ctl status\ncondure ctl connections \\-\\-kind websocket \\-\\-limit 20"),
 ]
 
 
@@ -243,6 +265,10 @@ def render() -> str:
         ".SH SYNOPSIS",
         ".B condure",
         "[\\fIOPTION\\fR]...",
+        ".br",
+        ".B condure ctl",
+        "[\\fB\\-\\-socket\\fR \\fIPATH\\fR | \\fB\\-\\-id\\fR \\fIID\\fR]",
+        "[\\fB\\-\\-json\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]",
         ".SH DESCRIPTION",
         *_paragraphs(*DESCRIPTION),
         ".SH OPTIONS",
@@ -254,6 +280,12 @@ def render() -> str:
         out += _listen_param(p)
     out += [".PP", *_paragraphs(*LISTEN_AFTER)]
     out += [".SH SIGNALS", *_tagged(SIGNALS), ".PP", *_paragraphs(*SIGNALS_AFTER)]
+    out += [".SH CONTROL SOCKET", *_paragraphs(*CONTROL)]
+    for name, args, _, text in CTL_COMMANDS:
+        head = _code(name) + (" \\fI" + _escape(args).replace("-", "\\-") + "\\fR"
+                              if args else "")
+        out += [".TP", head, _text(text)]
+    out += [".PP", *_paragraphs(*CONTROL_AFTER)]
     out += [".SH ENVIRONMENT", *_tagged(ENVIRONMENT)]
     out += [".SH FILES", *_tagged(FILES)]
     out += [".SH EXIT STATUS", *_tagged(EXIT_STATUS)]

@@ -143,6 +143,19 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PATH",
     ),
     Option(
+        "--control-socket", PATH, "Control socket for condure ctl (empty: none)",
+        "Path of the control socket that `condure ctl` talks to (status, "
+        "connections, stacks, log level, reload; see CONTROL SOCKET in the man "
+        "page and docs/operations.md). By default `condure-ID.ctl` (ID being "
+        "`--id`) in `$RUNTIME_DIRECTORY`, else `$XDG_RUNTIME_DIR`, else the "
+        "temporary directory; an empty value opens none. The socket is mode "
+        "0600 and serves only root and condure's own user. If another live "
+        "process serves that path, a given path stops condure with status 1, "
+        "the default one is left to it (condure runs without a control "
+        "socket and logs a warning). Not a Condure option.",
+        metavar="PATH", shown_default="RUNTIME_DIR/condure-ID.ctl",
+    ),
+    Option(
         "--req-maxconn", UINT, "Maximum concurrent connections in req mode",
         "Limit on concurrent connections of req-mode listeners, over all "
         "workers. It must be at least the number of workers, and together "
@@ -196,6 +209,41 @@ OPTIONS: tuple[Option, ...] = (
         "Stream mode: a client connection with no activity for this long is "
         "closed and the handler is sent a cancel.",
         metavar="N", default="1800",
+    ),
+    Option(
+        "--head-timeout", UINT, "Seconds a client has to send a whole request head (0: no limit)",
+        "Stream mode: a new connection must deliver a complete request head "
+        "within this many seconds of being accepted, and on a kept-alive "
+        "connection a request must be complete this long after its first "
+        "byte arrived (an idle kept-alive connection is closed by the 60 s "
+        "session timeout instead, as in Condure). A client that sent part of "
+        "a request by then gets `408 Request Timeout` and the connection "
+        "closes; a new connection that sent nothing is closed without a "
+        "response. This stops clients that trickle a head (slowloris) from "
+        "holding connections. 0 turns it off. Req mode is bounded by "
+        "--req-timeout. See docs/operations.md. Not a Condure option.",
+        metavar="SECONDS", default="10",
+    ),
+    Option(
+        "--body-min-rate", UINT, "Slowest request body accepted, in bytes per second (0: any)",
+        "Stream mode: while condure waits for request body bytes, the client "
+        "must send at least this many bytes per second, measured over windows "
+        "of 10 seconds. Time during which condure itself does not read (the "
+        "handler has not granted credits for more body) does not count. A "
+        "client below the rate gets `408 Request Timeout` if no response has "
+        "started, and the connection closes; the handler gets a cancel. 0 "
+        "turns it off. See docs/operations.md. Not a Condure option.",
+        metavar="BYTES", default="1024",
+    ),
+    Option(
+        "--max-conns-per-ip", UINT, "Most connections per client address and worker (0: any)",
+        "A new TCP connection from an address that already holds this many "
+        "connections in the worker that accepted it is closed at once, before "
+        "anything is read or written. The count is per worker (with N workers "
+        "an address may hold up to N times this). Unix-socket clients are not "
+        "counted. 0, the default, sets no limit: clients behind one proxy or "
+        "NAT share an address. See docs/operations.md. Not a Condure option.",
+        metavar="N", default="0",
     ),
     Option(
         "--listen", LISTEN, "Address to listen on",

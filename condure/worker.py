@@ -30,6 +30,7 @@ from condure.log import TRACE, trace_enabled
 from condure.net import listeners
 from condure.net.certs import CertStore
 from condure.net.conn import Conn
+from condure.net.limits import ConnLimits
 from condure.net.timers import RESOLUTION, TimerWheel
 from condure.net.tls import TlsLayer
 from condure.net.unanswered import UnansweredLog
@@ -79,6 +80,7 @@ class Worker(Slots):
         self.read_size = max(config.buffer_size, 1)
         self.limits = {"stream": config.stream_maxconn, "req": config.req_maxconn}
         self.paused_modes: set[str] = set()
+        self.conn_limits = ConnLimits(config)  # docs/operations.md, "Limits"
         self.maxconn = sum(self.limits[m] for m in {spec.mode for spec in config.listen}) or 1
         self.timers: TimerWheel[Conn] = TimerWheel()
         self.listeners: list[tuple[socket.socket, ListenSpec]] = []
@@ -197,7 +199,10 @@ class Worker(Slots):
         here, unanswered requests by mode since the last call."""
         outgoing = len(self.clients) if self.clients is not None else 0
         stats: dict[str, Any] = {"connections": sum(self.counts.values()) + outgoing,
-                                 "requests": self.requests}
+                                 "requests": self.requests, "limits": self.conn_limits.stats()}
+        if self.zmq is not None:  # packets waiting for handlers (condure ctl status)
+            stats["queues"] = {"router": self.zmq.router_queues.queued,
+                               "push": len(self.zmq.push_queue)}
         if self.unanswered_counts:
             stats["unanswered"] = dict(self.unanswered_counts)
             self.unanswered_counts.clear()
@@ -260,6 +265,7 @@ class Worker(Slots):
             if self.counts[spec.mode] >= self.limits[spec.mode]:
                 # Every connection of this mode is taken: leave new clients
                 # in the backlog.
+                self.conn_limits.maxconn_full += 1
                 self._pause_mode(spec.mode, True)
                 return
             try:
@@ -286,11 +292,16 @@ class Worker(Slots):
         else:
             peer_address, peer_port = None, None
         slot = self.take_slot(spec.mode)
+        if not self.conn_limits.admit(slot, addr[0] if peer_address else None):
+            sock.close()  # --max-conns-per-ip
+            self.free_slot(slot)
+            return
         try:
             session = self.make_session(spec, slot, peer_address, peer_port)
         except Exception:
             log.exception("cannot start a session for a new connection")
             sock.close()
+            self.conn_limits.release(slot)
             self.free_slot(slot)
             return
         context = self.tls_contexts.get(spec)
@@ -337,6 +348,7 @@ class Worker(Slots):
             peer_address=peer_address,
             peer_port=peer_port,
             compression=self.config.compression,
+            read_limits=self.conn_limits.read,
             messages_max=self.config.messages_max,
             max_message_size=self.config.max_message_size,
         )
@@ -373,6 +385,8 @@ class Worker(Slots):
 
     def release(self, conn: Conn) -> None:
         mode = self.unregister(conn)
+        if mode is not None:
+            self.conn_limits.release(conn.slot)
         if mode is None or self.stopped.done():
             return
         if mode in self.paused_modes:

@@ -17,6 +17,8 @@ talks to the supervisor over the control socket:
   close the others politely, report ``handover-done``, then stop as a
   graceful stop does (condure/handover.py);
 - ``adopt``: sessions exported by another worker; answered ``adopted``;
+- ``list``, ``stacks`` (answered ``list-result``, ``stacks-result``) and
+  ``log-level``: for ``condure ctl`` (condure/introspect.py);
 - EOF on the control socket (the supervisor is gone): graceful stop.
 
 SIGINT and SIGHUP are ignored (a terminal's Ctrl-C reaches the whole
@@ -36,7 +38,7 @@ import sys
 import time
 from typing import Any
 
-from condure import handover
+from condure import handover, introspect
 from condure import log as condure_log
 from condure.net import control
 from condure.worker import Worker
@@ -74,6 +76,8 @@ class WorkerProcess:
         self.stop_request: asyncio.Future[tuple[bool, float, float | None]] = \
             self.loop.create_future()
         self.stats_handle: asyncio.TimerHandle | None = None
+        self.stats_due = 0.0  # when the stats timer should fire (its lateness is the loop's lag)
+        self.census = introspect.Census()
         self._fast = asyncio.Event()
         self.exporter: handover.Exporter | None = None
         self.batches = 0
@@ -127,9 +131,40 @@ class WorkerProcess:
                              f", {failed} could not be" if failed else "")
                 self.send({"type": "adopted", "batch": message.get("batch"),
                            "adopted": adopted, "failed": failed})
+            elif kind in ("list", "stacks", "log-level"):
+                control.close_fds(fds)
+                self.on_ctl(message)
             else:
                 control.close_fds(fds)
                 log.debug("control: unexpected %r", message)
+
+    def on_ctl(self, message: dict[str, Any]) -> None:
+        """A request of ``condure ctl``, relayed by the supervisor."""
+        kind = message["type"]
+        if kind == "log-level":
+            level = message.get("level")
+            if isinstance(level, int) and level >= 0:
+                condure_log.setup(level)
+                self.worker.trace = condure_log.trace_enabled()
+                if self.worker.clients is not None:
+                    self.worker.clients.trace = self.worker.trace
+            return
+        if kind == "list":
+            limit = message.get("limit")
+            limit = limit if isinstance(limit, int) and limit >= 0 else 100
+            want = message.get("kind")
+            conns, total = introspect.listing(self.worker, self.census,
+                                              want if isinstance(want, str) else None,
+                                              limit, time.monotonic())
+            answer = {"type": "list-result", "req": message.get("req"),
+                      "connections": conns, "total": total}
+        else:
+            answer = {"type": "stacks-result", "req": message.get("req"),
+                      "stacks": introspect.stacks()}
+        try:
+            self.send(answer)
+        except control.ControlError as e:  # larger than a control message
+            self.send({"type": f"{kind}-result", "req": message.get("req"), "error": str(e)})
 
     def request_stop(self, graceful: bool, drain: float, handoff: float | None = None) -> None:
         """``handoff``: a handover, with that handoff timeout (see above)."""
@@ -139,8 +174,20 @@ class WorkerProcess:
             self._fast.set()  # a fast stop cuts a graceful one short
 
     def stats(self) -> None:
-        self.stats_handle = self.loop.call_later(STATS_INTERVAL, self.stats)
-        if not self.outbox.post({"type": "stats", **self.worker.take_stats()}):
+        now = self.loop.time()
+        lag = max(now - self.stats_due, 0.0)
+        self.stats_due = now + STATS_INTERVAL
+        self.stats_handle = self.loop.call_at(self.stats_due, self.stats)
+        stats = self.worker.take_stats()
+        stats.update(self.census.count(self.worker, time.monotonic()))
+        exporter = self.exporter
+        stats["lag_ms"] = round(lag * 1000, 1)
+        stats["state"] = ("handing over" if exporter is not None and not exporter.done
+                          else "stopping" if self.stop_request.done() else "ready")
+        if exporter is not None:
+            stats["handover"] = {"moved": exporter.moved, "closed": exporter.closed,
+                                 "lost": exporter.lost}
+        if not self.outbox.post({"type": "stats", **stats}):
             log.debug("control socket full, stats dropped")
 
     # -- running --------------------------------------------------------------
@@ -156,7 +203,8 @@ class WorkerProcess:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, True,
                                 float(self.config.drain_timeout))
         self.send({"type": "ready", "pid": os.getpid()})
-        self.stats_handle = loop.call_later(STATS_INTERVAL, self.stats)
+        self.stats_due = loop.time() + STATS_INTERVAL
+        self.stats_handle = loop.call_at(self.stats_due, self.stats)
         try:
             graceful, drain, handoff = loop.run_until_complete(self.stop_request)
             worker.mark_stopping("stop")  # no accept restarts from here on

@@ -20,6 +20,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from condure.session.limits import OFF, ReadLimits
 from condure.zhttp.packets import Ident, Packet
 
 if TYPE_CHECKING:
@@ -204,3 +205,4 @@ class Settings:
     compression: bool = False
     messages_max: int = 100
     max_message_size: int = 0  # 0: no limit
+    read_limits: ReadLimits = OFF  # --head-timeout, --body-min-rate (session/limits.py)

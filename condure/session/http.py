@@ -37,8 +37,10 @@ from condure.session.actions import Send, Write
 from condure.session.contract import Kind, Settings
 from condure.session.head import MAX_HEADERS, Head, HeadReader, Refusal
 from condure.session.http_body import NO_BODY, RequestBody
+from condure.session.http_limits import FRESH_GRACE, HttpEndings
 from condure.session.http_response import Response, ResponseError
-from condure.session.peer import SESSION_TIMEOUT, ZhttpPeer
+from condure.session.limits import OFF, BodyRate, ReadLimits
+from condure.session.peer import SESSION_TIMEOUT
 from condure.session.records import HttpRecord
 from condure.session.states import (
     ACTIVE,
@@ -64,12 +66,7 @@ from condure.zhttp.packets import (
 
 __all__ = ["FRESH_GRACE", "MAX_HEADERS", "HttpSession"]
 
-# A connection accepted just before a graceful stop may not have sent its
-# request yet; this is how long a drain waits for it.
-FRESH_GRACE = 1.0
-
-
-class HttpSession(ZhttpPeer):
+class HttpSession(HttpEndings):
     """One stream-mode HTTP/1.x connection (see the module docstring)."""
 
     kind = Kind.HTTP
@@ -92,6 +89,7 @@ class HttpSession(ZhttpPeer):
         compression: bool = False,
         messages_max: int = 100,
         max_message_size: int = 0,
+        read_limits: ReadLimits | None = None,
     ) -> None:
         super().__init__(instance_id=instance_id, buffer_size=buffer_size,
                          stream_timeout=stream_timeout, scheme=scheme,
@@ -107,6 +105,7 @@ class HttpSession(ZhttpPeer):
         self.leaving = False  # the process is stopping: no further request here
         self.served = 0  # requests completed on this connection
         self.leave_at: float | None = None  # when a fresh connection is closed in a drain
+        self.limits = read_limits or OFF  # --head-timeout, --body-min-rate
         self._start_cycle(now, leftover)
 
     @classmethod
@@ -118,9 +117,11 @@ class HttpSession(ZhttpPeer):
             buffer_size=settings.buffer_size, stream_timeout=settings.stream_timeout,
             scheme=record.scheme, peer_address=record.peer_address,
             peer_port=record.peer_port, compression=settings.compression,
-            messages_max=settings.messages_max, max_message_size=settings.max_message_size)
+            messages_max=settings.messages_max, max_message_size=settings.max_message_size,
+            read_limits=settings.read_limits)
         self.session_deadline = now + record.session_left
         self.stream_deadline = now + record.stream_left
+        self.head_deadline = None  # idle between requests: no head is due yet
         if record.leftover:
             self.receive_data(record.leftover, now)
         return self
@@ -223,24 +224,6 @@ class HttpSession(ZhttpPeer):
     def resume(self) -> None:
         """Nothing to tell anyone: the next request starts a new session."""
 
-    def going_away(self, now: float | None = None, code: int | None = None) -> None:
-        """Graceful stop of the process (called repeatedly while draining):
-        an idle keep-alive connection closes now (its client retries, RFC
-        9112 9.3.1); a new connection whose first request may still be on
-        its way gets FRESH_GRACE seconds; a request under way finishes and
-        its response says ``Connection: close`` if its head has not gone
-        out, then the connection closes."""
-        if self.state is CLOSED:
-            return
-        self.leaving = True
-        if self.state is HEAD and not self.reader.buffered(True) and not self.actions:
-            if self.served or now is None:
-                self._close(graceful=True, reason="going away")
-            elif self.leave_at is None:
-                self.leave_at = now + FRESH_GRACE
-            elif now >= self.leave_at:
-                self._close(graceful=True, reason="going away: no request came")
-
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the client; ``b""`` means end of input."""
         state = self.state
@@ -257,14 +240,24 @@ class HttpSession(ZhttpPeer):
             return
         self.reader.feed(data, state is HEAD)
         if state is HEAD:
+            if self.head_deadline is None and self.limits.head_timeout:
+                self.head_deadline = now + self.limits.head_timeout  # a request begins
             if not self.hold:
                 self._read_head(now)
         elif state is ACTIVE and self.body.state is BodyState.READING:
             self.stream_deadline = now + self.stream_timeout
             self._pump_body(now)
+            if self.rate is not None:
+                self.rate.received(len(data))
+                self._sync_rate(now)
 
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         """A packet from the handler, already routed to this session's id."""
+        self._receive_packet(packet, ident, now)
+        if self.rate is not None:
+            self._sync_rate(now)  # credits or a pause change whether body is awaited
+
+    def _receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         if self.state is CLOSED or self.state is HEAD:
             return
         if not self._accept_packet(packet, ident, now):
@@ -341,6 +334,11 @@ class HttpSession(ZhttpPeer):
         self.keep_alive_asked = False
         self.body = NO_BODY
         self.response = Response(self.buffer_size)
+        self.rate: BodyRate | None = None
+        # A new connection owes its head at once; a kept-alive one from its first byte.
+        timeout = self.limits.head_timeout
+        self.head_deadline = (now + timeout if timeout and (not self.served or self.reader.inbuf)
+                              else None)
         if self.reader.inbuf and not self.hold:
             self._read_head(now)
 
@@ -348,6 +346,7 @@ class HttpSession(ZhttpPeer):
         head = self.reader.read_head()
         if head is None:
             return
+        self.head_deadline = None
         if isinstance(head, Refusal):
             self._refuse(head.status, head.detail)
             return
@@ -398,10 +397,6 @@ class HttpSession(ZhttpPeer):
         self.out_seq = 1
         self.actions.append(Send(packet, None))
 
-    def _refuse(self, status: int, detail: str = "") -> None:
-        self.actions.append(Write(httpwire.error_response(status)))
-        self._close(graceful=True, reason=f"refused with {status}: {detail}")
-
     def _maybe_finish(self, now: float) -> None:
         if self.response.state is not ResponseState.DONE:
             return
@@ -422,6 +417,8 @@ class HttpSession(ZhttpPeer):
         if body.state is not BodyState.PENDING:
             return
         body.state = BodyState.READING
+        if self.limits.body_min_rate:
+            self.rate = BodyRate(self.limits.body_min_rate, self.limits.body_window)
         if body.expect_continue:
             self.actions.append(Write(b"HTTP/1.1 100 Continue\r\n\r\n"))
         self._pump_body(now)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 from dataclasses import dataclass, field
+from typing import Any
 
 from condure.net.control import Outbox
 
@@ -34,6 +35,11 @@ class Child:
     handover_to: Child | None = None  # a reload's successor, taking the sessions
     heard_at: float = 0.0  # its last message (stats come every second)
     hung_since: float | None = None  # found silent: asked for its stacks, then killed
+    # For condure ctl status (supervisor/ctl.py): its last stats message, a
+    # reload's handover under way, that handover's outcome.
+    stats: dict[str, Any] = field(default_factory=dict)
+    handing_over: bool = False
+    handed_over: dict[str, Any] | None = None
 
     @property
     def pid(self) -> int:
@@ -51,6 +57,7 @@ class State:
     retiring: list[Child] = field(default_factory=list)
     respawn_at: dict[int, float] = field(default_factory=dict)
     crashes: dict[int, int] = field(default_factory=dict)
+    respawns: dict[int, int] = field(default_factory=dict)  # per slot, since the start
     reload_pending: list[int] = field(default_factory=list)
     reloading: bool = False
 

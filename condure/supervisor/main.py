@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ import condure
 from condure.config import Config
 from condure.net import control, ipcclaim
 from condure.net.unanswered import UnansweredLog
-from condure.supervisor import dispatch, fdstore, moves, pidfile, sockets
+from condure.supervisor import ctl, dispatch, fdstore, moves, pidfile, sockets
 from condure.supervisor.children import Child, State, describe_exit
 from condure.supervisor.notify import Notifier, status_text
 from condure.supervisor.signals import HANDLED, SupervisorSignals
@@ -113,10 +114,18 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         self._least_loaded = dispatch.LeastLoaded()
         self.last_watchdog = 0.0
         self.unanswered = UnansweredLog(config, time.monotonic)
+        self.control: ctl.ControlServer | None = None  # condure ctl (supervisor/ctl.py)
 
     # -- the loop --------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.control is not None:
+                self.control.close()  # its socket file goes, whatever the way out
+
+    def _run(self) -> int:
         log.info("starting...")
         try:
             ipcclaim.claim(self.config)  # ipc files in use: refuse before binding anything
@@ -135,6 +144,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             from condure.supervisor import inetd
             return inetd.run(self.listeners)
         try:
+            self.control = ctl.open_server(self, self.config)  # condure ctl
             self.proxy, self.zmq_spec = start_zmq(self.listeners.config)
         except Exception as e:  # noqa: BLE001 - zmq.ZMQError, OSError: reported as Condure does
             log.error("%s", e)
@@ -166,6 +176,8 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         self.wake = asyncio.Event()
         for sig in HANDLED:
             loop.add_signal_handler(sig, self._enqueue, sig)
+        if self.control is not None:
+            await self.control.start()
         for slot in range(self.n):
             self.state.slots[slot] = self.spawn(slot)
         if self.listeners.mode == sockets.DISPATCH:
@@ -185,6 +197,8 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                     stored = await self.restart_store.finish()
                     log.info("restart: %d connections in systemd's fd store (%d lost)",
                              stored, self.moves.lost)
+                if self.control is not None:
+                    await self.control.stop()
                 return self.exit_status
             self.maintain()
 
@@ -200,6 +214,8 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
     def spawn(self, slot: int) -> Child:
         self.generation += 1
         config = self.listeners.config
+        if self.control is not None and self.control.log_level is not None:
+            config = dataclasses.replace(config, log_level=self.control.log_level)
         sup_end, worker_end = control.socketpair()
         worker_listeners = self.listeners.worker_listeners(slot)
         address = config.id if self.n == 1 else f"{config.id}.{slot}"
@@ -257,6 +273,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 return
             kind = message["type"]
             if kind == "stats":
+                child.stats = message
                 child.connections = int(message.get("connections", 0))
                 child.requests = int(message.get("requests", 0))
                 for mode, count in (message.get("unanswered") or {}).items():
@@ -272,7 +289,11 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 self.moves.adopted(child, message.get("batch"), int(message.get("adopted", 0)),
                                    int(message.get("failed", 0)))
                 self.wake.set()
+            elif kind in ("list-result", "stacks-result"):
+                if self.control is not None:
+                    self.control.answer(child, message)
             elif kind == "handover-done":
+                child.handed_over = {k: message.get(k) for k in ("moved", "closed", "lost")}
                 log.info("worker %d (pid %d) handed over %s connections, closed %s, lost %s",
                          child.slot, child.pid, message.get("moved"), message.get("closed"),
                          message.get("lost"))
@@ -296,6 +317,8 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
     def on_exit(self, child: Child, status: int) -> None:
         st = self.state
         self._forget(child)
+        if self.control is not None:
+            self.control.child_gone(child)
         self.moves.target_gone(child)
         how = describe_exit(status)
         if child in st.retiring:
@@ -333,6 +356,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             crashes = 0
         delay = min(BACKOFF_MIN * 2 ** crashes, BACKOFF_MAX)
         st.crashes[child.slot] = crashes + 1
+        st.respawns[child.slot] = st.respawns.get(child.slot, 0) + 1
         st.respawn_at[child.slot] = now + delay
         log.warning("worker %d (pid %d) exited with %s; restarting in %.1fs",
                     child.slot, child.pid, how, delay)
@@ -427,6 +451,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             del st.successors[slot]
             st.slots[slot] = succ
             self.hand_over(old, succ)
+            old.handing_over = True
             st.retiring.append(old)
             st.reload_pending.pop(0)
             log.info("worker %d replaced (pid %d -> %d)", slot, old.pid, succ.pid)

@@ -26,18 +26,19 @@ MAX_LINES = 500
 # it); the longest match wins.
 LAYERS: list[tuple[str, ...]] = [
     # wire format, the Config and its options table, logging: depend on nothing
-    ("condure", "condure.zhttp", "condure.config", "condure.log", "condure.options"),
+    ("condure", "condure.zhttp", "condure.config", "condure.log", "condure.options",
+     "condure.runtime"),
     # sans-I/O connection state machines
     ("condure.session",),
     # asyncio + pyzmq adapters, the control channel's codec
     ("condure.net",),
     # one worker process and the moving of its connections
     ("condure.worker", "condure.slots", "condure.workerproc", "condure.handover",
-     "condure.clients"),
+     "condure.clients", "condure.introspect"),
     # the process tree, systemd
     ("condure.supervisor",),
     # entry points; the man page renderer is a build tool on top of options.py
-    ("condure.cli", "condure.__main__", "condure.manpage"),
+    ("condure.cli", "condure.__main__", "condure.manpage", "condure.ctl"),
 ]
 SANS_IO = ("condure.zhttp", "condure.session")
 IO_MODULES = {"asyncio", "zmq", "socket", "selectors", "ssl"}

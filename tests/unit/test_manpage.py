@@ -54,8 +54,8 @@ def test_every_option_and_listen_parameter_is_documented():
 def test_required_sections():
     sections = re.findall(r"^\.SH (.+)$", manpage.render(), re.M)
     assert sections == ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "LISTEN SYNTAX",
-                        "SIGNALS", "ENVIRONMENT", "FILES", "EXIT STATUS", "EXAMPLES",
-                        "SEE ALSO"]
+                        "SIGNALS", "CONTROL SOCKET", "ENVIRONMENT", "FILES", "EXIT STATUS",
+                        "EXAMPLES", "SEE ALSO"]
     text = manpage.render()
     for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "LISTEN_FDS", "LISTEN_PID",
                  "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM"):

@@ -1,0 +1,385 @@
+"""The control socket and ``condure ctl`` with real processes: condure
+(supervisor and workers), a ZeroMQ handler in a thread or its own process,
+real HTTP and WebSocket clients, and ``python -m condure ctl --json`` run as
+a subprocess (docs/operations.md).
+
+Every condure here gets ``RUNTIME_DIRECTORY`` = the test's tmp_path, so its
+default control socket is ``tmp_path/condure-<id>.ctl`` and ``condure ctl``
+(given the same environment) finds it by ``--id``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests.harness import procs
+from tests.harness import ws_client as wc
+from tests.harness.http_client import Conn
+from tests.harness.ws_scenarios import accept, recv
+from tests.integration.test_supervisor import AutoHandler, Notify, children, get
+
+
+@pytest.fixture
+def start(tmp_path):
+    """``start(*args, workers=2, env_extra=None, wait=True)``: condure with
+    RUNTIME_DIRECTORY=tmp_path, ready (READY=1) unless ``wait`` is False."""
+    started = []
+
+    def go(*args, workers=2, env_extra=None, wait=True, base=None):
+        port = procs.free_port()
+        base = base or f"ipc://{tmp_path}/client"
+        notify = Notify(tmp_path / f"notify{len(started)}")
+        env = procs.python_env()
+        env.pop("XDG_RUNTIME_DIR", None)
+        env["RUNTIME_DIRECTORY"] = str(tmp_path)
+        env["NOTIFY_SOCKET"] = notify.path
+        env.update(env_extra or {})
+        cmd = [sys.executable, "-m", "condure", "--listen", f"127.0.0.1:{port}",
+               "--zclient-stream", base, "--workers", str(workers), "--log-level", "3", *args]
+        proc = procs._spawn("condure", cmd, tmp_path / f"condure{len(started)}.log", None,
+                            env=env, cwd=str(procs.REPO_ROOT))
+        started.append(proc)
+        proc.port, proc.base, proc.notify = port, base, notify
+        if wait:
+            notify.wait(lambda m: "READY=1" in m.split("\n"), timeout=30)
+        return proc
+
+    yield go
+    for proc in started:
+        proc.notify.sock.close()
+        pids = children(proc.pid)
+        proc.stop(signal.SIGKILL if proc.alive() else signal.SIGTERM)
+        for pid in pids | children(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def handler(tmp_path):
+    h = AutoHandler(f"ipc://{tmp_path}/client")
+    yield h
+    h.halt.set()
+    h.join(5)
+
+
+def ctl(tmp_path, *args, check=True):
+    """``python -m condure ctl ARGS --json``: (exit status, answer)."""
+    env = procs.python_env()
+    env.pop("XDG_RUNTIME_DIR", None)
+    env["RUNTIME_DIRECTORY"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "condure", "ctl", *args, "--json"],
+                       capture_output=True, text=True, env=env, cwd=str(procs.REPO_ROOT),
+                       timeout=30)
+    answer = json.loads(r.stdout) if r.stdout.strip() else None
+    if check:
+        assert r.returncode == 0 and answer and answer["ok"], (r.returncode, r.stdout, r.stderr)
+    return r.returncode, answer
+
+
+def wait_status(tmp_path, pred, timeout=15.0, what=""):
+    """Poll ``ctl status`` until ``pred(answer)``; the answer. (Workers
+    report once a second; this waits for the report that shows it.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, answer = ctl(tmp_path, "status")
+        if pred(answer):
+            return answer
+        assert time.monotonic() < deadline, (what, json.dumps(answer, indent=1))
+        time.sleep(0.2)
+
+
+def totals(answer, kind):
+    return sum(w["connections"][kind] for w in answer["workers"] if w["role"] == "current")
+
+
+def test_status_counts_connections_by_kind(start, handler, tmp_path):
+    proc = start(workers=2)
+    conns = [Conn(proc.port) for _ in range(3)]
+    wss = []
+    try:
+        for conn in conns:
+            assert get(conn).startswith(b"condure.")  # then idle, kept alive
+        for _ in range(2):
+            ws = wc.WsConn.open(proc.port, "/ws")
+            assert ws.read_handshake().code == 101
+            wss.append(ws)
+        answer = wait_status(tmp_path, lambda a: totals(a, "http") == 3
+                             and totals(a, "websocket") == 2, what="3 http, 2 websocket")
+        assert answer["state"] == "running" and answer["pid"] == proc.pid
+        assert answer["slots"] == 2 and answer["id"] == "condure"
+        workers = answer["workers"]
+        assert sorted(w["slot"] for w in workers) == [0, 1]
+        assert {w["pid"] for w in workers} == children(proc.pid)
+        for w in workers:
+            assert (w["role"], w["state"], w["respawns"]) == ("current", "ready", 0), w
+            assert w["connections"]["req"] == 0 and w["connections"]["outgoing"] == 0
+            assert w["waiting"] == 0
+            assert isinstance(w["lag_ms"], float) and 0 <= w["lag_ms"] < 1000, w
+            assert w["queues"] == {"router": 0, "push": 0}
+            assert w["total"] == sum(w["connections"].values())
+        assert sum(w["requests"] for w in workers) == 5  # 3 GETs, 2 upgrades
+        # the same through --socket, for a person
+        path = str(tmp_path / "condure-condure.ctl")
+        r = subprocess.run([sys.executable, "-m", "condure", "ctl", "--socket", path, "status"],
+                           capture_output=True, text=True, env=procs.python_env(),
+                           cwd=str(procs.REPO_ROOT), timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert f"(pid {proc.pid}): running" in r.stdout and "MOVED/CLOSED/LOST" in r.stdout
+    finally:
+        for c in conns + wss:
+            c.close()
+    # closed connections leave the counts
+    wait_status(tmp_path, lambda a: totals(a, "http") + totals(a, "websocket") == 0,
+                what="all closed")
+
+
+def test_status_shows_requests_waiting_for_a_handler(start, tmp_path):
+    proc = start(workers=1)  # no handler at all
+    with Conn(proc.port) as conn:
+        conn.send(b"GET /nobody HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        answer = wait_status(tmp_path, lambda a: a["workers"][0]["waiting"] == 1,
+                             what="one waiting")
+        assert answer["workers"][0]["connections"]["http"] == 1
+        _, listed = ctl(tmp_path, "connections")
+        assert [c["state"] for c in listed["connections"]] == ["wait"]
+
+
+def test_connections_lists_peers_kinds_and_bytes(start, handler, tmp_path):
+    proc = start(workers=2)
+    conns = [Conn(proc.port) for _ in range(3)]
+    ws = wc.WsConn.open(proc.port, "/ws")
+    try:
+        request = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+        for conn in conns:
+            conn.send(request)
+            assert conn.read_response().code == 200
+        assert ws.read_handshake().code == 101
+        ports = {c.sock.getsockname()[1]: "http" for c in conns}
+        ports[ws.sock.getsockname()[1]] = "websocket"
+        _, answer = ctl(tmp_path, "connections")
+        assert answer["total"] == 4 and answer["unanswered"] == []
+        listed = {int(c["peer"].rsplit(":", 1)[1]): c for c in answer["connections"]}
+        assert {p: c["kind"] for p, c in listed.items()} == ports
+        pids = children(proc.pid)
+        for port, c in listed.items():
+            assert c["peer"] == f"127.0.0.1:{port}"
+            assert c["pid"] in pids and c["worker"] in (0, 1)
+            assert c["age"] >= 0 and c["tls"] is False
+            assert c["id"].startswith(f"{c['worker']}-{c['slot']}-")
+            if c["kind"] == "http":
+                # what the kernel counted: the request in, the response out
+                assert c["bytes_in"] == len(request), c
+                assert c["bytes_out"] > 60, c
+                assert c["state"] == "head", c  # idle between requests
+            else:
+                assert c["state"] == "open", c
+        _, only_ws = ctl(tmp_path, "connections", "--kind", "websocket")
+        assert [c["kind"] for c in only_ws["connections"]] == ["websocket"]
+        assert only_ws["total"] == 1
+        _, one = ctl(tmp_path, "connections", "--limit", "1")
+        assert len(one["connections"]) == 1 and one["total"] == 4
+        slot = listed[ws.sock.getsockname()[1]]["worker"]
+        _, of_one = ctl(tmp_path, "connections", "--worker", str(slot))
+        assert {c["worker"] for c in of_one["connections"]} == {slot}
+        code, bad = ctl(tmp_path, "connections", "--limit", "-1", check=False)
+        assert code == 1 and not bad["ok"] and "limit" in bad["error"]
+    finally:
+        for c in [*conns, ws]:
+            c.close()
+
+
+def test_stacks_of_every_process_and_a_stopped_worker(start, handler, tmp_path):
+    proc = start(workers=2)
+    _, answer = ctl(tmp_path, "stacks")
+    assert answer["supervisor"]["pid"] == proc.pid
+    assert "supervisor" in answer["supervisor"]["stacks"]
+    assert sorted(w["slot"] for w in answer["workers"]) == [0, 1]
+    for w in answer["workers"]:
+        assert "workerproc" in w["stacks"] and "MainThread" in w["stacks"], w
+    stuck = answer["workers"][0]["pid"]
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        _, answer = ctl(tmp_path, "stacks")
+        took = time.monotonic() - t0
+        by_pid = {w["pid"]: w for w in answer["workers"]}
+        assert "stacks" not in by_pid[stuck] and "no answer within 2 s" in by_pid[stuck]["error"]
+        other = next(w for pid, w in by_pid.items() if pid != stuck)
+        assert "workerproc" in other["stacks"]
+        assert 1.5 < took < 10, took
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    # it answers again once it runs
+    _, answer = ctl(tmp_path, "stacks")
+    assert all("workerproc" in w["stacks"] for w in answer["workers"])
+
+
+def trace_lines(proc) -> list[str]:
+    return [line for line in list(proc.pump.lines) if line.startswith("[TRACE]")]
+
+
+def wait_for(pred, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_log_level_at_runtime_and_reload_keeping_connections(start, handler, tmp_path):
+    proc = start(workers=2)
+    conns = [Conn(proc.port) for _ in range(4)]
+    try:
+        for conn in conns:
+            get(conn)
+        assert trace_lines(proc) == []
+        _, answer = ctl(tmp_path, "log-level", "5")
+        assert answer == {"ok": True, "log_level": 5, "workers": 2}
+        get(conns[0])
+        wait_for(lambda: any("OUT (first)" in line for line in trace_lines(proc)),
+                 "a trace line of the request packet")
+        old = {w["pid"] for w in ctl(tmp_path, "status")[1]["workers"]}
+        assert old == children(proc.pid)
+        _, answer = ctl(tmp_path, "reload")
+        assert answer == {"ok": True, "reload": "started"}
+        # done: every worker new, none left handing over, the supervisor running
+        answer = wait_status(
+            tmp_path, lambda a: a["state"] == "running" and len(a["workers"]) == 2
+            and not ({w["pid"] for w in a["workers"]} & old)
+            and all(w["state"] == "ready" for w in a["workers"]), timeout=30,
+            what="reloaded")
+        assert answer["moved"] == 4 and answer["lost"] == 0, answer
+        assert answer["log_level"] == 5
+        wait_for(lambda: not (children(proc.pid) & old), "the old workers gone")
+        # the connections moved: each is served by a new worker, which
+        # still traces at level 5
+        before = len(trace_lines(proc))
+        for conn in conns:
+            assert get(conn).startswith(b"condure.")
+        wait_for(lambda: len(trace_lines(proc)) > before, "trace lines from the new workers")
+        _, answer = ctl(tmp_path, "log-level", "2")
+        assert answer["log_level"] == 2
+        before = len(trace_lines(proc))
+        get(conns[1])
+        assert get(conns[2]).startswith(b"condure.")
+        time.sleep(0.3)  # a trace line would have been written by now
+        assert len(trace_lines(proc)) == before
+    finally:
+        for c in conns:
+            c.close()
+    assert "Traceback" not in proc.output()
+
+
+def test_status_during_a_reload_shows_the_worker_handing_over(start, tmp_path):
+    """A handler that holds a WebSocket's handoff keeps the old worker
+    handing over; ctl status shows it, then the move once it proceeds."""
+    proc = start("--handoff-timeout", "20", "--drain-timeout", "30", workers=1)
+    h = procs.start_handler(proc.base, tmp_path, sub_prefix="condure", name="scripted")
+    try:
+        ws = wc.WsConn.open(proc.port, "/ws")
+        with ws:
+            req, _ = accept(h, ws, credits=100000)
+            old = children(proc.pid)
+            ctl(tmp_path, "reload")
+            start_pkt = recv(h, timeout=15)
+            assert (start_pkt.type, start_pkt.id) == ("handoff-start", req.id), start_pkt
+            # (workers report once a second: wait for the report that has it)
+            answer = wait_status(tmp_path, lambda a: any(
+                w["state"] == "handing over" and w["connections"]["websocket"] == 1
+                for w in a["workers"]), what="handing over")
+            by_role = {w["role"]: w for w in answer["workers"]}
+            assert by_role["retiring"]["pid"] in old
+            assert by_role["retiring"]["state"] == "handing over"
+            assert by_role["current"]["state"] == "ready"
+            assert by_role["current"]["pid"] not in old
+            assert answer["moved"] == 0
+            # still handing over while the handler holds the handoff
+            _, again = ctl(tmp_path, "status")
+            assert any(w["state"] == "handing over" for w in again["workers"]), again
+            h.send(req, type="handoff-proceed")
+            answer = wait_status(tmp_path, lambda a: a["moved"] == 1 and all(
+                w["role"] == "current" for w in a["workers"])
+                and a["workers"][0]["connections"]["websocket"] == 1, what="moved")
+            assert answer["workers"][0]["pid"] not in old
+            assert answer["workers"][0]["handover"] is None  # the new one handed nothing
+            assert answer["state"] == "running"
+            # the client's connection lives on in the new worker
+            ws.send_text(b"after")
+            data = recv(h, timeout=10)
+            while data.type == "credit":
+                data = recv(h, timeout=10)
+            assert (data.id, data.body) == (req.id, b"after"), data
+    finally:
+        h.close()
+
+
+def test_socket_mode_owner_check_and_a_second_condure(start, handler, tmp_path):
+    first = start(workers=1)
+    path = tmp_path / "condure-condure.ctl"
+    st = os.stat(path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    # A second condure on the default path leaves it to the first one.
+    second = start(workers=1, base=f"ipc://{tmp_path}/other")
+    wait_for(lambda: "no control socket" in second.output(), "the second one's warning")
+    assert ctl(tmp_path, "status")[1]["pid"] == first.pid
+    assert second.stop() == 0
+    assert ctl(tmp_path, "status")[1]["pid"] == first.pid
+    # Given explicitly, a path in use stops a second condure with status 1.
+    third = start("--control-socket", str(path), workers=1, base=f"ipc://{tmp_path}/third",
+                  wait=False)
+    third.popen.wait(30)
+    assert third.stop() == 1
+    assert "cannot use control socket" in third.output() and "another process" in \
+        third.output()
+    assert ctl(tmp_path, "status")[1]["pid"] == first.pid
+    # Another uid that could reach the socket (its mode loosened here, and a
+    # link to it where uid 65534 may look) is refused after SO_PEERCRED, and
+    # logged.
+    os.chmod(path, 0o666)
+    reachable = tempfile.mkdtemp(prefix="condure-ctl-test-")
+    try:
+        os.chmod(reachable, 0o755)
+        link = os.path.join(reachable, "ctl")
+        os.link(path, link)
+        probe = ("import socket, sys\n"
+                 "s = socket.socket(socket.AF_UNIX)\n"
+                 "s.connect(sys.argv[1])\n"
+                 "try:\n"
+                 "    s.sendall(b'{\"command\": \"status\"}\\n')\n"
+                 "    print('answer', repr(s.recv(100)))\n"
+                 "except OSError as e:\n"
+                 "    print('closed', e.errno)\n")
+        r = subprocess.run(["/usr/bin/python3", "-c", probe, link], user=65534, group=65534,
+                           capture_output=True, text=True, timeout=30, cwd="/")
+    finally:
+        shutil.rmtree(reachable)
+    # connected (the link and mode let it), then closed without an answer
+    assert r.stdout.strip() in ("answer b''", "closed 32", "closed 104"), (r.stdout, r.stderr)
+    wait_for(lambda: "refused a client" in first.output(), "the refusal logged")
+    assert "uid 65534" in first.output()
+    assert first.stop() == 0
+    assert not path.exists()  # removed at exit
+
+
+def test_explicit_path_and_none(start, handler, tmp_path):
+    path = tmp_path / "here.ctl"
+    proc = start("--control-socket", str(path), workers=1)
+    assert path.exists() and not (tmp_path / "condure-condure.ctl").exists()
+    code, _ = ctl(tmp_path, "status", check=False)  # by --id: not there
+    assert code == 1
+    assert ctl(tmp_path, "--socket", str(path), "status")[1]["pid"] == proc.pid
+    assert proc.stop() == 0 and not path.exists()
+    off = start("--control-socket", "", workers=1)
+    assert not list(tmp_path.glob("*.ctl"))
+    assert off.stop() == 0

@@ -1,0 +1,219 @@
+"""The read-side limits at the session level, byte for byte through the
+fake adapter (tests/unit/session_helpers.py), and the per-address count of
+condure/net/limits.py. The integration side is tests/integration/test_limits.py."""
+
+from __future__ import annotations
+
+from condure.config import Config
+from condure.net.limits import ConnLimits
+from condure.session.http import HttpSession
+from condure.session.limits import BODY_RATE, HEAD_TIMEOUT, NO_REQUEST, ReadLimits
+from condure.session.peer import SESSION_TIMEOUT
+from condure.session.states import ACTIVE, HEAD
+from condure.zhttp.packets import Cancel, Data, HandoffProceed, HandoffStart, KeepAlive
+from tests.unit.session_helpers import INSTANCE, START, Driver, IdSource, body_of
+
+GET = b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n"
+R408 = b"HTTP/1.1 408 Request Timeout\r\n"
+
+
+def driver(head_timeout: float = 10.0, rate: int = 0, window: float = 10.0) -> Driver:
+    limits = ReadLimits(head_timeout, rate, window)
+    ids = IdSource()
+    session = HttpSession(instance_id=INSTANCE, new_id=ids, now=START, read_limits=limits)
+    return Driver(session=session, ids=ids)
+
+
+def counts(d: Driver) -> dict[str, int]:
+    return d.session.limits.counts
+
+
+# -- head timeout -------------------------------------------------------------
+
+def test_a_new_connection_that_sends_nothing_is_closed_without_a_response():
+    d = driver()
+    d.advance(9.9)
+    assert not d.closed
+    d.advance(0.1)
+    assert d.closed and d.close.graceful and d.output == b""
+    assert counts(d)[NO_REQUEST] == 1 and counts(d)[HEAD_TIMEOUT] == 0
+
+
+def test_a_head_trickled_past_the_timeout_gets_408():
+    d = driver()
+    d.client(b"GET /x HTTP/1.1\r\n")
+    for i in range(9):
+        d.advance(1.0)
+        d.client(b"X-%d: y\r\n" % i)  # every line moves nothing
+    assert not d.closed
+    d.advance(1.0)
+    assert d.output.startswith(R408) and b"Connection: close\r\n" in d.output
+    assert d.closed and d.close.graceful
+    assert d.packets == []  # the handler never heard of it
+    assert counts(d)[HEAD_TIMEOUT] == 1
+
+
+def test_a_head_complete_in_time_is_not_timed_any_more():
+    d = driver()
+    d.advance(9.0)
+    d.client(GET)
+    assert len(d.new_packets()) == 1
+    assert d.session.head_deadline is None
+    assert d.session.deadline == START + SESSION_TIMEOUT  # the handler's 60 s only
+    d.advance(5.0)
+    assert not d.closed
+
+
+def test_an_idle_kept_alive_connection_is_timed_from_its_next_first_byte():
+    d = driver()
+    d.client(GET)
+    d.new_packets()
+    d.respond(body=b"ok")
+    d.new_output()
+    assert d.session.state is HEAD and d.session.head_deadline is None
+    d.advance(30.0)  # idle: the session timeout governs (60 s), not the head timeout
+    assert not d.closed
+    d.client(b"GET /y HTTP/1.1\r\n")
+    d.advance(9.9)
+    assert not d.closed
+    d.advance(0.1)
+    assert d.new_output().startswith(R408) and d.closed
+
+
+def test_pipelined_bytes_start_the_next_heads_clock_at_once():
+    d = driver()
+    d.client(GET + b"GET /partial HTTP/1.1\r\n")
+    d.new_packets()
+    d.advance(5.0)
+    d.respond(body=b"ok")
+    assert d.new_output().endswith(b"ok")
+    assert d.session.head_deadline == START + 5.0 + 10.0
+    d.advance(9.9)
+    assert not d.closed
+    d.advance(0.1)
+    assert d.new_output().startswith(R408) and d.closed
+
+
+def test_limits_off_by_default():
+    d = Driver()
+    d.client(b"GET /x HTTP/1.1\r\n")
+    assert d.session.deadline == START + SESSION_TIMEOUT
+    d.advance(59.0)
+    assert not d.closed
+
+
+# -- body rate ----------------------------------------------------------------
+
+def post(length: int) -> bytes:
+    return b"POST /u HTTP/1.1\r\nHost: example.com\r\nContent-Length: %d\r\n\r\n" % length
+
+
+def test_a_body_below_the_rate_is_cut_with_408_and_cancel():
+    d = driver(rate=100)  # 1000 bytes per 10 s
+    d.client(post(100000))
+    d.new_packets()
+    d.credit(100000)
+    for _ in range(9):
+        d.client(b"x" * 50)
+        d.advance(1.0)
+    assert not d.closed
+    d.client(b"x" * 50)
+    d.advance(1.0)  # 500 bytes in 10 s
+    assert d.new_output().startswith(R408)
+    assert d.closed and d.close.graceful
+    assert isinstance(d.packets[-1], Cancel)
+    assert counts(d)[BODY_RATE] == 1
+
+
+def test_a_body_at_the_rate_goes_on_window_after_window():
+    d = driver(rate=100)
+    d.client(post(5000))
+    d.new_packets()
+    d.credit(100000)
+    for _ in range(40):
+        d.client(b"x" * 120)
+        d.advance(1.0)
+    assert not d.closed and d.session.state is ACTIVE
+    d.client(b"x" * 200)
+    assert len(body_of(d.packets)) == 5000
+    d.respond(body=b"done")
+    assert d.output.endswith(b"done") and not d.closed
+    assert counts(d)[BODY_RATE] == 0
+
+
+def test_time_without_credits_does_not_count():
+    d = driver(rate=100)
+    d.client(post(100000))
+    d.new_packets()
+    d.credit(500)
+    d.client(b"x" * 600)  # 500 go to the handler, 100 wait: condure stops reading
+    assert not d.session.wants_read
+    d.advance(50.0)  # the handler takes its time: not the client's fault
+    d.handler(KeepAlive)  # (and stays within its own 60 s session timeout)
+    d.advance(50.0)
+    assert not d.closed
+    d.credit(100000)  # reading again: a new stretch of the window's clock
+    assert d.session.wants_read
+    for _ in range(9):
+        d.client(b"x" * 150)
+        d.advance(1.0)
+    assert not d.closed  # 600 + 1350 bytes while wanted
+    d.advance(1.0)
+    assert not d.closed
+    for _ in range(10):
+        d.advance(1.0)
+    assert d.closed and R408 in d.output  # then a window with nothing
+
+
+def test_a_handoff_pause_stops_the_clock():
+    d = driver(rate=100)
+    d.client(post(100000))
+    d.new_packets()
+    d.credit(100000)
+    d.advance(5.0)
+    d.handler(HandoffStart)
+    assert isinstance(d.packets[-1], HandoffProceed)
+    d.advance(30.0)
+    assert not d.closed
+    d.handler(KeepAlive)  # the handler is back: the clock runs again
+    d.advance(4.9)
+    assert not d.closed
+    d.advance(0.2)
+    assert d.closed and R408 in d.output
+
+
+def test_the_rate_does_not_apply_once_the_body_is_read():
+    d = driver(rate=100)
+    d.client(post(10))
+    d.new_packets()
+    d.credit(100)
+    d.client(b"x" * 10)
+    assert isinstance(d.packets[-1], Data) and not d.packets[-1].more
+    assert d.session.rate is None or d.session.rate.deadline is None
+    d.advance(50.0)
+    assert not d.closed
+
+
+# -- connections per address ---------------------------------------------------
+
+def test_connections_per_address_are_capped_and_given_back():
+    limits = ConnLimits(Config(max_conns_per_ip=2))
+    assert limits.admit(0, "127.0.0.2") and limits.admit(1, "127.0.0.2")
+    assert not limits.admit(2, "127.0.0.2")
+    assert limits.admit(2, "127.0.0.3")
+    assert limits.admit(3, None)  # Unix-socket clients are not counted
+    limits.release(0)
+    limits.release(3)  # (not counted: nothing to give back)
+    assert limits.admit(4, "127.0.0.2")
+    assert not limits.admit(5, "127.0.0.2")
+    stats = limits.stats()
+    assert stats["per_ip_refused"] == 2 and stats[HEAD_TIMEOUT] == 0
+    for slot in (1, 2, 4):
+        limits.release(slot)
+    assert limits.per_address == {} and limits.by_slot == {}
+
+
+def test_no_per_address_limit_by_default():
+    limits = ConnLimits(Config())
+    assert all(limits.admit(n, "127.0.0.2") for n in range(1000))
+    assert limits.per_address == {}
