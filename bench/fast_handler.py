@@ -5,6 +5,7 @@ Used by http_bench.py for both condure implementations, so that the handler
 costs the same on both sides. It prints nothing per request.
 
     python3 fast_handler.py ipc:///tmp/somewhere/client [--count FILE]
+    python3 fast_handler.py --req ipc:///tmp/somewhere/req
 
 With --count, it tallies requests and connections per condure worker (from
 the request ids, ``<worker>-<slot>-<counter>``) and writes them to FILE as
@@ -14,6 +15,10 @@ The argument is the same stream base condure got with --zclient-stream; the
 handler connects PULL to BASE-out and XPUB to BASE-in (tcp bases are not
 supported). XPUB lets it wait for condure's subscription before the first
 packet to an address, instead of losing it.
+
+With --req, it serves condure's req-mode DEALER (--zclient-req SPEC) instead:
+a ROUTER connected to SPEC (ipc or tcp) that reads ``[peer, "", T...]`` and
+answers ``[peer, "", T...]`` with the same 200, addressed by ``id`` only.
 """
 
 import json
@@ -28,8 +33,38 @@ HEADERS = [[b"Content-Type", b"text/plain"]]
 BODY = b"hello world\n"
 
 
+def serve_req(spec):
+    """Answer every req-mode request on a ROUTER connected to ``spec``."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.connect(spec)
+    while True:
+        frames = sock.recv_multipart()
+        try:
+            empty = frames.index(b"")
+        except ValueError:
+            continue  # no envelope delimiter: not from condure
+        raw = frames[empty + 1] if len(frames) > empty + 1 else b""
+        if raw[:1] != b"T":
+            continue
+        req = tnetstring.loads(raw[1:])
+        resp = {
+            b"id": req[b"id"],
+            b"code": 200,
+            b"reason": b"OK",
+            b"headers": HEADERS,
+            b"body": BODY,
+        }
+        sock.send_multipart([*frames[: empty + 1], b"T" + tnetstring.dumps(resp)])
+
+
 def main():
     argv = sys.argv[1:]
+    if argv[:1] == ["--req"]:
+        if len(argv) != 2:
+            sys.exit("usage: fast_handler.py --req SPEC")
+        serve_req(argv[1])
+        return
     count_path = None
     if len(argv) == 3 and argv[1] == "--count":
         count_path = argv.pop(2)

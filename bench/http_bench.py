@@ -5,11 +5,14 @@ For each round, each implementation in turn (ours, then the reference) is
 started with the same options on a free loopback port, with its ipc sockets
 in a fresh temporary directory, together with a fresh bench/fast_handler.py.
 After one probe request, wrk measures it at each connection count
-(keep-alive, one wrk thread). The Markdown summary takes the median over
-rounds; the JSON file in bench/results/ keeps every run.
+(keep-alive, one wrk thread), and condure's CPU time (its whole process
+tree, from /proc) is read before and after each wrk run. The Markdown
+summary takes the median over rounds; the JSON file in bench/results/ keeps
+every run.
 
     python3 bench/http_bench.py                 # both, 3 rounds of 10 s runs
     python3 bench/http_bench.py --only-ref --rounds 1 --duration 5
+    python3 bench/http_bench.py --mode req      # a req-mode listener (--zclient-req)
 
 Not a test: it needs wrk and, for the reference, /usr/bin/condure.
 """
@@ -74,23 +77,60 @@ def wait_for_notify(sock, proc, timeout):
     raise RuntimeError("condure sent no READY=1 within {} s".format(timeout))
 
 
+def tree_pids(pid):
+    """``pid`` and its live descendants, from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo.extend(children.get(p, []))
+    return pids
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) of a process and its live descendants."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / hz
+    return total
+
+
 class Server:
     """One condure of either kind plus its fast handler, in a temp directory."""
 
-    def __init__(self, impl, args, handler=None, extra=()):
+    def __init__(self, impl, args, handler=None, extra=(), mode="stream"):
         """``handler``: the handler's command line before the base endpoint
         (default: bench/fast_handler.py, which answers "hello world");
-        ``extra``: more condure options, for both implementations."""
+        ``extra``: more condure options, for both implementations;
+        ``mode``: "stream" (--zclient-stream BASE) or "req" (a req listener,
+        --zclient-req SPEC, served by fast_handler.py --req)."""
         self.impl = impl
+        self.mode = mode
         self.dir = tempfile.TemporaryDirectory(prefix="condure-bench-")
         self.port = free_port()
-        base = "ipc://{}/client".format(self.dir.name)
-        options = [
-            "--listen", "127.0.0.1:{}".format(self.port),
-            "--zclient-stream", base,
-            "--workers", str(args.workers),
-            *extra,
-        ]  # fmt: skip
+        listen = "127.0.0.1:{}".format(self.port)
+        if mode == "req":
+            base = "ipc://{}/req".format(self.dir.name)
+            zmq_options = ["--listen", listen + ",req", "--zclient-req", base]
+        elif mode == "stream":
+            base = "ipc://{}/client".format(self.dir.name)
+            zmq_options = ["--listen", listen, "--zclient-stream", base]
+        else:
+            raise ValueError("unknown mode {!r}".format(mode))
+        options = [*zmq_options, "--workers", str(args.workers), *extra]
         self.notify = None
         if impl == "ours":
             notify_path = os.path.join(self.dir.name, "notify")
@@ -116,11 +156,36 @@ class Server:
             self.drain = threading.Thread(target=self._drain_log, daemon=True)
             self.drain.start()
             command = handler or [args.python, str(BENCH / "fast_handler.py")]
-            self.handler = subprocess.Popen([*command, base], cwd=self.dir.name)
+            if handler is None and mode == "req":
+                command = [*command, "--req"]
+            # The handler's output goes to stderr: stdout is for the results.
+            self.handler = subprocess.Popen([*command, base], cwd=self.dir.name,
+                                            stdout=sys.stderr)
             self.probe(b"hello world\n" if handler is None else None)
+        except RuntimeError as e:
+            output = self._startup_output()
+            self.stop()
+            raise RuntimeError("{} ({} condure: {})\n{}".format(
+                e, impl, " ".join(cmd), output)) from e
         except BaseException:
             self.stop()
             raise
+
+    def _startup_output(self):
+        """What condure printed, when it failed to start (the log is not
+        drained yet): the last 4 KB read within a second."""
+        if self.drain is not None:
+            return ""
+        fd, out = self.condure.stdout.fileno(), b""
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            out += chunk
+        return out[-4096:].decode(errors="replace")
 
     def _drain_log(self):
         fd = self.condure.stdout.fileno()
@@ -185,15 +250,24 @@ def parse_wrk(output):
     return result
 
 
-def run_wrk(args, port, connections):
+def run_wrk(args, port, connections, pid=None):
+    """One wrk run; with ``pid`` (condure's), also the CPU time of its
+    process tree during the run, per request (``cpu_us``) and in all
+    (``cpu_s``)."""
     cmd = [
         args.wrk, "-t1", "-c{}".format(connections), "-d{}s".format(args.duration),
         "--latency", "http://127.0.0.1:{}/".format(port),
     ]  # fmt: skip
+    cpu_start = cpu_seconds(pid) if pid else None
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60)
+    cpu = cpu_seconds(pid) - cpu_start if pid else None
     if out.returncode != 0:
         raise RuntimeError("wrk failed: " + out.stderr)
-    return parse_wrk(out.stdout)
+    result = parse_wrk(out.stdout)
+    if cpu is not None:
+        result["cpu_s"] = cpu
+        result["cpu_us"] = cpu / result["requests"] * 1e6 if result["requests"] else None
+    return result
 
 
 def median(runs, key):
@@ -206,7 +280,7 @@ def summarize(results, impls, connection_counts):
     for impl in impls:
         for c in connection_counts:
             runs = [r for r in results if r["impl"] == impl and r["connections"] == c]
-            rows[(impl, c)] = {k: median(runs, k) for k in ("rps", "p50_ms", "p99_ms")}
+            rows[(impl, c)] = {k: median(runs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us")}
             rows[(impl, c)]["rounds"] = len(runs)
     return rows
 
@@ -217,26 +291,27 @@ def fmt(value, spec):
 
 def markdown(rows, impls, connection_counts):
     lines = [
-        "| impl | connections | req/s | p50 (ms) | p99 (ms) | rounds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| impl | connections | req/s | p50 (ms) | p99 (ms) | CPU per request (us) | rounds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in connection_counts:
         for impl in impls:
             r = rows[(impl, c)]
             lines.append(
-                "| {} | {} | {} | {} | {} | {} |".format(
+                "| {} | {} | {} | {} | {} | {} | {} |".format(
                     impl, c, fmt(r["rps"], ".0f"), fmt(r["p50_ms"], ".3f"),
-                    fmt(r["p99_ms"], ".3f"), r["rounds"],
+                    fmt(r["p99_ms"], ".3f"), fmt(r["cpu_us"], ".1f"), r["rounds"],
                 )  # fmt: skip
             )
     if "ours" in impls and "ref" in impls:
-        lines += ["", "| connections | req/s ours/ref | p50 ours/ref | p99 ours/ref |"]
-        lines.append("|---:|---:|---:|---:|")
+        lines += ["", "| connections | req/s ours/ref | p50 ours/ref | p99 ours/ref "
+                  "| CPU per request ours/ref |"]
+        lines.append("|---:|---:|---:|---:|---:|")
         for c in connection_counts:
             ours, ref = rows[("ours", c)], rows[("ref", c)]
             ratios = [
                 fmt(ours[k] / ref[k], ".2f") if ours[k] and ref[k] else "-"
-                for k in ("rps", "p50_ms", "p99_ms")
+                for k in ("rps", "p50_ms", "p99_ms", "cpu_us")
             ]
             lines.append("| {} | {} |".format(c, " | ".join(ratios)))
     return "\n".join(lines)
@@ -248,6 +323,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="rounds of ours+ref (3)")
     p.add_argument("--connections", default="50,1", help="comma list of wrk -c values (50,1)")
     p.add_argument("--workers", type=int, default=2, help="condure --workers for both (2)")
+    p.add_argument("--mode", choices=("stream", "req"), default="stream",
+                   help="listener mode: stream (--zclient-stream) or req (--zclient-req)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--only-ref", action="store_true", help="measure the reference only")
     which.add_argument("--only-ours", action="store_true", help="measure ours only")
@@ -263,17 +340,17 @@ def main():
     results = []
     for round_no in range(1, args.rounds + 1):
         for impl in impls:
-            server = Server(impl, args)
+            server = Server(impl, args, mode=args.mode)
             try:
                 for c in connection_counts:
-                    r = run_wrk(args, server.port, c)
-                    r.update(impl=impl, connections=c, round=round_no)
+                    r = run_wrk(args, server.port, c, pid=server.condure.pid)
+                    r.update(impl=impl, mode=args.mode, connections=c, round=round_no)
                     results.append(r)
                     print(
-                        "round {} {:4} c={:<3} {:>9.0f} req/s  p50 {:.3f} ms  p99 {:.3f} ms"
-                        "  errors {} non-2xx {}".format(
-                            round_no, impl, c, r["rps"], r["p50_ms"], r["p99_ms"],
-                            sum(r["errors"].values()), r["non_2xx"],
+                        "round {} {} {:4} c={:<3} {:>9.0f} req/s  p50 {:.3f} ms  p99 {:.3f} ms"
+                        "  cpu {:.1f} us/req  errors {} non-2xx {}".format(
+                            round_no, args.mode, impl, c, r["rps"], r["p50_ms"], r["p99_ms"],
+                            r["cpu_us"] or 0.0, sum(r["errors"].values()), r["non_2xx"],
                         ),  # fmt: skip
                         file=sys.stderr,
                         flush=True,
@@ -296,7 +373,8 @@ def main():
         "summary": [{"impl": i, "connections": c, **rows[(i, c)]} for (i, c) in rows],
     }
     os.makedirs(args.results_dir, exist_ok=True)
-    path = os.path.join(args.results_dir, "http-{}.json".format(stamp))
+    name = "http-{}.json" if args.mode == "stream" else "http-req-{}.json"
+    path = os.path.join(args.results_dir, name.format(stamp))
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     print(table)

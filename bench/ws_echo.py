@@ -35,28 +35,7 @@ class Args:
     pass
 
 
-def cpu_seconds(pid):
-    """CPU time (user + system) of a process and its live descendants."""
-    hz = os.sysconf("SC_CLK_TCK")
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append((int(entry), fields))
-    total, todo = 0.0, [pid]
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / hz
-    except OSError:
-        return 0.0
-    while todo:
-        for child, fields in children.get(todo.pop(), []):
-            total += (int(fields[11]) + int(fields[12])) / hz
-            todo.append(child)
-    return total
+cpu_seconds = http_bench.cpu_seconds  # client_bench.py imports it from here
 
 
 def run(impl, opts):
