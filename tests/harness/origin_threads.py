@@ -33,6 +33,7 @@ class WsOrigin:
     def __init__(self, context: ssl.SSLContext | None = None,
                  compression: str | None = "deflate") -> None:
         self.offered: list[list[str]] = []
+        self.paths: list[str] = []
         self.agreed: list[list[str]] = []
         self.closes: list[int | None] = []
         self.done = threading.Event()
@@ -43,7 +44,9 @@ class WsOrigin:
         self.thread.start()
 
     def _record(self, _connection, request) -> None:
+        # before the 101 goes out
         self.offered.append(request.headers.get_all("Sec-WebSocket-Extensions"))
+        self.paths.append(request.path)
 
     def _serve(self, ws) -> None:
         self.agreed.append([e.name for e in ws.protocol.extensions])
@@ -60,6 +63,9 @@ class WsOrigin:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.server.shutdown()
         self.thread.join(WAIT)
 

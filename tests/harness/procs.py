@@ -74,6 +74,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def terminate(popen: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM a helper process (a handler, say), SIGKILL if it has not
+    ended within ``timeout``; reaps it either way."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+    try:
+        popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait()
+
+
 def python_env(root: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     old = env.get("PYTHONPATH")

@@ -73,12 +73,7 @@ def echo(request: pytest.FixtureRequest, tmp_path):
         assert condure.alive() and "Traceback" not in out, out[-3000:]
     finally:
         os.kill(handler.pid, signal.SIGCONT)
-        handler.send_signal(signal.SIGTERM)
-        try:
-            handler.wait(10)
-        except subprocess.TimeoutExpired:
-            handler.kill()
-            handler.wait()
+        procs.terminate(handler)
         condure.stop()
 
 

@@ -32,11 +32,10 @@ from condure.zhttp.packets import Close, Credit, Data, Error, Ident, KeepAlive
 from tests.harness import procs
 from tests.harness.client_origin import Origin, Request, ok
 from tests.harness.http_client import connect, request
+from tests.harness.origin_threads import WsOrigin
 from tests.integration.test_client_mode import HANDLER, WAIT, Handler, response
 
 trustme = pytest.importorskip("trustme")
-from websockets.exceptions import ConnectionClosed  # noqa: E402
-from websockets.sync.server import serve  # noqa: E402
 
 # -- origins in threads -----------------------------------------------------------------
 
@@ -75,37 +74,6 @@ class ScriptedOrigin:
 def echo(request: Request) -> bytes:
     return ok(b"%s %s got %d bytes: %s" % (request.method, request.path,
                                            len(request.body), request.body))
-
-
-class WsOrigin:
-    """A ``websockets`` echo server on loopback in a thread; records the
-    close code each connection ended with."""
-
-    def __init__(self) -> None:
-        self.closes: list[int | None] = []
-        self.paths: list[str] = []
-        self.done = threading.Event()
-        self.server = serve(self._serve, "127.0.0.1", 0, process_request=self._record)
-        self.port = self.server.socket.getsockname()[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def _record(self, _connection, request) -> None:
-        self.paths.append(request.path)  # before the 101 goes out
-
-    def _serve(self, ws) -> None:
-        try:
-            for message in ws:
-                ws.send(b"echo: " + message if isinstance(message, bytes)
-                        else "echo: " + message)
-        except ConnectionClosed:
-            pass
-        self.closes.append(ws.close_code)
-        self.done.set()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.thread.join(WAIT)
 
 
 # -- the condure process ------------------------------------------------------------------

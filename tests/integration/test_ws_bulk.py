@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import signal
 import subprocess
 import sys
 
@@ -96,12 +95,7 @@ def echo_condure(make_condure, tmp_path, request):
     try:
         yield condure, compression
     finally:
-        handler.send_signal(signal.SIGTERM)
-        try:
-            handler.wait(10)
-        except subprocess.TimeoutExpired:
-            handler.kill()
-            handler.wait()
+        procs.terminate(handler)
         log.close()
 
 

@@ -10,7 +10,6 @@ Debian's condure 1.9.1 forwards `Upgrade: WebSocket` as a plain HTTP request
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 
@@ -50,12 +49,7 @@ def echo(tmp_path_factory):
                 out = condure.output()
                 assert condure.alive() and "Traceback" not in out, out[-3000:]
             finally:
-                handler.send_signal(signal.SIGTERM)
-                try:
-                    handler.wait(10)
-                except subprocess.TimeoutExpired:
-                    handler.kill()
-                    handler.wait()
+                procs.terminate(handler)
     finally:
         condure.stop()
 
