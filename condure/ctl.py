@@ -198,7 +198,7 @@ def main(argv: Sequence[str]) -> int:
         args = build_parser().parse_args(list(argv))
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    path = args.socket or runtime.control_socket_path(args.id) or ""
+    path = args.socket or runtime.find_control_socket(args.id)
     try:
         answer = request(path, payload_of(args), args.timeout)
     except (CtlError, ValueError) as e:

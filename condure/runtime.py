@@ -26,6 +26,11 @@ def runtime_parent(environ: Mapping[str, str] | None = None) -> str:
     return tempfile.gettempdir()
 
 
+# The shipped unit's RuntimeDirectory= (systemd/condure.service): where
+# `condure ctl`, run from a shell without $RUNTIME_DIRECTORY, looks next.
+SERVICE_RUNTIME_DIR = "/run/condure"
+
+
 def control_socket_path(instance_id: str, given: str | None = None,
                         environ: Mapping[str, str] | None = None) -> str | None:
     """The control socket's path: ``given`` (``--control-socket``) when set,
@@ -33,3 +38,15 @@ def control_socket_path(instance_id: str, given: str | None = None,
     if given is not None:
         return given or None
     return os.path.join(runtime_parent(environ), f"condure-{instance_id}.ctl")
+
+
+def find_control_socket(instance_id: str, environ: Mapping[str, str] | None = None) -> str:
+    """For ``condure ctl`` without ``--socket``: the default path when a
+    socket is there, else the one the shipped systemd unit's condure uses
+    (``/run/condure``), else the default path (the error then names it)."""
+    default = control_socket_path(instance_id, None, environ) or ""
+    service = os.path.join(SERVICE_RUNTIME_DIR, f"condure-{instance_id}.ctl")
+    for path in (default, service):
+        if os.path.exists(path):
+            return path
+    return default

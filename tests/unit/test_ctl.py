@@ -167,3 +167,17 @@ def test_connections_and_stacks_for_a_person():
                                               "error": "no answer within 2 s"}]})
     assert stacks.splitlines() == ["=== supervisor (pid 1)", "S",
                                    "=== worker 0 (pid 2, current)", "no answer within 2 s"]
+
+
+def test_ctl_finds_the_service_socket_when_the_default_has_none(tmp_path, monkeypatch):
+    from condure import runtime
+    env = {"RUNTIME_DIRECTORY": str(tmp_path)}
+    default = str(tmp_path / "condure-x.ctl")
+    service = tmp_path / "service"
+    service.mkdir()
+    monkeypatch.setattr(runtime, "SERVICE_RUNTIME_DIR", str(service))
+    assert runtime.find_control_socket("x", env) == default  # nothing anywhere: the default
+    (service / "condure-x.ctl").touch()
+    assert runtime.find_control_socket("x", env) == str(service / "condure-x.ctl")
+    (tmp_path / "condure-x.ctl").touch()
+    assert runtime.find_control_socket("x", env) == default  # the default wins when it exists
