@@ -13,11 +13,13 @@ The full-size run is reported in docs/restarts.md.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -161,8 +163,30 @@ def test_connections_live_through_restarts_and_reloads(setup):
 def test_restarts_wait_for_a_handler_that_pauses(setup):
     """The handler stops reading for 3 s in the middle of each restart
     (SIGSTOP, then SIGCONT): the handoff waits for it (its silence is
-    shorter than --handoff-timeout) and nothing is closed or lost."""
-    _live_through(setup, 2, 3.0)
+    shorter than --handoff-timeout) and nothing is closed or lost.
+    Meanwhile `condure ctl status` shows the workers handing over."""
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            r = setup.ns.run(sys.executable, "-m", "condure", "ctl", "--socket",
+                             "/run/condure/condure-condure.ctl", "--json", "status",
+                             check=False, timeout=20)
+            if r.returncode == 0:
+                seen.append(json.loads(r.stdout))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        _live_through(setup, 2, 3.0)
+    finally:
+        stop.set()
+        watcher.join(30)
+    states = [w["state"] for status in seen for w in status["workers"]]
+    print(f"ctl status: {len(seen)} answers, worker states {sorted(set(states))}")
+    assert "handing over" in states, states
+    assert "ready" in states, states
 
 
 def _live_through(setup: Setup, cycles: int, handler_pause: float) -> None:
