@@ -89,11 +89,36 @@ class Config:
     worker_timeout: int = 20
     pid_file: str | None = None
     control_socket: str | None = None  # None: condure-<id>.ctl in the runtime dir; "": none
+    zmq_curve_secret: str | None = None  # CURVE on handler-facing sockets (net/curve.py)
+    zmq_curve_clients: str | None = None
+    zmq_curve_server: str | None = None
 
     def __post_init__(self) -> None:
         if self.accept_mode not in ACCEPT_MODES:
             raise ConfigError("failed to parse accept-mode: expected one of "
                               + ", ".join(ACCEPT_MODES))
+        self._check_curve()
+
+    def _check_curve(self) -> None:
+        """The CURVE options fit the sockets: a key directory when condure
+        binds handler-facing sockets, a server key when it connects them."""
+        if self.zmq_curve_secret is None:
+            for name in ("zmq_curve_clients", "zmq_curve_server"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name.replace('_', '-')} needs zmq-curve-secret")
+            return
+        server_role = self.uses_stream or self.uses_req
+        client_role = bool(self.zserver_stream or self.zserver_req)
+        binds = ((server_role and not self.zclient_connect)
+                 or (client_role and not self.zserver_connect))
+        connects = ((server_role and self.zclient_connect)
+                    or (client_role and self.zserver_connect))
+        if binds and self.zmq_curve_clients is None:
+            raise ConfigError("zmq-curve-secret: condure binds handler sockets, "
+                              "so zmq-curve-clients must name the allowed handlers' keys")
+        if connects and self.zmq_curve_server is None:
+            raise ConfigError("zmq-curve-secret: condure connects to handlers, "
+                              "so zmq-curve-server must name their public key")
 
     @property
     def hwm(self) -> int:

@@ -312,6 +312,39 @@ OPTIONS: tuple[Option, ...] = (
         metavar="OCTAL", default="0",
     ),
     Option(
+        "--zmq-curve-secret", PATH, "condure's CURVE key pair (enables CURVE to handlers)",
+        "Secure every handler-facing ZeroMQ socket (server and client role, "
+        "stream and req, whatever the transport) with CURVE, using the key "
+        "pair in FILE: a ZeroMQ certificate with a secret key, as "
+        "`zmq.auth.create_certificates` writes it (the `.key_secret` file). "
+        "Sockets condure binds become CURVE servers and admit only the "
+        "handlers in `--zmq-curve-clients`; sockets it connects "
+        "(`--zclient-connect`, `--zserver-connect`) become CURVE clients of "
+        "`--zmq-curve-server`. The supervisor's internal hops to its workers "
+        "stay plain. Without this option nothing changes. See "
+        "docs/operations.md. Not a Condure option.",
+        metavar="FILE",
+    ),
+    Option(
+        "--zmq-curve-clients", PATH, "Directory of the public keys of allowed handlers",
+        "With `--zmq-curve-secret`, required when condure binds handler "
+        "sockets: the handlers allowed to connect are those whose public "
+        "certificate (a `*.key` file) is in DIR. A handler with any other key "
+        "gets nothing and a warning is logged (at most one line per 10 s, "
+        "with a count of the others). The directory is read again when its "
+        "modification time changes: adding or removing a handler needs no "
+        "restart. Not a Condure option.",
+        metavar="DIR",
+    ),
+    Option(
+        "--zmq-curve-server", PATH, "Public key of the handler condure connects to",
+        "With `--zmq-curve-secret`, required with `--zclient-connect` or "
+        "`--zserver-connect`: the public certificate (a `.key` file) of the "
+        "CURVE server condure connects to; one key for every endpoint it "
+        "connects. Not a Condure option.",
+        metavar="FILE",
+    ),
+    Option(
         "--tls-identities-dir", PATH, "Directory of TLS certificates and keys",
         "Directory of the certificates of TLS listeners: a name N is the PEM "
         "certificate chain `N.crt` and the PEM private key `N.key`. The name "

@@ -19,6 +19,7 @@ from typing import cast
 import zmq
 
 from condure.config import Config, client_endpoints
+from condure.net import curve
 from condure.net.routerqueue import ROUTER_RETRY
 from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, INTERNAL_HWM_FACTOR
 from condure.net.zmqreq import MAX_ENVELOPE, packet_frame
@@ -261,6 +262,8 @@ class ClientSockets:
         router = self._socket(zmq.ROUTER, rcvhwm=self.hwm)
         router.setsockopt(zmq.ROUTING_ID, from_)
         pub = self._socket(zmq.PUB, sndhwm=self.hwm)
+        for sock in (pull, router, pub):
+            curve.secure(sock, config, connect=self.connect)
         for base in config.zserver_stream:
             in_, in_stream, out = client_endpoints(base)
             _bind_or_connect(pull, in_, self.connect, self.file_mode)
@@ -283,6 +286,7 @@ class ClientSockets:
                 self.req_outs.append(_Outbox(self.loop, push))
             return
         router = self._socket(zmq.ROUTER, sndhwm=FIRST_PACKET_HWM, rcvhwm=self.hwm)
+        curve.secure(router, config, connect=self.connect)
         for endpoint in config.zserver_req:
             _bind_or_connect(router, endpoint, self.connect, self.file_mode)
             self.endpoints.append(f"zserver req %s {endpoint}")

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import zmq
 
 from condure.config import Config, stream_endpoints
+from condure.net import curve
 from condure.net.routerqueue import ROUTER_RETRY, PackedQueues, RouterQueues, pack_later
 
 log = logging.getLogger("condure.zmq")
@@ -105,6 +106,8 @@ class StreamSockets:
         self.extra_prefixes: set[bytes] = set()
         for sock in (self.push, self.router, self.sub):
             sock.setsockopt(zmq.LINGER, 0)
+            if not self.proxied:  # handlers' endpoints, not the supervisor's relay
+                curve.secure(sock, config, connect=connect)
         # Watched before connecting, so that no handshake goes unseen.
         self._sub_monitor = (self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
                              if self.proxied else None)

@@ -57,6 +57,7 @@ from functools import partial
 import zmq
 
 from condure.config import Config, stream_endpoints
+from condure.net import curve
 from condure.net.routerqueue import ROUTER_RETRY, RouterQueues, unpack_later
 from condure.net.zmqio import (
     BATCH,
@@ -94,7 +95,9 @@ def serves_bound(config: Config) -> bool:
 
 def connect_spec(config: Config) -> dict:
     """The worker spec's ``zmq`` part when the server role's sockets are
-    not bound here: each worker uses the configured endpoints itself."""
+    not bound here: each worker uses the configured endpoints itself.
+    Raises ConfigError for unusable CURVE key files (here, not in every worker)."""
+    curve.load(config)
     return {"stream": list(config.zclient_stream), "req": list(config.zclient_req),
             "connect": True}
 
@@ -151,6 +154,7 @@ class ZmqProxy:
             router = self._socket(zmq.ROUTER, rcvhwm=config.hwm, sndhwm=config.hwm)
             router.bind(internal)
             dealer = self._socket(zmq.DEALER, sndhwm=FIRST_PACKET_HWM, rcvhwm=config.hwm)
+            curve.secure(dealer, config, connect=False)
             for endpoint in config.zclient_req:
                 self._bind_public(dealer, endpoint, mode)
                 log.info("zhttp client bind %s", endpoint)
@@ -164,6 +168,8 @@ class ZmqProxy:
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.setsockopt(zmq.ROUTER_HANDOVER, 1)
             xsub = self._socket(zmq.XSUB, rcvhwm=INTERNAL_HWM_FACTOR * config.hwm)
+            for sock in (push, router, xsub):
+                curve.secure(sock, config, connect=False)
             for public in config.zclient_stream:
                 out, out_stream, in_ = stream_endpoints(public)
                 self._bind_public(push, out, mode)
@@ -267,6 +273,7 @@ class ZmqProxy:
             for ctl in self._controls:
                 ctl.close(linger=0)
             if self.ctx is not None:
+                curve.stop(self.ctx)  # its ZAP handler's socket would hold term()
                 self.ctx.term()
         else:
             log.warning("zmq proxy threads did not stop; leaving them")

@@ -51,6 +51,7 @@ from typing import Protocol
 import zmq
 
 from condure.config import Config, client_endpoints
+from condure.net import curve
 from condure.net.zmqclient import pack_frames, unpack_frames
 from condure.net.zmqio import BATCH, FIRST_PACKET_HWM, INTERNAL_HWM_FACTOR
 from condure.supervisor.relay import relay_loop, run_until_stopped
@@ -93,6 +94,7 @@ def start_zserver(proxy: ProxyHost) -> dict:
         internal_in = f"ipc://{proxy.dir}/zserver-req-in"
         internal_out = f"ipc://{proxy.dir}/zserver-req-out"
         router = proxy._socket(zmq.ROUTER, sndhwm=FIRST_PACKET_HWM, rcvhwm=hwm)
+        curve.secure(router, config, connect=False)
         for endpoint in config.zserver_req:
             proxy._bind_public(router, endpoint, mode)
             log.info("zserver req bind %s", endpoint)
@@ -111,6 +113,8 @@ def start_zserver(proxy: ProxyHost) -> dict:
         # Handlers address later packets to this identity: --id.
         later.setsockopt(zmq.ROUTING_ID, config.id.encode())
         pub = proxy._socket(zmq.PUB, sndhwm=hwm)
+        for sock in (first, later, pub):
+            curve.secure(sock, config, connect=False)
         for base in config.zserver_stream:
             in_, in_stream, out = client_endpoints(base)
             proxy._bind_public(first, in_, mode)
