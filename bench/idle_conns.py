@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hold many idle HTTP keep-alive connections or WebSockets; one process.
 
-    python3 bench/idle_conns.py --port P --kind http|ws --source 127.0.9.1
+    python3 bench/idle_conns.py --port P --kind http|ws|silent --source 127.0.9.1
 
 Used by bench/memory_bench.py, which starts several of these (each process
 may hold at most about 19,000 descriptors) and drives them with one JSON
@@ -10,10 +10,13 @@ command per line on stdin; each command gets one JSON line on stdout:
 - ``{"cmd": "open", "n": N}``: open N more connections, at most 256
   connecting at once. An HTTP connection sends one ``GET /idle`` and reads
   the whole response, then stays open and quiet (keep-alive); a WebSocket
-  finishes its handshake (``GET /ws``, 101) and stays quiet. Answer:
+  finishes its handshake (``GET /ws``, 101) and stays quiet; a ``silent``
+  one (bench/abuse.py) connects and sends nothing at all. Answer:
   ``{"opened": k, "failed": f, "held": h, "seconds": t}``.
 - ``{"cmd": "held"}``: ``{"held": h}``, the connections open and not
   closed by the server.
+- ``{"cmd": "closed"}``: ``{"closed": c, "after": [min, median, max]}``,
+  the connections the server closed, and seconds from connect to close.
 - ``{"cmd": "echo", "n": N}``: on N of the held connections (spread evenly;
   0 or absent: all), 512 at a time, send one more request (HTTP) or one
   text message (WebSocket) and wait up to 10 s for its answer (a 200, or
@@ -57,9 +60,12 @@ class Conn(asyncio.Protocol):
         self.handshake = True
         self.open = False
         self.mask = os.urandom(4)
+        self.began = None  # when connected
+        self.lifetime = None  # seconds from connect to the server's close
 
     def connection_made(self, transport):
         self.transport = transport
+        self.began = time.monotonic()
 
     def ask(self, loop, data, expect=None):
         self.waiter = loop.create_future()
@@ -120,14 +126,18 @@ class Conn(asyncio.Protocol):
                 self.open = False
                 self.transport.close()
 
-    def eof_received(self):
+    def _closed(self):
+        if self.open and self.lifetime is None:
+            self.lifetime = time.monotonic() - self.began
         self.open = False
         self._done(False)
+
+    def eof_received(self):
+        self._closed()
         return False
 
     def connection_lost(self, exc):
-        self.open = False
-        self._done(False)
+        self._closed()
 
 
 def frame(opcode, payload, key):
@@ -157,7 +167,9 @@ class Holder:
                     self.loop.sock_connect(sock, ("127.0.0.1", self.args.port)), TIMEOUT
                 )
                 await self.loop.create_connection(lambda: conn, sock=sock)
-                if self.args.kind == "http":
+                if self.args.kind == "silent":
+                    ok = True
+                elif self.args.kind == "http":
                     ok = await asyncio.wait_for(conn.ask(self.loop, self.request), TIMEOUT)
                 else:
                     key = base64.b64encode(os.urandom(16))
@@ -183,6 +195,11 @@ class Holder:
 
     def held(self):
         return sum(1 for c in self.conns if c.open)
+
+    def closed(self):
+        after = sorted(c.lifetime for c in self.conns if c.lifetime is not None)
+        spread = [after[0], after[len(after) // 2], after[-1]] if after else []
+        return {"closed": len(after), "after": [round(x, 3) for x in spread]}
 
     async def open(self, n):
         began = time.monotonic()
@@ -228,6 +245,8 @@ class Holder:
                 answer = await self.open(cmd["n"])
             elif cmd["cmd"] == "held":
                 answer = {"held": self.held()}
+            elif cmd["cmd"] == "closed":
+                answer = self.closed()
             elif cmd["cmd"] == "echo":
                 answer = await self.echo(cmd.get("n", 0))
             elif cmd["cmd"] == "quit":
@@ -244,7 +263,7 @@ class Holder:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--kind", choices=("http", "ws"), required=True)
+    p.add_argument("--kind", choices=("http", "ws", "silent"), required=True)
     p.add_argument("--source", default="127.0.0.1", help="local address to connect from")
     args = p.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

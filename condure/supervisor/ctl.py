@@ -380,6 +380,7 @@ def worker_status(child: Child, role: str, respawns: int, now: float) -> dict[st
         "requests": child.requests,
         "handover": child.handed_over or stats.get("handover"),
         "respawns": respawns,
+        "limits": stats.get("limits") or {},  # docs/operations.md, "Limits"
     }
 
 

@@ -128,6 +128,7 @@ def test_status_counts_connections_by_kind(start, handler, tmp_path):
             assert w["waiting"] == 0
             assert isinstance(w["lag_ms"], float) and 0 <= w["lag_ms"] < 1000, w
             assert w["queues"] == {"router": 0, "push": 0}
+            assert w["limits"]["head_timeout"] == 0 and w["limits"]["per_ip_refused"] == 0, w
             assert w["total"] == sum(w["connections"].values())
         assert sum(w["requests"] for w in workers) == 5  # 3 GETs, 2 upgrades
         # the same through --socket, for a person
