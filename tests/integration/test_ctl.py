@@ -20,58 +20,18 @@ import sys
 import tempfile
 import time
 
-import pytest
 
 from tests.harness import procs
 from tests.harness import ws_client as wc
 from tests.harness.http_client import Conn
 from tests.harness.ws_scenarios import accept, recv
-from tests.integration.test_supervisor import AutoHandler, Notify, children, get
-
-
-@pytest.fixture
-def start(tmp_path):
-    """``start(*args, workers=2, env_extra=None, wait=True)``: condure with
-    RUNTIME_DIRECTORY=tmp_path, ready (READY=1) unless ``wait`` is False."""
-    started = []
-
-    def go(*args, workers=2, env_extra=None, wait=True, base=None):
-        port = procs.free_port()
-        base = base or f"ipc://{tmp_path}/client"
-        notify = Notify(tmp_path / f"notify{len(started)}")
-        env = procs.python_env()
-        env.pop("XDG_RUNTIME_DIR", None)
-        env["RUNTIME_DIRECTORY"] = str(tmp_path)
-        env["NOTIFY_SOCKET"] = notify.path
-        env.update(env_extra or {})
-        cmd = [sys.executable, "-m", "condure", "--listen", f"127.0.0.1:{port}",
-               "--zclient-stream", base, "--workers", str(workers), "--log-level", "3", *args]
-        proc = procs._spawn("condure", cmd, tmp_path / f"condure{len(started)}.log", None,
-                            env=env, cwd=str(procs.REPO_ROOT))
-        started.append(proc)
-        proc.port, proc.base, proc.notify = port, base, notify
-        if wait:
-            notify.wait(lambda m: "READY=1" in m.split("\n"), timeout=30)
-        return proc
-
-    yield go
-    for proc in started:
-        proc.notify.sock.close()
-        pids = children(proc.pid)
-        proc.stop(signal.SIGKILL if proc.alive() else signal.SIGTERM)
-        for pid in pids | children(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-@pytest.fixture
-def handler(tmp_path):
-    h = AutoHandler(f"ipc://{tmp_path}/client")
-    yield h
-    h.halt.set()
-    h.join(5)
+from tests.integration.test_supervisor import (  # noqa: F401 - fixtures
+    AutoHandler,
+    children,
+    get,
+    handler,
+    start,
+)
 
 
 def ctl(tmp_path, *args, check=True):

@@ -135,13 +135,19 @@ class Notify:
 
 @pytest.fixture
 def start(tmp_path):
+    """``start(*args, workers=2, env_extra=None, wait=True, base=None)``:
+    condure with RUNTIME_DIRECTORY=tmp_path (so its default control socket
+    is ``tmp_path/condure-<id>.ctl``), ready (READY=1) unless ``wait`` is
+    False."""
     started = []
 
-    def go(*args, workers=2, env_extra=None, wait=True):
+    def go(*args, workers=2, env_extra=None, wait=True, base=None):
         port = procs.free_port()
-        base = f"ipc://{tmp_path}/client"
+        base = base or f"ipc://{tmp_path}/client"
         notify = Notify(tmp_path / f"notify{len(started)}")
         env = procs.python_env()
+        env.pop("XDG_RUNTIME_DIR", None)
+        env["RUNTIME_DIRECTORY"] = str(tmp_path)
         env["NOTIFY_SOCKET"] = notify.path
         env.update(env_extra or {})
         cmd = [sys.executable, "-m", "condure", "--listen", f"127.0.0.1:{port}",
@@ -151,15 +157,19 @@ def start(tmp_path):
         started.append(proc)
         proc.port, proc.base, proc.notify = port, base, notify
         if wait:
-            notify.wait(lambda m: "READY=1" in m.split("\n"))
+            notify.wait(lambda m: "READY=1" in m.split("\n"), timeout=30)
         return proc
 
     yield go
     for proc in started:
         proc.notify.sock.close()
+        pids = children(proc.pid)
         proc.stop(signal.SIGKILL if proc.alive() else signal.SIGTERM)
-        for pid in children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
+        for pid in pids | children(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture
