@@ -73,6 +73,12 @@ class Faulty(flows.Server):
         assert lines[0].startswith("[ERR]"), lines
         if sid is not None:
             assert f"session {sid})" in lines[0], lines
+        # The traceback follows the error line; its last line may still be
+        # on its way through the log pipe.
+        while (out.count("InjectedFault: ") < self.faults
+               and time.monotonic() < deadline + 3):
+            time.sleep(0.02)
+            out = self.condure.output()
         assert out.count("Traceback (most recent call last)") == self.faults, out[-3000:]
         assert out.count("InjectedFault: ") == self.faults, out[-3000:]
 
