@@ -132,12 +132,22 @@ class Clients:
 
     # -- packets from handlers ----------------------------------------------------
 
-    def _decode(self, payload: bytes) -> Packet | None:
+    def _decode(self, payload: bytes, *, later: bool = False) -> Packet | None:
+        """The packet, or None. A later packet of unknown type ends the
+        sessions it names, as in the server role (reference 4.5)."""
         if self.trace:
             log.log(TRACE, "IN %r", payload)
         try:
             return decode(payload)
-        except PacketError as e:  # UnknownType included
+        except UnknownType as e:
+            log.debug("handler packet of unknown type for %d session(s): %s", len(e.ids), e)
+            if later:
+                for ident in e.ids:
+                    conn = self.streams.get((e.from_, ident.id))
+                    if conn is not None:
+                        conn.abort_unknown(str(e))
+            return None
+        except PacketError as e:
             log.debug("dropping a handler packet: %s", e)
             return None
 
@@ -173,20 +183,8 @@ class Clients:
         conn.run()
 
     def on_later(self, payload: bytes) -> None:
-        if self.trace:
-            log.log(TRACE, "IN %r", payload)
-        try:
-            packet = decode(payload)
-        except UnknownType as e:
-            # As in the server role (reference 4.5): the sessions it names end.
-            log.debug("handler packet of unknown type for %d session(s): %s", len(e.ids), e)
-            for ident in e.ids:
-                conn = self.streams.get((e.from_, ident.id))
-                if conn is not None:
-                    conn.abort_unknown(str(e))
-            return
-        except PacketError as e:
-            log.debug("dropping a handler packet: %s", e)
+        packet = self._decode(payload, later=True)
+        if packet is None:
             return
         now = time.monotonic()
         for ident in packet.ids:

@@ -90,10 +90,9 @@ class Exporter:
         self.handoff_timeout = handoff_timeout
         self.drain_deadline = drain_deadline
         self.moving: list[_Moving] = []
-        self.started = time.monotonic()
         # The handler's last sign of life: a packet from it reached this worker.
         self.heard = worker.handler_packets
-        self.heard_at = self.started
+        self.heard_at = time.monotonic()
         self.unconfirmed: dict[int, list[socket.socket]] = {}
         self.moved = 0  # sessions the supervisor took
         self.closed = 0  # sessions that could not move and were closed politely

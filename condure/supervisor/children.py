@@ -49,6 +49,11 @@ class Child:
     def ready(self) -> bool:
         return self.ready_at is not None
 
+    @property
+    def last_heard(self) -> float:
+        """When it last said something (its readiness counts)."""
+        return max(self.heard_at, self.ready_at or 0.0)
+
 
 @dataclass
 class State:

@@ -409,7 +409,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         limit = self.config.worker_timeout
         if not limit:
             return
-        heard = max(child.heard_at, child.ready_at or 0.0)
+        heard = child.last_heard
         if child.hung_since is None:
             if now - heard < limit:
                 return
@@ -427,7 +427,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         watchdog is pinged only then)."""
         limit = self.config.worker_timeout
         return not limit or all(
-            now - max(c.heard_at, c.ready_at or 0.0) < limit
+            now - c.last_heard < limit
             for c in self.children() if c.ready and c.stop_deadline is None)
 
     def step_reload(self, now: float) -> None:
