@@ -158,14 +158,16 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--req-maxconn", UINT, "Maximum concurrent connections in req mode",
         "Limit on concurrent connections of req-mode listeners, over all "
-        "workers. It must be at least the number of workers, and together "
+        "workers: each worker holds N / workers. It must be at least the "
+        "number of workers, and together "
         "with --stream-maxconn at most 10,000,000.",
         metavar="N", default="100",
     ),
     Option(
         "--stream-maxconn", UINT, "Maximum concurrent connections in stream mode",
         "Limit on concurrent connections of stream-mode listeners, over all "
-        "workers. It must be at least the number of workers. It also sets the "
+        "workers: each worker holds N / workers. It must be at least the "
+        "number of workers. It also sets the "
         "ZeroMQ high-water mark: max((req + stream maxconn) / 20, 1).",
         metavar="N", default="10000",
     ),

@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import math
 import os
 import socket
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from condure.clients import Clients, batched
+from condure.clients import Clients
 from condure.config import Config, ListenSpec
 from condure.log import TRACE, trace_enabled
 from condure.net import listeners
@@ -40,12 +39,12 @@ from condure.session.contract import Session
 from condure.session.http import HttpSession
 from condure.session.req import REQ_SOCKET, ReqSession
 from condure.slots import Slots
+from condure.sweep import KeepAliveSweep, Owed
 from condure.zhttp import PacketError, UnknownType, decode, encode
-from condure.zhttp.packets import Cancel, Ident, KeepAlive, Packet
+from condure.zhttp.packets import Cancel, KeepAlive, Packet
 
 log = logging.getLogger("condure")
 
-KEEP_ALIVE_INTERVAL = 45.0  # every session is visited once per 45 s (reference 5.8)
 ACCEPT_BATCH = 64  # connections accepted per wakeup
 # On a socket every worker accepts on (--accept-mode shared), each worker
 # takes only a few per wakeup, so one that woke first does not drain the
@@ -78,7 +77,9 @@ class Worker(Slots):
         # Our ZHTTP "from" and SUB prefix: --id, or --id.<index> with workers.
         self.instance_id = (address if address is not None else config.id).encode()
         self.read_size = max(config.buffer_size, 1)
-        self.limits = {"stream": config.stream_maxconn, "req": config.req_maxconn}
+        share = max(config.workers, 1)  # each worker its share, as Condure's threads
+        self.limits = {"stream": max(config.stream_maxconn // share, 1),
+                       "req": max(config.req_maxconn // share, 1)}
         self.paused_modes: set[str] = set()
         self.conn_limits = ConnLimits(config)  # docs/operations.md, "Limits"
         self.maxconn = sum(self.limits[m] for m in {spec.mode for spec in config.listen}) or 1
@@ -89,8 +90,7 @@ class Worker(Slots):
         self.accepting = False
         self.zmq: StreamSockets | None = None
         self.req: ReqSocket | None = None
-        self.sweep_pos = 0
-        self.sweep_batch = max(math.ceil(self.maxconn / (KEEP_ALIVE_INTERVAL / RESOLUTION)), 1)
+        self.sweep = KeepAliveSweep(self.maxconn, time.monotonic())
         self.tick_handle: asyncio.TimerHandle | None = None
         # Done (with the reason) once the worker stops taking connections
         # (mark_stopping); a runner may await it.
@@ -151,13 +151,13 @@ class Worker(Slots):
         """Condure's shutdown: cancel every session a handler knows about
         (batched per handler), drop the connections, close sockets."""
         self.set_accepting(False)
-        owed: dict[tuple[bytes, bytes], list[Ident]] = defaultdict(list)
+        owed = Owed()
         for conn in self.slots:
             if conn is None:
                 continue
-            _owe(conn, conn.session.shutdown, owed, "stopping")
+            owed.add(conn, conn.session.shutdown, "stopping")
             conn.abort()
-        self._send_batched(Cancel, owed)
+        self._send_owed(Cancel, owed)
         if self.clients is not None:
             self.clients.stop()
         if self.tick_handle is not None:
@@ -454,43 +454,16 @@ class Worker(Slots):
         self.tick_handle = self.loop.call_later(RESOLUTION, self.tick)
         now = time.monotonic()
         self.timers.expire(now, lambda conn: conn.on_timer())
-        self._sweep_keep_alives()
+        self._sweep_keep_alives(now)
         if self.clients is not None:
             self.clients.tick(now)
 
-    def _sweep_keep_alives(self) -> None:
-        # The sweep walks all maxconn slot positions, used or not, so each
-        # session is visited once per KEEP_ALIVE_INTERVAL whatever the load.
-        # Adopted connections may take the slots past maxconn.
-        slots = self.slots
-        size = max(self.maxconn, len(slots))
-        batch = self.sweep_batch if size == self.maxconn else \
-            max(math.ceil(size / (KEEP_ALIVE_INTERVAL / RESOLUTION)), 1)
-        owed: dict[tuple[bytes, bytes], list[Ident]] = defaultdict(list)
-        pos = self.sweep_pos
-        for _ in range(batch):
-            pos = (pos + 1) % size
-            conn = slots[pos] if pos < len(slots) else None
-            if conn is not None:
-                _owe(conn, conn.session.keep_alive, owed, "sending keep-alives")
-        self.sweep_pos = pos
-        self._send_batched(KeepAlive, owed)
+    def _sweep_keep_alives(self, now: float) -> None:
+        owed = Owed()
+        for conn in self.sweep.visit(self.slots, now):
+            owed.add(conn, conn.session.keep_alive, "sending keep-alives")
+        self._send_owed(KeepAlive, owed)
 
-    def _send_batched(self, kind: type, owed: dict[tuple[bytes, bytes], list[Ident]]) -> None:
-        """One packet per (handler address, our address) and MAX_IDS ids (:func:`batched`);
-        our address is the session's own (an adopted one keeps its)."""
-        for (address, origin), idents in owed.items():
-            for packet in batched(kind, origin, idents):
-                self.send_packet(packet, address)
-
-
-def _owe(conn: Conn, call: Callable[[], tuple[bytes, Ident] | None],
-         owed: dict[tuple[bytes, bytes], list[Ident]], doing: str) -> None:
-    """Add what ``call`` (the session's keep_alive or shutdown) says the
-    handler is owed to ``owed``; a session that raises is ended alone."""
-    try:
-        entry = call()
-        if entry is not None:
-            owed[entry[0], conn.session.instance_id].append(entry[1])
-    except Exception:  # noqa: BLE001 - a bug in the session: end it alone
-        conn.fail(doing)
+    def _send_owed(self, kind: type, owed: Owed) -> None:
+        for packet, address in owed.packets(kind):
+            self.send_packet(packet, address)

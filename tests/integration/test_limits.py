@@ -391,5 +391,36 @@ def test_at_maxconn_new_connections_wait_and_nothing_in_flight_is_reset(tmp_path
         server.end()
 
 
+def test_maxconn_is_shared_among_workers(tmp_path):
+    """Each worker holds ``--stream-maxconn / --workers`` connections, as
+    each of Condure's worker threads does: with 2 workers and a limit of 2,
+    a third connection waits even though each worker holds only one.
+    (``shared``: a full worker stops accepting, so the other takes the
+    second connection whichever worker took the first.)"""
+    extra = ["--stream-maxconn", "2", "--accept-mode", "shared"]
+    with running(tmp_path, extra, workers=2) as server:
+        server.begin()
+        close = [*HOST, ("Connection", "close")]
+        conns, reqs = [], []
+        for path in ("/one", "/two"):
+            c = server.conn()
+            c.send(request("GET", path, close))
+            conns.append(c)
+            reqs.append(server.handler.recv(5.0))
+        assert len({r["from"] for r in reqs}) == 2  # one connection in each worker
+        third = server.conn()
+        third.send(request("GET", "/three", close))
+        server.handler.expect_nothing(1.0)  # a share of 1 each: the third waits
+        server.handler.reply(reqs[0], body=b"one")
+        assert conns[0].read_response().body == b"one"
+        req = server.handler.recv(5.0)  # a slot freed: the waiting client is served
+        assert req["uri"] == b"http://example.com/three"
+        server.handler.reply(req, body=b"three")
+        assert third.read_response().body == b"three"
+        server.handler.reply(reqs[1], body=b"two")
+        assert conns[1].read_response().body == b"two"
+        server.end()
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

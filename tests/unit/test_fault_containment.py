@@ -143,8 +143,9 @@ def test_a_broken_session_in_the_keep_alive_sweep(rig_factory, caplog):
     bad = rig.conns[1]
     rid = bad.session.rid
     bad.session.keep_alive = broken
-    for _ in range(3):  # three slots, one a tick
-        rig.worker._sweep_keep_alives()
+    start = rig.worker.sweep.time
+    for i in range(3):  # three slots, one every 15 s of the 45 s round
+        rig.worker._sweep_keep_alives(start + 15.0 * (i + 1))
     others = [c.session.rid for c in rig.conns if c is not bad]
     assert sorted(rig.zmq.ids_of(KeepAlive)) == sorted(others)
     assert rig.zmq.ids_of(Cancel) == [rid]

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("condure.net",),
     # one worker process and the moving of its connections
     ("condure.worker", "condure.slots", "condure.workerproc", "condure.handover",
-     "condure.clients", "condure.introspect"),
+     "condure.clients", "condure.introspect", "condure.sweep"),
     # the process tree, systemd
     ("condure.supervisor",),
     # entry points; the man page renderer is a build tool on top of options.py
