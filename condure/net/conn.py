@@ -40,6 +40,9 @@ from condure.zhttp.packets import Packet
 log = logging.getLogger("condure.conn")
 
 LINGER = 2.0  # seconds to wait for the client's FIN after a graceful close
+# A graceful close writes out what is queued first; a client that takes
+# nothing of it for this long is dropped (else it would hold its slot forever).
+CLOSE_FLUSH_TIMEOUT = 30.0
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
 _FAILED = Close(graceful=True, reason="internal error")
 
@@ -81,6 +84,7 @@ class Conn:
         "closed",
         "closing",
         "fd",
+        "flush_until",
         "linger_until",
         "out",
         "reading",
@@ -107,6 +111,7 @@ class Conn:
         self.closed = False
         self.timer_key: int | None = None
         self.linger_until: float | None = None
+        self.flush_until: float | None = None  # a graceful close's write-out (see _close)
         self.tls = tls  # None for plain connections
 
     def __repr__(self) -> str:
@@ -118,6 +123,8 @@ class Conn:
             return None
         if self.linger_until is not None:
             return self.linger_until
+        if self.flush_until is not None:
+            return self.flush_until
         try:
             return self.session.deadline
         except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
@@ -199,6 +206,14 @@ class Conn:
         if self.linger_until is not None:
             self._finish()
             return
+        if self.flush_until is not None:
+            if time.monotonic() >= self.flush_until:
+                log.debug("slot %d: the client took nothing of the last output for %g s",
+                          self.slot, CLOSE_FLUSH_TIMEOUT)
+                self._finish()
+            else:
+                self.worker.schedule(self)
+            return
         try:
             self.session.handle_timer(time.monotonic())
         except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
@@ -272,6 +287,8 @@ class Conn:
                 self.run()
             return False
         del out[:sent]
+        if self.flush_until is not None and sent:
+            self.flush_until = time.monotonic() + CLOSE_FLUSH_TIMEOUT
         if out:
             if not self.writing:
                 self.writing = True
@@ -316,8 +333,12 @@ class Conn:
         self.closing = True
         if not self.out:
             self._half_close()
-        elif not self.writing:
+            return
+        self.flush_until = time.monotonic() + CLOSE_FLUSH_TIMEOUT
+        if not self.writing:
             self._flush()
+        if not self.closed and self.linger_until is None:
+            self.worker.schedule(self)
 
     def _half_close(self) -> None:
         """All output is out: send FIN, then wait briefly for the client's,
@@ -332,6 +353,7 @@ class Conn:
         except OSError:
             self._finish()
             return
+        self.flush_until = None
         self.linger_until = time.monotonic() + LINGER
         if not self.reading:
             self._set_reading(True)
