@@ -181,6 +181,9 @@ class Worker(Slots):
         """From now on the worker takes no connection (``is_stopping``)."""
         if not self.stopped.done():
             self.stopped.set_result(reason)
+            if self.zmq is not None and self.zmq.congested:  # reads resume (holds_reads)
+                for conn in self.live_connections():
+                    conn.note_reads_held(False)
         if self.clients is not None:
             self.clients.stop_taking()  # exchanges under way finish
 
@@ -371,9 +374,9 @@ class Worker(Slots):
     def _on_congestion(self, on: bool) -> None:
         log.debug("packets for handlers %s; %s reading from clients",
                   "pile up" if on else "drained", "stop" if on else "resume")
-        if not on:
+        if not self.stopped.done():  # a stopping worker reads on (holds_reads)
             for conn in self.live_connections():
-                conn.refresh_reading()
+                conn.note_reads_held(on)
 
     def track_moved(self, conn: Conn, rid: bytes, instance_id: bytes) -> None:
         """``conn`` was adopted from another worker with session id ``rid``

@@ -301,6 +301,22 @@ class Conn:
             self._half_close()
         return True
 
+    def note_reads_held(self, held: bool) -> None:
+        """The host began (or stopped) holding reads back (``holds_reads``):
+        the session's read clocks stand still meanwhile; reading resumes
+        if the session wants it."""
+        if self.closed or self.closing:
+            return
+        try:
+            self.session.reads_held(held, time.monotonic())
+        except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
+            self.fail("holding reads back")
+            return
+        if not held:
+            self.refresh_reading()
+        if not self.closed:
+            self.worker.schedule(self)
+
     def refresh_reading(self) -> None:
         """Read again if the session wants to (the host stopped holding
         reads back)."""

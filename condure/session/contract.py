@@ -138,6 +138,11 @@ class Session(Protocol):
     def output_flushed(self, now: float) -> None:
         """Everything the adapter was asked to write reached the kernel."""
 
+    def reads_held(self, held: bool, now: float) -> None:
+        """The adapter stops (``held``) or resumes reading from the client
+        for reasons of its own (backpressure towards the handlers, whatever
+        ``wants_read`` says): read-side clocks stand still meanwhile."""
+
     def handle_timer(self, now: float) -> None:
         """``deadline`` passed (or was near): act on it."""
 

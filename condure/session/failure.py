@@ -130,6 +130,9 @@ class Ended:
     def output_flushed(self, now: float) -> None:
         pass
 
+    def reads_held(self, held: bool, now: float) -> None:
+        pass
+
     def handle_timer(self, now: float) -> None:
         pass
 

@@ -106,6 +106,7 @@ class HttpSession(HttpEndings):
         self.served = 0  # requests completed on this connection
         self.leave_at: float | None = None  # when a fresh connection is closed in a drain
         self.limits = read_limits or OFF  # --head-timeout, --body-min-rate
+        self.held_since: float | None = None  # the adapter holds reads back (reads_held)
         self._start_cycle(now, leftover)
 
     @classmethod

@@ -31,6 +31,7 @@ class HttpEndings(ZhttpPeer):
     limits: ReadLimits
     rate: BodyRate | None  # the request body's clock (--body-min-rate), while it is read
     head_deadline: float | None  # when the request head must be complete (--head-timeout)
+    held_since: float | None  # the adapter holds reads back since (reads_held)
     served: int
     leaving: bool
     leave_at: float | None
@@ -45,13 +46,15 @@ class HttpEndings(ZhttpPeer):
         if self.state is CLOSED:
             return None
         deadline = min(self.session_deadline, self.stream_deadline)
+        if self.held_since is not None:  # the read clocks stand still
+            return deadline
         limit = self.head_deadline
         if limit is None and self.rate is not None:
             limit = self.rate.deadline
         return deadline if limit is None or limit > deadline else limit
 
     def handle_timer(self, now: float) -> None:
-        head_deadline = self.head_deadline
+        head_deadline = None if self.held_since is not None else self.head_deadline
         if head_deadline is not None and now >= head_deadline and self.state is HEAD:
             self._head_timeout()
         elif self.rate is not None and self.state is ACTIVE and self.rate.expired(now):
@@ -62,9 +65,23 @@ class HttpEndings(ZhttpPeer):
                 self._sync_rate(now)
 
     def _sync_rate(self, now: float) -> None:
-        """Run the body clock only while body bytes are awaited."""
+        """Run the body clock only while body bytes are awaited and read."""
         assert self.rate is not None
-        self.rate.sync(now, self.body.state is BodyState.READING and self.wants_read)
+        self.rate.sync(now, self.body.state is BodyState.READING and self.wants_read
+                       and self.held_since is None)
+
+    def reads_held(self, held: bool, now: float) -> None:
+        """The adapter holds reads back for reasons of its own (backpressure
+        towards the handlers): the head timeout and the body clock stand
+        still meanwhile, as the client is not the one who is slow."""
+        if held and self.held_since is None:
+            self.held_since = now
+        elif not held and self.held_since is not None:
+            if self.head_deadline is not None:
+                self.head_deadline += now - self.held_since
+            self.held_since = None
+        if self.rate is not None:
+            self._sync_rate(now)
 
     def _head_timeout(self) -> None:
         self.head_deadline = None

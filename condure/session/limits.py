@@ -15,8 +15,9 @@ waiting for (docs/operations.md, "Limits against abusive clients"):
   body bytes, the client must send at least ``rate * window`` bytes in each
   window of ``BODY_WINDOW`` seconds. Only time during which condure wants
   body bytes counts: while it holds reading back (the handler has not
-  granted credits, or a handoff pauses the session) the window's clock
-  stands still.
+  granted credits, a handoff pauses the session, or the adapter holds
+  reads back under backpressure: ``reads_held``) the window's clock
+  stands still. Held reads stop the head timeout's clock too.
 
 :class:`ReadLimits` holds the settings and the counters of one process
 (the worker reports the counters in its stats); :class:`BodyRate` is the

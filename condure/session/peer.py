@@ -134,6 +134,10 @@ class ZhttpPeer(ZhttpLink):
         elif now >= self.stream_deadline:
             self._cancel_and_close("stream timeout")  # Condure 1.10 sends cancel
 
+    def reads_held(self, held: bool, now: float) -> None:
+        """The adapter holds reads back (contract.Session.reads_held): no
+        read-side clock here (HTTP sessions have theirs)."""
+
     def keep_alive(self) -> tuple[bytes, Ident] | None:
         """The (handler address, id+seq) of a keep-alive for this session,
         counted as sent, or None when no handler is known."""

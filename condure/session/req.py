@@ -195,6 +195,9 @@ class ReqSession:
     def output_flushed(self, now: float) -> None:
         pass
 
+    def reads_held(self, held: bool, now: float) -> None:
+        """Req mode has no read-side clocks of its own."""
+
     def handle_timer(self, now: float) -> None:
         if self.state is CLOSED or now < self.req_deadline:
             return

@@ -182,6 +182,41 @@ def test_a_handoff_pause_stops_the_clock():
     assert d.closed and R408 in d.output
 
 
+def test_reads_held_by_the_worker_stop_the_body_clock():
+    """Backpressure towards the handlers (the worker stops reading from
+    every client) is not the client's slowness: the clock stands still."""
+    d = driver(rate=100)
+    d.client(post(100000))
+    d.new_packets()
+    d.credit(100000)
+    d.advance(5.0)  # half a window, nothing sent
+    d.session.reads_held(True, d.now)
+    d.advance(30.0)  # the worker reads nothing meanwhile
+    d.handler(KeepAlive)  # (the handler stays within its 60 s)
+    assert not d.closed
+    d.session.reads_held(False, d.now)
+    d.advance(4.9)
+    assert not d.closed
+    d.advance(0.2)  # the rest of the window, still nothing: cut
+    assert d.closed and R408 in d.output
+
+
+def test_reads_held_by_the_worker_move_the_head_deadline():
+    d = driver()
+    d.client(b"GET /x HTTP/1.1\r\n")
+    d.advance(4.0)
+    d.session.reads_held(True, d.now)
+    assert d.session.deadline == START + SESSION_TIMEOUT  # no head clock while held
+    d.advance(20.0)
+    assert not d.closed
+    d.session.reads_held(False, d.now)
+    assert d.session.head_deadline == START + 30.0  # 10 s, less the 20 s held
+    d.advance(5.9)
+    assert not d.closed
+    d.advance(0.1)
+    assert d.closed and R408 in d.output
+
+
 def test_the_rate_does_not_apply_once_the_body_is_read():
     d = driver(rate=100)
     d.client(post(10))
