@@ -188,9 +188,18 @@ class Server:
         return out[-4096:].decode(errors="replace")
 
     def _drain_log(self):
+        """Read condure's log so the pipe neither fills nor breaks; keep it in
+        the file named by CONDURE_BENCH_LOG (appended), if set."""
         fd = self.condure.stdout.fileno()
-        while os.read(fd, 65536):
-            pass
+        path = os.environ.get("CONDURE_BENCH_LOG")
+        keep = open(path, "ab") if path else None  # noqa: SIM115
+        try:
+            while chunk := os.read(fd, 65536):
+                if keep is not None:
+                    keep.write(chunk)
+        finally:
+            if keep is not None:
+                keep.close()
 
     def probe(self, expected=b"hello world\n"):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=READY_TIMEOUT)

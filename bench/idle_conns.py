@@ -15,7 +15,8 @@ command per line on stdin; each command gets one JSON line on stdout:
   ``{"opened": k, "failed": f, "held": h, "seconds": t}``.
 - ``{"cmd": "held"}``: ``{"held": h}``, the connections open and not
   closed by the server.
-- ``{"cmd": "closed"}``: ``{"closed": c, "after": [min, median, max]}``,
+- ``{"cmd": "closed"}``: ``{"closed": c, "after": [min, median, max], "how":
+  {"close 1001": n, "eof": n, ...}}``,
   the connections the server closed, and seconds from connect to close.
 - ``{"cmd": "echo", "n": N}``: on N of the held connections (spread evenly;
   0 or absent: all), 512 at a time, send one more request (HTTP) or one
@@ -23,15 +24,19 @@ command per line on stdin; each command gets one JSON line on stdout:
   the same text back). Answer: ``{"asked": a, "answered": b, "max_wait": s}``.
 - ``{"cmd": "quit"}``: close everything and exit.
 
-Every connection is bound to the ``--source`` address (any 127/8 address
-works on loopback) with IP_BIND_ADDRESS_NO_PORT, so that the local port is
-picked at connect time: each source address gives about 28,000 connections
-to one server port.
+Every connection is bound to a ``--source`` address (any 127/8 address
+works on loopback; a comma list is used in turn) with
+IP_BIND_ADDRESS_NO_PORT, so that the local port is picked at connect time:
+each source address gives about 28,000 connections to one server port, but
+the kernel's search for a free port grows costly well before that (past
+about 10,000 a connect costs the client a lot of system time), so large
+counts want several addresses per process.
 """
 
 import argparse
 import asyncio
 import base64
+import collections
 import hashlib
 import json
 import os
@@ -62,6 +67,7 @@ class Conn(asyncio.Protocol):
         self.mask = os.urandom(4)
         self.began = None  # when connected
         self.lifetime = None  # seconds from connect to the server's close
+        self.end = None  # how the server ended it: "close <code>", "eof", or the error
 
     def connection_made(self, transport):
         self.transport = transport
@@ -123,6 +129,10 @@ class Conn(asyncio.Protocol):
             elif opcode == 9:
                 self.transport.write(frame(10, payload, self.mask))
             elif opcode == 8:
+                if self.open and self.end is None:
+                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                    self.end = f"close {code}"
+                    self.lifetime = time.monotonic() - self.began
                 self.open = False
                 self.transport.close()
 
@@ -133,10 +143,14 @@ class Conn(asyncio.Protocol):
         self._done(False)
 
     def eof_received(self):
+        if self.open and self.end is None:
+            self.end = "eof"
         self._closed()
         return False
 
     def connection_lost(self, exc):
+        if self.open and self.end is None:
+            self.end = type(exc).__name__ if exc is not None else "lost"
         self._closed()
 
 
@@ -153,6 +167,7 @@ class Holder:
         self.loop = asyncio.get_running_loop()
         self.conns = []
         self.gate = asyncio.Semaphore(CONNECTING)
+        self.attempts = 0  # connections tried, to take the --source addresses in turn
         self.request = b"GET /idle HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
     async def open_one(self):
@@ -161,7 +176,9 @@ class Holder:
             sock = socket.socket()
             try:
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((self.args.source, 0))
+                sources = self.args.source.split(",")
+                sock.bind((sources[self.attempts % len(sources)], 0))
+                self.attempts += 1
                 sock.setblocking(False)
                 await asyncio.wait_for(
                     self.loop.sock_connect(sock, ("127.0.0.1", self.args.port)), TIMEOUT
@@ -199,7 +216,8 @@ class Holder:
     def closed(self):
         after = sorted(c.lifetime for c in self.conns if c.lifetime is not None)
         spread = [after[0], after[len(after) // 2], after[-1]] if after else []
-        return {"closed": len(after), "after": [round(x, 3) for x in spread]}
+        how = collections.Counter(c.end for c in self.conns if c.end is not None)
+        return {"closed": len(after), "after": [round(x, 3) for x in spread], "how": dict(how)}
 
     async def open(self, n):
         began = time.monotonic()
@@ -264,7 +282,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--kind", choices=("http", "ws", "silent"), required=True)
-    p.add_argument("--source", default="127.0.0.1", help="local address to connect from")
+    p.add_argument("--source", default="127.0.0.1",
+                   help="local address to connect from (a comma list: used in turn)")
     args = p.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -21,6 +21,7 @@ Not a test: it needs /usr/bin/condure for the reference.
 """
 
 import argparse
+import collections
 import json
 import math
 import random
@@ -59,7 +60,8 @@ def tree_memory(pid):
 
 class IdleClients:
     """Enough bench/idle_conns.py processes for ``capacity`` connections,
-    each from its own 127/8 source address."""
+    each from its own four 127/8 source addresses (the kernel's search for
+    a free local port slows down as an address's ports fill up)."""
 
     def __init__(self, port, kind, capacity, python=sys.executable):
         count = max(1, math.ceil(capacity / PER_PROCESS))
@@ -69,7 +71,8 @@ class IdleClients:
             for i in range(count):
                 self.procs.append(subprocess.Popen(
                     [python, str(BENCH / "idle_conns.py"), "--port", str(port),
-                     "--kind", kind, "--source", f"127.{net}.{i + 1}.1"],
+                     "--kind", kind, "--source",
+                     ",".join(f"127.{net}.{i + 1}.{k}" for k in range(1, 5))],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         except BaseException:
             self.close()
@@ -112,6 +115,13 @@ class IdleClients:
 
     def held(self):
         return sum(a["held"] for a in self._ask([{"cmd": "held"}] * len(self.procs)))
+
+    def closed(self):
+        """Connections the server closed, by how ("close 1011", "eof", ...)."""
+        how = collections.Counter()
+        for a in self._ask([{"cmd": "closed"}] * len(self.procs)):
+            how.update(a.get("how", {}))
+        return dict(how)
 
     def echo(self, sample=0):
         """One echo (or request) on each held connection, or on ``sample``
@@ -238,7 +248,9 @@ def scale_run(opts, log=print):
     ``opts.scale_max``, held ``opts.scale_hold`` s after each step."""
     top = opts.scale_max
     workers = opts.scale_workers or max(2, math.ceil(top / 12500))
-    extra = ["--stream-maxconn", str(top + 1000)]
+    # Each worker holds its share of --stream-maxconn; the kernel's spread
+    # over the workers' listeners is uneven by a few percent, hence 1.2x.
+    extra = ["--stream-maxconn", str(top * 6 // 5 + 1000)]
     server = http_bench.Server("ours", server_args(opts, workers),
                                handler=handler_for("ws", opts.python), extra=extra)
     clients = sampler = None
@@ -263,13 +275,25 @@ def scale_run(opts, log=print):
                 if time.monotonic() >= end:
                     break
                 time.sleep(1.0)
-            steps.append({**opened, **timeline[-1]})
+            steps.append({**opened, **timeline[-1], "closed_by_server": clients.closed()})
             log("scale: {} held ({} failed in this step, {:.1f} s), PSS {:.0f} MB, "
-                "RSS {:.0f} MB".format(held, opened["failed"], opened["seconds"],
-                                       timeline[-1]["pss"] / 2**20,
-                                       timeline[-1]["rss"] / 2**20))
+                "RSS {:.0f} MB{}".format(held, opened["failed"], opened["seconds"],
+                                         timeline[-1]["pss"] / 2**20,
+                                         timeline[-1]["rss"] / 2**20,
+                                         ", closed by condure so far: {}".format(
+                                             steps[-1]["closed_by_server"])
+                                         if steps[-1]["closed_by_server"] else ""))
             if opened["opened"] == 0:
                 break
+        final_hold = getattr(opts, "scale_final_hold", 0.0) or 0.0
+        if final_hold > 0:  # held a while longer, past rounds of keep-alives
+            end = time.monotonic() + final_hold
+            while time.monotonic() < end:
+                time.sleep(min(5.0, max(end - time.monotonic(), 0.0)))
+                timeline.append({"t": round(time.monotonic() - t0, 2), "held": clients.held(),
+                                 **tree_memory(server.condure.pid)})
+            log("scale: {} held after {:.0f} s more, closed by condure: {}".format(
+                timeline[-1]["held"], final_hold, clients.closed() or "none"))
         began = time.monotonic()
         echo = clients.echo(opts.echo_sample)
         echo["seconds"] = round(time.monotonic() - began, 2)
@@ -304,6 +328,7 @@ def main():
     p.add_argument("--max", dest="scale_max", type=int, default=20000)
     p.add_argument("--step", dest="scale_step", type=int, default=10000)
     p.add_argument("--hold", dest="scale_hold", type=float, default=5.0)
+    p.add_argument("--final-hold", dest="scale_final_hold", type=float, default=0.0)
     p.add_argument("--scale-workers", type=int, default=0)
     p.add_argument("--echo-sample", type=int, default=0)
     p.add_argument("--python", default=sys.executable)
