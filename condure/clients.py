@@ -91,6 +91,13 @@ class Clients:
     def __len__(self) -> int:
         return len(self.streams) + len(self.reqs)
 
+    def exchanges(self) -> list[tuple[bytes, ClientConn]]:
+        """Every exchange under way with its id (b"" in req mode, whose
+        replies go by envelope), for ``condure ctl connections``."""
+        found = [(key[1], conn) for key, conn in self.streams.items()]
+        found.extend((b"", conn) for conn in self.reqs)
+        return found
+
     # -- ClientHost -----------------------------------------------------------
 
     @property

@@ -36,7 +36,8 @@ COMMANDS: tuple[tuple[str, str, str, str], ...] = (
      "replace."),
     ("connections", "[--worker N] [--kind KIND] [--limit N]", "list connections",
      "Connections one by one: worker, slot, session id, peer, age, kind, bytes in and "
-     "out, state. --worker picks one slot, --kind one of http, websocket, req; at most "
+     "out, state. --worker picks one slot, --kind one of http, websocket, req, outgoing "
+     "(the client role's exchanges with origins); at most "
      "--limit are listed (default 100, at most 500); the total counts all that "
      "match."),
     ("stacks", "", "every process's Python stacks",
@@ -48,7 +49,7 @@ COMMANDS: tuple[tuple[str, str, str, str], ...] = (
     ("reload", "", "replace the workers (as SIGHUP)",
      "Replace the workers one by one, moving their connections, as SIGHUP does."),
 )
-KINDS = ("http", "websocket", "req")
+KINDS = ("http", "websocket", "req", "outgoing")
 TIMEOUT = 10.0  # seconds to wait for an answer (workers get 2 s each, in parallel)
 
 

@@ -19,7 +19,9 @@ import threading
 import traceback
 from typing import Any
 
+from condure.net.clientconn import ClientConn
 from condure.net.conn import Conn
+from condure.session.client_contract import ClientPhase
 from condure.session.http import HttpSession
 from condure.session.req import ReqSession
 from condure.session.states import Phase
@@ -54,6 +56,7 @@ class Census:
 
     def __init__(self) -> None:
         self.seen: dict[int, tuple[Conn, float]] = {}
+        self.seen_out: dict[int, tuple[ClientConn, float]] = {}  # outgoing, by id()
 
     def count(self, worker: Worker, now: float) -> dict[str, Any]:
         kinds = dict.fromkeys(KINDS, 0)
@@ -72,6 +75,12 @@ class Census:
             fresh[conn.slot] = entry if entry is not None and entry[0] is conn else (conn, now)
         self.seen = fresh
         kinds["outgoing"] = len(worker.clients) if worker.clients is not None else 0
+        fresh_out: dict[int, tuple[ClientConn, float]] = {}
+        if worker.clients is not None:
+            for _rid, out in worker.clients.exchanges():
+                old = self.seen_out.get(id(out))
+                fresh_out[id(out)] = old if old is not None and old[0] is out else (out, now)
+        self.seen_out = fresh_out
         return {"kinds": kinds, "waiting": waiting}
 
     def since(self, conn: Conn) -> float | None:
@@ -121,10 +130,31 @@ def describe(conn: Conn, since: float | None, now: float) -> dict[str, Any]:
     }
 
 
+def describe_outgoing(rid: bytes, conn: ClientConn, since: float | None,
+                      now: float) -> dict[str, Any]:
+    """An exchange of the client role: its origin connection, once it has one."""
+    origin = conn.origin
+    sock = origin.sock if origin is not None else None
+    bytes_in, bytes_out = _tcp_bytes(sock) if sock is not None else (None, None)
+    phase = getattr(conn.session, "phase", None)
+    return {
+        "slot": "-",
+        "id": rid.decode("utf-8", "replace"),
+        "peer": _peer(sock) if sock is not None else "-",
+        "age": round(now - since, 1) if since is not None else 0.0,
+        "kind": "outgoing",
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "state": phase.value.lower() if isinstance(phase, ClientPhase) else "ended",
+        "tls": origin is not None and origin.tls is not None,
+    }
+
+
 def listing(worker: Worker, census: Census, kind: str | None, limit: int,
             now: float) -> tuple[list[dict[str, Any]], int]:
     """Up to ``limit`` connections (of ``kind`` when given) described, and
-    how many there are."""
+    how many there are; outgoing exchanges (the client role) after the
+    client connections."""
     out: list[dict[str, Any]] = []
     total = 0
     for conn in worker.slots:
@@ -133,6 +163,15 @@ def listing(worker: Worker, census: Census, kind: str | None, limit: int,
         total += 1
         if len(out) < limit:
             out.append(describe(conn, census.since(conn), now))
+    if worker.clients is not None and kind in (None, "outgoing"):
+        for rid, exchange in worker.clients.exchanges():
+            if exchange.closed:
+                continue
+            total += 1
+            if len(out) < limit:
+                seen = census.seen_out.get(id(exchange))
+                since = seen[1] if seen is not None and seen[0] is exchange else None
+                out.append(describe_outgoing(rid, exchange, since, now))
     return out, total
 
 

@@ -54,7 +54,7 @@ LINE_MAX = 64 * 1024  # a request line longer than this is refused
 CLIENTS_MAX = 16  # control connections served at once
 LIMIT_DEFAULT = 100  # connections listed per request
 LIMIT_MAX = 500  # per worker: the answer must fit in one control message
-KINDS = ("http", "websocket", "req")  # what `connections --kind` can select
+KINDS = ("http", "websocket", "req", "outgoing")  # what `connections --kind` can select
 COMMANDS = ("status", "connections", "stacks", "log-level", "reload")
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 

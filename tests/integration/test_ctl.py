@@ -161,6 +161,35 @@ def test_connections_lists_peers_kinds_and_bytes(start, handler, tmp_path):
             c.close()
 
 
+def test_connections_lists_outgoing_exchanges(tmp_path):
+    """The client role's exchanges are listed too: kind ``outgoing``, the
+    exchange id, the origin's address once connected, the phase."""
+    from tests.harness.origin_threads import Held
+    from tests.integration.test_client_mode_more import ScriptedOrigin, started
+    from tests.integration.test_client_mode_origins import client_process
+
+    held = Held()
+    held.want = 2  # the first request waits at the origin until a second comes
+    with client_process(tmp_path, env={"RUNTIME_DIRECTORY": str(tmp_path)}) as client, \
+            ScriptedOrigin(held.respond) as origin:
+        started(client.handler, b"listed-1", f"http://127.0.0.1:{origin.port}/")
+        deadline = time.monotonic() + 15
+        while True:
+            _, answer = ctl(tmp_path, "connections", "--kind", "outgoing")
+            found = [c for c in answer["connections"] if c["peer"] != "-"]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert answer["total"] == 1, answer
+        (entry,) = found
+        assert (entry["kind"], entry["id"], entry["state"]) == ("outgoing", "listed-1", "exchange")
+        assert entry["peer"] == f"127.0.0.1:{origin.port}" and entry["tls"] is False
+        assert entry["bytes_out"] > 0  # the request went out
+        _, http_only = ctl(tmp_path, "connections", "--kind", "http")
+        assert http_only["total"] == 0
+        started(client.handler, b"listed-2", f"http://127.0.0.1:{origin.port}/")  # frees both
+
+
 def test_stacks_of_every_process_and_a_stopped_worker(start, handler, tmp_path):
     proc = start(workers=2)
     _, answer = ctl(tmp_path, "stacks")
