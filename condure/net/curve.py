@@ -15,6 +15,12 @@ does nothing and the sockets stay plain, as in Condure.
   ``REFUSAL_INTERVAL`` seconds, with the number of refusals left unlogged.
 - A socket condure connects becomes a CURVE client with condure's key
   pair and the handler's public key (``--zmq-curve-server``).
+- Every such socket is watched (a ZeroMQ monitor, in a thread of its own):
+  a peer that fails the handshake before any key is checked (a handler
+  that speaks no CURVE, or condure reaching a server with another key) is
+  logged as a warning naming the endpoint, at most one line per
+  ``REFUSAL_INTERVAL`` seconds per socket. The watching thread ends when
+  the context is terminated.
 
 Call :func:`stop` for a context before terminating it: the ZAP handler's
 socket would keep ``Context.term`` waiting.
@@ -26,12 +32,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from condure.config import Config, ConfigError
 
@@ -41,6 +50,8 @@ log = logging.getLogger("condure.zmq")
 auth_log = logging.getLogger("condure.zmq.auth")
 
 REFUSAL_INTERVAL = 10.0  # seconds between two refusal lines
+# Handshakes that fail before ZAP decides (refused keys are logged by ZAP).
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +115,54 @@ def secure(sock: zmq.Socket, config: Config, *, connect: bool) -> None:
         if keys.server is None:
             raise ConfigError("zmq-curve-server is needed to connect with CURVE")
         sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server)
-        return
-    if config.zmq_curve_clients is None:
-        raise ConfigError("zmq-curve-clients is needed to bind with CURVE")
-    _authenticator(sock.context, config.zmq_curve_clients)
-    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    else:
+        if config.zmq_curve_clients is None:
+            raise ConfigError("zmq-curve-clients is needed to bind with CURVE")
+        _authenticator(sock.context, config.zmq_curve_clients)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+    _watch_handshakes(sock, "a handler that speaks no CURVE?" if not connect
+                      else "a handler with another key than --zmq-curve-server, or no CURVE?")
+
+
+def _watch_handshakes(sock: zmq.Socket, hint: str) -> None:
+    """Log failed handshakes on ``sock`` (see the module docstring)."""
+    monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+    threading.Thread(target=_report_handshakes, args=(monitor, hint), daemon=True,
+                     name="curve-handshakes").start()
+
+
+def _report_handshakes(monitor: zmq.Socket, hint: str, clock=time.monotonic) -> None:
+    last, unlogged = float("-inf"), 0
+    try:
+        while True:
+            event = recv_monitor_message(monitor)
+            if event.get("event") == zmq.EVENT_MONITOR_STOPPED:
+                return
+            now = clock()
+            if now - last < REFUSAL_INTERVAL:
+                unlogged += 1
+                continue
+            more = f" ({unlogged} more not logged)" if unlogged else ""
+            last, unlogged = now, 0
+            endpoint = event.get("endpoint", b"")
+            log.warning("zmq curve: a peer on %s failed the handshake (%s): %s%s",
+                        endpoint.decode("utf-8", "replace") if isinstance(endpoint, bytes)
+                        else endpoint, _why(event), hint, more)
+    except zmq.ContextTerminated:
+        pass
+    except zmq.ZMQError as e:
+        log.debug("zmq curve: handshake watch ended: %s", e)
+    finally:
+        monitor.close(linger=0)
+
+
+def _why(event: Mapping[str, Any]) -> str:
+    if event.get("event") == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        value = event.get("value")
+        if value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", None):
+            return "security mechanism mismatch"
+        return f"protocol error {value:#x}" if isinstance(value, int) else "protocol error"
+    return "no detail"
 
 
 # -- the ZAP handler ----------------------------------------------------------

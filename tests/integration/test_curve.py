@@ -168,6 +168,29 @@ def test_allowed_handler_served_unknown_key_refused_and_logged(tmp_path, keys, c
         assert condure.stop() == 0
 
 
+def test_a_handler_without_curve_is_logged(tmp_path, keys, ctx):
+    """A handler that speaks no CURVE fails the handshake before any key is
+    checked: condure logs it (the endpoint and why), once per interval."""
+    port = three_ports()
+    base = f"tcp://127.0.0.1:{port}"
+    condure = procs.start_condure("ours", tmp_path / "c",
+                                  extra_args=["--zclient-stream", base, *keys.server_args()])
+    try:
+        plain = ctx.socket(zmq.PULL)  # no CURVE options at all
+        plain.setsockopt(zmq.LINGER, 0)
+        plain.connect(f"tcp://127.0.0.1:{port}")
+        wait_for(lambda: any("failed the handshake" in line for line in condure.pump.lines),
+                 "the handshake line")
+        (line,) = [x for x in condure.pump.lines if "failed the handshake" in x]
+        assert line.startswith("[WARN]"), line
+        assert f"tcp://127.0.0.1:{port}" in line and "mechanism mismatch" in line, line
+        assert "speaks no CURVE" in line, line
+        assert not plain.poll(300)  # and it gets nothing
+        plain.close()
+    finally:
+        assert condure.stop() == 0
+
+
 def test_req_mode_over_curve(tmp_path, keys, ctx):
     port = procs.free_port()
     spec = f"tcp://127.0.0.1:{port}"
