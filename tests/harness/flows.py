@@ -47,6 +47,11 @@ def id_counter(sid: str) -> int | None:
         return None
 
 
+def id_worker(sid: str) -> str:
+    """The worker part of an id (each worker counts on its own)."""
+    return sid.split("-", 1)[0]
+
+
 def packet_ids(pkt: Pkt) -> set[str]:
     ident = pkt.fields.get("id")
     if isinstance(ident, bytes):
@@ -63,11 +68,13 @@ class SharedHandler:
         self.client = client
         self.stale: set[str] = set()
         self.current: set[str] = set()
-        self.floor = -1  # sessions with a counter up to this are stale
+        # per worker: sessions with a counter up to this are stale
+        self.floors: dict[str, int] = {}
 
     def is_stale(self, sid: str) -> bool:
         counter = id_counter(sid)
-        return sid in self.stale or (counter is not None and counter <= self.floor)
+        return sid in self.stale or (
+            counter is not None and counter <= self.floors.get(id_worker(sid), -1))
 
     def __getattr__(self, name: str):
         return getattr(self.client, name)
@@ -126,7 +133,8 @@ class Server:
                     break
             counter = id_counter(pkt.id)
             if counter is not None:
-                self.handler.floor = max(self.handler.floor, counter)
+                floors, worker = self.handler.floors, id_worker(pkt.id)
+                floors[worker] = max(floors.get(worker, -1), counter)
             self.handler.reply(pkt, body=b"sync")
             assert c.read_response().body == b"sync"
         return self
