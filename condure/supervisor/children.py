@@ -10,13 +10,19 @@ handling (``signals.py``) and its part in moving connections
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
 import socket
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from condure.net.control import Outbox
+
+log = logging.getLogger("condure")
 
 
 @dataclass(eq=False)
@@ -80,3 +86,34 @@ def describe_exit(status: int) -> str:
         except ValueError:
             return f"signal {-status}"
     return f"status {status}"
+
+
+HUNG_KILL_GRACE = 1.0  # a hung worker's time to write its stacks before SIGKILL
+
+
+def check_answering(child: Child, limit: float, now: float) -> None:
+    """A worker silent for ``limit`` seconds (--worker-timeout; 0: no
+    check) is hung: SIGABRT makes it write its Python stacks to the log
+    (faulthandler) and end; SIGKILL follows if it has not ended a moment
+    later. The exit respawns it."""
+    if not limit:
+        return
+    heard = child.last_heard
+    if child.hung_since is None:
+        if now - heard < limit:
+            return
+        child.hung_since = now
+        log.warning("worker %d (pid %d) has not answered for %.0fs; its stacks follow, "
+                    "then it is replaced", child.slot, child.pid, now - heard)
+        for sig in (signal.SIGABRT, signal.SIGCONT):  # SIGCONT: in case it was stopped
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, sig)
+    elif now - child.hung_since >= HUNG_KILL_GRACE and child.popen.poll() is None:
+        child.popen.kill()
+
+
+def all_answering(workers: Iterable[Child], limit: float, now: float) -> bool:
+    """Every ready worker was heard from within ``limit`` (the systemd
+    watchdog is pinged only then)."""
+    return not limit or all(now - c.last_heard < limit
+                            for c in workers if c.ready and c.stop_deadline is None)

@@ -25,12 +25,10 @@ hands the connections to the next start through systemd's fd store
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +40,7 @@ import condure
 from condure.config import Config
 from condure.net import control, ipcclaim
 from condure.net.unanswered import UnansweredLog
-from condure.supervisor import ctl, dispatch, fdstore, moves, pidfile, sockets
+from condure.supervisor import children, ctl, dispatch, fdstore, moves, pidfile, sockets
 from condure.supervisor.children import Child, State, describe_exit
 from condure.supervisor.notify import Notifier, status_text
 from condure.supervisor.signals import HANDLED, SupervisorSignals
@@ -58,7 +56,6 @@ STABLE = 10.0  # a worker up this long resets its slot's backoff
 BOOT_FAILURES = 3  # workers in a row dying before "ready": give up
 READY_TIMEOUT = 60.0  # a worker not ready by then is killed (a boot failure)
 KILL_GRACE = 5.0  # beyond its drain time, a stopping worker gets this long
-HUNG_KILL_GRACE = 1.0  # a hung worker's time to write its stacks before SIGKILL
 FAST_STOP = 12.0  # a fast stop: the worker's cancel flush (10 s) and some
 TICK = 0.5  # maintenance at least this often
 # Variables meant for the supervisor only.
@@ -373,7 +370,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 child.popen.kill()
                 child.stop_deadline = now + KILL_GRACE
             elif child.ready and child.stop_deadline is None:
-                self.check_answering(child, now)
+                children.check_answering(child, self.config.worker_timeout, now)
             elif not child.ready and now - child.started > READY_TIMEOUT:
                 log.warning("worker %d (pid %d) not ready after %.0fs; killing it",
                             child.slot, child.pid, READY_TIMEOUT)
@@ -398,37 +395,10 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 self.dispatcher.resume()
         self.update_status()
         interval = self.notify.watchdog_interval
-        if interval and ready and self.all_answering(now) and now - self.last_watchdog >= interval:
+        answering = children.all_answering(self.children(), self.config.worker_timeout, now)
+        if interval and ready and answering and now - self.last_watchdog >= interval:
             self.last_watchdog = now
             self.notify.watchdog()
-
-    def check_answering(self, child: Child, now: float) -> None:
-        """A worker silent for --worker-timeout is hung: SIGABRT makes it
-        write its Python stacks to the log (faulthandler) and end; SIGKILL
-        follows if it has not ended a moment later. The exit respawns it."""
-        limit = self.config.worker_timeout
-        if not limit:
-            return
-        heard = child.last_heard
-        if child.hung_since is None:
-            if now - heard < limit:
-                return
-            child.hung_since = now
-            log.warning("worker %d (pid %d) has not answered for %.0fs; its stacks follow, "
-                        "then it is replaced", child.slot, child.pid, now - heard)
-            for sig in (signal.SIGABRT, signal.SIGCONT):  # SIGCONT: in case it was stopped
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, sig)
-        elif now - child.hung_since >= HUNG_KILL_GRACE and child.popen.poll() is None:
-            child.popen.kill()
-
-    def all_answering(self, now: float) -> bool:
-        """Every worker was heard from within --worker-timeout (the
-        watchdog is pinged only then)."""
-        limit = self.config.worker_timeout
-        return not limit or all(
-            now - c.last_heard < limit
-            for c in self.children() if c.ready and c.stop_deadline is None)
 
     def step_reload(self, now: float) -> None:
         st = self.state
