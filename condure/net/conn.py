@@ -308,13 +308,15 @@ class Conn:
         if self.closed or self.closing:
             return
         try:
+            before = self.session.deadline
             self.session.reads_held(held, time.monotonic())
+            moved = self.session.deadline != before
         except Exception:  # noqa: BLE001 - a bug in the session: end it (see fail)
             self.fail("holding reads back")
             return
         if not held:
             self.refresh_reading()
-        if not self.closed:
+        if moved and not self.closed:  # (most sessions have no read clock: cheap)
             self.worker.schedule(self)
 
     def refresh_reading(self) -> None:
