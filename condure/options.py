@@ -1,8 +1,8 @@
 """The table of command-line options.
 
 One row per option, in Condure 1.10's order. The table drives the argparse
-parser (:mod:`condure.cli`), ``docs/options.md`` (``python -m condure.options
---markdown``) and the man page. To enable an option once it is implemented,
+parser (:mod:`condure.cli`), ``docs/options.md`` (``python -m
+condure.optionsdoc --markdown``, :mod:`condure.optionsdoc`) and the man page. To enable an option once it is implemented,
 flip its ``available`` flag; to add one, add a row (and, if it carries a value
 into :class:`condure.config.Config`, a field of the same name there).
 
@@ -13,8 +13,6 @@ validation of the option.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 
 # Value kinds. Each one names how cli.py turns the text into a value.
@@ -424,74 +422,3 @@ LISTEN_PARAM_KEYS: frozenset[str] = frozenset(p.key for p in LISTEN_PARAMS)
 UNAVAILABLE_LISTEN_PARAMS: frozenset[str] = frozenset(
     p.key for p in LISTEN_PARAMS if not p.available
 )
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def render_markdown() -> str:
-    """The options reference as Markdown (the content of docs/options.md)."""
-    out = [
-        "# condure command-line options",
-        "",
-        "Generated from `condure/options.py` by "
-        "`python -m condure.options --markdown`; do not edit by hand.",
-        "",
-        "Options that can be repeated replace their default once given. "
-        "Options marked *not yet* are recognised but make condure exit with "
-        "status 2 when given.",
-        "",
-        "| option | value | default | repeatable | available | summary |",
-        "|---|---|---|---|---|---|",
-    ]
-    for opt in OPTIONS:
-        flags = f"`{opt.short}`, `{opt.flag}`" if opt.short else f"`{opt.flag}`"
-        value = f"`{opt.metavar}`" if opt.metavar else ""
-        default = f"`{opt.default_text()}`" if opt.default_text() else ""
-        out.append(
-            f"| {flags} | {_md_cell(value)} | {default} | "
-            f"{'yes' if opt.repeatable else ''} | {'yes' if opt.available else 'not yet'} | "
-            f"{_md_cell(opt.help)} |"
-        )
-    out += ["", "## Details", ""]
-    for opt in OPTIONS:
-        head = f"{opt.flag} {opt.metavar}" if opt.metavar else opt.flag
-        if opt.short:
-            head = f"{opt.short}, {head}"
-        out += [f"### `{head}`", ""]
-        if not opt.available:
-            out += ["*Not supported yet in this build.*", ""]
-        out += [opt.doc, ""]
-    out += [
-        "## Listen parameters",
-        "",
-        "| parameter | available | meaning |",
-        "|---|---|---|",
-    ]
-    for p in LISTEN_PARAMS:
-        key = f"{p.key}={p.value}" if p.value else p.key
-        out.append(f"| `{key}` | {'yes' if p.available else 'not yet'} | {_md_cell(p.help)} |")
-    out.append("")
-    return "\n".join(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m condure.options", description="Render the options table."
-    )
-    parser.add_argument("--markdown", action="store_true", required=True,
-                        help="print docs/options.md")
-    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
-    args = parser.parse_args(argv)
-    text = render_markdown()
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

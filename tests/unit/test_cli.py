@@ -23,7 +23,8 @@ from condure.config import (
     parse_uint,
     stream_endpoints,
 )
-from condure.options import LISTEN_PARAMS, OPTIONS, UNAVAILABLE_LISTEN_PARAMS, render_markdown
+from condure.options import LISTEN_PARAMS, OPTIONS, UNAVAILABLE_LISTEN_PARAMS
+from condure.optionsdoc import render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(
@@ -51,7 +52,7 @@ def exit_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 def test_docs_options_md_is_up_to_date() -> None:
     assert (ROOT / "docs" / "options.md").read_text(encoding="utf-8") == render_markdown(), (
         "docs/options.md is stale: "
-        "run python -m condure.options --markdown --output docs/options.md"
+        "run python -m condure.optionsdoc --markdown --output docs/options.md"
     )
 
 
