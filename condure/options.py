@@ -1,10 +1,11 @@
 """The table of command-line options.
 
 One row per option, in Condure 1.10's order. The table drives the argparse
-parser (:mod:`condure.cli`), ``docs/options.md`` (``python -m
-condure.optionsdoc --markdown``, :mod:`condure.optionsdoc`) and the man page. To enable an option once it is implemented,
-flip its ``available`` flag; to add one, add a row (and, if it carries a value
-into :class:`condure.config.Config`, a field of the same name there).
+parser (:mod:`condure.cli`), ``docs/options.md`` (:mod:`condure.optionsdoc`:
+``python -m condure.optionsdoc --markdown``) and the man page. To enable an
+option once it is implemented, flip its ``available`` flag; to add one, add a
+row (and, if it carries a value into :class:`condure.config.Config`, a field
+of the same name there).
 
 Defaults are written as command-line text and go through the same parser as
 a given value, as Condure does, so a default can never disagree with the
