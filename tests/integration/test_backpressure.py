@@ -52,6 +52,20 @@ def _unread(port: int) -> int:
     return sum(int(line.split()[0]) for line in out.splitlines() if line.strip())
 
 
+def settled_unread(port: int, quiet: float = 1.0, timeout: float = 30.0) -> int:
+    """Wait until condure stops reading from its clients (nothing more read
+    for ``quiet`` seconds); the bytes it left unread in the kernel."""
+    unread, settled = _unread(port), time.monotonic()
+    deadline = settled + timeout
+    while time.monotonic() - settled < quiet:
+        assert time.monotonic() < deadline, "condure never stopped reading"
+        time.sleep(0.1)
+        now = _unread(port)
+        if now != unread:
+            unread, settled = now, time.monotonic()
+    return unread
+
+
 @pytest.fixture(params=["bind", "connect"])
 def echo(request: pytest.FixtureRequest, tmp_path):
     connect_mode = request.param == "connect"  # type: ignore[attr-defined]
@@ -98,14 +112,7 @@ def test_a_stopped_handler_makes_condure_stop_reading(echo):
         # once it has settled (nothing read for a second), most of what the
         # clients sent is still unread in the kernel. Without backpressure
         # it settles at 0, everything queued inside condure.
-        unread, settled = _unread(condure.port), time.monotonic()
-        deadline = settled + 30
-        while time.monotonic() - settled < 1.0:
-            assert time.monotonic() < deadline, "condure never stopped reading"
-            time.sleep(0.1)
-            now = _unread(condure.port)
-            if now != unread:
-                unread, settled = now, time.monotonic()
+        unread = settled_unread(condure.port)
         assert unread > sent // 2, f"condure took {sent - unread} of {sent} bytes"
         os.kill(handler.pid, signal.SIGCONT)
         for ws in clients:

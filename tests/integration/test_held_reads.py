@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from tests.harness import ws_client as wc
 from tests.harness.flows import running
 from tests.harness.ws_scenarios import accept
-from tests.integration.test_backpressure import _unread
+from tests.integration.test_backpressure import settled_unread
 
 UPLOAD = b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 100000\r\n\r\n"
 FLOOD = 20000  # 96-byte messages: far more than the kernel and ZeroMQ buffer
@@ -51,15 +50,7 @@ def test_an_upload_is_not_cut_while_the_worker_holds_reads(tmp_path):
                              for i in range(FLOOD)))
             # condure reads until packets pile up, then holds: most of the
             # flood stays in the kernel, unread
-            unread, settled = _unread(server.port), time.monotonic()
-            deadline = settled + 30
-            while time.monotonic() - settled < 1.0:
-                assert time.monotonic() < deadline, "condure never stopped reading"
-                time.sleep(0.1)
-                now = _unread(server.port)
-                if now != unread:
-                    unread, settled = now, time.monotonic()
-            assert unread > 0, "condure read the whole flood: nothing held"
+            assert settled_unread(server.port) > 0, "condure read the whole flood: nothing held"
             # past a whole body window: no 408, the connection stays open
             upload.expect_silence(11.0)
         finally:
