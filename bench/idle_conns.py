@@ -167,7 +167,8 @@ class Holder:
         self.loop = asyncio.get_running_loop()
         self.conns = []
         self.gate = asyncio.Semaphore(CONNECTING)
-        self.attempts = 0  # connections tried, to take the --source addresses in turn
+        self.sources = args.source.split(",")
+        self.attempts = 0  # connections tried, to take the sources in turn
         self.request = b"GET /idle HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
     async def open_one(self):
@@ -176,8 +177,7 @@ class Holder:
             sock = socket.socket()
             try:
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sources = self.args.source.split(",")
-                sock.bind((sources[self.attempts % len(sources)], 0))
+                sock.bind((self.sources[self.attempts % len(self.sources)], 0))
                 self.attempts += 1
                 sock.setblocking(False)
                 await asyncio.wait_for(

@@ -285,7 +285,7 @@ def scale_run(opts, log=print):
                                          if steps[-1]["closed_by_server"] else ""))
             if opened["opened"] == 0:
                 break
-        final_hold = getattr(opts, "scale_final_hold", 0.0) or 0.0
+        final_hold = opts.scale_final_hold
         if final_hold > 0:  # held a while longer, past rounds of keep-alives
             end = time.monotonic() + final_hold
             while time.monotonic() < end:

@@ -87,6 +87,10 @@ class Census:
         entry = self.seen.get(conn.slot)
         return entry[1] if entry is not None and entry[0] is conn else None
 
+    def since_out(self, exchange: ClientConn) -> float | None:
+        entry = self.seen_out.get(id(exchange))
+        return entry[1] if entry is not None and entry[0] is exchange else None
+
 
 def _peer(sock: socket.socket) -> str:
     try:
@@ -169,9 +173,7 @@ def listing(worker: Worker, census: Census, kind: str | None, limit: int,
                 continue
             total += 1
             if len(out) < limit:
-                seen = census.seen_out.get(id(exchange))
-                since = seen[1] if seen is not None and seen[0] is exchange else None
-                out.append(describe_outgoing(rid, exchange, since, now))
+                out.append(describe_outgoing(rid, exchange, census.since_out(exchange), now))
     return out, total
 
 

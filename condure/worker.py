@@ -182,8 +182,7 @@ class Worker(Slots):
         if not self.stopped.done():
             self.stopped.set_result(reason)
             if self.zmq is not None and self.zmq.congested:  # reads resume (holds_reads)
-                for conn in self.live_connections():
-                    conn.note_reads_held(False)
+                self._tell_reads_held(False)
         if self.clients is not None:
             self.clients.stop_taking()  # exchanges under way finish
 
@@ -375,8 +374,11 @@ class Worker(Slots):
         log.debug("packets for handlers %s; %s reading from clients",
                   "pile up" if on else "drained", "stop" if on else "resume")
         if not self.stopped.done():  # a stopping worker reads on (holds_reads)
-            for conn in self.live_connections():
-                conn.note_reads_held(on)
+            self._tell_reads_held(on)
+
+    def _tell_reads_held(self, held: bool) -> None:
+        for conn in self.live_connections():
+            conn.note_reads_held(held)
 
     def track_moved(self, conn: Conn, rid: bytes, instance_id: bytes) -> None:
         """``conn`` was adopted from another worker with session id ``rid``

@@ -131,19 +131,38 @@ def _watch_handshakes(sock: zmq.Socket, hint: str) -> None:
                      name="curve-handshakes").start()
 
 
-def _report_handshakes(monitor: zmq.Socket, hint: str, clock=time.monotonic) -> None:
-    last, unlogged = float("-inf"), 0
+class LineBudget:
+    """At most one log line per ``REFUSAL_INTERVAL``: :meth:`take` gives the
+    line's tail (how many went unlogged since the last one), or None when
+    this one is to be counted and not logged."""
+
+    def __init__(self, what: str, clock=time.monotonic) -> None:
+        self.what = what  # "refusals", or "": named in the tail
+        self.clock = clock
+        self.last = float("-inf")
+        self.unlogged = 0
+
+    def take(self) -> str | None:
+        now = self.clock()
+        if now - self.last < REFUSAL_INTERVAL:
+            self.unlogged += 1
+            return None
+        what = f" {self.what}" if self.what else ""
+        tail = f" ({self.unlogged} more{what} not logged)" if self.unlogged else ""
+        self.last, self.unlogged = now, 0
+        return tail
+
+
+def _report_handshakes(monitor: zmq.Socket, hint: str) -> None:
+    budget = LineBudget("")
     try:
         while True:
             event = recv_monitor_message(monitor)
             if event.get("event") == zmq.EVENT_MONITOR_STOPPED:
                 return
-            now = clock()
-            if now - last < REFUSAL_INTERVAL:
-                unlogged += 1
+            more = budget.take()
+            if more is None:
                 continue
-            more = f" ({unlogged} more not logged)" if unlogged else ""
-            last, unlogged = now, 0
             endpoint = event.get("endpoint", b"")
             log.warning("zmq curve: a peer on %s failed the handshake (%s): %s%s",
                         endpoint.decode("utf-8", "replace") if isinstance(endpoint, bytes)
@@ -174,12 +193,10 @@ class AllowedKeys:
 
     def __init__(self, directory: str, clock=time.monotonic) -> None:
         self.directory = directory
-        self.clock = clock
         self._mtime = self._stat()
         self.keys = _read_clients(directory)
         self.peer = ""  # the address of the handshake being decided
-        self._last_line = float("-inf")
-        self.unlogged = 0
+        self.budget = LineBudget("refusals", clock)
 
     def _stat(self) -> int | None:
         try:
@@ -204,12 +221,9 @@ class AllowedKeys:
         self._refresh()
         if key in self.keys:
             return True
-        now = self.clock()
-        if now - self._last_line < REFUSAL_INTERVAL:
-            self.unlogged += 1
+        more = self.budget.take()
+        if more is None:
             return False
-        more = f" ({self.unlogged} more refusals not logged)" if self.unlogged else ""
-        self._last_line, self.unlogged = now, 0
         log.warning("zmq curve: refused a handler%s with key %s: not in %s%s",
                     f" at {self.peer}" if self.peer else "", key.decode("ascii", "replace"),
                     self.directory, more)

@@ -88,21 +88,24 @@ def three_ports() -> int:
             continue
 
 
-def curve_client(ctx: zmq.Context, kind: int, keys: Keys, name: str,
-                 server: bytes) -> zmq.Socket:
+def _curve_socket(ctx: zmq.Context, kind: int, keys: Keys, name: str) -> zmq.Socket:
+    """A socket with ``name``'s key pair, closed at the end of the test."""
     sock = ctx.socket(kind)
     _OPEN.append(sock)
     sock.setsockopt(zmq.LINGER, 0)
     sock.curve_publickey, sock.curve_secretkey = keys.pair(name)
+    return sock
+
+
+def curve_client(ctx: zmq.Context, kind: int, keys: Keys, name: str,
+                 server: bytes) -> zmq.Socket:
+    sock = _curve_socket(ctx, kind, keys, name)
     sock.curve_serverkey = server
     return sock
 
 
 def curve_server(ctx: zmq.Context, kind: int, keys: Keys, name: str) -> zmq.Socket:
-    sock = ctx.socket(kind)
-    _OPEN.append(sock)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.curve_publickey, sock.curve_secretkey = keys.pair(name)
+    sock = _curve_socket(ctx, kind, keys, name)
     sock.curve_server = True
     return sock
 

@@ -28,13 +28,18 @@ def counts(d: Driver) -> dict[str, int]:
     return d.session.limits.counts
 
 
+def open_for_then(d: Driver, seconds: float, more: float) -> None:
+    """The connection is still open ``seconds`` on; then ``more`` pass."""
+    d.advance(seconds)
+    assert not d.closed
+    d.advance(more)
+
+
 # -- head timeout -------------------------------------------------------------
 
 def test_a_new_connection_that_sends_nothing_is_closed_without_a_response():
     d = driver()
-    d.advance(9.9)
-    assert not d.closed
-    d.advance(0.1)
+    open_for_then(d, 9.9, 0.1)
     assert d.closed and d.close.graceful and d.output == b""
     assert counts(d)[NO_REQUEST] == 1 and counts(d)[HEAD_TIMEOUT] == 0
 
@@ -74,9 +79,7 @@ def test_an_idle_kept_alive_connection_is_timed_from_its_next_first_byte():
     d.advance(30.0)  # idle: the session timeout governs (60 s), not the head timeout
     assert not d.closed
     d.client(b"GET /y HTTP/1.1\r\n")
-    d.advance(9.9)
-    assert not d.closed
-    d.advance(0.1)
+    open_for_then(d, 9.9, 0.1)
     assert d.new_output().startswith(R408) and d.closed
 
 
@@ -88,9 +91,7 @@ def test_pipelined_bytes_start_the_next_heads_clock_at_once():
     d.respond(body=b"ok")
     assert d.new_output().endswith(b"ok")
     assert d.session.head_deadline == START + 5.0 + 10.0
-    d.advance(9.9)
-    assert not d.closed
-    d.advance(0.1)
+    open_for_then(d, 9.9, 0.1)
     assert d.new_output().startswith(R408) and d.closed
 
 
@@ -176,9 +177,7 @@ def test_a_handoff_pause_stops_the_clock():
     d.advance(30.0)
     assert not d.closed
     d.handler(KeepAlive)  # the handler is back: the clock runs again
-    d.advance(4.9)
-    assert not d.closed
-    d.advance(0.2)
+    open_for_then(d, 4.9, 0.2)
     assert d.closed and R408 in d.output
 
 
@@ -195,9 +194,7 @@ def test_reads_held_by_the_worker_stop_the_body_clock():
     d.handler(KeepAlive)  # (the handler stays within its 60 s)
     assert not d.closed
     d.session.reads_held(False, d.now)
-    d.advance(4.9)
-    assert not d.closed
-    d.advance(0.2)  # the rest of the window, still nothing: cut
+    open_for_then(d, 4.9, 0.2)  # the rest of the window, still nothing: cut
     assert d.closed and R408 in d.output
 
 
@@ -211,9 +208,7 @@ def test_reads_held_by_the_worker_move_the_head_deadline():
     assert not d.closed
     d.session.reads_held(False, d.now)
     assert d.session.head_deadline == START + 30.0  # 10 s, less the 20 s held
-    d.advance(5.9)
-    assert not d.closed
-    d.advance(0.1)
+    open_for_then(d, 5.9, 0.1)
     assert d.closed and R408 in d.output
 
 
