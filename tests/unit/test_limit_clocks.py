@@ -109,6 +109,16 @@ def post(length: int) -> bytes:
     return b"POST /u HTTP/1.1\r\nHost: example.com\r\nContent-Length: %d\r\n\r\n" % length
 
 
+def uploading(length: int, credits: int) -> Driver:
+    """A POST of ``length`` bytes at a minimum rate of 100 bytes/s, its head
+    sent to the handler, which granted ``credits``."""
+    d = driver(rate=100)
+    d.client(post(length))
+    d.new_packets()
+    d.credit(credits)
+    return d
+
+
 def test_a_body_below_the_rate_is_cut_with_408_and_cancel():
     d = driver(rate=100)  # 1000 bytes per 10 s
     d.client(post(100000))
@@ -127,10 +137,7 @@ def test_a_body_below_the_rate_is_cut_with_408_and_cancel():
 
 
 def test_a_body_at_the_rate_goes_on_window_after_window():
-    d = driver(rate=100)
-    d.client(post(5000))
-    d.new_packets()
-    d.credit(100000)
+    d = uploading(5000, credits=100000)
     for _ in range(40):
         d.client(b"x" * 120)
         d.advance(1.0)
@@ -143,10 +150,7 @@ def test_a_body_at_the_rate_goes_on_window_after_window():
 
 
 def test_time_without_credits_does_not_count():
-    d = driver(rate=100)
-    d.client(post(100000))
-    d.new_packets()
-    d.credit(500)
+    d = uploading(100000, credits=500)
     d.client(b"x" * 600)  # 500 go to the handler, 100 wait: condure stops reading
     assert not d.session.wants_read
     d.advance(50.0)  # the handler takes its time: not the client's fault
@@ -167,10 +171,7 @@ def test_time_without_credits_does_not_count():
 
 
 def test_a_handoff_pause_stops_the_clock():
-    d = driver(rate=100)
-    d.client(post(100000))
-    d.new_packets()
-    d.credit(100000)
+    d = uploading(100000, credits=100000)
     d.advance(5.0)
     d.handler(HandoffStart)
     assert isinstance(d.packets[-1], HandoffProceed)
@@ -184,10 +185,7 @@ def test_a_handoff_pause_stops_the_clock():
 def test_reads_held_by_the_worker_stop_the_body_clock():
     """Backpressure towards the handlers (the worker stops reading from
     every client) is not the client's slowness: the clock stands still."""
-    d = driver(rate=100)
-    d.client(post(100000))
-    d.new_packets()
-    d.credit(100000)
+    d = uploading(100000, credits=100000)
     d.advance(5.0)  # half a window, nothing sent
     d.session.reads_held(True, d.now)
     d.advance(30.0)  # the worker reads nothing meanwhile
@@ -213,10 +211,7 @@ def test_reads_held_by_the_worker_move_the_head_deadline():
 
 
 def test_the_rate_does_not_apply_once_the_body_is_read():
-    d = driver(rate=100)
-    d.client(post(10))
-    d.new_packets()
-    d.credit(100)
+    d = uploading(10, credits=100)
     d.client(b"x" * 10)
     assert isinstance(d.packets[-1], Data) and not d.packets[-1].more
     assert d.session.rate is None or d.session.rate.deadline is None
