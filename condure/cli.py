@@ -5,10 +5,13 @@ Condure's order so that, given several mistakes, the same one is reported:
 
 1. syntax (unknown option, missing value, an option given twice): usage on
    stderr, exit status 2 (argparse);
-2. options this build does not implement yet: message on stderr, status 2;
-3. values, in table order, then the instance id, the worker count, the
+2. values, in table order, then the instance id, the worker count, the
    connection totals, the listeners, and the ZeroMQ endpoint bases: logged
    as ``[ERR]`` on stdout, status 1.
+
+``--sizes`` comes between the two, as in Condure: once the syntax is right
+it prints its figures (:mod:`condure.sizes`) and exits 0, whatever the
+values of the other options.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from condure.config import (
     Config,
     ConfigError,
     ListenSpec,
-    NotSupportedYet,
     parse_listen,
     parse_uint,
     stream_endpoints,
@@ -35,7 +37,6 @@ from condure.options import (
     OCTAL,
     OPTIONS,
     UINT,
-    UNAVAILABLE_LISTEN_PARAMS,
     Option,
 )
 
@@ -59,8 +60,6 @@ def _help_line(opt: Option) -> str:
     text = opt.help
     if opt.default_text():
         text += f" [default: {opt.default_text()}]"
-    if not opt.available:
-        text += " (not supported yet)"
     return text.replace("%", "%%")
 
 
@@ -109,27 +108,27 @@ def _convert(opt: Option, text: str) -> int | str:
 
 
 def _parse_listeners(values: Sequence[str]) -> tuple[ListenSpec, ...]:
-    specs = []
-    for value in values:
-        spec, keys = parse_listen(value)
-        for key in keys:
-            if key in UNAVAILABLE_LISTEN_PARAMS:
-                raise NotSupportedYet(f"--listen parameter '{key}' is not supported yet")
-        specs.append(spec)
-    return tuple(specs)
+    return tuple(parse_listen(value)[0] for value in values)
+
+
+def parse_syntax(argv: Sequence[str]) -> argparse.Namespace:
+    """Step 1: argv as argparse reads it (an action option such as
+    ``--sizes`` is True when given). Raises SystemExit (syntax, help,
+    version)."""
+    return build_parser().parse_args(list(argv))
 
 
 def parse(argv: Sequence[str]) -> tuple[Config, frozenset[str]]:
     """Parse and validate argv. Returns the config and the set of option
     destinations given explicitly. Raises SystemExit (syntax, help,
-    version), NotSupportedYet or ConfigError."""
-    namespace = build_parser().parse_args(list(argv))
+    version) or ConfigError."""
+    return validate(parse_syntax(argv))
+
+
+def validate(namespace: argparse.Namespace) -> tuple[Config, frozenset[str]]:
+    """Step 2: the values of a namespace from :func:`parse_syntax`."""
     given = frozenset(opt.dest for opt in OPTIONS
                       if getattr(namespace, opt.dest, None) is not None)
-
-    for opt in OPTIONS:
-        if opt.dest in given and not opt.available:
-            raise NotSupportedYet(f"{opt.flag} is not supported yet")
 
     values: dict[str, Any] = {}
     for opt in OPTIONS:
@@ -191,12 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from condure import ctl
         return ctl.main(argv[1:])
     try:
-        config, _ = parse(argv)
+        namespace = parse_syntax(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    except NotSupportedYet as e:
-        print(f"condure: error: {e}", file=sys.stderr)
-        return 2
+    if namespace.sizes:
+        from condure import sizes  # imported late, as the supervisor
+
+        print("\n".join(sizes.lines()))
+        return 0
+    try:
+        config, _ = validate(namespace)
     except ConfigError as e:
         # An error line shows at every level, so the default level will do.
         log.setup(log.DEFAULT_LEVEL)

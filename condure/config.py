@@ -16,11 +16,6 @@ class ConfigError(Exception):
     """A value that parses but is not acceptable (Condure: exit status 1)."""
 
 
-class NotSupportedYet(ConfigError):
-    """An option or listen parameter this build does not implement yet
-    (exit status 2, never silently ignored)."""
-
-
 @dataclass(frozen=True, slots=True)
 class ListenSpec:
     """One ``--listen`` value.

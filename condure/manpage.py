@@ -97,8 +97,6 @@ def _option(opt: Option) -> list[str]:
         notes.append(default_note(opt))
     if opt.repeatable:
         notes.append("May be given several times; the values replace the default.")
-    if not opt.available:
-        notes.append("Not supported yet in this build: giving it exits with status 2.")
     if notes:
         body += " " + " ".join(notes)
     return [".TP", _option_head(opt), _text(body)]
@@ -107,8 +105,6 @@ def _option(opt: Option) -> list[str]:
 def _listen_param(p: ListenParam) -> list[str]:
     head = _code(p.key) + ("=\\fI" + _escape(p.value) + "\\fR" if p.value else "")
     text = p.help[:1].upper() + p.help[1:] + "."
-    if not p.available:
-        text += " Not supported yet in this build."
     return [".TP", head, _text(text)]
 
 
@@ -235,11 +231,12 @@ CONTROL_AFTER = (
 )
 
 EXIT_STATUS = [
-    ("0", "Stopped by a signal after a clean shutdown; `--help` and `--version`."),
+    ("0", "Stopped by a signal after a clean shutdown; `--help`, `--version` and "
+          "`--sizes`."),
     ("1", "Invalid option value, a listener or endpoint that cannot be set "
           "up, a socket-activation mismatch, workers that cannot start, or a "
           "second stop signal."),
-    ("2", "Command-line syntax error, or an option this build does not support."),
+    ("2", "Command-line syntax error."),
 ]
 
 EXAMPLES = [

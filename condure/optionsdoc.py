@@ -26,12 +26,10 @@ def render_markdown() -> str:
         "Generated from `condure/options.py` by "
         "`python -m condure.optionsdoc --markdown`; do not edit by hand.",
         "",
-        "Options that can be repeated replace their default once given. "
-        "Options marked *not yet* are recognised but make condure exit with "
-        "status 2 when given.",
+        "Options that can be repeated replace their default once given.",
         "",
-        "| option | value | default | repeatable | available | summary |",
-        "|---|---|---|---|---|---|",
+        "| option | value | default | repeatable | summary |",
+        "|---|---|---|---|---|",
     ]
     for opt in OPTIONS:
         flags = f"`{opt.short}`, `{opt.flag}`" if opt.short else f"`{opt.flag}`"
@@ -39,27 +37,23 @@ def render_markdown() -> str:
         default = f"`{opt.default_text()}`" if opt.default_text() else ""
         out.append(
             f"| {flags} | {_md_cell(value)} | {default} | "
-            f"{'yes' if opt.repeatable else ''} | {'yes' if opt.available else 'not yet'} | "
-            f"{_md_cell(opt.help)} |"
+            f"{'yes' if opt.repeatable else ''} | {_md_cell(opt.help)} |"
         )
     out += ["", "## Details", ""]
     for opt in OPTIONS:
         head = f"{opt.flag} {opt.metavar}" if opt.metavar else opt.flag
         if opt.short:
             head = f"{opt.short}, {head}"
-        out += [f"### `{head}`", ""]
-        if not opt.available:
-            out += ["*Not supported yet in this build.*", ""]
-        out += [opt.doc, ""]
+        out += [f"### `{head}`", "", opt.doc, ""]
     out += [
         "## Listen parameters",
         "",
-        "| parameter | available | meaning |",
-        "|---|---|---|",
+        "| parameter | meaning |",
+        "|---|---|",
     ]
     for p in LISTEN_PARAMS:
         key = f"{p.key}={p.value}" if p.value else p.key
-        out.append(f"| `{key}` | {'yes' if p.available else 'not yet'} | {_md_cell(p.help)} |")
+        out.append(f"| `{key}` | {_md_cell(p.help)} |")
     out.append("")
     return "\n".join(out)
 

@@ -11,31 +11,30 @@ from pathlib import Path
 
 import pytest
 
-from condure import __version__, log
-from condure.cli import build_parser, main, parse, parse_args
+from condure import __version__, log, sizes
+from condure.cli import build_parser, main, parse, parse_args, parse_syntax
 from condure.config import (
     ACCEPT_MODES,
     Config,
     ConfigError,
     ListenSpec,
-    NotSupportedYet,
     parse_listen,
     parse_uint,
     stream_endpoints,
 )
-from condure.options import LISTEN_PARAMS, OPTIONS, UNAVAILABLE_LISTEN_PARAMS
+from condure.options import LISTEN_PARAMS, OPTIONS
 from condure.optionsdoc import render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(
     r"^\[(ERR|WARN|INFO|DEBUG|TRACE)\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \[([^\]]+)\] (.*)$"
 )
+SIZE_LINE = re.compile(r"^([a-z_]+): ([1-9]\d*) bytes$")
 
 
 def error_of(argv: list[str]) -> str:
     with pytest.raises(ConfigError) as info:
         parse_args(argv)
-    assert not isinstance(info.value, NotSupportedYet)
     return str(info.value)
 
 
@@ -95,7 +94,8 @@ def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     for opt in OPTIONS:
         assert opt.flag in out
     assert "[default: 0.0.0.0:8000,stream]" in out
-    assert "--compression" in out and "not supported yet" in " ".join(out.split())
+    assert "--compression" in out
+    assert "--sizes Print the memory one connection takes and exit" in " ".join(out.split())
 
 
 def test_help_names_every_accept_mode(capsys: pytest.CaptureFixture[str]) -> None:
@@ -267,7 +267,7 @@ def test_listen_repeated_replaces_default() -> None:
 
 
 def test_listen_later_stream_overrides_req() -> None:
-    # the mode ends as stream, but "req" itself is not available in this build
+    # a later mode overrides an earlier one, and both are reported as given
     spec, keys = parse_listen("80,req,stream")
     assert spec.mode == "stream" and keys == ("req", "stream")
     spec, _ = parse_listen("80,stream,req")
@@ -335,23 +335,34 @@ def test_listen_params(value: str, field: str, expected: object) -> None:
     assert getattr(spec, field) == expected
 
 
-def test_every_listen_param_is_available() -> None:
-    assert UNAVAILABLE_LISTEN_PARAMS == frozenset()
+# ---------------------------------------------------------------- --sizes
 
 
-# ---------------------------------------------------------------- not supported yet
+def test_sizes_is_seen_by_the_syntax_step_only() -> None:
+    assert parse_syntax(["--sizes"]).sizes is True
+    assert parse_syntax([]).sizes is None
+    # The values after it are still read by the syntax step, not checked.
+    namespace = parse_syntax(["--workers", "x", "--sizes", "--listen", "foo"])
+    assert (namespace.sizes, namespace.workers, namespace.listen) == (True, "x", ["foo"])
+    # Validation ignores it: with valid values it is a config like any other.
+    config, given = parse(["--sizes", "--workers", "3"])
+    assert config.workers == 3 and given == {"sizes", "workers"}
 
 
-@pytest.mark.parametrize("opt", [o for o in OPTIONS if not o.available], ids=lambda o: o.flag)
-def test_unavailable_options_fail_when_given(opt) -> None:  # type: ignore[no-untyped-def]
-    argv = [opt.flag] if not opt.takes_value else [opt.flag, "1"]
-    with pytest.raises(NotSupportedYet, match=f"^{opt.flag} is not supported yet$"):
-        parse_args(argv)
-
-
-def test_unavailable_list_is_the_expected_one() -> None:
-    # --sizes is all that is left.
-    assert {o.flag for o in OPTIONS if not o.available} == {"--sizes"}
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--sizes", "--sizes"], "cannot be used multiple times"),
+        (["--sizes=yes"], "ignored explicit argument"),
+        (["--sizes", "--bogus"], "unrecognized arguments: --bogus"),
+        (["--sizes", "--workers"], "expected one argument"),
+    ],
+)
+def test_sizes_with_a_syntax_error_exits_2(argv: list[str], fragment: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = exit_of(argv, capsys)
+    assert code == 2 and out == ""
+    assert fragment in err
 
 
 def test_client_role_alone_opens_no_listener() -> None:
@@ -423,9 +434,18 @@ def test_main_semantic_error(no_run: None, capsys: pytest.CaptureFixture[str]) -
         "ERR", "condure", "failed to parse id: value cannot be empty or contain a space")
 
 
-def test_main_not_supported(no_run: None, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--sizes"]) == 2
-    assert "--sizes is not supported yet" in capsys.readouterr().err
+@pytest.mark.parametrize("argv", [
+    ["--sizes"],
+    # as Condure: values are not checked once --sizes is given
+    ["--workers", "x", "--sizes", "--listen", "foo", "--stream-maxconn", "1"],
+])
+def test_main_sizes(argv: list[str], no_run: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    matches = [SIZE_LINE.match(line) for line in out.splitlines()]
+    assert all(matches), out
+    assert tuple(m.group(1) for m in matches if m) == sizes.NAMES
 
 
 def test_main_syntax_error_returns_2(no_run: None) -> None:

@@ -38,7 +38,8 @@ LAYERS: list[tuple[str, ...]] = [
     # the process tree, systemd
     ("condure.supervisor",),
     # entry points; the man page renderer is a build tool on top of options.py
-    ("condure.cli", "condure.__main__", "condure.manpage", "condure.optionsdoc", "condure.ctl"),
+    ("condure.cli", "condure.__main__", "condure.manpage", "condure.optionsdoc", "condure.ctl",
+     "condure.sizes"),
 ]
 SANS_IO = ("condure.zhttp", "condure.session")
 IO_MODULES = {"asyncio", "zmq", "socket", "selectors", "ssl"}
