@@ -171,6 +171,9 @@ class OriginInput(ClientInput):
         super().__init__(window, 0, deflate, leftover)
         self.cut = False  # send what is held now: a control frame comes next
 
+    def _whole(self, s: Owner) -> bool:
+        return False  # ClientInput's one-step path reads masked frames only
+
     def _forward(self, s: Owner) -> bool:
         if (self.msg_opcode and not self.msg_done and not self.cut
                 and len(self.pending) < min(self.credits, self.buffer_size)):
