@@ -25,6 +25,8 @@ FRESH_GRACE = 1.0
 class HttpEndings(ZhttpPeer):
     """The endings of a stream-mode HTTP connection (module docstring)."""
 
+    __slots__ = ("head_deadline", "held_since", "leave_at", "leaving", "rate")
+
     reader: HeadReader
     body: RequestBody
     response: Response

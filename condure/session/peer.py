@@ -29,6 +29,10 @@ class ZhttpLink:
     """Accepting the handler's packets and numbering condure's, for a
     stream-mode session of either role."""
 
+    # Slots here and in the classes below it: an HttpSession has no
+    # instance dict (see there); other subclasses may have one.
+    __slots__ = ("handler", "in_seq", "out_seq", "session_deadline")
+
     instance_id: bytes
     rid: bytes
     handler: bytes | None
@@ -77,6 +81,9 @@ class ZhttpLink:
 
 class ZhttpPeer(ZhttpLink):
     """The ZHTTP end of a stream-mode session (see the module docstring)."""
+
+    __slots__ = ("actions", "adopted", "buffer_size", "instance_id", "paused", "peer_address",
+                 "peer_port", "scheme", "state", "stream_timeout")
 
     table: Table  # the session kind's transition table (condure/session/states.py)
     state: Phase

@@ -42,6 +42,14 @@ def broken(*args, **kwargs):
     raise Bug("deliberate")
 
 
+def break_method(session, name: str) -> None:
+    """Make ``session.<name>`` raise Bug: its class becomes a subclass with
+    that method broken (sessions may keep their attributes in slots, so an
+    instance attribute cannot shadow the method)."""
+    cls = type(session)
+    session.__class__ = type(f"Broken{cls.__name__}", (cls,), {"__slots__": (), name: broken})
+
+
 class ZmqRecorder:
     """Stands in for StreamSockets: the packets the worker sends."""
 
@@ -142,7 +150,7 @@ def test_a_broken_session_in_the_keep_alive_sweep(rig_factory, caplog):
     rig = rig_factory(3)
     bad = rig.conns[1]
     rid = bad.session.rid
-    bad.session.keep_alive = broken
+    break_method(bad.session, "keep_alive")
     start = rig.worker.sweep.time
     for i in range(3):  # three slots, one every 15 s of the 45 s round
         rig.worker._sweep_keep_alives(start + 15.0 * (i + 1))
@@ -159,7 +167,7 @@ def test_a_broken_session_in_the_keep_alive_sweep(rig_factory, caplog):
 def test_a_broken_session_at_a_fast_stop(rig_factory, caplog):
     rig = rig_factory(3)
     rids = [c.session.rid for c in rig.conns]
-    rig.conns[0].session.shutdown = broken
+    break_method(rig.conns[0].session, "shutdown")
     rig.worker.stop()
     assert sorted(rig.zmq.ids_of(Cancel)) == sorted(rids)  # every handler told
     assert all(c is None for c in rig.worker.slots)
@@ -171,7 +179,7 @@ def test_a_broken_session_in_a_handover(rig_factory, caplog):
     rig = rig_factory(3, answered=False)  # idle connections: they can move at once
     bad = rig.conns[2]
     rid = bad.session.rid
-    bad.session.begin_handoff = broken
+    break_method(bad.session, "begin_handoff")
     sent = []
 
     def send(records, fds):
@@ -195,7 +203,7 @@ def test_a_broken_session_on_a_handler_packet_in_a_list(rig_factory, caplog):
     session does not keep the others from getting theirs."""
     rig = rig_factory(3)
     sessions = [c.session for c in rig.conns]
-    sessions[0].receive_packet = broken
+    break_method(sessions[0], "receive_packet")
     ids = tuple(Ident(s.rid, 1) for s in sessions)
     rig.worker.on_message(encode(KeepAlive(from_=HANDLER, ids=ids, id_list=True)))
     assert [s.in_seq for s in sessions[1:]] == [2, 2]  # taken by the other two
