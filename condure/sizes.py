@@ -34,19 +34,21 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+from condure.session.ws_frames import MEM_LEVEL
+
 COUNT = 200  # connections of each kind per measurement
 NAMES = ("req_connection", "stream_connection", "websocket_connection", "deflate_codec_state")
 
 # zlib's documented needs (zconf.h) for the streams condure makes
 # (condure/session/ws_frames.py: compressobj(Z_DEFAULT_COMPRESSION, DEFLATED,
-# -15) with the default memLevel 8, decompressobj(-15)): deflate
+# -15, MEM_LEVEL), decompressobj(-15)): deflate
 # (1 << (windowBits + 2)) + (1 << (memLevel + 9)) bytes "plus a few
 # kilobytes for small objects", inflate 1 << windowBits "plus about 7
 # kilobytes". CPython's zlib module allocates those through PyMem_RawMalloc,
 # which tracemalloc traces, so the measured deflate_codec_state includes
 # them; these lower bounds are what tests/unit/test_sizes.py checks it
 # against (a Python whose zlib allocations went unseen would fall short).
-ZLIB_DEFLATE = (1 << (15 + 2)) + (1 << (8 + 9))  # 262144
+ZLIB_DEFLATE = (1 << (15 + 2)) + (1 << (MEM_LEVEL + 9))  # 139264
 ZLIB_INFLATE = 1 << 15  # 32768, allocated on the first message inflated
 
 _HANDLER = b"handler-%08d"  # a per-connection handler address, as decoded

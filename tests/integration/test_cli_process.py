@@ -72,7 +72,7 @@ def test_semantic_error(tmp_path: Path) -> None:
 SIZE_LINE = re.compile(r"^([a-z_]+): (\d+) bytes$")
 # Plausible bounds per figure: the Python heap of one connection (the
 # measured PSS per idle connection is 2-4 KiB, docs/performance.md), and
-# zlib's window and tables for deflate (about 300 KB).
+# zlib's window and tables for deflate (about 190 KB).
 SIZE_BOUNDS = {
     "req_connection": (200, 64 << 10),
     "stream_connection": (500, 64 << 10),
