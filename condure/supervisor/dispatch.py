@@ -22,6 +22,10 @@ _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_BACKOFF = 0.1  # seconds
 # The peer gave up between SYN and accept: skip it.
 _ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO}
+# A worker's control socket could not take a connection (full, or the
+# worker just died): the connection waits here and is offered again after
+# this long, to whichever worker is ready then.
+HAND_OVER_RETRY = 0.05  # seconds
 
 
 class LeastLoaded:
@@ -66,8 +70,9 @@ class Dispatcher:
     the descriptor over its control socket; it returns False when no worker
     can take the connection now. The dispatcher closes its own copy of each
     connection once sent. Connections no worker took wait (accepting
-    pauses) until :meth:`resume`, which the supervisor calls when a worker
-    becomes ready.
+    pauses) until :meth:`resume`, which the supervisor calls whenever a
+    worker becomes ready; one a worker's control socket refused (full, or
+    the worker just died) is offered again after ``HAND_OVER_RETRY``.
     """
 
     def __init__(self, listeners: Listeners, loop, send: Callable[[socket.socket, int], bool]):
@@ -137,7 +142,12 @@ class Dispatcher:
         try:
             taken = self.send(sock, spec)
         except OSError as e:
-            log.warning("passing a connection to a worker failed: %s", e)
+            # Full (the worker is busy) is expected under load; anything
+            # else (the worker just died) is worth a line. Either way: again soon.
+            log.log(logging.DEBUG if isinstance(e, BlockingIOError) else logging.WARNING,
+                    "passing a connection to a worker failed: %s; trying again", e)
+            if self.backoff is None:
+                self.backoff = self.loop.call_later(HAND_OVER_RETRY, self._end_backoff)
             taken = False
         if taken:
             sock.close()  # the worker has its own copy now

@@ -281,6 +281,8 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 child.ready_at = time.monotonic()
                 self.boot_failures = 0
                 log.debug("worker %d ready (pid %d)", child.slot, child.pid)
+                if self.dispatcher is not None and self.announced:
+                    self.dispatcher.resume()  # connections may wait for a worker
                 self.wake.set()
             elif kind == "adopted":
                 self.moves.adopted(child, message.get("batch"), int(message.get("adopted", 0)),

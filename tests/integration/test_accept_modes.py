@@ -6,6 +6,7 @@ import collections
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -92,3 +93,31 @@ def test_dispatch_spreads_connections(make_condure, make_handler, make_conn):
     senders = collections.Counter(serve_all(handler, conns, [f"/d/{i}" for i in range(20)]))
     assert len(senders) == WORKERS, senders
     assert max(senders.values()) - min(senders.values()) <= 3, senders
+
+
+def test_dispatch_accepts_again_after_its_only_worker_is_replaced(
+        make_condure, make_handler, make_conn):
+    """A connection that arrives while no worker is ready waits in the
+    supervisor; once the replacement is ready it is handed over and served,
+    and accepting goes on (before, accepting stopped for good)."""
+    condure = make_condure("ours", workers=1, extra_args=["--accept-mode", "dispatch"])
+    handler = make_handler(condure)
+    serve_all(handler, [make_conn(condure.port)], ["/warm"])
+    (victim,) = worker_slots(condure.pid)
+    os.kill(victim, signal.SIGKILL)
+    # Once the supervisor has reaped it (a connection sent to a dying
+    # worker dies with it, docs/accept-modes.md), and while its replacement
+    # (respawned after 0.1 s) is still starting: the supervisor keeps the
+    # connection until a worker can take it.
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{victim}"):  # gone once reaped (a zombie is still there)
+        assert time.monotonic() < deadline, "the killed worker was not reaped"
+        time.sleep(0.005)
+    waiting = make_conn(condure.port)
+    waiting.send(request("GET", "/while-down", HOST))
+    pkt = handler.recv(timeout=20)
+    handler.reply(pkt, body=pkt.get("uri"))
+    resp = waiting.read_response(timeout=20)
+    assert resp.code == 200 and resp.body.endswith(b"/while-down")
+    assert victim not in worker_slots(condure.pid)
+    serve_all(handler, [make_conn(condure.port) for _ in range(3)], [f"/after/{i}" for i in range(3)])

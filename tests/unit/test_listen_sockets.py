@@ -407,3 +407,42 @@ def test_worker_adopt_connection_refuses_bad_spec_and_full():
 def test_sockets_module_defaults():
     assert sockets.AUTO == Config().accept_mode
     assert ListenSpec().fd_name is None
+
+
+def test_dispatcher_offers_again_what_a_full_control_socket_refused():
+    """A worker's control socket that cannot take a connection now (full:
+    BlockingIOError) does not stop accepting: the connection is offered
+    again shortly, with nobody calling resume()."""
+    got = acquire_listeners(listen("127.0.0.1:0"), 2, "dispatch", environ={})
+    port = got.items[0].sock.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    received: list[int] = []
+    refusals = [2]  # the first two offers find the socket full
+
+    def send(sock: socket.socket, spec: int) -> bool:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        received.append(spec)
+        return True
+
+    clients = []
+    try:
+        dispatcher = Dispatcher(got, loop, send)
+        dispatcher.start()
+
+        async def until(cond):
+            while not cond():
+                await asyncio.sleep(0.01)
+
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        loop.run_until_complete(asyncio.wait_for(until(lambda: len(received) == 3), 5))
+        assert refusals == [0] and not dispatcher.pending and dispatcher.running
+        clients.append(socket.create_connection(("127.0.0.1", port)))  # accepting goes on
+        loop.run_until_complete(asyncio.wait_for(until(lambda: len(received) == 4), 5))
+        dispatcher.close()
+    finally:
+        for c in clients:
+            c.close()
+        loop.close()
+        got.close()
