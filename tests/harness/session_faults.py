@@ -38,6 +38,12 @@ class InjectedFault(RuntimeError):
     """Raised on purpose inside a session."""
 
 
+# Sessions marked for a later fault, by session id (a session keeps its
+# attributes in slots: it cannot carry a mark of its own).
+_ON_TIMER: set[bytes] = set()
+_ON_STOP: set[bytes] = set()
+
+
 def install() -> None:
     from condure.session.http import HttpSession
     from condure.session.websocket import WebSocketSession
@@ -50,22 +56,22 @@ def install() -> None:
             raise InjectedFault("client bytes carry the marker")
         http_receive_data(self, data, now)
         if TIMER_PATH + b" " in data:
-            self.fault_on_timer = True
+            _ON_TIMER.add(self.rid)
             self.session_deadline = now + TIMER_DELAY
         if STOP_PATH + b" " in data:
-            self.fault_on_stop = True
+            _ON_STOP.add(self.rid)
 
     http_handle_timer = HttpSession.handle_timer
 
     def handle_timer(self, now):
-        if getattr(self, "fault_on_timer", False):
+        if self.rid in _ON_TIMER:
             raise InjectedFault("timer of a /boom-timer request")
         http_handle_timer(self, now)
 
     http_going_away = HttpSession.going_away
 
     def going_away(self, now=None, code=None):
-        if getattr(self, "fault_on_stop", False):
+        if self.rid in _ON_STOP:
             raise InjectedFault("graceful stop of a /boom-stop request")
         http_going_away(self, now, code)
 

@@ -439,7 +439,8 @@ def test_main_semantic_error(no_run: None, capsys: pytest.CaptureFixture[str]) -
     # as Condure: values are not checked once --sizes is given
     ["--workers", "x", "--sizes", "--listen", "foo", "--stream-maxconn", "1"],
 ])
-def test_main_sizes(argv: list[str], no_run: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_sizes(argv: list[str], no_run: None, earlier_garbage: None,
+                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert err == ""
