@@ -213,8 +213,8 @@ class Worker(Slots):
     # -- accepting ------------------------------------------------------------
 
     def set_accepting(self, on: bool) -> None:
-        if on == self.accepting:
-            return
+        if on == self.accepting or (on and self.stopped.done()):
+            return  # (a stopping worker's listeners are closed: an accept backoff ending is late)
         self.accepting = on
         for sock, spec in self.listeners:
             if on and spec.mode not in self.paused_modes:

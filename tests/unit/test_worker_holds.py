@@ -49,3 +49,26 @@ def test_congestion_stops_and_restarts_the_body_clock():
             conn.abort()
         client.close()
         loop.close()
+
+
+def test_an_accept_backoff_ending_after_the_stop_leaves_accepting_off():
+    """EMFILE pauses accepting and a timer turns it back on 100 ms later; a
+    worker that began stopping meanwhile has closed its listeners, and the
+    timer must not watch them again (add_reader(-1) raised in the loop)."""
+    loop = asyncio.new_event_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    worker = Worker(Config(workers=1), loop)
+    spec = worker.config.listen[0]
+    worker.listeners.append((listener, spec))
+    try:
+        worker.set_accepting(True)
+        assert worker.accepting
+        worker.set_accepting(False)  # the EMFILE backoff
+        worker.mark_stopping("stop")
+        worker.set_accepting(False)
+        worker.close_listeners()
+        worker.set_accepting(True)  # the backoff's timer, late
+        assert not worker.accepting
+    finally:
+        listener.close()
+        loop.close()
