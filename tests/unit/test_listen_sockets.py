@@ -334,10 +334,30 @@ def test_least_loaded_counts_its_own_sends():
     assert ll.pick([]) is None
 
 
-def test_dispatcher_hands_over_and_waits_when_nobody_can_take():
+@pytest.fixture
+def dispatch_listener():
+    """(listeners, port, loop, clients): a dispatch-mode listener on a free
+    port, a fresh loop, and the list of client sockets a test opens, all
+    closed after it."""
     got = acquire_listeners(listen("127.0.0.1:0"), 2, "dispatch", environ={})
-    port = got.items[0].sock.getsockname()[1]
     loop = asyncio.new_event_loop()
+    clients: list[socket.socket] = []
+    yield got, got.items[0].sock.getsockname()[1], loop, clients
+    for c in clients:
+        c.close()
+    loop.close()
+    got.close()
+
+
+def _run_until(loop: asyncio.AbstractEventLoop, cond) -> None:  # type: ignore[no-untyped-def]
+    async def until() -> None:
+        while not cond():
+            await asyncio.sleep(0.01)
+    loop.run_until_complete(asyncio.wait_for(until(), 5))
+
+
+def test_dispatcher_hands_over_and_waits_when_nobody_can_take(dispatch_listener):
+    got, port, loop, clients = dispatch_listener
     received: list[tuple[int, int]] = []
     accept = {"ok": False}
 
@@ -347,28 +367,16 @@ def test_dispatcher_hands_over_and_waits_when_nobody_can_take():
         received.append((sock.fileno(), spec))
         return True
 
-    clients = []
-    try:
-        dispatcher = Dispatcher(got, loop, send)
-        dispatcher.start()
-        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
-
-        async def until(cond):
-            while not cond():
-                await asyncio.sleep(0.01)
-
-        loop.run_until_complete(asyncio.wait_for(until(lambda: dispatcher.pending), 5))
-        assert not dispatcher.running and len(dispatcher.pending) == 1
-        accept["ok"] = True
-        dispatcher.resume()
-        loop.run_until_complete(asyncio.wait_for(until(lambda: len(received) == 3), 5))
-        assert {spec for _, spec in received} == {0} and not dispatcher.pending
-        dispatcher.close()
-    finally:
-        for c in clients:
-            c.close()
-        loop.close()
-        got.close()
+    dispatcher = Dispatcher(got, loop, send)
+    dispatcher.start()
+    clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    _run_until(loop, lambda: dispatcher.pending)
+    assert not dispatcher.running and len(dispatcher.pending) == 1
+    accept["ok"] = True
+    dispatcher.resume()
+    _run_until(loop, lambda: len(received) == 3)
+    assert {spec for _, spec in received} == {0} and not dispatcher.pending
+    dispatcher.close()
 
 
 @pytest.mark.parametrize("mode, workers, local, budget", [
@@ -409,13 +417,11 @@ def test_sockets_module_defaults():
     assert ListenSpec().fd_name is None
 
 
-def test_dispatcher_offers_again_what_a_full_control_socket_refused():
+def test_dispatcher_offers_again_what_a_full_control_socket_refused(dispatch_listener):
     """A worker's control socket that cannot take a connection now (full:
     BlockingIOError) does not stop accepting: the connection is offered
     again shortly, with nobody calling resume()."""
-    got = acquire_listeners(listen("127.0.0.1:0"), 2, "dispatch", environ={})
-    port = got.items[0].sock.getsockname()[1]
-    loop = asyncio.new_event_loop()
+    got, port, loop, clients = dispatch_listener
     received: list[int] = []
     refusals = [2]  # the first two offers find the socket full
 
@@ -426,23 +432,11 @@ def test_dispatcher_offers_again_what_a_full_control_socket_refused():
         received.append(spec)
         return True
 
-    clients = []
-    try:
-        dispatcher = Dispatcher(got, loop, send)
-        dispatcher.start()
-
-        async def until(cond):
-            while not cond():
-                await asyncio.sleep(0.01)
-
-        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
-        loop.run_until_complete(asyncio.wait_for(until(lambda: len(received) == 3), 5))
-        assert refusals == [0] and not dispatcher.pending and dispatcher.running
-        clients.append(socket.create_connection(("127.0.0.1", port)))  # accepting goes on
-        loop.run_until_complete(asyncio.wait_for(until(lambda: len(received) == 4), 5))
-        dispatcher.close()
-    finally:
-        for c in clients:
-            c.close()
-        loop.close()
-        got.close()
+    dispatcher = Dispatcher(got, loop, send)
+    dispatcher.start()
+    clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    _run_until(loop, lambda: len(received) == 3)
+    assert refusals == [0] and not dispatcher.pending and dispatcher.running
+    clients.append(socket.create_connection(("127.0.0.1", port)))  # accepting goes on
+    _run_until(loop, lambda: len(received) == 4)
+    dispatcher.close()
