@@ -184,8 +184,7 @@ def parse_socket_addr(text: str) -> tuple[str, int]:
 def parse_listen(value: str) -> tuple[ListenSpec, tuple[str, ...]]:
     """Parse one ``--listen`` value (Condure's syntax and messages).
 
-    Returns the spec and the parameter keys that were given, so the caller
-    can refuse the ones this build does not implement.
+    Returns the spec and the parameter keys that were given, in order.
     """
     first, *params = value.split(",")
     if first.startswith("fd-name="):

@@ -422,5 +422,3 @@ LISTEN_PARAMS: tuple[ListenParam, ...] = (
                 "`FileDescriptorName=`) instead of binding; the address may then be "
                 "left out (`--listen fd-name=web,tls`)"),
 )
-
-LISTEN_PARAM_KEYS: frozenset[str] = frozenset(p.key for p in LISTEN_PARAMS)

@@ -30,6 +30,7 @@ nothing and binding nothing, this module needs no running worker.
 from __future__ import annotations
 
 import gc
+import time
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -64,43 +65,46 @@ _MASK = b"\x01\x02\x03\x04"
 
 def _client_frame(payload: bytes, rsv1: bool) -> bytes:
     """A masked, final text frame from a client (payload under 126 bytes)."""
-    masked = bytes(b ^ _MASK[i % 4] for i, b in enumerate(payload))
-    return bytes((0x81 | (0x40 if rsv1 else 0), 0x80 | len(payload))) + _MASK + masked
+    from condure.session.ws_frames import unmask  # (XOR with the mask: it masks too)
 
-
-def _deflated(data: bytes) -> bytes:
-    import zlib
-    z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
-    out = z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH)
-    return out[:-4]  # RFC 7692 7.2.1: the 00 00 ff ff tail goes
+    return (bytes((0x81 | (0x40 if rsv1 else 0), 0x80 | len(payload))) + _MASK
+            + unmask(payload, _MASK, 0))
 
 
 class _Shared:
-    """What a worker's connections share, built before the first reading."""
+    """What a worker's connections share, built before the first reading:
+    a worker (not started: no socket, no running loop) per setting of
+    ``--compression``, whose ``make_session`` and ids are the ones its
+    connections get, and the client frames."""
 
     def __init__(self) -> None:
-        from condure.config import Config
-        from condure.session.limits import ReadLimits
+        import asyncio
+        from dataclasses import replace
 
-        self.config = Config()
-        self.instance_id = b"condure"
-        self.read_limits = ReadLimits(float(self.config.head_timeout),
-                                      self.config.body_min_rate)
-        self.counter = 0
-        self.host = _Host()
+        from condure.config import Config
+        from condure.session.ws_frames import Deflater
+        from condure.worker import Worker
+
+        self.loop = asyncio.new_event_loop()
+        config = Config()
+        self.workers = {compression: Worker(replace(config, compression=compression), self.loop)
+                        for compression in (False, True)}
+        stream = config.listen[0]
+        self.specs = {"stream": stream, "req": replace(stream, mode="req")}
         self.sock = _Socket()
-        self.compressed_frame = _client_frame(_deflated(_MESSAGE), rsv1=True)
+        self.compressed_frame = _client_frame(Deflater(False).compress(_MESSAGE, True), rsv1=True)
         self.plain_frame = _client_frame(_MESSAGE, rsv1=False)
 
-    def next_id(self, slot: int) -> bytes:
-        """As condure.slots.Slots.next_id: ``<worker>-<slot>-<counter>``."""
-        rid = b"0-%d-%x" % (slot, self.counter)
-        self.counter += 1
-        return rid
+    def conn(self, mode: str, slot: int, compression: bool = False) -> Any:
+        """A connection on ``slot`` as the worker makes it (session and Conn)."""
+        from condure.net.conn import Conn
 
+        worker = self.workers[compression]
+        session = worker.make_session(self.specs[mode], slot, b"127.0.0.1", 40000 + slot)
+        return Conn(worker, self.sock, slot, session)  # type: ignore[arg-type]
 
-class _Host:
-    """The worker as a Conn sees it: stored, never called while measuring."""
+    def close(self) -> None:
+        self.loop.close()
 
 
 class _Socket:
@@ -141,21 +145,8 @@ def _answer(conn: Any, now: float, seq: int | None, from_: bytes, **fields: Any)
     _settle(conn, now)
 
 
-def _conn(shared: _Shared, slot: int, session: Any) -> Any:
-    from condure.net.conn import Conn
-
-    return Conn(shared.host, shared.sock, slot, session)  # type: ignore[arg-type]
-
-
 def _req(shared: _Shared, slot: int, now: float) -> Any:
-    from condure.session.req import ReqSession
-
-    config = shared.config
-    conn = _conn(shared, slot, ReqSession(
-        instance_id=shared.instance_id, new_id=lambda: shared.next_id(slot), now=now,
-        buffer_size=config.buffer_size, body_buffer_size=config.body_buffer_size,
-        req_timeout=float(config.req_timeout), scheme=b"http",
-        peer_address=b"127.0.0.1", peer_port=40000 + slot))
+    conn = shared.conn("req", slot)
     conn.session.receive_data(_HTTP_REQUEST, now)
     _settle(conn, now)
     _answer(conn, now, None, b"", code=200, reason=b"OK",
@@ -163,20 +154,8 @@ def _req(shared: _Shared, slot: int, now: float) -> Any:
     return conn
 
 
-def _http(shared: _Shared, slot: int, now: float, compression: bool = False) -> Any:
-    from condure.session.http import HttpSession
-
-    config = shared.config
-    return _conn(shared, slot, HttpSession(
-        instance_id=shared.instance_id, new_id=lambda: shared.next_id(slot), now=now,
-        buffer_size=config.buffer_size, stream_timeout=float(config.stream_timeout),
-        scheme=b"http", peer_address=b"127.0.0.1", peer_port=40000 + slot,
-        compression=compression, read_limits=shared.read_limits,
-        messages_max=config.messages_max, max_message_size=config.max_message_size))
-
-
 def _stream(shared: _Shared, slot: int, now: float) -> Any:
-    conn = _http(shared, slot, now)
+    conn = shared.conn("stream", slot)
     conn.session.receive_data(_HTTP_REQUEST, now)
     _settle(conn, now)
     _answer(conn, now, 0, _HANDLER % slot, code=200, reason=b"OK",
@@ -187,7 +166,7 @@ def _stream(shared: _Shared, slot: int, now: float) -> Any:
 def _websocket(shared: _Shared, slot: int, now: float, compression: bool = False) -> Any:
     from condure.session.websocket import WebSocketSession
 
-    conn = _http(shared, slot, now, compression)
+    conn = shared.conn("stream", slot, compression)
     conn.session.receive_data(_WS_REQUEST + (_PMD if compression else b"") + b"\r\n", now)
     _settle(conn, now)
     handler = _HANDLER % slot
@@ -203,10 +182,11 @@ def _websocket(shared: _Shared, slot: int, now: float, compression: bool = False
 
 def _per_connection(build: Callable[[int, float], Any], count: int) -> float:
     """Heap growth per connection of ``count`` built by ``build(slot, now)``."""
-    build(count, 0.0)  # first use: caches, interned names, lazy imports
+    now = time.monotonic()  # (the clock make_session gives the sessions)
+    build(count, now)  # first use: caches, interned names, lazy imports
     gc.collect()
     before = tracemalloc.get_traced_memory()[0]
-    kept = [build(slot, 0.0) for slot in range(count)]
+    kept = [build(slot, now) for slot in range(count)]
     gc.collect()
     grown = tracemalloc.get_traced_memory()[0] - before
     del kept
@@ -216,11 +196,11 @@ def _per_connection(build: Callable[[int, float], Any], count: int) -> float:
 def measure(count: int = COUNT) -> dict[str, int]:
     """The figures of ``condure --sizes``, in bytes, by name (see the module
     docstring)."""
+    shared = _Shared()  # (before tracing: shared, so never counted)
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start()
     try:
-        shared = _Shared()
         req = _per_connection(lambda slot, now: _req(shared, slot, now), count)
         stream = _per_connection(lambda slot, now: _stream(shared, slot, now), count)
         ws = _per_connection(lambda slot, now: _websocket(shared, slot, now), count)
@@ -228,6 +208,7 @@ def measure(count: int = COUNT) -> dict[str, int]:
     finally:
         if started:
             tracemalloc.stop()
+        shared.close()
     return dict(zip(NAMES, (round(req), round(stream), round(ws), round(wsz - ws)), strict=True))
 
 
