@@ -9,7 +9,10 @@ bucket fires and the owner is filed again.
 An owner that raises while its bucket is handled is logged and dropped
 from the wheel (``Conn`` guards its own calls; this is the backstop): the
 rest of the bucket is still handled, so one failure cannot leave other
-owners filed under a bucket that is gone, never to fire again.
+owners filed under a bucket that is gone, never to fire again. An owner
+fires at most once per tick: one whose deadline is still past after it
+fired is met again on the next tick, so a session that fails to move its
+deadline costs a call every ``RESOLUTION``, not the worker's loop.
 """
 
 from __future__ import annotations
@@ -66,9 +69,16 @@ class TimerWheel(Generic[Owner]):
         others again under their current deadline."""
         limit = math.floor(now / RESOLUTION)
         keys = self._keys
+        due = []
         while keys and keys[0] <= limit:
             key = heapq.heappop(keys)
-            for owner in self._buckets.pop(key):
+            due.append((key, self._buckets.pop(key)))
+        # Only the buckets due when the pass began: an owner whose deadline
+        # is still past after it fired (a session that did not move it) is
+        # filed in a new bucket and fires again on the next tick, instead of
+        # in this pass again and again, which would hold the worker for good.
+        for key, bucket in due:
+            for owner in bucket:
                 if owner.timer_key != key:
                     continue  # filed again in an earlier bucket meanwhile
                 owner.timer_key = None

@@ -27,7 +27,7 @@ from condure.session.httpwire import error_response
 from condure.session.req import ReqSession
 from condure.worker import Worker
 from condure.zhttp import decode, encode
-from condure.zhttp.packets import Cancel, Ident, KeepAlive
+from condure.zhttp.packets import Cancel, Data, Ident, KeepAlive
 from tests.unit.session_helpers import Driver
 from tests.unit.test_websocket_session import SIMPLE, WsDriver
 
@@ -242,6 +242,59 @@ def test_the_timer_wheel_goes_on_past_a_broken_owner(caplog):
     assert [o.timer_key for o in owners[:4]] == [None] * 4  # none left filed in a dead bucket
     assert len(wheel) == 1  # the later one is still filed
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
+
+
+def test_an_owner_whose_deadline_stays_past_fires_once_per_tick():
+    """fire() files the owner again (as Conn.run does) without moving its
+    deadline: the pass ends, and the next tick fires it once more."""
+    wheel = TimerWheel()
+    stuck, other = Owner(1.0), Owner(1.0)
+
+    def fire(owner):
+        owner.fired += 1
+        if owner.fired > 100:
+            raise Bug("fired again and again in one pass")
+        if owner is stuck:
+            wheel.schedule(owner)
+        else:
+            owner._deadline = None
+    for owner in (stuck, other):
+        wheel.schedule(owner)
+    wheel.expire(1.0 + RESOLUTION, fire)
+    assert (stuck.fired, other.fired) == (1, 1)
+    wheel.expire(1.0 + 2 * RESOLUTION, fire)
+    assert (stuck.fired, other.fired) == (2, 1)
+    assert len(wheel) == 1
+
+
+def test_a_session_that_leaves_its_deadline_past_does_not_hold_the_worker(rig_factory):
+    """Its timer does nothing: the worker's tick returns (before, it looped
+    for good and the supervisor replaced the hung worker with all of its
+    connections) and the other connections are served."""
+    rig = rig_factory(3)
+    bad = rig.conns[1]
+    calls = []
+
+    def handle_timer(self, now):
+        calls.append(now)
+        if len(calls) > 100:
+            raise Bug("called again and again in one tick")
+    cls = type(bad.session)
+    bad.session.__class__ = type("Stuck" + cls.__name__, (cls,),
+                                 {"__slots__": (), "handle_timer": handle_timer})
+    bad.session.session_deadline = time.monotonic() - 1.0
+    rig.worker.schedule(bad)
+    rig.worker.tick()
+    assert len(calls) == 1
+    rig.worker.tick_handle.cancel()
+    rig.worker.tick()
+    assert len(calls) == 2  # once per tick
+    rig.worker.tick_handle.cancel()
+    good = rig.conns[0]
+    rig.worker.on_message(encode(Data(from_=HANDLER, ids=(Ident(good.session.rid, 1),),
+                                      code=200, reason=b"OK", body=b"fine")))
+    rig.clients[0].settimeout(2.0)
+    assert rig.clients[0].recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
 
 
 # -- what a failed session is owed (condure/session/failure.py) ----------------
