@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import warnings
 
 import pytest
@@ -89,3 +90,35 @@ def collect_earlier_garbage() -> None:
 @pytest.fixture
 def earlier_garbage() -> None:
     collect_earlier_garbage()
+
+
+@pytest.fixture(autouse=True)
+def nothing_unclosed_left_to_gc(request):
+    """After each integration test (and all its other fixtures): collect
+    what it left in reference cycles and fail it if that held something
+    unclosed (a socket, a file, a transport), so that the leak is reported
+    against this test rather than against whichever later test runs the
+    collector. A failed test's frames count too: pytest keeps its exception
+    in ``sys.last_*`` (until the next test runs), so it is let go first.
+
+    Objects older than the test are frozen meanwhile: the collection then
+    looks at the test's own objects only, which keeps it cheap however big
+    the session's heap (older garbage is left to the collector as usual)."""
+    if "integration" not in request.node.path.parts:
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+        for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if hasattr(sys, name):
+                delattr(sys, name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            gc.collect()
+    finally:
+        gc.unfreeze()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    if unclosed:
+        pytest.fail("left unclosed to the garbage collector:\n" + "\n".join(unclosed),
+                    pytrace=False)

@@ -326,8 +326,8 @@ def test_fd_store_holds_nothing_stale_after_20_restarts(setup):
     try:
         for _ in range(5):
             ws = WsConn.open(setup.port, "/ws")
-            assert ws.read_handshake().code == 101
             conns.append(ws)
+            assert ws.read_handshake().code == 101
         for n in range(20):
             setup.ns.systemctl("restart", SERVICE, timeout=60)
             assert setup.fd_store() == 0, f"after restart {n + 1}"

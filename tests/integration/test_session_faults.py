@@ -318,20 +318,21 @@ def test_fault_during_a_graceful_stop(tmp_path):
     try:
         handler = procs.start_handler(condure.base, tmp_path, sub_prefix=condure.instance_id)
         worker = liveness.worker_pids(condure.pid)
-        bad, good = connect(condure.port), connect(condure.port)
-        bad.send(request("GET", "/boom-stop", HOST))
-        assert handler.recv()["uri"] == b"http://example.com/boom-stop"
-        good.send(request("GET", "/slow", HOST))
-        req = handler.recv()
-        assert req["uri"] == b"http://example.com/slow"
-        condure.popen.send_signal(signal.SIGTERM)
-        expect_500(bad)
-        assert liveness.worker_pids(condure.pid) == worker  # still draining
-        handler.reply(req, body=b"done")
-        resp = good.read_response()
-        assert (resp.code, resp.body) == (200, b"done")
-        assert resp.header("Connection") == b"close"
-        good.close()
+        # closed whatever happens: a failure must not leave them to the
+        # garbage collector (with the failed test's frames)
+        with connect(condure.port) as bad, connect(condure.port) as good:
+            bad.send(request("GET", "/boom-stop", HOST))
+            assert handler.recv()["uri"] == b"http://example.com/boom-stop"
+            good.send(request("GET", "/slow", HOST))
+            req = handler.recv()
+            assert req["uri"] == b"http://example.com/slow"
+            condure.popen.send_signal(signal.SIGTERM)
+            expect_500(bad)
+            assert liveness.worker_pids(condure.pid) == worker  # still draining
+            handler.reply(req, body=b"done")
+            resp = good.read_response()
+            assert (resp.code, resp.body) == (200, b"done")
+            assert resp.header("Connection") == b"close"
         assert condure.stop() == 0, condure.pump.tail()
         out = condure.output()
         assert out.count("Traceback (most recent call last)") == 1, out[-3000:]

@@ -208,12 +208,12 @@ def test_ready_once_after_all_workers_then_status(start, handler):
     assert sum("READY=1" in m.split("\n") for m in proc.notify.messages) == 1
 
 
-def test_killed_worker_is_respawned_and_others_keep_serving(start, handler):
+def test_killed_worker_is_respawned_and_others_keep_serving(start, handler, make_conn):
     proc = start(workers=2)
     conns, owner = [], {}
     while len(set(owner.values())) < 2:
         assert len(conns) < 64, "connections all went to one worker"
-        conn = Conn(proc.port)
+        conn = make_conn(proc.port)
         owner[conn] = get(conn)
         conns.append(conn)
     old = children(proc.pid)
@@ -243,11 +243,9 @@ def test_killed_worker_is_respawned_and_others_keep_serving(start, handler):
         if seen == set(owner.values()):
             break
     assert seen == set(owner.values())
-    for conn in conns:
-        conn.close()
 
 
-def test_a_stopped_worker_is_found_hung_and_replaced(start, handler):
+def test_a_stopped_worker_is_found_hung_and_replaced(start, handler, make_conn):
     """--worker-timeout: a worker that stops answering (SIGSTOP here) has
     its stacks logged and is replaced; the other worker's connections
     carry on."""
@@ -255,7 +253,7 @@ def test_a_stopped_worker_is_found_hung_and_replaced(start, handler):
     conns, owner = [], {}
     while len(set(owner.values())) < 2:
         assert len(conns) < 64, "connections all went to one worker"
-        conn = Conn(proc.port)
+        conn = make_conn(proc.port)
         owner[conn] = get(conn)
         conns.append(conn)
     victim = min(children(proc.pid))
@@ -284,8 +282,6 @@ def test_a_stopped_worker_is_found_hung_and_replaced(start, handler):
         if len(seen) == 2:
             break
     assert len(seen) == 2
-    for conn in conns:
-        conn.close()
 
 
 def test_reload_under_load_loses_no_request(start, handler):
@@ -332,14 +328,14 @@ def test_reload_under_load_loses_no_request(start, handler):
     assert failures == [] and done[0] > 20
 
 
-def test_sigterm_drains_politely(start, handler):
+def test_sigterm_drains_politely(start, handler, make_conn):
     proc = start("--drain-timeout", "10", workers=1)
-    streaming = Conn(proc.port)
+    streaming = make_conn(proc.port)
     streaming.send(b"GET /stream HTTP/1.1\r\nHost: example.com\r\n\r\n")
     assert handler.stream_started.wait(5)
-    idle = Conn(proc.port)
+    idle = make_conn(proc.port)
     get(idle)
-    ws = Conn(proc.port)
+    ws = make_conn(proc.port)
     ws.send(upgrade_request())
     assert b"101" in ws.read_head()
     proc.popen.send_signal(signal.SIGTERM)
@@ -352,13 +348,11 @@ def test_sigterm_drains_politely(start, handler):
     data = streaming.read_until_close()
     assert data.endswith(b"firstrest")
     assert proc.popen.wait(10) == 0
-    for conn in (streaming, idle, ws):
-        conn.close()
 
 
-def test_sigint_stops_at_once(start, handler):
+def test_sigint_stops_at_once(start, handler, make_conn):
     proc = start("--drain-timeout", "30", workers=2)
-    streaming = Conn(proc.port)
+    streaming = make_conn(proc.port)
     streaming.send(b"GET /stream HTTP/1.1\r\nHost: example.com\r\n\r\n")
     assert handler.stream_started.wait(5)
     t0 = time.monotonic()
@@ -366,7 +360,6 @@ def test_sigint_stops_at_once(start, handler):
     assert proc.popen.wait(10) == 0
     assert time.monotonic() - t0 < 5
     assert not streaming.read_until_close().endswith(b"rest")
-    streaming.close()
 
 
 def test_workers_that_cannot_boot_stop_condure(start, tmp_path):
