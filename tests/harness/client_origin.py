@@ -65,6 +65,7 @@ class Origin:
         self.writers: list[asyncio.StreamWriter] = []
         self.ended: list[asyncio.Event] = []  # per connection: our client went away
         self.requests: list[Request] = []
+        self.tasks: set[asyncio.Task] = set()  # the connections' _serve tasks
 
     async def start(self) -> Origin:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
@@ -72,6 +73,9 @@ class Origin:
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
         index = len(self.writers)
         self.writers.append(writer)
         ended = asyncio.Event()
@@ -101,12 +105,22 @@ class Origin:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
+        except asyncio.CancelledError:
+            pass  # stop() ends it: an ordinary end for asyncio's stream callback
         finally:
             ended.set()
             writer.close()
 
     async def stop(self) -> None:
         assert self.server is not None
+        # Stop accepting first and let the connections already accepted get
+        # their transports: Python 3.11's asyncio leaks the socket of a
+        # connection accepted just before Server.close() (its transport
+        # fails to attach to the closed server, silently).
+        loop = asyncio.get_running_loop()
+        for sock in self.server.sockets:
+            loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0.05)
         self.server.close()
         for writer in self.writers:
             writer.close()
@@ -117,6 +131,16 @@ class Origin:
                     await writer.wait_closed()
             except (TimeoutError, ConnectionError, ssl.SSLError):
                 writer.transport.abort()
+        # End every connection still served (one accepted while the others
+        # closed, say), so that no socket is left to the garbage collector
+        # with its task.
+        pending = [t for t in self.tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for writer in self.writers:
+            writer.transport.abort()
+        await asyncio.sleep(0)  # (abort closes the socket on the next turn)
 
 
 class OriginThread:
