@@ -401,8 +401,9 @@ class Worker(Slots):
 
     # -- packets --------------------------------------------------------------
 
-    def send_packet(self, packet: Packet, to: bytes | str | None) -> None:
-        payload = encode(packet)
+    def send_packet(self, packet: Packet, to: bytes | str | None,
+                    wire: bytes | None = None) -> None:
+        payload = encode(packet) if wire is None else wire
         if self.trace:
             where = ("(req)" if to is REQ_SOCKET else
                      to.decode("utf-8", "replace") if isinstance(to, bytes) and to else "(first)")

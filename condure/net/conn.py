@@ -64,7 +64,8 @@ class ConnHost(Protocol):
         nothing more from their clients for now (:meth:`Conn.refresh_reading`
         once that is over)."""
 
-    def send_packet(self, packet: Packet, to: bytes | str | None) -> None:
+    def send_packet(self, packet: Packet, to: bytes | str | None,
+                    wire: bytes | None = None) -> None:
         """Send a handler packet: ``to`` as in :class:`condure.session.actions.Send`
         (or the req-mode socket's marker)."""
 
@@ -238,7 +239,7 @@ class Conn:
                             self.out += self.tls.encrypt(action.data)
                         wrote = True
                     elif isinstance(action, Send):
-                        worker.send_packet(action.packet, action.to)
+                        worker.send_packet(action.packet, action.to, action.wire)
                     elif isinstance(action, Close):
                         self._close(action)
                         if self.closed:

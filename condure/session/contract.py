@@ -41,10 +41,13 @@ class Send:
     """A packet for the handler. ``to`` is the handler address for the
     later-packets socket (ROUTER); ``None`` means the first-packet socket
     (PUSH), used for a session's request packet; ``"req"`` (req mode's
-    ``REQ_SOCKET``) the DEALER socket of a req-mode listener."""
+    ``REQ_SOCKET``) the DEALER socket of a req-mode listener. ``wire``:
+    the packet already encoded (``zhttp.encode`` with its defaults), when
+    the session had it at hand; the adapter then sends it as it is."""
 
     packet: Packet
     to: bytes | str | None
+    wire: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from condure.session import httpwire, websocket
+from condure.session import http_simple, httpwire, websocket
 from condure.session.actions import Send, Write
 from condure.session.contract import Kind, Settings
 from condure.session.head import MAX_HEADERS, Head, HeadReader, Refusal
@@ -245,6 +245,8 @@ class HttpSession(HttpEndings):
                 self.client_gone = True
                 return
             self._client_eof()
+            return
+        if state is HEAD and http_simple.take(self, data, now):
             return
         self.reader.feed(data, state is HEAD)
         if state is HEAD:

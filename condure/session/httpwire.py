@@ -161,6 +161,13 @@ _SIMPLE_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.(
 _SIMPLE_HEADER = re.compile(
     rb"(" + _TOKEN + rb"):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*\Z")
 _BODY_FRAMING = (b"content-length", b"transfer-encoding")
+# The same grammar over a whole head (CRLF CRLF included), for a read that
+# brought exactly one simple head: one match for all of it, then its fields.
+_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+SIMPLE_WHOLE_HEAD = re.compile(
+    rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])\r\n((?:" + _TOKEN + rb":[ \t]*"
+    + _VALUE + rb"[ \t]*\r\n)*)\r\n")
+SIMPLE_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r\n")
 
 
 def parse_simple_head(head: bytes) -> tuple[bytes, bytes, bool, list[Header]] | None:

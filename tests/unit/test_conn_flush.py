@@ -32,7 +32,7 @@ class Recorder:
         self.packets: list = []
         self.released = False
 
-    def send_packet(self, packet, to) -> None:
+    def send_packet(self, packet, to, wire=None) -> None:
         self.packets.append(packet)
 
     def release(self, conn) -> None:

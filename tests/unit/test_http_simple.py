@@ -1,0 +1,140 @@
+"""The one-step simple request (condure/session/http_simple.py) against the
+general path as the oracle.
+
+The general path is reached with the same bytes in two reads (a first byte,
+then the rest): once a read is partial, the one-step path declines. Both
+sessions must then show the same actions, the same state, and answer the
+same handler packet with the same bytes; a request packet sent pre-encoded
+must be byte for byte what ``zhttp.encode`` makes of it.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from condure.session.actions import Send
+from condure.session.head import MAX_HEADERS
+from condure.session.http import HttpSession
+from condure.zhttp import encode
+from condure.zhttp.codec import encode_stream_request
+from condure.zhttp.packets import Data, Ident
+
+FIELDS = [
+    b"Host: example.com", b"Host: 127.0.0.1:8080", b"host: ex\xc3\xa9mple", b"Host: ex\xffample",
+    b"HOST:a", b"Host:", b"Connection: close", b"Connection: keep-alive",
+    b"connection: Keep-Alive, Upgrade", b"Connection: ,,close ,", b"Upgrade: websocket",
+    b"Upgrade: h2c", b"Content-Length: 0", b"Content-Length: 5", b"Transfer-Encoding: chunked",
+    b"X-Empty: ", b"X-Sp:   v  w  ", b"X-Tab:\tv\t", b"Bad Name: x", b"X: a\x00b", b" X: lead",
+    b"Accept: */*", b"User-Agent: wrk", b"X-Long: " + b"v" * 300, b"X-Utf8: \xe2\x82\xac",
+]
+
+
+def session(buffer_size: int) -> HttpSession:
+    counter = iter(range(1_000_000))
+    return HttpSession(instance_id=b"condure", new_id=lambda: b"0-0-%d" % next(counter), now=0.0,
+                       buffer_size=buffer_size, scheme=b"http", peer_address=b"127.0.0.1",
+                       peer_port=40000)
+
+
+def state(s: HttpSession) -> tuple:
+    r = s.response
+    return (s.state, s.rid, s.out_seq, s.in_seq, s.head_deadline, s.stream_deadline,
+            s.session_deadline, s.keep_alive_asked, s.client_gone, s.body.state, s.hold,
+            s.handler, s.served, r.http11, r.is_head, r.state, bytes(s.reader.inbuf),
+            s.reader.parser is None, s.wants_read, s.deadline, s.persistent)
+
+
+def compare_actions(fast: list, general: list) -> None:
+    assert len(fast) == len(general), (fast, general)
+    for a, b in zip(fast, general):
+        if isinstance(a, Send):
+            assert isinstance(b, Send)
+            assert (a.packet, a.to) == (b.packet, b.to)
+            if a.wire is not None:
+                assert a.wire == encode(a.packet)
+        else:
+            assert a == b
+
+
+SIMPLE_FIELDS = [f for f in FIELDS if b":" in f and not f.startswith(b" ") and b"\x00" not in f
+                 and b"Bad Name" not in f]
+
+
+@st.composite
+def simple_requests(draw) -> bytes:
+    """Heads the one-step path should take (or just miss: a second Host, a
+    body or upgrade field, too many fields)."""
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST", b"DELETE"]))
+    target = draw(st.sampled_from([b"/", b"/a?b=c", b"/" + b"a" * 4070, b"/" + b"a" * 5000]))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]))
+    fields = draw(st.lists(st.sampled_from(SIMPLE_FIELDS), max_size=6))
+    if draw(st.integers(0, 3)) == 0:  # around MAX_HEADERS
+        many = draw(st.integers(MAX_HEADERS - 2, MAX_HEADERS + 1))
+        fields += [b"X-Many: %d" % i for i in range(many)]
+    return b"\r\n".join([method + b" " + target + b" " + version, *fields]) + b"\r\n\r\n"
+
+
+@st.composite
+def requests(draw) -> bytes:
+    if draw(st.booleans()):
+        return draw(simple_requests())
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST", b"OPTIONS", b"M-SEARCH", b"get",
+                                   b"G@T"]))
+    target = draw(st.sampled_from([b"/", b"/a?b=c", b"/%20x", b"*", b"http://example.com/x",
+                                   b"/" + b"a" * 5000, b"/\xff", b"//x"]))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"http/1.1"]))
+    fields = draw(st.lists(st.sampled_from(FIELDS), max_size=MAX_HEADERS + 2))
+    eol = draw(st.sampled_from([b"\r\n"] * 6 + [b"\n"]))
+    head = eol.join([method + b" " + target + b" " + version, *fields]) + eol + b"\r\n"
+    lead = draw(st.sampled_from([b"", b"", b"\r\n"]))
+    tail = draw(st.sampled_from([b"", b"", b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"xx"]))
+    return lead + head + tail
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=requests(), buffer_size=st.sampled_from([64, 512, 8192]),
+       code=st.sampled_from([200, 204, 304]), more=st.booleans())
+def test_one_read_acts_as_two(data: bytes, buffer_size: int, code: int, more: bool) -> None:
+    fast, general = session(buffer_size), session(buffer_size)
+    fast.receive_data(data, 1.0)
+    general.receive_data(data[:1], 1.0)
+    general.receive_data(data[1:], 1.0)
+    compare_actions(fast.take_actions(), general.take_actions())
+    assert state(fast) == state(general)
+    if fast.rid is not None and fast.out_seq == 1:  # a request went to the handler
+        answer = Data(from_=b"handler", ids=(Ident(fast.rid, 0),), code=code, reason=b"OK",
+                      headers=((b"Content-Type", b"text/plain"),), body=b"hello", more=more)
+        for s in (fast, general):
+            s.receive_packet(answer, answer.ids[0], 2.0)
+            s.output_flushed(2.0)
+        compare_actions(fast.take_actions(), general.take_actions())
+        assert state(fast) == state(general)
+
+
+def test_a_simple_read_takes_the_one_step_path() -> None:
+    """(So that the test above compares two paths, not one with itself.)"""
+    s = session(8192)
+    s.receive_data(b"GET /x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n", 1.0)
+    (send,) = s.take_actions()
+    assert send.wire is not None and send.wire == encode(send.packet)
+    assert send.packet.uri == b"http://example.com/x" and not s.keep_alive_asked
+    s = session(8192)
+    s.receive_data(b"G", 1.0)
+    s.receive_data(b"ET /x HTTP/1.1\r\nHost: example.com\r\n\r\n", 1.0)
+    (send,) = s.take_actions()
+    assert send.wire is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(from_=st.binary(max_size=12), rid=st.binary(max_size=30), method=st.binary(max_size=8),
+       uri=st.binary(max_size=40),
+       headers=st.lists(st.tuples(st.binary(max_size=10), st.binary(max_size=20)), max_size=5),
+       credits=st.integers(0, 2**32 - 1), peer=st.sampled_from([None, b"", b"127.0.0.1", b"::1"]),
+       port=st.sampled_from([None, 0, 1, 65535]))
+def test_encode_stream_request_is_encode(from_, rid, method, uri, headers, credits, peer, port):
+    packet = Data(from_=from_, ids=(Ident(rid, 0),), method=method, uri=uri,
+                  headers=tuple(headers) or None, credits=credits, stream=True,
+                  peer_address=peer, peer_port=port)
+    assert encode_stream_request(from_, rid, method, uri, tuple(headers), credits,
+                                 peer, port) == encode(packet)
