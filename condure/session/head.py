@@ -40,10 +40,8 @@ class Head(NamedTuple):
 
     def keep_alive(self) -> bool:
         """Whether the client asked to keep the connection (RFC 9112 9.3)."""
-        connection = httpwire.header_tokens(self.headers, b"connection")
-        if self.http11:
-            return b"close" not in connection
-        return b"keep-alive" in connection and b"close" not in connection
+        return httpwire.keep_alive(self.http11,
+                                   httpwire.header_tokens(self.headers, b"connection"))
 
 
 @dataclass(frozen=True, slots=True)

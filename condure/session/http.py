@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from condure.session import http_simple, httpwire, websocket
-from condure.session.actions import Send, Write
+from condure.session.actions import Write
 from condure.session.contract import Kind, Settings
 from condure.session.head import MAX_HEADERS, Head, HeadReader, Refusal
 from condure.session.http_body import NO_BODY, RequestBody
@@ -374,10 +374,6 @@ class HttpSession(HttpEndings):
             self._advance(Event.UPGRADE)
             self.actions += websocket.upgrade(self, method, target, headers)
             return
-        response = self.response
-        response.http11 = head.http11
-        response.is_head = method == b"HEAD"
-        self.keep_alive_asked = head.keep_alive()
         has_length = False
         more = False
         for key, value in headers:
@@ -391,21 +387,8 @@ class HttpSession(HttpEndings):
             self.body = RequestBody()
             self.body.expect(more, head.http11 and b"100-continue" in httpwire.header_tokens(
                 headers, b"expect"))
-        self._advance(Event.REQUEST)
-        packet = Data(
-            from_=self.instance_id,
-            ids=(Ident(self.rid, 0),),
-            method=method,
-            uri=uri,
-            headers=headers or None,
-            credits=self.buffer_size,
-            more=more,
-            stream=True,
-            peer_address=self.peer_address,
-            peer_port=self.peer_port,
-        )
-        self.out_seq = 1
-        self.actions.append(Send(packet, None))
+        http_simple.start_request(self, method, uri, headers, head.http11, head.keep_alive(),
+                                  more=more, wire=None)
 
     def _maybe_finish(self, now: float) -> None:
         if self.response.state is not ResponseState.DONE:

@@ -5,7 +5,8 @@ head: a request line and a few plain fields, no body, no upgrade. For
 those, :func:`take` does what the general path (``HeadReader`` and
 ``HttpSession._request``) does, with one match of the whole head, one pass
 over its fields and the request packet encoded as it is built
-(``zhttp.codec.encode_stream_request``, sent as ``Send.wire``). Anything
+(``zhttp.codec.encode_stream_request``, sent as ``Send.wire``). Both paths
+end in :func:`start_request`, which sends the request packet. Anything
 else, or anything it is unsure of, it leaves to the general path by
 returning False before touching the session; the tests run both paths on
 the same input and compare what comes out (tests/unit/test_http_simple.py).
@@ -21,7 +22,7 @@ from condure.session.head import MAX_HEADERS, HeadReader
 from condure.session.http_response import Response
 from condure.session.states import HEAD, Event
 from condure.zhttp.codec import encode_stream_request
-from condure.zhttp.packets import Data, Ident
+from condure.zhttp.packets import Data, Header, Ident
 
 
 class _Session(Protocol):
@@ -56,7 +57,7 @@ def take(s: _Session, data: bytes, now: float) -> bool:
     simple head read on its own; False (session untouched) otherwise."""
     reader = s.reader
     if (s.state is not HEAD or s.hold or reader.parser is not None or reader.inbuf
-            or len(data) > s.buffer_size):
+            or len(data) > s.buffer_size or not data.endswith(b"\r\n\r\n")):
         return False
     match = httpwire.SIMPLE_WHOLE_HEAD.fullmatch(data)
     if match is None:
@@ -80,34 +81,34 @@ def take(s: _Session, data: bytes, now: float) -> bool:
             return False
         elif lower == b"connection":
             connection.extend(t.strip().lower() for t in value.split(b","))
-    if host is None:
-        if http11:
-            return False
-        host = b"localhost"
-    elif not host.isascii():
-        try:
-            host.decode("utf-8")
-        except UnicodeDecodeError:
-            host = b"localhost"  # as request_uri
-    uri = s.scheme + b"://" + host + target
+    if host is None and http11:
+        return False
+    uri = s.scheme + b"://" + httpwire.uri_host(host) + target
     if len(uri) > httpwire.MAX_URI:
         return False
-    # What _read_head and _request do with such a head:
+    # What _read_head does before _request:
     s.head_deadline = None
     s.stream_deadline = now + s.stream_timeout
+    headers = tuple(fields)
+    start_request(s, method, uri, headers, http11, httpwire.keep_alive(http11, connection),
+                  more=False,
+                  wire=encode_stream_request(s.instance_id, s.rid, method, uri, headers,
+                                             s.buffer_size, s.peer_address, s.peer_port))
+    return True
+
+
+def start_request(s: _Session, method: bytes, uri: bytes, headers: tuple[Header, ...],
+                  http11: bool, keep_alive: bool, *, more: bool, wire: bytes | None) -> None:
+    """The request goes to the handler (both paths): the response's
+    framing facts noted, the session in WAIT, the request packet queued
+    (``wire``: that packet already encoded, or None)."""
     response = s.response
     response.http11 = http11
     response.is_head = method == b"HEAD"
-    closes = b"close" in connection
-    s.keep_alive_asked = not closes if http11 else b"keep-alive" in connection and not closes
+    s.keep_alive_asked = keep_alive
     s._advance(Event.REQUEST)
-    headers = tuple(fields)
-    rid = s.rid
-    packet = Data(from_=s.instance_id, ids=(Ident(rid, 0),), method=method, uri=uri,
-                  headers=headers or None, credits=s.buffer_size, more=False, stream=True,
+    packet = Data(from_=s.instance_id, ids=(Ident(s.rid, 0),), method=method, uri=uri,
+                  headers=headers or None, credits=s.buffer_size, more=more, stream=True,
                   peer_address=s.peer_address, peer_port=s.peer_port)
-    wire = encode_stream_request(s.instance_id, rid, method, uri, headers, s.buffer_size,
-                                 s.peer_address, s.peer_port)
     s.out_seq = 1
     s.actions.append(Send(packet, None, wire))
-    return True

@@ -56,17 +56,33 @@ def request_uri(scheme: bytes, headers: Iterable[Header], target: bytes) -> byte
         colon = target.find(b":")
         if colon > 0 and target[:colon].isalpha() and target[colon:colon + 3] == b"://":
             return target
-    host = b"localhost"
+    host = None
     for key, value in headers:
         if key.lower() == b"host":
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-            else:
-                host = value
+            host = value
             break
-    return scheme + b"://" + host + target
+    return scheme + b"://" + uri_host(host) + target
+
+
+def uri_host(host: bytes | None) -> bytes:
+    """The host part of a request URI for the request's first Host value
+    (None: none): ``localhost`` stands in for a missing or non-UTF-8 one."""
+    if host is None:
+        return b"localhost"
+    if not host.isascii():
+        try:
+            host.decode("utf-8")
+        except UnicodeDecodeError:
+            return b"localhost"
+    return host
+
+
+def keep_alive(http11: bool, connection: list[bytes]) -> bool:
+    """Whether a client asked to keep the connection (RFC 9112 9.3), from
+    its ``Connection`` tokens (lower case)."""
+    if http11:
+        return b"close" not in connection
+    return b"keep-alive" in connection and b"close" not in connection
 
 
 def error_response(status: int, detail: str = "") -> bytes:
@@ -157,16 +173,15 @@ def raw_headers(head: bytes) -> tuple[Header, ...] | None:
 # errors included.
 
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_SIMPLE_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])\Z")
-_SIMPLE_HEADER = re.compile(
-    rb"(" + _TOKEN + rb"):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*\Z")
+_REQUEST_LINE = rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])"
+_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_SIMPLE_REQUEST_LINE = re.compile(_REQUEST_LINE + rb"\Z")
+_SIMPLE_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\Z")
 _BODY_FRAMING = (b"content-length", b"transfer-encoding")
 # The same grammar over a whole head (CRLF CRLF included), for a read that
 # brought exactly one simple head: one match for all of it, then its fields.
-_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
 SIMPLE_WHOLE_HEAD = re.compile(
-    rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])\r\n((?:" + _TOKEN + rb":[ \t]*"
-    + _VALUE + rb"[ \t]*\r\n)*)\r\n")
+    _REQUEST_LINE + rb"\r\n((?:" + _TOKEN + rb":[ \t]*" + _VALUE + rb"[ \t]*\r\n)*)\r\n")
 SIMPLE_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r\n")
 
 

@@ -42,12 +42,13 @@ def broken(*args, **kwargs):
     raise Bug("deliberate")
 
 
-def break_method(session, name: str) -> None:
-    """Make ``session.<name>`` raise Bug: its class becomes a subclass with
-    that method broken (sessions may keep their attributes in slots, so an
-    instance attribute cannot shadow the method)."""
+def break_method(session, name: str, replacement=broken) -> None:
+    """Make ``session.<name>`` raise Bug (or be ``replacement``): its class
+    becomes a subclass with that method replaced (sessions may keep their
+    attributes in slots, so an instance attribute cannot shadow the method)."""
     cls = type(session)
-    session.__class__ = type(f"Broken{cls.__name__}", (cls,), {"__slots__": (), name: broken})
+    session.__class__ = type(f"Broken{cls.__name__}", (cls,),
+                             {"__slots__": (), name: replacement})
 
 
 class ZmqRecorder:
@@ -279,9 +280,7 @@ def test_a_session_that_leaves_its_deadline_past_does_not_hold_the_worker(rig_fa
         calls.append(now)
         if len(calls) > 100:
             raise Bug("called again and again in one tick")
-    cls = type(bad.session)
-    bad.session.__class__ = type("Stuck" + cls.__name__, (cls,),
-                                 {"__slots__": (), "handle_timer": handle_timer})
+    break_method(bad.session, "handle_timer", handle_timer)
     bad.session.session_deadline = time.monotonic() - 1.0
     rig.worker.schedule(bad)
     rig.worker.tick()
