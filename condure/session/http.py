@@ -263,6 +263,12 @@ class HttpSession(HttpEndings):
 
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         """A packet from the handler, already routed to this session's id."""
+        if type(packet) is Data and http_simple.answer(self, packet, ident, now):
+            return  # a whole response, in one step
+        self._any_packet(packet, ident, now)
+
+    def _any_packet(self, packet: Packet, ident: Ident, now: float) -> None:
+        """receive_packet's general path (the one-step path's oracle)."""
         self._receive_packet(packet, ident, now)
         if self.rate is not None:
             self._sync_rate(now)  # credits or a pause change whether body is awaited

@@ -1,15 +1,21 @@
-"""A read that brings exactly one simple request head, in one step.
+"""A read that brings exactly one simple request head, and a packet that
+is the whole response to it, each in one step.
 
 Most requests on a kept-alive connection arrive as one read holding one
 head: a request line and a few plain fields, no body, no upgrade. For
 those, :func:`take` does what the general path (``HeadReader`` and
 ``HttpSession._request``) does, with one match of the whole head, one pass
 over its fields and the request packet encoded as it is built
-(``zhttp.codec.encode_stream_request``, sent as ``Send.wire``). Both paths
+(``zhttp.plain.encode_stream_request``, sent as ``Send.wire``). Both paths
 end in :func:`start_request`, which sends the request packet. Anything
 else, or anything it is unsure of, it leaves to the general path by
 returning False before touching the session; the tests run both paths on
 the same input and compare what comes out (tests/unit/test_http_simple.py).
+
+:func:`answer` does the same for the other direction: the handler's first
+packet for a request without a body, when it is the whole response (no
+``more``), becomes the response's bytes and the next cycle in one step,
+as ``HttpSession._receive_packet`` and ``Response`` would make them.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from condure.session import httpwire
-from condure.session.actions import Send
+from condure.session.actions import Send, Write
 from condure.session.head import MAX_HEADERS, HeadReader
+from condure.session.http_body import NO_BODY, RequestBody
 from condure.session.http_response import Response
-from condure.session.states import HEAD, Event
-from condure.zhttp.codec import encode_stream_request
+from condure.session.limits import BodyRate
+from condure.session.peer import MAX_FROM, SESSION_TIMEOUT
+from condure.session.states import HEAD, WAIT, Event, ResponseState
 from condure.zhttp.packets import Data, Header, Ident
+from condure.zhttp.plain import encode_stream_request
 
 
 class _Session(Protocol):
@@ -44,9 +53,19 @@ class _Session(Protocol):
     stream_timeout: float
     keep_alive_asked: bool
     out_seq: int
+    in_seq: int
+    handler: bytes | None
+    session_deadline: float
+    paused: bool
+    client_gone: bool
+    leaving: bool
+    body: RequestBody
+    rate: BodyRate | None
     actions: list[Any]
 
     def _advance(self, event: Event) -> None: ...
+
+    def _maybe_finish(self, now: float) -> None: ...
 
 # fields that need the general path: a body, or a protocol upgrade
 _GENERAL = (b"content-length", b"transfer-encoding", b"upgrade")
@@ -112,3 +131,50 @@ def start_request(s: _Session, method: bytes, uri: bytes, headers: tuple[Header,
                   peer_address=s.peer_address, peer_port=s.peer_port)
     s.out_seq = 1
     s.actions.append(Send(packet, None, wire))
+
+
+def answer(s: _Session, packet: Data, ident: Ident, now: float) -> bool:
+    """Serve ``packet`` as the whole response to the request the session
+    waits for, if it is one (the first packet, no ``more``, a status with
+    a body, within the credits and the buffer); False (session untouched)
+    otherwise."""
+    response = s.response
+    body = packet.body
+    code = packet.code or 0
+    if (s.state is not WAIT or packet.more or (ident.seq is not None and ident.seq != 0)
+            or s.in_seq != 0
+            or s.body is not NO_BODY or s.client_gone or s.rate is not None
+            or len(packet.from_) > MAX_FROM or code < 200 or code == 204 or code == 304
+            or len(body) > response.credits):
+        return False
+    headers = packet.headers or ()
+    length: int | bytes = len(body)
+    for key, value in headers:
+        if key.lower() == b"content-length":
+            length = value.strip()
+            if not length.isdigit():
+                return False
+    http11 = response.http11
+    if s.keep_alive_asked and not s.leaving:
+        connection = None if http11 else b"keep-alive"
+    else:
+        connection = b"close" if http11 else None
+    head = httpwire.response_head(http11=http11, code=code, reason=packet.reason or b"",
+                                  headers=headers, connection=connection,
+                                  content_length=length, chunked=False)
+    if len(head) > s.buffer_size:
+        return False
+    # What _accept_packet, _advance, Response.data and _response_data do:
+    if ident.seq is not None:
+        s.in_seq = 1
+    s.handler = packet.from_
+    s.session_deadline = now + SESSION_TIMEOUT
+    s.paused = False
+    s._advance(Event.ANSWERED)
+    response.credits -= len(body)
+    response.discard_body = response.is_head
+    response.state = ResponseState.DONE
+    s.actions.append(Write(head if response.is_head else head + body))
+    s.stream_deadline = now + s.stream_timeout
+    s._maybe_finish(now)
+    return True

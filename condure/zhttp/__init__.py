@@ -1,6 +1,6 @@
 """ZHTTP: packet types, tnetstring framing, and their encoding (no I/O)."""
 
-from .codec import PacketError, UnknownType, decode, encode, split_address
+from .codec import PacketError, UnknownType, encode, split_address
 from .packets import (
     TYPE_NAMES,
     Cancel,
@@ -17,6 +17,7 @@ from .packets import (
     Ping,
     Pong,
 )
+from .plain import decode
 
 __all__ = [
     "TYPE_NAMES",

@@ -56,6 +56,7 @@ try:
         _fast_pop = None
 except Exception:  # noqa: BLE001 # pragma: no cover - absent or broken
     _fast_pop = None
+FAST_POP: Callable[[bytes], tuple[Any, bytes]] | None = _fast_pop  # (for zhttp.plain)
 
 __all__ = ["PacketError", "UnknownType", "decode", "encode", "split_address"]
 
@@ -243,27 +244,6 @@ _ENCODERS: dict[type, Callable[[Any, bool], bytes]] = {
     Ping: _encode_ping,
     Pong: _encode_ping,
 }
-
-
-def encode_stream_request(from_: bytes, rid: bytes, method: bytes, uri: bytes,
-                          headers: tuple[Header, ...], credits: int,
-                          peer_address: bytes | None, peer_port: int | None) -> bytes:
-    """``encode()`` of the request packet of a stream-mode request without
-    a body, ``Data(from_, (Ident(rid, 0),), method=, uri=, headers=,
-    credits=, stream=True, peer_address=, peer_port=)``, in one step (the
-    tests check it against ``encode``)."""
-    parts = [b"4:from,%d:%b," % (len(from_), from_) if from_ else b"",
-             b"2:id,%d:%b,3:seq,1:0#" % (len(rid), rid), _EXT_MULTI,
-             b"6:method,%d:%b," % (len(method), method) if method else b"",
-             b"3:uri,%d:%b," % (len(uri), uri) if uri else b"",
-             _headers(headers) if headers else b"",
-             b"7:credits," + _int(credits) if credits else b"",
-             b"6:stream,4:true!"]
-    if peer_address:
-        parts.append(b"12:peer-address,%d:%b," % (len(peer_address), peer_address))
-        parts.append(b"9:peer-port," + _int(peer_port or 0))
-    body = b"".join(parts)
-    return b"T%d:%b}" % (len(body), body)
 
 
 def encode(packet: Packet, *, ext_multi: bool = True) -> bytes:

@@ -1,11 +1,13 @@
-"""The one-step simple request (condure/session/http_simple.py) against the
-general path as the oracle.
+"""The one-step simple request and whole response
+(condure/session/http_simple.py) against the general path as the oracle.
 
 The general path is reached with the same bytes in two reads (a first byte,
 then the rest): once a read is partial, the one-step path declines. Both
 sessions must then show the same actions, the same state, and answer the
 same handler packet with the same bytes; a request packet sent pre-encoded
-must be byte for byte what ``zhttp.encode`` makes of it.
+must be byte for byte what ``zhttp.encode`` makes of it. A handler packet
+given to ``receive_packet`` (one step when it is a whole response) and to
+``_any_packet`` (the general path) must leave two like sessions alike.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from condure.session.actions import Send
+from condure.session import http_simple
+from condure.session.actions import Send, Write
 from condure.session.head import MAX_HEADERS
 from condure.session.http import HttpSession
 from condure.zhttp import encode
-from condure.zhttp.codec import encode_stream_request
 from condure.zhttp.packets import Data, Ident
+from condure.zhttp.plain import encode_stream_request
 
 FIELDS = [
     b"Host: example.com", b"Host: 127.0.0.1:8080", b"host: ex\xc3\xa9mple", b"Host: ex\xffample",
@@ -105,8 +108,9 @@ def test_one_read_acts_as_two(data: bytes, buffer_size: int, code: int, more: bo
     if fast.rid is not None and fast.out_seq == 1:  # a request went to the handler
         answer = Data(from_=b"handler", ids=(Ident(fast.rid, 0),), code=code, reason=b"OK",
                       headers=((b"Content-Type", b"text/plain"),), body=b"hello", more=more)
+        fast.receive_packet(answer, answer.ids[0], 2.0)
+        general._any_packet(answer, answer.ids[0], 2.0)
         for s in (fast, general):
-            s.receive_packet(answer, answer.ids[0], 2.0)
             s.output_flushed(2.0)
         compare_actions(fast.take_actions(), general.take_actions())
         assert state(fast) == state(general)
@@ -138,3 +142,71 @@ def test_encode_stream_request_is_encode(from_, rid, method, uri, headers, credi
                   peer_address=peer, peer_port=port)
     assert encode_stream_request(from_, rid, method, uri, tuple(headers), credits,
                                  peer, port) == encode(packet)
+
+
+RESPONSE_HEADERS = [
+    (b"Content-Type", b"text/plain"), (b"Content-Length", b"5"), (b"content-length", b" 12 "),
+    (b"Content-Length", b"x"), (b"Content-Length", b""), (b"Connection", b"close"),
+    (b"Transfer-Encoding", b"chunked"), (b"X-Long", b"v" * 300), (b"X-Utf8", b"\xe2\x82\xac"),
+]
+REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /pa",
+]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(request=st.sampled_from(REQUESTS), buffer_size=st.sampled_from([64, 256, 8192, 8192]),
+       code=st.sampled_from([200] * 5 + [0, 100, 101, 201, 204, 304, 404, 599]),
+       reason=st.sampled_from([None, b"", b"OK", b"Not Found"]),
+       headers=st.lists(st.sampled_from(RESPONSE_HEADERS), max_size=3),
+       body=st.sampled_from([b"", b"hello", b"hello", b"x" * 200, b"x" * 9000]),
+       # (weighted towards what the one-step path takes)
+       more=st.sampled_from([False] * 4 + [True]), seq=st.sampled_from([0] * 6 + [1, None]),
+       from_=st.sampled_from([b"handler"] * 6 + [b"", b"h" * 65]),
+       gone=st.sampled_from([False] * 6 + [True]), leaving=st.sampled_from([False] * 4 + [True]),
+       credits=st.sampled_from([0, 0, 0, 10]))
+def test_a_whole_response_acts_as_the_general_path(request, buffer_size, code, reason, headers,
+                                                   body, more, seq, from_, gone, leaving,
+                                                   credits) -> None:
+    fast, general = session(buffer_size), session(buffer_size)
+    for s in (fast, general):
+        s.receive_data(request, 1.0)
+        if gone:
+            s.receive_data(b"", 1.5)
+        if leaving:
+            s.going_away(1.5)
+        s.take_actions()
+    packet = Data(from_=from_, ids=(Ident(fast.rid, seq),), code=code, reason=reason,
+                  headers=tuple(headers) or None, body=body, more=more, credits=credits)
+    fast.receive_packet(packet, packet.ids[0], 2.0)
+    general._any_packet(packet, packet.ids[0], 2.0)
+    compare_actions(fast.take_actions(), general.take_actions())
+    assert state(fast) == state(general)
+    r, g = fast.response, general.response
+    assert ((r.credits, r.unflushed, r.discard_body, r.chunked, r.close_delimited, r.returned)
+            == (g.credits, g.unflushed, g.discard_body, g.chunked, g.close_delimited, g.returned))
+    for s in (fast, general):  # and whatever comes next
+        s.output_flushed(3.0)
+        s.receive_data(b"GET /2 HTTP/1.1\r\nHost: b\r\n\r\n", 3.0)
+    compare_actions(fast.take_actions(), general.take_actions())
+    assert state(fast) == state(general)
+
+
+def test_a_whole_response_takes_the_one_step_path() -> None:
+    """(So that the test above compares two paths, not one with itself.)"""
+    s = session(8192)
+    s.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1.0)
+    s.take_actions()
+    rid = s.rid
+    packet = Data(from_=b"handler", ids=(Ident(rid, 0),), code=200, reason=b"OK",
+                  headers=((b"Content-Type", b"text/plain"),), body=b"hello")
+    assert http_simple.answer(s, packet, packet.ids[0], 2.0)
+    assert s.take_actions() == [Write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                      b"Content-Length: 5\r\n\r\nhello")]
+    assert s.served == 1 and s.rid != rid and s.handler is None and s.in_seq == 0
