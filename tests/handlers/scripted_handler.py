@@ -22,7 +22,8 @@ Commands, one JSON object per line on stdin, one JSON answer per line:
   In the packet, JSON strings are UTF-8 text and ``{"$hex": "..."}`` raw
   bytes. The handler first waits (``timeout``, default 5 s) until condure
   has subscribed to a prefix of the address.
-- ``{"cmd": "send_raw", "hex": "..."}``: publish these bytes as one frame.
+- ``{"cmd": "send_raw", "hex": "...", "more": ["hex", ...]}``: publish these
+  bytes as one frame (followed by the ``more`` frames in the same message).
 - ``{"cmd": "quit"}``
 
 Req mode (``--req ENDPOINT``): one more socket, a ROUTER (``--req-type
@@ -238,7 +239,7 @@ class Handler:
             self.req.send_multipart([bytes.fromhex(f) for f in cmd["frames"]])
             return {"ok": True}
         if name == "send_raw":
-            self.xpub.send(bytes.fromhex(cmd["hex"]))
+            self.xpub.send_multipart([bytes.fromhex(f) for f in [cmd["hex"], *cmd.get("more", [])]])
             return {"ok": True}
         if name == "quit":
             return None

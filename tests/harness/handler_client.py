@@ -241,8 +241,11 @@ class HandlerClient:
         if not answer.get("ok"):
             raise HandlerError(f"{self.name}: send failed: {answer}")
 
-    def send_raw(self, data: bytes) -> None:
-        answer = self.command({"cmd": "send_raw", "hex": data.hex()}, 5.0)
+    def send_raw(self, data: bytes, *more: bytes) -> None:
+        """Publish ``data`` as one frame (``more``: frames after it, in the
+        same message)."""
+        answer = self.command({"cmd": "send_raw", "hex": data.hex(),
+                               "more": [m.hex() for m in more]}, 5.0)
         if not answer.get("ok"):
             raise HandlerError(f"{self.name}: send_raw failed: {answer}")
 

@@ -116,6 +116,25 @@ def test_trailing_bytes_after_map_accepted(srv):
     srv.probe()
 
 
+def test_frames_after_the_first_ignored(srv):
+    """Reference 3.2: only a message's first frame is a packet; a packet in
+    a second frame is not delivered."""
+    other, c, req = start(srv)
+    address = req.sender.encode() + b" "
+    head = tnet.OMap([(b"from", b"handler1"), (b"id", req.id.encode()), (b"seq", 0),
+                      (b"code", 200), (b"reason", b"OK"), (b"more", True)])
+    body = tnet.OMap([(b"from", b"handler1"), (b"id", req.id.encode()), (b"seq", 1),
+                      (b"body", b"second frame")])
+    srv.handler.send_raw(address + tnet.encode_packet(head), address + tnet.encode_packet(body),
+                         b"junk")
+    assert c.read_head().startswith(b"HTTP/1.1 200 OK\r\n")
+    c.expect_silence(QUIET)
+    srv.handler.body(req, b"", seq=1)
+    assert c.read_exact(5) == b"0\r\n\r\n"
+    other.check()
+    srv.probe()
+
+
 @pytest.mark.parametrize("kind", ["bogus", "data", "handoff-proceed", "close", "ping", "pong"])
 def test_unexpected_type_aborts(srv, kind):
     other, c, req = start(srv)
