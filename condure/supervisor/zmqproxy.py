@@ -72,6 +72,7 @@ from condure.supervisor.reqrelay import relay_req
 
 log = logging.getLogger("condure")
 _NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
 
 TERMINATE = b"TERMINATE"
 CLOSE_LINGER_MS = 1000  # packets still queued at close (cancels) get this long
@@ -322,11 +323,12 @@ class LaterRelay(RouterQueues):
 def _recv_later(pull: zmq.Socket) -> list[bytes] | None:
     """One worker packet as ROUTER frames; None for anything malformed
     (a message of several frames is not a worker's)."""
-    frames = unpack_later(pull.recv(_NOBLOCK))
-    while pull.getsockopt(zmq.RCVMORE):
-        pull.recv()
-        frames = None
-    return frames
+    received = pull.recv(_NOBLOCK, copy=False)  # (its .more costs less than RCVMORE)
+    if received.more:
+        while pull.getsockopt(zmq.RCVMORE):
+            pull.recv()
+        return None
+    return unpack_later(received.bytes)
 
 
 def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket, *,
@@ -337,31 +339,34 @@ def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket, *,
     what waits ahead of a new packet stays bounded (docs/handover.md)."""
     relay = LaterRelay(router)
     high, low = marks
-    poller = zmq.Poller()
-    poller.register(pull, zmq.POLLIN)
-    poller.register(router, zmq.POLLIN)  # handlers never send here; discard
-    poller.register(control, zmq.POLLIN)
+    # zmq_poll on prepared item lists (what Poller.poll calls, without its
+    # dict): this thread wakes for nearly every packet under load.
+    # Handlers never send on the router; what comes is discarded.
+    reading_items = [(control, _POLLIN), (router, _POLLIN), (pull, _POLLIN)]
+    paused_items = reading_items[:2]
+    poll = zmq.zmq_poll
     reading = True
     next_retry = 0.0
     try:
         while True:
-            timeout = None
+            timeout = -1
             if relay.waiting:
                 # Whole milliseconds, rounded up: zmq_poll takes an int, and
                 # a wait rounded down to 0 would poll in a loop until the
                 # retry is due.
                 timeout = math.ceil(max(next_retry - time.monotonic(), 0.0) * 1000)
-            events = dict(poller.poll(timeout))
-            if control in events:
+            ready = [sock for sock, _ in poll(reading_items if reading else paused_items,
+                                              timeout)]
+            if control in ready:
                 control.recv()
                 break
-            if router in events:
+            if router in ready:
                 for _ in range(BATCH):
                     try:
                         router.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-            if pull in events:
+            if pull in ready:
                 had_waiting = bool(relay.waiting)
                 for _ in range(BATCH):
                     if relay.queued >= high:
@@ -377,10 +382,8 @@ def _relay_later(pull: zmq.Socket, router: zmq.Socket, control: zmq.Socket, *,
                 next_retry = time.monotonic() + relay.delay
             if reading and relay.queued >= high:
                 reading = False
-                poller.unregister(pull)
             elif not reading and relay.queued <= low:
                 reading = True
-                poller.register(pull, zmq.POLLIN)
         # Closing: pass on what the workers sent last (their cancels).
         deadline = time.monotonic() + FINAL_FLUSH
         while True:
