@@ -222,6 +222,9 @@ class _Owner:
     def _send(self, kind: Callable[..., Packet], **fields: Any) -> None:
         self.s._send(kind, **fields)
 
+    def _send_message(self, content_type: bytes | None, body: bytes) -> None:
+        self.s._send_message(content_type, body)
+
     def _fail(self, code: int, reason: str) -> None:
         self.s._fail_origin(code, reason)
 

@@ -19,7 +19,8 @@ from typing import Any
 from condure.session.actions import Action, Close, Send, Write
 from condure.session.httpwire import error_response
 from condure.session.states import CLOSED, Event, Phase, Table, advance
-from condure.zhttp.packets import Cancel, Ident, Packet
+from condure.zhttp.packets import Cancel, Credit, Data, Ident, Packet
+from condure.zhttp.plain import encode_credit, encode_message
 
 SESSION_TIMEOUT = 60.0  # handler silence that ends a session (reference 5.8)
 MAX_FROM = 64  # longest handler address accepted (reference 4.2)
@@ -51,6 +52,23 @@ class ZhttpLink:
         ident = self._next_ident()
         self.actions.append(Send(kind(from_=self.instance_id, ids=(ident,), **fields),
                                  self.handler))
+
+    def _send_message(self, content_type: bytes | None, body: bytes) -> None:
+        """``_send(Data, content_type=, body=)``, the packet encoded as it is
+        built (the common WebSocket message)."""
+        ident = self._next_ident()
+        from_ = self.instance_id
+        self.actions.append(Send(
+            Data(from_=from_, ids=(ident,), content_type=content_type, body=body),
+            self.handler, encode_message(from_, ident.id, self.out_seq - 1, content_type, body)))
+
+    def _send_credit(self, credits: int) -> None:
+        """``_send(Credit, credits=)``, the packet encoded as it is built."""
+        ident = self._next_ident()
+        from_ = self.instance_id
+        self.actions.append(Send(Credit(from_=from_, ids=(ident,), credits=credits),
+                                 self.handler,
+                                 encode_credit(from_, ident.id, self.out_seq - 1, credits)))
 
     def _accept_packet(self, packet: Packet, ident: Ident, now: float) -> bool:
         """Reference 4.2 and 4.6: check the sender's address and the seq;

@@ -395,7 +395,7 @@ class WebSocketSession(ZhttpPeer):
             if self.handoff:
                 self.credits_owed += credits
             else:
-                self._send(Credit, credits=credits)
+                self._send_credit(credits)
 
     # -- handler -> client ----------------------------------------------------
 

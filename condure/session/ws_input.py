@@ -51,6 +51,7 @@ class Owner(Protocol):
     def output(self) -> HandlerOutput: ...
 
     def _send(self, kind: Callable[..., Packet], **fields: Any) -> None: ...
+    def _send_message(self, content_type: bytes | None, body: bytes) -> None: ...
     def _fail(self, code: int, reason: str) -> None: ...
     def _close(self, *, graceful: bool, reason: str, unanswered: bool = False) -> None: ...
 
@@ -130,8 +131,7 @@ class ClientInput:
                 return False  # the general path fails the connection
         del inbuf[:size + n]
         self.credits -= n
-        s._send(Data, content_type=b"text" if b0 == 0x81 else b"binary", body=payload,
-                more=False)
+        s._send_message(b"text" if b0 == 0x81 else b"binary", payload)
         return True
 
     def _forward(self, s: Owner) -> bool:

@@ -3,7 +3,9 @@
 Most requests are a head without a body, answered by one data packet.
 :func:`encode_stream_request` writes the first (``Data`` to bytes) without
 building the packet for ``encode``; :func:`decode_data` reads the second
-(bytes to ``Data``) without the general reader's per-field dispatch. Each
+(bytes to ``Data``) without the general reader's per-field dispatch. Most
+WebSocket traffic is whole messages and the credits for them:
+:func:`encode_message` and :func:`encode_credit` write those. Each
 does exactly what the general function does for its shape, and gives
 anything else to it: :func:`decode` tries :func:`decode_data`, then
 ``codec.decode``. tests/unit/test_zhttp_plain.py holds both against the
@@ -27,7 +29,7 @@ from .codec import (
 from .codec import decode as decode_general
 from .packets import Data, Header, Ident, Packet
 
-__all__ = ["decode", "decode_data", "encode_stream_request"]
+__all__ = ["decode", "decode_data", "encode_credit", "encode_message", "encode_stream_request"]
 
 
 def encode_stream_request(from_: bytes, rid: bytes, method: bytes, uri: bytes,
@@ -48,6 +50,31 @@ def encode_stream_request(from_: bytes, rid: bytes, method: bytes, uri: bytes,
         parts.append(b"9:peer-port," + _int(peer_port or 0))
     body = b"".join(parts)
     return b"T%d:%b}" % (len(body), body)
+
+
+def _link_head(from_: bytes, rid: bytes, seq: int) -> bytes:
+    digits = b"%d" % seq
+    return b"%b2:id,%d:%b,3:seq,%d:%b#%b" % (
+        b"4:from,%d:%b," % (len(from_), from_) if from_ else b"", len(rid), rid,
+        len(digits), digits, _EXT_MULTI)
+
+
+def encode_message(from_: bytes, rid: bytes, seq: int, content_type: bytes | None,
+                   body: bytes) -> bytes:
+    """``encode()`` of ``Data(from_, (Ident(rid, seq),), content_type=,
+    body=)``: a whole WebSocket message (or a body piece without ``more``)
+    for the handler, in one step."""
+    inner = b"%b%b%b" % (
+        _link_head(from_, rid, seq),
+        b"12:content-type,%d:%b," % (len(content_type), content_type) if content_type else b"",
+        b"4:body,%d:%b," % (len(body), body) if body else b"")
+    return b"T%d:%b}" % (len(inner), inner)
+
+
+def encode_credit(from_: bytes, rid: bytes, seq: int, credits: int) -> bytes:
+    """``encode()`` of ``Credit(from_, (Ident(rid, seq),), credits=)``."""
+    inner = _link_head(from_, rid, seq) + b"4:type,6:credit,7:credits," + _int(credits)
+    return b"T%d:%b}" % (len(inner), inner)
 
 
 # The keys of a plain data packet from a handler: one id (and its seq),

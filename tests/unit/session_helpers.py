@@ -18,6 +18,7 @@ from typing import Any
 from condure.session import records
 from condure.session.actions import Close, Send, Write
 from condure.session.http import HttpSession
+from condure.zhttp.codec import encode
 from condure.zhttp.packets import Cancel, Credit, Data, Ident, Packet
 
 INSTANCE = b"condure"
@@ -35,6 +36,14 @@ def decode_record(text: object) -> dict[str, object]:
 
 HANDLER = b"handler1"
 START = 1000.0
+
+
+def checked(send: Send) -> Send:
+    """``send``, once its pre-encoded bytes (if any) are found to be what
+    ``encode`` makes of its packet: every session test checks them."""
+    if send.wire is not None:
+        assert send.wire == encode(send.packet), (send.packet, send.wire)
+    return send
 
 
 class IdSource:
@@ -186,7 +195,7 @@ class Driver(SeamDriver):
                         self.output += action.data
                         wrote = True
                 elif isinstance(action, Send):
-                    self.sends.append(action)
+                    self.sends.append(checked(action))
                 elif isinstance(action, Close):
                     self.closes.append(action)
                 else:  # pragma: no cover

@@ -17,7 +17,7 @@ from condure.zhttp.packets import (
     Cancel, Data, Error, HandoffProceed, HandoffStart, Ident, KeepAlive, Ping, Pong,
 )
 from condure.zhttp.packets import Close as ClosePacket
-from tests.unit.session_helpers import INSTANCE, Driver
+from tests.unit.session_helpers import INSTANCE, Driver, checked
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 UPGRADE = (b"GET /ws?q=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
@@ -51,7 +51,7 @@ class WsDriver(Driver):
                         self.output += action.data
                         wrote = True
                 elif isinstance(action, Send):
-                    self.sends.append(action)
+                    self.sends.append(checked(action))
                 else:
                     assert isinstance(action, Close)
                     self.closes.append(action)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from condure.zhttp import PacketError, codec, plain, tnetstring
-from condure.zhttp.packets import Data, Ident
+from condure.zhttp.packets import Credit, Data, Ident
 
 # Values of every tnetstring type, and the edges of each field's kind.
 VALUES = st.one_of(
@@ -93,3 +93,22 @@ def test_plain_packets_take_the_one_step_path(top: dict) -> None:
 ])
 def test_anything_else_goes_to_the_general_reader(top: dict) -> None:
     assert plain.decode_data(b"T" + tnetstring.dumps(top)) is None
+
+
+IDS = st.binary(max_size=24)
+SEQS = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=400, deadline=None)
+@given(from_=st.binary(max_size=12), rid=IDS, seq=SEQS,
+       content_type=st.sampled_from([None, b"", b"text", b"binary"]), body=st.binary(max_size=40))
+def test_encode_message_is_encode(from_, rid, seq, content_type, body) -> None:
+    packet = Data(from_=from_, ids=(Ident(rid, seq),), content_type=content_type, body=body)
+    assert plain.encode_message(from_, rid, seq, content_type, body) == codec.encode(packet)
+
+
+@settings(max_examples=300, deadline=None)
+@given(from_=st.binary(max_size=12), rid=IDS, seq=SEQS, credits=st.integers(0, 2**32 - 1))
+def test_encode_credit_is_encode(from_, rid, seq, credits) -> None:
+    packet = Credit(from_=from_, ids=(Ident(rid, seq),), credits=credits)
+    assert plain.encode_credit(from_, rid, seq, credits) == codec.encode(packet)
