@@ -83,11 +83,17 @@ def install() -> None:
         return receive_packet
 
     ws_send = WebSocketSession._send
+    ws_send_message = WebSocketSession._send_message
 
     def send(self, kind, **fields):
         if kind is Data and fields.get("body") == MARKER:
             raise InjectedFault("client message carries the marker")
         ws_send(self, kind, **fields)
+
+    def send_message(self, content_type, body):  # (a whole message, in one step)
+        if body == MARKER:
+            raise InjectedFault("client message carries the marker")
+        ws_send_message(self, content_type, body)
 
     HttpSession.receive_data = receive_data
     HttpSession.handle_timer = handle_timer
@@ -95,6 +101,7 @@ def install() -> None:
     HttpSession.receive_packet = packet_fault(HttpSession.receive_packet)
     WebSocketSession.receive_packet = packet_fault(WebSocketSession.receive_packet)
     WebSocketSession._send = send
+    WebSocketSession._send_message = send_message
 
 
 @contextlib.contextmanager
