@@ -6,7 +6,7 @@ head: a request line and a few plain fields, no body, no upgrade. For
 those, :func:`take` does what the general path (``HeadReader`` and
 ``HttpSession._request``) does, with one match of the whole head, one pass
 over its fields and the request packet encoded as it is built
-(``zhttp.plain.encode_stream_request``, sent as ``Send.wire``). Both paths
+(``zhttp.plain.encode_request``, sent as ``Send.wire``). Both paths
 end in :func:`start_request`, which sends the request packet. Anything
 else, or anything it is unsure of, it leaves to the general path by
 returning False before touching the session; the tests run both paths on
@@ -31,7 +31,7 @@ from condure.session.limits import BodyRate
 from condure.session.peer import MAX_FROM, SESSION_TIMEOUT
 from condure.session.states import HEAD, WAIT, Event, ResponseState
 from condure.zhttp.packets import Data, Header, Ident
-from condure.zhttp.plain import encode_stream_request
+from condure.zhttp.plain import encode_request
 
 
 class _Session(Protocol):
@@ -71,22 +71,23 @@ class _Session(Protocol):
 _GENERAL = (b"content-length", b"transfer-encoding", b"upgrade")
 
 
-def take(s: _Session, data: bytes, now: float) -> bool:
-    """Serve ``data`` as the session's next request if it is one whole
-    simple head read on its own; False (session untouched) otherwise."""
-    reader = s.reader
-    if (s.state is not HEAD or s.hold or reader.parser is not None or reader.inbuf
-            or len(data) > s.buffer_size or not data.endswith(b"\r\n\r\n")):
-        return False
+def simple_head(data: bytes, reader: HeadReader, buffer_size: int,
+                scheme: bytes) -> tuple[bytes, bytes, tuple[Header, ...], bool, bool] | None:
+    """``(method, uri, headers, http11, keep_alive)`` of ``data`` if it is
+    one whole simple head read on its own (nothing buffered before it);
+    None otherwise. Reads nothing but its arguments."""
+    if (reader.parser is not None or reader.inbuf or len(data) > buffer_size
+            or not data.endswith(b"\r\n\r\n")):
+        return None
     match = httpwire.SIMPLE_WHOLE_HEAD.fullmatch(data)
     if match is None:
-        return False
+        return None
     method, target, minor, block = match.groups()
     if target[:1] != b"/":
-        return False  # absolute form or "*": request_uri decides
+        return None  # absolute form or "*": request_uri decides
     fields = httpwire.SIMPLE_FIELD.findall(block)
     if len(fields) > MAX_HEADERS:
-        return False
+        return None
     http11 = minor == b"1"
     host = None
     connection: list[bytes] = []
@@ -94,25 +95,35 @@ def take(s: _Session, data: bytes, now: float) -> bool:
         lower = name.lower()
         if lower == b"host":
             if host is not None:
-                return False
+                return None
             host = value
         elif lower in _GENERAL:
-            return False
+            return None
         elif lower == b"connection":
             connection.extend(t.strip().lower() for t in value.split(b","))
     if host is None and http11:
-        return False
-    uri = s.scheme + b"://" + httpwire.uri_host(host) + target
+        return None
+    uri = scheme + b"://" + httpwire.uri_host(host) + target
     if len(uri) > httpwire.MAX_URI:
+        return None
+    return method, uri, tuple(fields), http11, httpwire.keep_alive(http11, connection)
+
+
+def take(s: _Session, data: bytes, now: float) -> bool:
+    """Serve ``data`` as the session's next request if it is one whole
+    simple head read on its own; False (session untouched) otherwise."""
+    if s.state is not HEAD or s.hold:
         return False
+    simple = simple_head(data, s.reader, s.buffer_size, s.scheme)
+    if simple is None:
+        return False
+    method, uri, headers, http11, keep_alive = simple
     # What _read_head does before _request:
     s.head_deadline = None
     s.stream_deadline = now + s.stream_timeout
-    headers = tuple(fields)
-    start_request(s, method, uri, headers, http11, httpwire.keep_alive(http11, connection),
-                  more=False,
-                  wire=encode_stream_request(s.instance_id, s.rid, method, uri, headers,
-                                             s.buffer_size, s.peer_address, s.peer_port))
+    start_request(s, method, uri, headers, http11, keep_alive, more=False,
+                  wire=encode_request(s.instance_id, s.rid, 0, method, uri, headers,
+                                      s.buffer_size, True, s.peer_address, s.peer_port))
     return True
 
 

@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from condure.session import httpwire
+from condure.session import http_simple, httpwire
 from condure.session.actions import Action, Close, Send, Write
 from condure.session.contract import Kind
 from condure.session.head import Head, HeadReader, Refusal
 from condure.session.httpwire import error_response
 from condure.session.states import BODY, CLOSED, HEAD, REQ_TABLE, WAIT, Event, Phase, advance
 from condure.session.ws_handshake import is_upgrade
-from condure.zhttp.packets import Data, Error, Ident, Packet
+from condure.zhttp.packets import Data, Error, Header, Ident, Packet
+from condure.zhttp.plain import encode_request
 
 __all__ = ["BODY", "REQ_SOCKET", "WEBSOCKET_REFUSAL", "ReqSession"]
 
@@ -169,6 +170,11 @@ class ReqSession:
                 # Nobody to tell: a req-mode handler cannot be cancelled.
                 self._close(graceful=False, reason="client closed")
             return
+        if state is HEAD:
+            simple = http_simple.simple_head(data, self.reader, self.buffer_size, self.scheme)
+            if simple is not None:
+                self._simple_request(*simple)
+                return
         self.reader.feed(data, state is HEAD)
         if state is BODY:
             self._read_body()
@@ -288,6 +294,21 @@ class ReqSession:
             self.actions.append(Write(b"HTTP/1.1 100 Continue\r\n\r\n"))
         self._advance(Event.BODY)
         self._read_body()
+
+    def _simple_request(self, method: bytes, uri: bytes, headers: tuple[Header, ...],
+                        http11: bool, keep_alive: bool) -> None:
+        """What _request and _send_request do for a simple head without a
+        body (http_simple.simple_head), the packet encoded as it is built;
+        tests/unit/test_req_simple.py holds it against the general path."""
+        self.http11 = http11
+        self.is_head = method == b"HEAD"
+        self.keep_alive_asked = keep_alive
+        request = Data(ids=(Ident(self.rid),), method=method, uri=uri, headers=headers or None,
+                       peer_address=self.peer_address, peer_port=self.peer_port)
+        self._advance(Event.REQUEST)
+        self.actions.append(Send(request, REQ_SOCKET, encode_request(
+            b"", self.rid, None, method, uri, headers, 0, False, self.peer_address,
+            self.peer_port)))
 
     def _read_body(self) -> None:
         """Take what the parser has of the body; send the request at its end."""

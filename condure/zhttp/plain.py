@@ -1,7 +1,7 @@
 """The two packets of a plain stream-mode exchange, in one step each.
 
 Most requests are a head without a body, answered by one data packet.
-:func:`encode_stream_request` writes the first (``Data`` to bytes) without
+:func:`encode_request` writes the first (``Data`` to bytes) without
 building the packet for ``encode``; :func:`decode_data` reads the second
 (bytes to ``Data``) without the general reader's per-field dispatch. Most
 WebSocket traffic is whole messages and the credits for them:
@@ -29,22 +29,24 @@ from .codec import (
 from .codec import decode as decode_general
 from .packets import Data, Header, Ident, Packet
 
-__all__ = ["decode", "decode_data", "encode_credit", "encode_message", "encode_stream_request"]
+__all__ = ["decode", "decode_data", "encode_credit", "encode_message", "encode_request"]
 
 
-def encode_stream_request(from_: bytes, rid: bytes, method: bytes, uri: bytes,
-                          headers: tuple[Header, ...], credits: int,
-                          peer_address: bytes | None, peer_port: int | None) -> bytes:
-    """``encode()`` of the request packet of a stream-mode request without
-    a body, ``Data(from_, (Ident(rid, 0),), method=, uri=, headers=,
-    credits=, stream=True, peer_address=, peer_port=)``, in one step."""
+def encode_request(from_: bytes, rid: bytes, seq: int | None, method: bytes, uri: bytes,
+                   headers: tuple[Header, ...], credits: int, stream: bool,
+                   peer_address: bytes | None, peer_port: int | None) -> bytes:
+    """``encode()`` of the request packet of a request without a body,
+    ``Data(from_, (Ident(rid, seq),), method=, uri=, headers=, credits=,
+    stream=, peer_address=, peer_port=)``, in one step (stream mode: seq
+    0, credits, stream; req mode: no seq, no credits)."""
     parts = [b"4:from,%d:%b," % (len(from_), from_) if from_ else b"",
-             b"2:id,%d:%b,3:seq,1:0#" % (len(rid), rid), _EXT_MULTI,
+             b"2:id,%d:%b," % (len(rid), rid),
+             b"" if seq is None else b"3:seq," + _int(seq), _EXT_MULTI,
              b"6:method,%d:%b," % (len(method), method) if method else b"",
              b"3:uri,%d:%b," % (len(uri), uri) if uri else b"",
              _headers(headers) if headers else b"",
              b"7:credits," + _int(credits) if credits else b"",
-             b"6:stream,4:true!"]
+             b"6:stream,4:true!" if stream else b""]
     if peer_address:
         parts.append(b"12:peer-address,%d:%b," % (len(peer_address), peer_address))
         parts.append(b"9:peer-port," + _int(peer_port or 0))

@@ -21,7 +21,7 @@ from condure.session.head import MAX_HEADERS
 from condure.session.http import HttpSession
 from condure.zhttp import encode
 from condure.zhttp.packets import Data, Ident
-from condure.zhttp.plain import encode_stream_request
+from condure.zhttp.plain import encode_request
 
 FIELDS = [
     b"Host: example.com", b"Host: 127.0.0.1:8080", b"host: ex\xc3\xa9mple", b"Host: ex\xffample",
@@ -131,17 +131,20 @@ def test_a_simple_read_takes_the_one_step_path() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(from_=st.binary(max_size=12), rid=st.binary(max_size=30), method=st.binary(max_size=8),
+@given(from_=st.binary(max_size=12), rid=st.binary(max_size=30),
+       seq=st.sampled_from([None, 0, 1, 2**32 - 1]), method=st.binary(max_size=8),
        uri=st.binary(max_size=40),
        headers=st.lists(st.tuples(st.binary(max_size=10), st.binary(max_size=20)), max_size=5),
-       credits=st.integers(0, 2**32 - 1), peer=st.sampled_from([None, b"", b"127.0.0.1", b"::1"]),
+       credits=st.integers(0, 2**32 - 1), stream=st.booleans(),
+       peer=st.sampled_from([None, b"", b"127.0.0.1", b"::1"]),
        port=st.sampled_from([None, 0, 1, 65535]))
-def test_encode_stream_request_is_encode(from_, rid, method, uri, headers, credits, peer, port):
-    packet = Data(from_=from_, ids=(Ident(rid, 0),), method=method, uri=uri,
-                  headers=tuple(headers) or None, credits=credits, stream=True,
+def test_encode_request_is_encode(from_, rid, seq, method, uri, headers, credits, stream, peer,
+                                  port):
+    packet = Data(from_=from_, ids=(Ident(rid, seq),), method=method, uri=uri,
+                  headers=tuple(headers) or None, credits=credits, stream=stream,
                   peer_address=peer, peer_port=port)
-    assert encode_stream_request(from_, rid, method, uri, tuple(headers), credits,
-                                 peer, port) == encode(packet)
+    assert encode_request(from_, rid, seq, method, uri, tuple(headers), credits, stream,
+                          peer, port) == encode(packet)
 
 
 RESPONSE_HEADERS = [
