@@ -60,6 +60,24 @@ def compare_actions(fast: list, general: list) -> None:
             assert a == b
 
 
+def read_once_and_twice(fast, general, data: bytes) -> None:
+    """``data`` in one read to ``fast``; to ``general`` in two, a first
+    byte and the rest (a partial read always takes the general path);
+    their actions must match."""
+    fast.receive_data(data, 1.0)
+    general.receive_data(data[:1], 1.0)
+    general.receive_data(data[1:], 1.0)
+    compare_actions(fast.take_actions(), general.take_actions())
+
+
+def sent_after_a_partial_read(s) -> Send:
+    """The request packet of a simple head read in two pieces."""
+    s.receive_data(b"G", 1.0)
+    s.receive_data(b"ET /x HTTP/1.1\r\nHost: example.com\r\n\r\n", 1.0)
+    (send,) = s.take_actions()
+    return send
+
+
 SIMPLE_FIELDS = [f for f in FIELDS if b":" in f and not f.startswith(b" ") and b"\x00" not in f
                  and b"Bad Name" not in f]
 
@@ -100,10 +118,7 @@ def requests(draw) -> bytes:
        code=st.sampled_from([200, 204, 304]), more=st.booleans())
 def test_one_read_acts_as_two(data: bytes, buffer_size: int, code: int, more: bool) -> None:
     fast, general = session(buffer_size), session(buffer_size)
-    fast.receive_data(data, 1.0)
-    general.receive_data(data[:1], 1.0)
-    general.receive_data(data[1:], 1.0)
-    compare_actions(fast.take_actions(), general.take_actions())
+    read_once_and_twice(fast, general, data)
     assert state(fast) == state(general)
     if fast.rid is not None and fast.out_seq == 1:  # a request went to the handler
         answer = Data(from_=b"handler", ids=(Ident(fast.rid, 0),), code=code, reason=b"OK",
@@ -123,11 +138,7 @@ def test_a_simple_read_takes_the_one_step_path() -> None:
     (send,) = s.take_actions()
     assert send.wire is not None and send.wire == encode(send.packet)
     assert send.packet.uri == b"http://example.com/x" and not s.keep_alive_asked
-    s = session(8192)
-    s.receive_data(b"G", 1.0)
-    s.receive_data(b"ET /x HTTP/1.1\r\nHost: example.com\r\n\r\n", 1.0)
-    (send,) = s.take_actions()
-    assert send.wire is None
+    assert sent_after_a_partial_read(session(8192)).wire is None
 
 
 @settings(max_examples=300, deadline=None)

@@ -16,7 +16,12 @@ from hypothesis import strategies as st
 from condure.session.actions import Send
 from condure.session.req import ReqSession
 from condure.zhttp.packets import Data, Ident
-from tests.unit.test_http_simple import compare_actions, requests
+from tests.unit.test_http_simple import (
+    compare_actions,
+    read_once_and_twice,
+    requests,
+    sent_after_a_partial_read,
+)
 
 
 def session(buffer_size: int) -> ReqSession:
@@ -37,10 +42,7 @@ def state(s: ReqSession) -> tuple:
        code=st.sampled_from([200, 204, 304]), leaving=st.sampled_from([False, False, True]))
 def test_one_read_acts_as_two(data: bytes, buffer_size: int, code: int, leaving: bool) -> None:
     fast, general = session(buffer_size), session(buffer_size)
-    fast.receive_data(data, 1.0)
-    general.receive_data(data[:1], 1.0)
-    general.receive_data(data[1:], 1.0)
-    compare_actions(fast.take_actions(), general.take_actions())
+    read_once_and_twice(fast, general, data)
     assert state(fast) == state(general)
     if fast.awaiting_handler:
         answer = Data(from_=b"handler", ids=(Ident(fast.rid),), code=code, reason=b"OK",
@@ -59,10 +61,7 @@ def test_a_simple_read_takes_the_one_step_path() -> None:
     s.receive_data(b"HEAD /x HTTP/1.0\r\nHost: example.com\r\n\r\n", 1.0)
     (send,) = s.take_actions()
     assert isinstance(send, Send) and send.wire is not None
-    assert send.packet.uri == b"https://example.com/x" and send.packet.ids == (Ident(send.packet.ids[0].id),)
+    assert send.packet.uri == b"https://example.com/x"
+    assert send.packet.ids == (Ident(send.packet.ids[0].id),)  # (no seq in req mode)
     assert s.is_head and not s.http11 and not s.keep_alive_asked
-    s = session(8192)
-    s.receive_data(b"G", 1.0)
-    s.receive_data(b"ET /x HTTP/1.1\r\nHost: example.com\r\n\r\n", 1.0)
-    (send,) = s.take_actions()
-    assert send.wire is None
+    assert sent_after_a_partial_read(session(8192)).wire is None
