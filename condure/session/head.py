@@ -136,6 +136,9 @@ class HeadReader:
             return Refusal(400, "obsolete line folding")
         if len(headers) > MAX_HEADERS:
             return Refusal(431, "too many request headers")
+        refused = httpwire.target_refusal(event.method, event.target, headers)
+        if refused is not None:
+            return Refusal(*refused)
         return Head(event.method, event.target, event.http_version == b"1.1", headers)
 
     def next_event(self) -> object:

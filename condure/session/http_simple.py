@@ -83,8 +83,8 @@ def simple_head(data: bytes, reader: HeadReader, buffer_size: int,
     if match is None:
         return None
     method, target, minor, block = match.groups()
-    if target[:1] != b"/":
-        return None  # absolute form or "*": request_uri decides
+    if target[:1] != b"/" or method == b"CONNECT":
+        return None  # another form, or CONNECT: the general path decides
     fields = httpwire.SIMPLE_FIELD.findall(block)
     if len(fields) > MAX_HEADERS:
         return None
@@ -94,7 +94,7 @@ def simple_head(data: bytes, reader: HeadReader, buffer_size: int,
     for name, value in fields:
         lower = name.lower()
         if lower == b"host":
-            if host is not None:
+            if host is not None or not httpwire.valid_host(value):
                 return None
             host = value
         elif lower in _GENERAL:

@@ -46,35 +46,68 @@ def header_tokens(headers: Iterable[Header], name: bytes) -> list[bytes]:
 
 
 def request_uri(scheme: bytes, headers: Iterable[Header], target: bytes) -> bytes:
-    """The absolute URI of a request, as condure puts it in ``uri``.
+    """The absolute URI of a request, as condure puts it in ``uri``, for a
+    head :func:`target_refusal` accepts.
 
-    Origin-form targets are appended to ``scheme://Host``; ``localhost``
-    stands in for a missing or non-UTF-8 Host. An absolute-form target
-    (RFC 9112 3.2.2) already is the URI and is used as it is.
+    An origin-form target is appended to ``scheme://Host`` (``localhost``
+    for an HTTP/1.0 request without Host); the asterisk form of
+    ``OPTIONS *`` gives ``scheme://Host`` with an empty path (RFC 9112 3.3);
+    an absolute-form target (RFC 9112 3.2.2) already is the URI and is used
+    as it is.
     """
-    if not target.startswith(b"/") and target != b"*":
-        colon = target.find(b":")
-        if colon > 0 and target[:colon].isalpha() and target[colon:colon + 3] == b"://":
-            return target
+    if absolute_form(target):
+        return target
     host = None
     for key, value in headers:
         if key.lower() == b"host":
             host = value
             break
-    return scheme + b"://" + uri_host(host) + target
+    return scheme + b"://" + uri_host(host) + (b"" if target == b"*" else target)
 
 
 def uri_host(host: bytes | None) -> bytes:
-    """The host part of a request URI for the request's first Host value
-    (None: none): ``localhost`` stands in for a missing or non-UTF-8 one."""
-    if host is None:
-        return b"localhost"
-    if not host.isascii():
-        try:
-            host.decode("utf-8")
-        except UnicodeDecodeError:
-            return b"localhost"
-    return host
+    """The host part of a request URI for the request's Host value (None:
+    none, which only HTTP/1.0 may omit): ``localhost`` stands in for it."""
+    return b"localhost" if host is None else host
+
+
+def absolute_form(target: bytes) -> bool:
+    """Whether a request target is in absolute form (``scheme://...``)."""
+    colon = target.find(b":")
+    return colon > 0 and target[:colon].isalpha() and target[colon:colon + 3] == b"://"
+
+
+# RFC 9110 7.2, RFC 3986 3.2.2-3.2.3: a Host value is uri-host [":" port]:
+# letters, digits, the unreserved and sub-delims marks, "%" (pct-encoded),
+# ":" and the brackets of an IP literal. Anything else ("@", "/", a space,
+# non-ASCII bytes...) would change what the URI built from it says.
+_HOST = re.compile(rb"[-0-9A-Za-z.~_!$&'()*+,;=%:\[\]]+\Z")
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether a Host field value is a host (and port): not empty, and
+    nothing a URI would read as something else."""
+    return _HOST.match(value) is not None
+
+
+def target_refusal(method: bytes, target: bytes,
+                   headers: Iterable[Header]) -> tuple[int, str] | None:
+    """(status, detail) for a request condure must refuse although its head
+    parsed (RFC 9112 3.2), else None: a Host value that is not a host
+    (MUST 400), a request target in none of the forms a request may use
+    (origin form ``/...``, absolute form, ``*`` for OPTIONS), and CONNECT,
+    which asks for a tunnel condure does not make (RFC 9110 9.1: 501)."""
+    if method == b"CONNECT":
+        return 501, "CONNECT is not supported"
+    if target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS") \
+            and not absolute_form(target):
+        return 400, "invalid request target"
+    for key, value in headers:
+        if key.lower() == b"host":
+            if not valid_host(value):
+                return 400, "invalid Host"
+            break
+    return None
 
 
 def keep_alive(http11: bool, connection: list[bytes]) -> bool:
@@ -169,8 +202,9 @@ def raw_headers(head: bytes) -> tuple[Header, ...] | None:
 # Parsing those with h11 costs more than everything else condure does for a
 # request, so heads that match this strict subset of h11's own grammar
 # (RFC 9112) are taken here; anything else (a body, an odd line, a missing
-# or repeated Host, bare LF endings) goes to h11, which then decides,
-# errors included.
+# or repeated Host, a Host that is not a host name, a target not in origin
+# form, CONNECT, bare LF endings) goes to h11 and target_refusal, which then
+# decide, errors included.
 
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _REQUEST_LINE = rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])"
@@ -202,10 +236,13 @@ def parse_simple_head(head: bytes) -> tuple[bytes, bytes, bool, list[Header]] | 
         lower = name.lower()
         if lower == b"host":
             hosts += 1
+            if not valid_host(field.group(2)):
+                return None
         elif lower in _BODY_FRAMING:
             return None
         headers.append((name, field.group(2)))
     http11 = match.group(3) == b"1"
-    if hosts > 1 or (http11 and hosts == 0):
+    method, target = match.group(1), match.group(2)
+    if hosts > 1 or (http11 and hosts == 0) or target[:1] != b"/" or method == b"CONNECT":
         return None
-    return match.group(1), match.group(2), http11, headers
+    return method, target, http11, headers

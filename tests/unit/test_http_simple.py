@@ -25,7 +25,7 @@ from condure.zhttp.plain import encode_request
 
 FIELDS = [
     b"Host: example.com", b"Host: 127.0.0.1:8080", b"host: ex\xc3\xa9mple", b"Host: ex\xffample",
-    b"HOST:a", b"Host:", b"Connection: close", b"Connection: keep-alive",
+    b"HOST:a", b"Host:", b"Host: a@b", b"Host: a b", b"Host: [::1]:80", b"Connection: close", b"Connection: keep-alive",
     b"connection: Keep-Alive, Upgrade", b"Connection: ,,close ,", b"Upgrade: websocket",
     b"Upgrade: h2c", b"Content-Length: 0", b"Content-Length: 5", b"Transfer-Encoding: chunked",
     b"X-Empty: ", b"X-Sp:   v  w  ", b"X-Tab:\tv\t", b"Bad Name: x", b"X: a\x00b", b" X: lead",
@@ -86,8 +86,9 @@ SIMPLE_FIELDS = [f for f in FIELDS if b":" in f and not f.startswith(b" ") and b
 def simple_requests(draw) -> bytes:
     """Heads the one-step path should take (or just miss: a second Host, a
     body or upgrade field, too many fields)."""
-    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST", b"DELETE"]))
-    target = draw(st.sampled_from([b"/", b"/a?b=c", b"/" + b"a" * 4070, b"/" + b"a" * 5000]))
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST", b"DELETE", b"CONNECT"]))
+    target = draw(st.sampled_from([b"/", b"/a?b=c", b"/" + b"a" * 4070, b"/" + b"a" * 5000,
+                                   b"@e/x"]))
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]))
     fields = draw(st.lists(st.sampled_from(SIMPLE_FIELDS), max_size=6))
     if draw(st.integers(0, 3)) == 0:  # around MAX_HEADERS
@@ -103,7 +104,7 @@ def requests(draw) -> bytes:
     method = draw(st.sampled_from([b"GET", b"HEAD", b"POST", b"OPTIONS", b"M-SEARCH", b"get",
                                    b"G@T"]))
     target = draw(st.sampled_from([b"/", b"/a?b=c", b"/%20x", b"*", b"http://example.com/x",
-                                   b"/" + b"a" * 5000, b"/\xff", b"//x"]))
+                                   b"/" + b"a" * 5000, b"/\xff", b"//x", b"e:443", b"x"]))
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"http/1.1"]))
     fields = draw(st.lists(st.sampled_from(FIELDS), max_size=MAX_HEADERS + 2))
     eol = draw(st.sampled_from([b"\r\n"] * 6 + [b"\n"]))

@@ -13,6 +13,8 @@ from condure.session.httpwire import (
     header_tokens,
     request_uri,
     response_head,
+    target_refusal,
+    valid_host,
 )
 
 # -- header_tokens ------------------------------------------------------------
@@ -32,17 +34,53 @@ def test_header_tokens_split_trim_and_lower_case():
 @pytest.mark.parametrize("headers, target, uri", [
     (((b"Host", b"example.com"),), b"/path?x=1", b"http://example.com/path?x=1"),
     ((), b"/close", b"http://localhost/close"),
-    (((b"Host", b"\xff"),), b"/x", b"http://localhost/x"),
     (((b"host", b"a:8080"), (b"Host", b"b")), b"/x", b"http://a:8080/x"),
     (((b"Host", b"e"),), b"http://other.example/abs?q", b"http://other.example/abs?q"),
     (((b"Host", b"e"),), b"HTTPS://o.example/", b"HTTPS://o.example/"),
-    (((b"Host", b"e"),), b"*", b"http://e*"),
-    (((b"Host", b"e"),), b"e:80", b"http://ee:80"),  # authority-form is not a URI
-    (((b"Host", b"e"),), b"1http://x/", b"http://e1http://x/"),
-    (((b"Host", b"e"),), b"http:/x", b"http://ehttp:/x"),
+    (((b"Host", b"e"),), b"*", b"http://e"),  # OPTIONS *: an empty path (RFC 9112 3.3)
+    (((b"Host", b"[::1]:8080"),), b"/", b"http://[::1]:8080/"),
 ])
 def test_request_uri(headers, target, uri):
+    assert target_refusal(b"OPTIONS", target, headers) is None
     assert request_uri(b"http", headers, target) == uri
+
+
+# -- target_refusal (RFC 9112 3.2, RFC 9110 9.1) -------------------------------
+
+
+@pytest.mark.parametrize("method, target, host, refusal", [
+    (b"GET", b"/", b"example.com:80", None),
+    (b"GET", b"/", None, None),  # HTTP/1.0 may omit Host; h11 refuses it in 1.1
+    (b"GET", b"http://o.example/", b"other", None),
+    (b"OPTIONS", b"*", b"e", None),
+    (b"GET", b"/", b"xn--bcher-kva.example", None),
+    (b"GET", b"/", b"a.b-c_d~e!$&'()*+,;=%41", None),
+    (b"GET", b"/", b"[2001:db8::1]", None),
+    (b"GET", b"*", b"e", (400, "invalid request target")),
+    (b"GET", b"foo", b"e", (400, "invalid request target")),
+    (b"GET", b"@evil.example/", b"good", (400, "invalid request target")),
+    (b"GET", b".evil.example/", b"good", (400, "invalid request target")),
+    (b"GET", b"?q", b"e", (400, "invalid request target")),
+    (b"GET", b"e:80", b"e", (400, "invalid request target")),  # authority form
+    (b"GET", b"1http://x/", b"e", (400, "invalid request target")),
+    (b"GET", b"http:/x", b"e", (400, "invalid request target")),
+    (b"CONNECT", b"example.com:443", b"example.com:443", (501, "CONNECT is not supported")),
+    (b"CONNECT", b"/", b"e", (501, "CONNECT is not supported")),
+    (b"GET", b"/", b"", (400, "invalid Host")),
+    (b"GET", b"/", b"a b", (400, "invalid Host")),
+    (b"GET", b"/", b"user@a", (400, "invalid Host")),
+    (b"GET", b"/", b"good@evil.example", (400, "invalid Host")),
+    (b"GET", b"/", b"a/b", (400, "invalid Host")),
+    (b"GET", b"/", b"a?b", (400, "invalid Host")),
+    (b"GET", b"/", b"a#b", (400, "invalid Host")),
+    (b"GET", b"/", b"a\\b", (400, "invalid Host")),
+    (b"GET", b"/", b"\xff", (400, "invalid Host")),
+    (b"GET", b"/", "bücher.example".encode(), (400, "invalid Host")),
+    (b"GET", b"http://o.example/", b"a b", (400, "invalid Host")),
+])
+def test_target_refusal(method, target, host, refusal):
+    headers = ((b"X-A", b"1"), (b"Host", host)) if host is not None else ((b"X-A", b"1"),)
+    assert target_refusal(method, target, headers) == refusal
 
 
 def test_request_uri_scheme():

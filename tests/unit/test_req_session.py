@@ -170,6 +170,9 @@ def test_malformed_chunked_body() -> None:
     (b"GET /" + b"a" * 4100 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: y\r\n" * 70 + b"\r\n", 431),
     (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"GET / HTTP/1.1\r\nHost: h@evil.example\r\n\r\n", 400),
+    (b"GET evil HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", 501),
 ])
 def test_bad_input_refused_as_in_stream_mode(raw: bytes, status: int) -> None:
     d = make()
