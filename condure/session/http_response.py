@@ -66,6 +66,9 @@ class Response:
     def _head(self, packet: Data, keep_alive: bool, buffer_size: int) -> bytes:
         code = packet.code or 0
         headers = packet.headers or ()
+        fault = httpwire.response_fault(code, packet.reason or b"", headers)
+        if fault is not None:
+            raise ResponseError(fault)
         length: int | bytes | None = None
         for key, value in headers:
             if key.lower() == b"content-length":

@@ -159,6 +159,8 @@ def answer(s: _Session, packet: Data, ident: Ident, now: float) -> bool:
             or len(body) > response.credits):
         return False
     headers = packet.headers or ()
+    if httpwire.response_fault(code, packet.reason or b"", headers) is not None:
+        return False  # the general path refuses it
     length: int | bytes = len(body)
     for key, value in headers:
         if key.lower() == b"content-length":

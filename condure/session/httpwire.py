@@ -118,6 +118,31 @@ def keep_alive(http11: bool, connection: list[bytes]) -> bool:
     return b"keep-alive" in connection and b"close" not in connection
 
 
+# RFC 9110 5.1, 5.5: a field name is a token; CR, LF and NUL in a value (or
+# in a reason phrase, RFC 9112 4) would end the line early and let the
+# rest be read as fields or a response of its own.
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+\Z")
+_LINE_BREAKER = re.compile(rb"[\x00\r\n]")
+
+
+def response_fault(code: int, reason: bytes, headers: Iterable[Header],
+                   upgrade: bool = False) -> str | None:
+    """Why a handler's response head cannot go to a client, or None. A
+    gateway must refuse a field value with CR, LF or NUL (RFC 9110 5.5);
+    the status must be a final one of three digits (RFC 9110 15), or 101
+    for an ``upgrade`` condure carries out itself."""
+    if not 200 <= code <= 599 and not (upgrade and code == 101):
+        return f"handler sent status {code}"
+    if _LINE_BREAKER.search(reason) is not None:
+        return "handler sent a reason phrase with CR, LF or NUL"
+    for name, value in headers:
+        if _FIELD_NAME.match(name) is None:
+            return f"handler sent an invalid header name {name[:40]!r}"
+        if _LINE_BREAKER.search(value) is not None:
+            return f"handler sent a {name[:40].decode('latin-1')} value with CR, LF or NUL"
+    return None
+
+
 def error_response(status: int, detail: str = "") -> bytes:
     """A complete ``Connection: close`` response for a request condure
     refuses itself (the handler never sees it)."""

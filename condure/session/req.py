@@ -347,6 +347,10 @@ class ReqSession:
         code = packet.code or 0
         headers = packet.headers or ()
         body = packet.body
+        fault = httpwire.response_fault(code, packet.reason or b"", headers)
+        if fault is not None:
+            self._fail(502, fault)
+            return
         if len(body) > self.body_buffer_size:
             self._fail(502, "response body larger than the body buffer")
             return

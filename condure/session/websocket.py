@@ -34,7 +34,7 @@ from typing import Protocol
 
 from condure.session.actions import Action, Close, Send, SwitchSession, Write
 from condure.session.contract import Kind, Settings
-from condure.session.httpwire import request_uri
+from condure.session.httpwire import request_uri, response_fault
 from condure.session.peer import ZhttpPeer
 from condure.session.records import WsRecord
 from condure.session.states import CLOSED, OPEN, WAIT, WS_TABLE, Event
@@ -354,6 +354,11 @@ class WebSocketSession(ZhttpPeer):
             if isinstance(packet, Data):
                 self._accept(packet, now)
             elif isinstance(packet, Error):
+                fault = response_fault(packet.code or 0, packet.reason or b"",
+                                       packet.headers or ())
+                if fault is not None:
+                    self._close(graceful=False, reason=fault)
+                    return
                 self.actions.append(Write(rejection(
                     packet.code or 0, packet.reason or b"", packet.headers, packet.body)))
                 self._close(graceful=True, reason="upgrade rejected by handler")
@@ -401,6 +406,10 @@ class WebSocketSession(ZhttpPeer):
 
     def _accept(self, packet: Data, now: float) -> None:
         code = packet.code or 0
+        fault = response_fault(code, packet.reason or b"", packet.headers or (), upgrade=True)
+        if fault is not None:
+            self._cancel_and_close(fault)
+            return
         if code != 101:
             # Condure switches to WebSocket anyway (and 1.9.1 aborts when
             # there is a body); condure gives the client the answer as an

@@ -279,6 +279,19 @@ def test_bad_response_content_length_cancels(srv):
     aborted(srv, other, c, cancel=True, req=req)
 
 
+@pytest.mark.parametrize("fields", [
+    dict(headers=[("X-A", "a\r\nSet-Cookie: injected=1")]),
+    dict(reason="OK\r\nSet-Cookie: injected=1"),
+    dict(headers=[("X A", "1")]),
+    dict(code=100),
+], ids=["crlf-value", "crlf-reason", "bad-name", "status-100"])
+def test_response_a_gateway_must_not_pass_on_cancels(srv, fields):
+    # RFC 9110 5.5: nothing of it reaches the client (Condure wrote it as it came)
+    other, c, req = start(srv)
+    srv.handler.reply(req, body=b"x", **fields)
+    aborted(srv, other, c, cancel=True, req=req)
+
+
 def test_response_head_over_buffer_cancels(srv):
     other, c, req = start(srv)
     srv.handler.reply(req, headers=[("X-Big", "v" * 9000)], body=b"x")

@@ -163,6 +163,7 @@ RESPONSE_HEADERS = [
     (b"Content-Type", b"text/plain"), (b"Content-Length", b"5"), (b"content-length", b" 12 "),
     (b"Content-Length", b"x"), (b"Content-Length", b""), (b"Connection", b"close"),
     (b"Transfer-Encoding", b"chunked"), (b"X-Long", b"v" * 300), (b"X-Utf8", b"\xe2\x82\xac"),
+    (b"X-A", b"a\r\nSet-Cookie: b"), (b"X A", b"1"), (b"X-Nul", b"a\x00"),
 ]
 REQUESTS = [
     b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -177,8 +178,8 @@ REQUESTS = [
 
 @settings(max_examples=1000, deadline=None)
 @given(request=st.sampled_from(REQUESTS), buffer_size=st.sampled_from([64, 256, 8192, 8192]),
-       code=st.sampled_from([200] * 5 + [0, 100, 101, 201, 204, 304, 404, 599]),
-       reason=st.sampled_from([None, b"", b"OK", b"Not Found"]),
+       code=st.sampled_from([200] * 5 + [0, 99, 100, 101, 201, 204, 304, 404, 599, 600]),
+       reason=st.sampled_from([None, b"", b"OK", b"Not Found", b"O\r\nK"]),
        headers=st.lists(st.sampled_from(RESPONSE_HEADERS), max_size=3),
        body=st.sampled_from([b"", b"hello", b"hello", b"x" * 200, b"x" * 9000]),
        # (weighted towards what the one-step path takes)

@@ -193,6 +193,20 @@ def test_other_packet_types_ignored() -> None:
     assert d.new_output() == HELLO
 
 
+@pytest.mark.parametrize("fault", [
+    dict(code=0), dict(code=100), dict(code=600), dict(reason=b"OK\r\nX: y"),
+    dict(headers=((b"X-A", b"a\r\nSet-Cookie: a=b"),)), dict(headers=((b"X A", b"1"),)),
+], ids=range(6))
+def test_faulty_response_gets_502(fault: dict) -> None:
+    d = make()
+    d.client(GET)
+    only_request(d)
+    reply(d, **fault)
+    out = d.new_output()
+    assert out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and b"Set-Cookie" not in out
+    assert d.closed
+
+
 def test_handler_error_gets_502() -> None:
     d = make()
     d.client(GET)

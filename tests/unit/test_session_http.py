@@ -479,10 +479,37 @@ def test_head_streamed_response_is_neither_chunked_nor_closed():
     assert not d.closed
 
 
-def test_missing_code_and_reason_are_written_as_is():
+def test_missing_reason_is_written_as_is():
     d = started()
-    d.handler(Data, body=b"x")
-    assert d.new_output().startswith(b"HTTP/1.1 0 \r\n")
+    d.handler(Data, code=200, body=b"x")
+    assert d.new_output().startswith(b"HTTP/1.1 200 \r\n")
+
+
+# RFC 9110 5.5, 15: what a gateway must not pass on. Condure wrote each as
+# it came, a CR LF in a value or reason starting a header (or a response)
+# of the handler's choosing.
+FAULTY_RESPONSES = [
+    dict(code=None), dict(code=99), dict(code=100), dict(code=101), dict(code=1000),
+    dict(reason=b"OK\r\nSet-Cookie: a=b"),
+    dict(reason=b"O\nK"),
+    dict(headers=((b"X-A", b"a\r\nSet-Cookie: a=b"),)),
+    dict(headers=((b"X-A", b"a\nb"),)),
+    dict(headers=((b"X-A", b"a\x00b"),)),
+    dict(headers=((b"X:A", b"1"),)),
+    dict(headers=((b"X A", b"1"),)),
+    dict(headers=((b"", b"1"),)),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTY_RESPONSES, ids=range(len(FAULTY_RESPONSES)))
+@pytest.mark.parametrize("more", [False, True])
+def test_faulty_response_is_not_written(fault, more):
+    d = started()
+    fields = dict(code=200, reason=b"OK", headers=((b"X-B", b"1"),), body=b"x", more=more)
+    fields.update(fault)
+    d.handler(Data, **fields)
+    assert d.new_output() == b""
+    assert kinds(d.new_packets()) == ["Cancel"] and d.closed
 
 
 # -- handler packets (4.5, 4.6, 5.9, 5.10) --------------------------------------

@@ -172,6 +172,29 @@ def test_non_101_answer_is_a_rejection_and_cancel(body):
     assert [type(p) for p in d.new_packets()] == [Cancel] and d.close.graceful
 
 
+@pytest.mark.parametrize("code, reason, headers", [
+    (101, b"Switching Protocols", ((b"Sec-WebSocket-Protocol", b"chat\r\nSet-Cookie: a=b"),)),
+    (101, b"Switching\r\nX: y", ()),
+    (101, b"Switching Protocols", ((b"X A", b"1"),)),
+    (403, b"Forbidden", ((b"X-A", b"a\nb"),)),
+    (99, b"Odd", ()),
+])
+def test_faulty_answer_to_an_upgrade_is_not_written(code, reason, headers):
+    d = WsDriver()
+    d.client(SIMPLE + b"\r\n")
+    d.new_sends()
+    d.respond(code, reason, headers=headers)
+    assert not d.output
+    assert [type(p) for p in d.new_packets()] == [Cancel] and d.closed
+    # the same head in a rejection (an error packet): closed, nothing written
+    d = WsDriver()
+    d.client(SIMPLE + b"\r\n")
+    d.new_sends()
+    d.handler(Error, condition=b"rejected", code=403 if code == 101 else code, reason=reason,
+              headers=headers, body=b"no")
+    assert not d.output and not d.new_sends() and d.closed
+
+
 @pytest.mark.parametrize("packet", [Cancel(), Error(condition=b"bad-request")])
 def test_cancel_or_error_before_acceptance_closes_silently(packet):
     d = WsDriver()
