@@ -229,7 +229,7 @@ def request_head(target: Target, method: bytes, headers: Iterable[Header], frame
     if len(lines) > MAX_HEADERS:
         raise _bad(f"more than {MAX_HEADERS} request headers")
     for key, value in lines:
-        if b"\r" in value or b"\n" in value or not _TOKEN.match(key):
+        if b"\r" in value or b"\n" in value or b"\0" in value or not _TOKEN.match(key):
             raise _bad("bad request header")
     parts = [method, b" ", target.path, b" HTTP/1.1\r\n"]
     for key, value in lines:

@@ -121,9 +121,14 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) 
 
 def close_payload(code: int | None, reason: bytes) -> bytes:
     """A close frame payload: code 1000 when none is given (as Condure);
-    the reason cut to fit a control frame, at a character boundary."""
+    none at all, reason dropped, for a code no endpoint may send (1005,
+    1006, 1015, unassigned ranges: RFC 6455 7.4), which the peer would
+    answer by failing the connection; the reason cut to fit a control
+    frame, at a character boundary."""
     if code is None:
         return struct.pack("!H", 1000)
+    if not valid_close_code(code):
+        return b""
     reason = reason[:MAX_CONTROL - 2]
     while reason:
         try:

@@ -284,6 +284,21 @@ def test_library_handler_closes(srv, lib_stack):
     quiet(h)
 
 
+@pytest.mark.parametrize("code", [1005, 1006, 999])
+def test_library_handler_closes_with_a_code_no_endpoint_may_send(srv, lib_stack, code):
+    # The websockets library fails the connection (1002) on such a code in a
+    # close frame; condure sends the close frame without a status instead.
+    h = srv.handler
+    conn, req = W.lib_open(h, srv.port)
+    lib_stack.callback(W.lib_closer(conn))
+    W.close(h, req, code, "no")
+    with pytest.raises(ConnectionClosed):
+        conn.recv(3)
+    assert (conn.close_code, conn.close_reason) == (1005, "")  # "no status received"
+    expect_packet(h, "close", code=None, body=None)  # the library's echo: no status either
+    quiet(h)
+
+
 def test_library_handler_cancel(srv, lib_stack):
     h = srv.handler
     conn, req = W.lib_open(h, srv.port)

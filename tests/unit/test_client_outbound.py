@@ -183,6 +183,8 @@ def test_header_injection_refused() -> None:
         request_head(target(), b"GET", ((b"X", b"a\r\nEvil: 1"),), Framing())
     with pytest.raises(OutboundError):
         request_head(target(), b"GET", ((b"Bad Name", b"a"),), Framing())
+    with pytest.raises(OutboundError):  # NUL, as CR and LF (RFC 9110 5.5)
+        request_head(target(), b"GET", ((b"X", b"a\x00b"),), Framing())
 
 
 # -- the deny list ---------------------------------------------------------------

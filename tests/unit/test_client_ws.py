@@ -432,6 +432,13 @@ def test_handler_closes_first() -> None:
     assert d.closed and d.closes[0].graceful
 
 
+@pytest.mark.parametrize("code", [1005, 1006, 999, 5000])
+def test_handler_close_code_no_endpoint_may_send_goes_without_status(code: int) -> None:
+    d = opened()
+    d.handler(Close, code=code, body=b"why")
+    assert [(op, p) for op, _, _, _, p in client_frames(d.new_written())] == [(CLOSE, b"")]
+
+
 def test_handler_cancel_sends_nothing() -> None:
     d = opened()
     d.handler(Cancel)

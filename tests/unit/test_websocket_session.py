@@ -487,6 +487,24 @@ def test_close_packet_without_code():
     assert d.new_output() == b"\x88\x02\x03\xe8"
 
 
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535])
+def test_close_code_no_endpoint_may_send_becomes_no_status(code):
+    # RFC 6455 7.4.1: 1005, 1006 and 1015 must not be sent, and a client
+    # fails the connection on any code outside 7.4.2's ranges (Condure
+    # wrote them as given): the close frame carries no status instead.
+    d = opened()
+    d.handler(ClosePacket, code=code, body=b"why")
+    assert d.new_output() == b"\x88\x00"
+    assert not d.closed  # waits for the client's close, as after any close frame
+
+
+@pytest.mark.parametrize("code", [1000, 1003, 1007, 1012, 1014, 3000, 4999])
+def test_close_code_a_server_may_send_is_kept(code):
+    d = opened()
+    d.handler(ClosePacket, code=code)
+    assert d.new_output() == b"\x88\x02" + struct.pack("!H", code)
+
+
 @pytest.mark.parametrize("kind", [Cancel, Error])
 def test_handler_cancel_after_acceptance(kind):
     d = opened()
