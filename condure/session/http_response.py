@@ -17,7 +17,7 @@ class Response:
     """One response and where it stands (``state``: :class:`ResponseState`)."""
 
     __slots__ = ("chunked", "close_delimited", "credits", "discard_body", "http11", "is_head",
-                 "returned", "state", "unflushed")
+                 "owed", "returned", "state", "unflushed")
 
     def __init__(self, credits: int) -> None:
         self.state = ResponseState.NONE
@@ -29,6 +29,9 @@ class Response:
         self.discard_body = False  # HEAD, 204, 304: nothing of the body goes out
         self.close_delimited = False  # HTTP/1.0 without a length: closing ends it
         self.returned = 0  # credits of the last packet to give straight back
+        # Body bytes the handler's own Content-Length still promises (-1:
+        # condure frames the body itself, or none goes out).
+        self.owed = -1
 
     def data(self, packet: Data, keep_alive: bool, buffer_size: int) -> bytes:
         """The bytes for the client (b"": none) of a data packet from the
@@ -41,6 +44,9 @@ class Response:
         self.credits -= len(body)
         if self.state is ResponseState.NONE:
             write = self._head(packet, keep_alive, buffer_size)
+        elif self.owed >= 0:
+            self._owe(len(body), packet.more)
+            write = body
         elif self.chunked:
             write = httpwire.chunks(body, not packet.more) if body or not packet.more else b""
         else:
@@ -63,6 +69,14 @@ class Response:
         self.credits += credits
         return credits
 
+    def _owe(self, sent: int, more: bool) -> None:
+        owed = self.owed - sent
+        if owed < 0:
+            raise ResponseError("handler sent more body than its Content-Length")
+        if owed and not more:
+            raise ResponseError("handler ended its body short of its Content-Length")
+        self.owed = owed
+
     def _head(self, packet: Data, keep_alive: bool, buffer_size: int) -> bytes:
         code = packet.code or 0
         headers = packet.headers or ()
@@ -75,6 +89,8 @@ class Response:
                 value = value.strip()
                 if not value.isdigit():
                     raise ResponseError("handler sent an invalid Content-Length")
+                if length is not None and int(value) != int(length):
+                    raise ResponseError("handler sent two Content-Length values")
                 length = value
         no_body = code < 200 or code in (204, 304)
         self.discard_body = no_body or self.is_head
@@ -97,6 +113,12 @@ class Response:
         if len(head) > buffer_size:
             raise ResponseError("response head larger than the buffer")
         body = packet.body
+        if isinstance(length, bytes) and not self.discard_body:
+            # RFC 9112 6.3: the handler's Content-Length frames the body;
+            # a body that overruns it would be read as the next response,
+            # one that falls short would leave the client waiting.
+            self.owed = int(length)
+            self._owe(len(body), packet.more)
         if self.chunked:
             head += httpwire.chunks(body, not packet.more)
         elif body and not self.discard_body:

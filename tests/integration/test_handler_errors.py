@@ -292,6 +292,15 @@ def test_response_a_gateway_must_not_pass_on_cancels(srv, fields):
     aborted(srv, other, c, cancel=True, req=req)
 
 
+@pytest.mark.parametrize("length", ["2", "10"], ids=["body-over", "body-short"])
+def test_body_against_its_content_length_cancels(srv, length):
+    # RFC 9112 6.3: "hello" under Content-Length: 2 would leave "llo" to be
+    # read as the next response on this keep-alive connection (Condure wrote it)
+    other, c, req = start(srv)
+    srv.handler.reply(req, headers=[("Content-Length", length)], body=b"hello")
+    aborted(srv, other, c, cancel=True, req=req)
+
+
 def test_response_head_over_buffer_cancels(srv):
     other, c, req = start(srv)
     srv.handler.reply(req, headers=[("X-Big", "v" * 9000)], body=b"x")

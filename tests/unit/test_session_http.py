@@ -177,11 +177,49 @@ def test_persistence(version, connection, persistent, written):
 
 def test_handler_framing_headers_are_replaced():
     d = started(b"GET / HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
-    d.respond(headers=TEXT + ((b"Connection", b"keep-alive"), (b"content-length", b"999"),
+    d.respond(headers=TEXT + ((b"Connection", b"keep-alive"), (b"content-length", b" 7 "),
                               (b"Transfer-Encoding", b"chunked")), body=b"closed\n")
     assert d.new_output() == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                              b"Connection: close\r\nContent-Length: 999\r\n\r\nclosed\n")
+                              b"Connection: close\r\nContent-Length: 7\r\n\r\nclosed\n")
     assert d.close.graceful
+
+
+# RFC 9112 6.3: a body longer than the handler's Content-Length would be read
+# as the start of the next response; a shorter one leaves the client waiting.
+# Condure wrote both as they came.
+@pytest.mark.parametrize("lengths, body", [
+    ((b"2",), b"hello"), ((b"10",), b"hello"), ((b"5", b"6"), b"hello"), ((b"0",), b"x"),
+])
+def test_whole_body_against_its_content_length_is_not_written(lengths, body):
+    d = started()
+    d.respond(headers=tuple((b"Content-Length", n) for n in lengths), body=body)
+    assert d.new_output() == b""
+    assert kinds(d.new_packets()) == ["Cancel"] and d.closed and not d.close.graceful
+
+
+def test_streamed_body_over_its_content_length_ends_the_connection():
+    d = started()
+    d.respond(headers=((b"Content-Length", b"5"),), body=b"abc", more=True)
+    assert d.new_output() == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc"
+    d.handler(Data, body=b"def", more=True)  # one byte too many
+    assert d.new_output() == b"" and kinds(d.new_packets())[-1] == "Cancel" and d.closed
+
+
+def test_streamed_body_short_of_its_content_length_ends_the_connection():
+    d = started()
+    d.respond(headers=((b"Content-Length", b"5"),), body=b"abc", more=True)
+    d.new_output()
+    d.handler(Data, body=b"d")  # the end, one byte short
+    assert d.new_output() == b"" and d.closed and not d.close.graceful
+
+
+def test_streamed_body_that_meets_its_content_length_keeps_the_connection():
+    d = started()
+    d.respond(headers=((b"Content-Length", b"5"),), body=b"abc", more=True)
+    d.handler(Data, body=b"de", more=True)
+    d.handler(Data, body=b"")
+    assert d.new_output() == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabcde"
+    assert not d.closed and d.session.wants_read
 
 
 # -- pipelining ---------------------------------------------------------------
