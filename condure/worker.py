@@ -32,7 +32,7 @@ from condure.net.conn import Conn
 from condure.net.limits import ConnLimits
 from condure.net.timers import RESOLUTION, TimerWheel
 from condure.net.tls import TlsLayer
-from condure.net.unanswered import UnansweredLog
+from condure.net.unanswered import Throttled, UnansweredLog
 from condure.net.zmqio import StreamSockets
 from condure.net.zmqreq import ReqSocket, routing_id
 from condure.session.contract import Session
@@ -97,6 +97,8 @@ class Worker(Slots):
         self.stopped: asyncio.Future[str] = loop.create_future()
         self.trace = trace_enabled()  # checked once: packet logging is costly
         self.unanswered = UnansweredLog(config, time.monotonic) if log_unanswered else None
+        self.unreadable = Throttled("dropped a packet from a handler that is not valid ZHTTP",
+                                    time.monotonic)
         self.unanswered_counts: defaultdict[str, int] = defaultdict(int)
         # The client role (condure/clients.py), with --zserver-stream/-req.
         self.clients = (Clients(config, loop, instance_id=self.instance_id, zmq_spec=zmq_spec)
@@ -441,7 +443,9 @@ class Worker(Slots):
                     conn.run()
             return
         except PacketError as e:
-            log.debug("dropping unparsable packet: %s", e)
+            # Dropped, as Condure does (reference 4.1), but not in silence:
+            # a session may be left waiting for a packet that never comes.
+            self.unreadable.note(str(e))
             return
         now = time.monotonic()
         for ident in packet.ids:

@@ -1,4 +1,5 @@
-"""One warning line when requests time out because no handler answers.
+"""One warning line when requests time out because no handler answers,
+and one when handlers send packets condure cannot read.
 
 A request that no handler answers ends with a 504 after the session
 timeout (60 s in stream mode, ``--req-timeout`` in req mode). Left at that,
@@ -53,3 +54,28 @@ class UnansweredLog:
         since = "" if last is None else f" ({count} in the last {now - last:.0f} s)"
         log.warning("no handler answered requests sent to %s%s: is a handler running and "
                     "connected? clients got 504 Gateway Timeout", self.endpoints[mode], since)
+
+
+class Throttled:
+    """A warning about something that may happen on every packet: logged
+    the first time, then at most once per ``interval`` with a count of the
+    times since, so that a broken handler cannot flood the log."""
+
+    def __init__(self, what: str, clock: Callable[[], float],
+                 interval: float = INTERVAL) -> None:
+        self.what = what
+        self.clock = clock
+        self.interval = interval
+        self.last: float | None = None
+        self.count = 0
+
+    def note(self, detail: str) -> None:
+        now = self.clock()
+        self.count += 1
+        last = self.last
+        if last is not None and now - last < self.interval:
+            return
+        since = "" if last is None else f" ({self.count} in the last {now - last:.0f} s)"
+        self.count = 0
+        self.last = now
+        log.warning("%s%s; the last: %s", self.what, since, detail)

@@ -93,6 +93,22 @@ def test_malformed_tnetstring_ignored(srv, payload):
     accepted_afterwards(srv, other, c, req)
 
 
+def test_unreadable_packets_are_logged_but_not_flooded(tmp_path):
+    # Condure drops them at debug level only; a session may then wait for a
+    # packet that never comes, so the operator gets one warning (a minute).
+    with flows.running(tmp_path) as server:
+        srv = server.begin()
+        other, c, req = start(srv)
+        for _ in range(3):
+            srv.handler.send_raw(req.sender.encode() + b" T7:1:\xff,0:~}")
+        accepted_afterwards(srv, other, c, req)
+        warnings = [line for line in srv.condure.output().splitlines()
+                    if "not valid ZHTTP" in line]
+        assert len(warnings) == 1 and "[WARN]" in warnings[0], warnings
+        assert "map key is not UTF-8" in warnings[0]
+        server.end()
+
+
 @pytest.mark.parametrize("prefix", [b"X", b"J", b""], ids=["X", "J", "none"])
 def test_wrong_leading_byte_ignored(srv, prefix):
     other, c, req = start(srv)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from condure.config import Config
-from condure.net.unanswered import UnansweredLog
+from condure.net.unanswered import Throttled, UnansweredLog
 
 
 class Clock:
@@ -50,3 +50,18 @@ def test_unknown_mode_or_nothing_counted_is_ignored(caplog):
     log.note("bogus")
     log.note("stream", 0)
     assert warnings(caplog) == []
+
+
+def test_throttled_warning_counts_what_it_left_out(caplog):
+    caplog.set_level(logging.WARNING, logger="condure")
+    clock = Clock()
+    bad = Throttled("dropped a packet", clock)
+    bad.note("first")
+    assert warnings(caplog) == ["dropped a packet; the last: first"]
+    for i in range(3):
+        clock.now += 19
+        bad.note(f"n{i}")
+    assert warnings(caplog) == []
+    clock.now += 4  # 61 s after the first line
+    bad.note("later")
+    assert warnings(caplog) == ["dropped a packet (4 in the last 61 s); the last: later"]
