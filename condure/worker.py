@@ -99,6 +99,8 @@ class Worker(Slots):
         self.unanswered = UnansweredLog(config, time.monotonic) if log_unanswered else None
         self.unreadable = Throttled("dropped a packet from a handler that is not valid ZHTTP",
                                     time.monotonic)
+        self.handler_faults = Throttled("ended a connection whose handler broke a rule of ZHTTP "
+                                        "or HTTP", time.monotonic)
         self.unanswered_counts: defaultdict[str, int] = defaultdict(int)
         # The client role (condure/clients.py), with --zserver-stream/-req.
         self.clients = (Clients(config, loop, instance_id=self.instance_id, zmq_spec=zmq_spec)
@@ -317,6 +319,10 @@ class Worker(Slots):
     def schedule(self, conn: Conn) -> None:
         """File ``conn`` in the timer wheel for its deadline."""
         self.timers.schedule(conn)
+
+    def note_handler_fault(self, reason: str) -> None:
+        """A session ended because its handler broke a rule (logged, throttled)."""
+        self.handler_faults.note(reason)
 
     def note_unanswered(self, slot: int) -> None:
         """A request on ``slot`` timed out with no handler answer (logged,

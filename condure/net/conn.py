@@ -76,6 +76,9 @@ class ConnHost(Protocol):
     def note_unanswered(self, slot: int) -> None:
         """A request on ``slot`` timed out with no handler answer."""
 
+    def note_handler_fault(self, reason: str) -> None:
+        """A handler broke a rule; ``reason`` says which."""
+
     def release(self, conn: Conn) -> None:
         """``conn`` is finished here (closed or detached): free its slot."""
 
@@ -346,6 +349,8 @@ class Conn:
         log.debug("slot %d closing: %s", self.slot, action.reason)
         if action.unanswered:
             self.worker.note_unanswered(self.slot)
+        if action.handler_fault:
+            self.worker.note_handler_fault(action.reason)
         if not action.graceful or self.closed:
             self._finish()
             return

@@ -64,6 +64,9 @@ class Close:
     # A request went out and no handler ever answered it (the adapter logs
     # which endpoint has no handler).
     unanswered: bool = False
+    # The handler broke a rule of ZHTTP or HTTP (the adapter logs ``reason``
+    # as a warning, throttled, so that a broken handler is seen).
+    handler_fault: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -462,7 +462,7 @@ class HttpSession(HttpEndings):
                                   and self.body.state is not BodyState.ABANDONED,
                                   self.buffer_size)
         except ResponseError as e:
-            self._cancel_and_close(str(e))
+            self._cancel_and_close(str(e), fault=True)
             return
         if write:
             self.actions.append(Write(write))

@@ -183,17 +183,21 @@ class ZhttpPeer(ZhttpLink):
         self.paused = False
         return True
 
-    def _cancel_and_close(self, reason: str, graceful: bool = False) -> None:
+    def _cancel_and_close(self, reason: str, graceful: bool = False,
+                          fault: bool = False) -> None:
+        """``fault``: the handler broke a rule (the adapter warns)."""
         if self.handler is not None and self.state is not CLOSED:
             self._send(Cancel)
-        self._close(graceful=graceful, reason=reason)
+        self._close(graceful=graceful, reason=reason, fault=fault)
 
     def _abort(self, reason: str) -> None:
         """Handler-caused end: close, and tell the handler nothing."""
-        self._close(graceful=False, reason=reason)
+        self._close(graceful=False, reason=reason, fault=True)
 
-    def _close(self, *, graceful: bool, reason: str, unanswered: bool = False) -> None:
+    def _close(self, *, graceful: bool, reason: str, unanswered: bool = False,
+               fault: bool = False) -> None:
         if self.state is CLOSED:
             return
         self._advance(Event.CLOSE)
-        self.actions.append(Close(graceful=graceful, reason=reason, unanswered=unanswered))
+        self.actions.append(Close(graceful=graceful, reason=reason, unanswered=unanswered,
+                                  handler_fault=fault))

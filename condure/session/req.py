@@ -349,10 +349,10 @@ class ReqSession:
         body = packet.body
         fault = httpwire.response_fault(code, packet.reason or b"", headers)
         if fault is not None:
-            self._fail(502, fault)
+            self._fail(502, fault, fault=True)
             return
         if len(body) > self.body_buffer_size:
-            self._fail(502, "response body larger than the body buffer")
+            self._fail(502, "response body larger than the body buffer", fault=True)
             return
         length: int | bytes | None = len(body)
         if code < 200 or code in (204, 304):
@@ -374,7 +374,7 @@ class ReqSession:
             http11=self.http11, code=code, reason=packet.reason or b"", headers=headers,
             connection=connection, content_length=length, chunked=False)
         if len(head) > self.buffer_size:
-            self._fail(502, "response head larger than the buffer")
+            self._fail(502, "response head larger than the buffer", fault=True)
             return
         self.actions.append(Write(head + body if body else head))
         if persistent:
@@ -389,13 +389,16 @@ class ReqSession:
         self.actions.append(Write(httpwire.error_response(status)))
         self._close(graceful=True, reason=f"refused with {status}: {detail}")
 
-    def _fail(self, status: int, reason: str) -> None:
-        """Answer ``status`` ourselves and close after it."""
+    def _fail(self, status: int, reason: str, fault: bool = False) -> None:
+        """Answer ``status`` ourselves and close after it (``fault``: the
+        handler broke a rule, which the adapter warns about)."""
         self.actions.append(Write(error_response(status)))
-        self._close(graceful=True, reason=reason)
+        self._close(graceful=True, reason=reason, fault=fault)
 
-    def _close(self, *, graceful: bool, reason: str, unanswered: bool = False) -> None:
+    def _close(self, *, graceful: bool, reason: str, unanswered: bool = False,
+               fault: bool = False) -> None:
         if self.state is CLOSED:
             return
         self._advance(Event.CLOSE)
-        self.actions.append(Close(graceful=graceful, reason=reason, unanswered=unanswered))
+        self.actions.append(Close(graceful=graceful, reason=reason, unanswered=unanswered,
+                                  handler_fault=fault))

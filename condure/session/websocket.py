@@ -357,7 +357,7 @@ class WebSocketSession(ZhttpPeer):
                 fault = response_fault(packet.code or 0, packet.reason or b"",
                                        packet.headers or ())
                 if fault is not None:
-                    self._close(graceful=False, reason=fault)
+                    self._close(graceful=False, reason=fault, fault=True)
                     return
                 self.actions.append(Write(rejection(
                     packet.code or 0, packet.reason or b"", packet.headers, packet.body)))
@@ -408,7 +408,7 @@ class WebSocketSession(ZhttpPeer):
         code = packet.code or 0
         fault = response_fault(code, packet.reason or b"", packet.headers or (), upgrade=True)
         if fault is not None:
-            self._cancel_and_close(fault)
+            self._cancel_and_close(fault, fault=True)
             return
         if code != 101:
             # Condure switches to WebSocket anyway (and 1.9.1 aborts when
@@ -420,7 +420,7 @@ class WebSocketSession(ZhttpPeer):
             return
         head = accept_head(code, packet.reason or b"", packet.headers, self.key, self.deflate)
         if len(head) > self.buffer_size:
-            self._cancel_and_close("acceptance head larger than the buffer")
+            self._cancel_and_close("acceptance head larger than the buffer", fault=True)
             return
         self.actions.append(Write(head))
         self._advance(Event.ACCEPTED)
@@ -431,7 +431,7 @@ class WebSocketSession(ZhttpPeer):
         try:
             out = self.output.data(packet)
         except OutputError as e:
-            self._cancel_and_close(e.reason)
+            self._cancel_and_close(e.reason, fault=True)
             return
         if out:
             self.actions.append(Write(out))
@@ -443,9 +443,9 @@ class WebSocketSession(ZhttpPeer):
             out = self.output.control(opcode, body)
         except OutputError as e:
             if e.cancel:
-                self._cancel_and_close(e.reason)
+                self._cancel_and_close(e.reason, fault=True)
             else:
-                self._close(graceful=False, reason=e.reason)
+                self._close(graceful=False, reason=e.reason, fault=True)
             return
         if out:
             self.actions.append(Write(out))

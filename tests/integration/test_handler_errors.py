@@ -109,6 +109,22 @@ def test_unreadable_packets_are_logged_but_not_flooded(tmp_path):
         server.end()
 
 
+def test_handler_faults_are_logged_but_not_flooded(tmp_path):
+    # The client of a session a handler broke gets an empty reply; the
+    # operator gets one warning naming the rule (then one a minute).
+    with flows.running(tmp_path) as server:
+        srv = server.begin()
+        for _ in range(3):
+            other, c, req = start(srv)
+            srv.handler.reply(req, headers=[("X-A", "a\r\nSet-Cookie: injected=1")], body=b"x")
+            aborted(srv, other, c, cancel=True, req=req)
+        warnings = [line for line in srv.condure.output().splitlines()
+                    if "broke a rule" in line]
+        assert len(warnings) == 1 and "[WARN]" in warnings[0], warnings
+        assert "X-A value with CR, LF or NUL" in warnings[0]
+        server.end()
+
+
 @pytest.mark.parametrize("prefix", [b"X", b"J", b""], ids=["X", "J", "none"])
 def test_wrong_leading_byte_ignored(srv, prefix):
     other, c, req = start(srv)

@@ -44,6 +44,9 @@ class Recorder:
     def note_unanswered(self, slot) -> None:
         pass
 
+    def note_handler_fault(self, reason) -> None:
+        pass
+
 
 class Rig:
     """A real socket pair with small kernel buffers: condure's side driven

@@ -204,7 +204,7 @@ def test_faulty_response_gets_502(fault: dict) -> None:
     reply(d, **fault)
     out = d.new_output()
     assert out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and b"Set-Cookie" not in out
-    assert d.closed
+    assert d.closed and d.close.handler_fault
 
 
 def test_handler_error_gets_502() -> None:

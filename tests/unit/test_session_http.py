@@ -195,6 +195,7 @@ def test_whole_body_against_its_content_length_is_not_written(lengths, body):
     d.respond(headers=tuple((b"Content-Length", n) for n in lengths), body=body)
     assert d.new_output() == b""
     assert kinds(d.new_packets()) == ["Cancel"] and d.closed and not d.close.graceful
+    assert d.close.handler_fault
 
 
 def test_streamed_body_over_its_content_length_ends_the_connection():
@@ -547,7 +548,7 @@ def test_faulty_response_is_not_written(fault, more):
     fields.update(fault)
     d.handler(Data, **fields)
     assert d.new_output() == b""
-    assert kinds(d.new_packets()) == ["Cancel"] and d.closed
+    assert kinds(d.new_packets()) == ["Cancel"] and d.closed and d.close.handler_fault
 
 
 # -- handler packets (4.5, 4.6, 5.9, 5.10) --------------------------------------
@@ -804,6 +805,7 @@ def test_client_eof_after_request_cancels_like_condure(version):
     d.respond(body=b"hi")
     assert kinds(d.new_packets()[1:]) == ["Cancel"]
     assert b"hi" not in d.output and d.closed
+    assert not d.close.handler_fault  # the client left: nothing to warn about
 
 
 # -- bad input (differences from Condure: a status, then close) ----------------

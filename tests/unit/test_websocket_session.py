@@ -185,14 +185,14 @@ def test_faulty_answer_to_an_upgrade_is_not_written(code, reason, headers):
     d.new_sends()
     d.respond(code, reason, headers=headers)
     assert not d.output
-    assert [type(p) for p in d.new_packets()] == [Cancel] and d.closed
+    assert [type(p) for p in d.new_packets()] == [Cancel] and d.closed and d.close.handler_fault
     # the same head in a rejection (an error packet): closed, nothing written
     d = WsDriver()
     d.client(SIMPLE + b"\r\n")
     d.new_sends()
     d.handler(Error, condition=b"rejected", code=403 if code == 101 else code, reason=reason,
               headers=headers, body=b"no")
-    assert not d.output and not d.new_sends() and d.closed
+    assert not d.output and not d.new_sends() and d.closed and d.close.handler_fault
 
 
 @pytest.mark.parametrize("packet", [Cancel(), Error(condition=b"bad-request")])
