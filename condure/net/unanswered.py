@@ -24,38 +24,6 @@ log = logging.getLogger("condure")
 INTERVAL = 60.0  # at most one warning per endpoint in this many seconds
 
 
-class UnansweredLog:
-    """Counts unanswered requests per mode and warns at most every INTERVAL."""
-
-    def __init__(self, config: Config, clock: Callable[[], float],
-                 interval: float = INTERVAL) -> None:
-        self.clock = clock
-        self.interval = interval
-        # the endpoints a handler must connect to, as the operator gave them
-        self.endpoints = {
-            "stream": ", ".join(stream_endpoints(base)[0] for base in config.zclient_stream),
-            "req": ", ".join(config.zclient_req),
-        }
-        self.last: dict[str, float] = {}
-        self.count: dict[str, int] = {}
-
-    def note(self, mode: str, count: int = 1) -> None:
-        """``count`` requests in ``mode`` ("stream" or "req") had no answer."""
-        if mode not in self.endpoints or count <= 0:
-            return
-        now = self.clock()
-        self.count[mode] = self.count.get(mode, 0) + count
-        last = self.last.get(mode)
-        if last is not None and now - last < self.interval:
-            return
-        count = self.count[mode]
-        self.count[mode] = 0
-        self.last[mode] = now
-        since = "" if last is None else f" ({count} in the last {now - last:.0f} s)"
-        log.warning("no handler answered requests sent to %s%s: is a handler running and "
-                    "connected? clients got 504 Gateway Timeout", self.endpoints[mode], since)
-
-
 class Throttled:
     """A warning about something that may happen on every packet: logged
     the first time, then at most once per ``interval`` with a count of the
@@ -69,13 +37,44 @@ class Throttled:
         self.last: float | None = None
         self.count = 0
 
-    def note(self, detail: str) -> None:
+    def due(self, count: int = 1) -> str | None:
+        """Count ``count`` more; when a line is due, what it says of the
+        ones left out since the last (" (N in the last S s)", "" the first
+        time), else None."""
         now = self.clock()
-        self.count += 1
+        self.count += count
         last = self.last
         if last is not None and now - last < self.interval:
-            return
+            return None
         since = "" if last is None else f" ({self.count} in the last {now - last:.0f} s)"
         self.count = 0
         self.last = now
-        log.warning("%s%s; the last: %s", self.what, since, detail)
+        return since
+
+    def note(self, detail: str) -> None:
+        since = self.due()
+        if since is not None:
+            log.warning("%s%s; the last: %s", self.what, since, detail)
+
+
+class UnansweredLog:
+    """Counts unanswered requests per mode and warns at most every INTERVAL."""
+
+    def __init__(self, config: Config, clock: Callable[[], float],
+                 interval: float = INTERVAL) -> None:
+        # the endpoints a handler must connect to, as the operator gave them
+        self.endpoints = {
+            "stream": ", ".join(stream_endpoints(base)[0] for base in config.zclient_stream),
+            "req": ", ".join(config.zclient_req),
+        }
+        self.throttles = {mode: Throttled("", clock, interval) for mode in self.endpoints}
+
+    def note(self, mode: str, count: int = 1) -> None:
+        """``count`` requests in ``mode`` ("stream" or "req") had no answer."""
+        if mode not in self.endpoints or count <= 0:
+            return
+        since = self.throttles[mode].due(count)
+        if since is not None:
+            log.warning("no handler answered requests sent to %s%s: is a handler running and "
+                        "connected? clients got 504 Gateway Timeout", self.endpoints[mode], since)
+

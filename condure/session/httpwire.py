@@ -11,6 +11,10 @@ from collections.abc import Iterable
 
 from condure.zhttp.packets import Header
 
+# RFC 9110 5.6.2: a token (field names, methods)
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_WHOLE_TOKEN = re.compile(_TOKEN + rb"\Z")
+
 MAX_URI = 4096  # longest URI condure builds for a request packet
 MAX_CHUNK = 0xFFFF  # longest chunk written in a chunked response
 
@@ -120,9 +124,22 @@ def keep_alive(http11: bool, connection: list[bytes]) -> bool:
 
 # RFC 9110 5.1, 5.5: a field name is a token; CR, LF and NUL in a value (or
 # in a reason phrase, RFC 9112 4) would end the line early and let the
-# rest be read as fields or a response of its own.
-_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+\Z")
+# rest be read as fields or a message of its own.
 _LINE_BREAKER = re.compile(rb"[\x00\r\n]")
+
+
+def is_token(value: bytes) -> bool:
+    """Whether ``value`` is a token (RFC 9110 5.6.2): a field name, a method."""
+    return _WHOLE_TOKEN.match(value) is not None
+
+
+def field_fault(name: bytes, value: bytes) -> str | None:
+    """Why a header field cannot be written in a message head, or None."""
+    if _WHOLE_TOKEN.match(name) is None:
+        return f"an invalid header name {name[:40]!r}"
+    if _LINE_BREAKER.search(value) is not None:
+        return f"a {name[:40].decode('latin-1')} value with CR, LF or NUL"
+    return None
 
 
 def response_fault(code: int, reason: bytes, headers: Iterable[Header],
@@ -136,10 +153,9 @@ def response_fault(code: int, reason: bytes, headers: Iterable[Header],
     if _LINE_BREAKER.search(reason) is not None:
         return "handler sent a reason phrase with CR, LF or NUL"
     for name, value in headers:
-        if _FIELD_NAME.match(name) is None:
-            return f"handler sent an invalid header name {name[:40]!r}"
-        if _LINE_BREAKER.search(value) is not None:
-            return f"handler sent a {name[:40].decode('latin-1')} value with CR, LF or NUL"
+        fault = field_fault(name, value)
+        if fault is not None:
+            return "handler sent " + fault
     return None
 
 
@@ -231,7 +247,6 @@ def raw_headers(head: bytes) -> tuple[Header, ...] | None:
 # form, CONNECT, bare LF endings) goes to h11 and target_refusal, which then
 # decide, errors included.
 
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _REQUEST_LINE = rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])"
 _VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
 _SIMPLE_REQUEST_LINE = re.compile(_REQUEST_LINE + rb"\Z")

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from urllib.parse import urljoin, urlsplit
 
+from condure.session.httpwire import field_fault, is_token
 from condure.session.peer import MAX_FROM
 from condure.zhttp.packets import Data, Header
 
@@ -28,7 +28,6 @@ MAX_ID = 64  # longest session id accepted (reference 6.1)
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _STREAM_SCHEMES = frozenset(_DEFAULT_PORTS)
 _REQ_SCHEMES = frozenset(("http", "https"))
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+\Z")
 
 
 class Condition(enum.Enum):
@@ -153,7 +152,7 @@ def parse_target(packet: Data, *, req_mode: bool) -> Target:
         raise _bad("no uri")
     url = packet.uri.decode()  # the decoder checked it is UTF-8
     scheme, host, port, authority, path = parse_url(url, req_mode=req_mode)
-    if scheme in _REQ_SCHEMES and not _TOKEN.match(packet.method or b""):
+    if scheme in _REQ_SCHEMES and not is_token(packet.method or b""):
         raise _bad("missing or bad method")
     if packet.connect_host:
         connect_host = packet.connect_host.decode()
@@ -229,7 +228,7 @@ def request_head(target: Target, method: bytes, headers: Iterable[Header], frame
     if len(lines) > MAX_HEADERS:
         raise _bad(f"more than {MAX_HEADERS} request headers")
     for key, value in lines:
-        if b"\r" in value or b"\n" in value or b"\0" in value or not _TOKEN.match(key):
+        if field_fault(key, value) is not None:
             raise _bad("bad request header")
     parts = [method, b" ", target.path, b" HTTP/1.1\r\n"]
     for key, value in lines:
