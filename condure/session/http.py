@@ -129,7 +129,9 @@ class HttpSession(HttpEndings):
             read_limits=settings.read_limits)
         self.session_deadline = now + record.session_left
         self.stream_deadline = now + record.stream_left
-        self.head_deadline = None  # idle between requests: no head is due yet
+        # The head timeout runs on from where it was: a reload does not give
+        # a slow client a fresh one (none is due between requests).
+        self.head_deadline = None if record.head_left is None else now + record.head_left
         if record.leftover:
             self.receive_data(record.leftover, now)
         return self
@@ -141,7 +143,14 @@ class HttpSession(HttpEndings):
         return HttpRecord(
             scheme=self.scheme, peer_address=self.peer_address, peer_port=self.peer_port,
             leftover=self.reader.leftover(), session_left=max(self.session_deadline - now, 0.0),
-            stream_left=max(self.stream_deadline - now, 0.0))
+            stream_left=max(self.stream_deadline - now, 0.0), head_left=self._head_left(now))
+
+    def _head_left(self, now: float) -> float | None:
+        """Seconds left for the request head (None: none is due); while
+        reads are held back the clock stands still at the hold."""
+        if self.head_deadline is None:
+            return None
+        return max(self.head_deadline - (now if self.held_since is None else self.held_since), 0.0)
 
     # -- public surface ---------------------------------------------------
 

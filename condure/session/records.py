@@ -24,6 +24,9 @@ HTTP record, version 1::
     leftover          bytes read from the client but not yet parsed
     session_left      seconds until the session timeout
     stream_left       seconds until the stream timeout
+    head_left         seconds left for the request head (--head-timeout), when
+                      one is due: a connection that has sent no request yet,
+                      or part of one (optional: none due)
 
 WebSocket record, version 1: the HTTP fields but ``leftover`` (client bytes
 read, not parsed yet, starting at a frame), and::
@@ -55,8 +58,9 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from condure.session.ws_handshake import Deflate
@@ -81,6 +85,7 @@ class HttpRecord:
     leftover: bytes
     session_left: float
     stream_left: float
+    head_left: float | None = None  # None: no request head is due
     version: int = VERSION
 
 
@@ -127,6 +132,7 @@ _WS_REQUIRED = {"id": bytes, "handler": bytes, "out_seq": int, "in_seq": int,
 _WS_OPTIONAL: dict[str, tuple[type, object]] = {
     "msg_size": (int, 0), "from": (bytes, None), "pending": (bytes, b""), "msg_done": (int, 0),
     "credits_owed": (int, 0)}
+_HTTP_OPTIONAL: dict[str, tuple[type, object]] = {"head_left": (float, None)}
 _DEFLATES = {d.header: d for d in (Deflate(a, b) for a in (False, True) for b in (False, True))}
 _utf8 = codecs.getincrementaldecoder("utf-8")
 
@@ -146,6 +152,7 @@ def from_fields(fields_: Mapping[str, object]) -> Record:
     kind = fields_.get("kind")
     if kind == HttpRecord.kind:
         table: dict[str, tuple[type, object]] = {k: (t, ...) for k, t in _COMMON.items()}
+        table |= _HTTP_OPTIONAL
     elif kind == WsRecord.kind:
         table = {k: (t, ...) for k, t in (_COMMON | _WS_REQUIRED).items()} | _WS_OPTIONAL
     else:
@@ -168,7 +175,12 @@ def from_fields(fields_: Mapping[str, object]) -> Record:
         leftover=_bytes(values, "leftover"), session_left=_float(values, "session_left"),
         stream_left=_float(values, "stream_left"))
     if kind == HttpRecord.kind:
-        return http
+        head_left = values["head_left"]
+        if head_left is None:
+            return http
+        if not 0.0 <= _float(values, "head_left") < math.inf:
+            raise RecordError("bad head_left in record")
+        return replace(http, head_left=_float(values, "head_left"))
     return _ws_record(values, http)
 
 
@@ -235,6 +247,8 @@ def to_fields(record: Record) -> dict[str, object]:
         "peer_address": record.peer_address or b"", "peer_port": record.peer_port or 0,
         "leftover": record.leftover, "session_left": record.session_left,
         "stream_left": record.stream_left}
+    if isinstance(record, HttpRecord) and record.head_left is not None:
+        out["head_left"] = record.head_left
     if isinstance(record, WsRecord):
         out.update({
             "id": record.rid, "handler": record.handler or b"", "out_seq": record.out_seq,

@@ -401,6 +401,24 @@ def test_idle_keep_alive_with_half_a_request_moves(start, handoff_handler):
     assert_no_complaints(condure, handler)
 
 
+def test_half_a_request_keeps_its_head_timeout_across_a_reload(start, handoff_handler):
+    """--head-timeout counts from the head's first byte, not from the
+    adoption: a slow client does not get a fresh clock at each reload."""
+    condure = start("--head-timeout", "4", workers=1)
+    handler = handoff_handler(condure.base)
+    with Conn(condure.port) as conn:
+        began = time.monotonic()
+        conn.send(b"GET /slow HTTP/1.1\r\nHo")
+        time.sleep(2.0)  # half the head timeout passes before the move
+        assert condure.reload() == [(1, 0, 0)]
+        resp = conn.read_response(timeout=10)
+        elapsed = time.monotonic() - began
+    assert resp.code == 408, resp
+    # 4 s from the first byte (a fresh clock would make it 6 s and more)
+    assert 3.5 <= elapsed < 5.5, elapsed
+    assert_no_complaints(condure, handler)
+
+
 def deflate_echo(ws: wc.WsConn, text: bytes) -> None:
     """A compressed message each way, each with a fresh context."""
     ws.send_frame(wc.OP_TEXT, wc.deflate(text), rsv1=True)

@@ -4,8 +4,14 @@ condure/net/limits.py. The integration side is tests/integration/test_limits.py.
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from condure.config import Config
 from condure.net.limits import ConnLimits
+from condure.session import records
+from condure.session.contract import Settings
 from condure.session.http import HttpSession
 from condure.session.limits import BODY_RATE, HEAD_TIMEOUT, NO_REQUEST, ReadLimits
 from condure.session.peer import SESSION_TIMEOUT
@@ -217,6 +223,74 @@ def test_the_rate_does_not_apply_once_the_body_is_read():
     assert d.session.rate is None or d.session.rate.deadline is None
     d.advance(50.0)
     assert not d.closed
+
+
+# -- the head clock across a move (reload, restart) ---------------------------
+
+def moved(d: Driver, *, now: float = 500.0, fields: dict | None = None) -> Driver:
+    """``d``'s connection exported, its record through the wire form, and
+    adopted by another process whose clock reads ``now``."""
+    record = records.decode(records.encode(d.session.export_record(d.now)))
+    if fields is not None:
+        record = records.from_fields({**records.to_fields(record), **fields})
+    ids = IdSource(b"9-0-")
+    session = HttpSession.from_record(
+        record, settings=Settings(read_limits=d.session.limits), instance_id=INSTANCE,
+        new_id=ids, now=now)
+    return Driver(session=session, ids=ids, now=now)
+
+
+def test_a_partial_head_keeps_its_clock_when_moved():
+    d = driver()
+    d.client(b"GET /x HTTP/1.1\r\n")
+    d.advance(6.0)
+    d2 = moved(d)
+    assert d2.session.head_deadline == 504.0
+    open_for_then(d2, 3.9, 0.1)
+    assert d2.output.startswith(R408) and d2.close.graceful
+    assert d2.packets == []
+
+
+def test_a_silent_new_connection_keeps_its_clock_when_moved():
+    d = driver()
+    d.advance(7.5)
+    d2 = moved(d)
+    open_for_then(d2, 2.4, 0.1)
+    assert d2.output == b"" and counts(d2)[NO_REQUEST] == 1
+
+
+def test_a_held_head_clock_moves_with_what_was_left_at_the_hold():
+    d = driver()
+    d.client(b"GET /x HTTP/1.1\r\n")
+    d.advance(2.0)
+    d.session.reads_held(True, d.now)
+    d.advance(50.0)  # held: the client is not the one who is slow
+    assert moved(d).session.head_deadline == 508.0
+
+
+def test_an_idle_kept_alive_connection_moves_without_a_head_clock():
+    d = driver()
+    d.client(GET)
+    d.new_packets()
+    d.respond(body=b"ok")
+    assert "head_left" not in records.to_fields(d.session.export_record(d.now))
+    d2 = moved(d)
+    assert d2.session.head_deadline is None
+    d2.client(b"GET /y HTT")  # the next request's first bytes start its clock
+    assert d2.session.head_deadline == 510.0
+
+
+def test_records_without_head_left_load_and_bad_ones_do_not():
+    d = driver()
+    d.client(b"GET /x HTTP/1.1\r\n")
+    fields = records.to_fields(d.session.export_record(d.now))
+    assert fields["head_left"] == 10.0
+    del fields["head_left"]  # as written before the field existed
+    assert records.from_fields(fields).head_left is None
+    assert records.from_fields({**fields, "head_left": 3}).head_left == 3.0
+    for bad in (-1.0, math.nan, math.inf, b"1", None):
+        with pytest.raises(records.RecordError):
+            records.from_fields({**fields, "head_left": bad})
 
 
 # -- connections per address ---------------------------------------------------
