@@ -39,9 +39,15 @@ class Head(NamedTuple):
     headers: tuple[Header, ...]
 
     def keep_alive(self) -> bool:
-        """Whether the client asked to keep the connection (RFC 9112 9.3)."""
-        return httpwire.keep_alive(self.http11,
-                                   httpwire.header_tokens(self.headers, b"connection"))
+        """Whether the client asked to keep the connection (RFC 9112 9.3),
+        and may: a Transfer-Encoding with a Content-Length, or in an
+        HTTP/1.0 request, is a framing the connection closes after
+        (RFC 9112 6.1), whatever the client asked."""
+        headers = self.headers
+        names = [name.lower() for name, _ in headers]
+        if b"transfer-encoding" in names and (not self.http11 or b"content-length" in names):
+            return False
+        return httpwire.keep_alive(self.http11, httpwire.header_tokens(headers, b"connection"))
 
 
 @dataclass(frozen=True, slots=True)

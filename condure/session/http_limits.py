@@ -67,10 +67,13 @@ class HttpEndings(ZhttpPeer):
                 self._sync_rate(now)
 
     def _sync_rate(self, now: float) -> None:
-        """Run the body clock only while body bytes are awaited and read."""
+        """Run the body clock only while body bytes are awaited and read:
+        not while the handler has no credits for them (a whole body may
+        sit read and waiting; the client is not the slow one then)."""
         assert self.rate is not None
-        self.rate.sync(now, self.body.state is BodyState.READING and self.wants_read
-                       and self.held_since is None)
+        body = self.body
+        self.rate.sync(now, body.state is BodyState.READING and body.credits > 0
+                       and self.wants_read and self.held_since is None)
 
     def reads_held(self, held: bool, now: float) -> None:
         """The adapter holds reads back for reasons of its own (backpressure

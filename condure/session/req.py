@@ -89,6 +89,7 @@ class ReqSession:
         self.actions: list[Action] = []
         self.state: Phase = HEAD
         self.leave_at: float | None = None  # when a fresh connection is closed in a drain
+        self.client_eof = False  # the client shut its side down: close after this answer
         self._start_cycle(now, leftover)
 
     def __repr__(self) -> str:
@@ -99,7 +100,7 @@ class ReqSession:
     def persistent(self) -> bool:
         """The connection stays open after this response: the client asked
         for it and no graceful stop began while it was served."""
-        return self.keep_alive_asked and not self.cut_short
+        return self.keep_alive_asked and not self.cut_short and not self.client_eof
 
     @property
     def awaiting_handler(self) -> bool:
@@ -154,7 +155,8 @@ class ReqSession:
             return True
         # Waiting for the handler: keep watching for a disconnect; bytes of
         # a pipelined next request wait, bounded.
-        return self.state is WAIT and self.reader.buffered(False) < self.buffer_size
+        return (self.state is WAIT and not self.client_eof
+                and self.reader.buffered(False) < self.buffer_size)
 
     def receive_data(self, data: bytes, now: float) -> None:
         state = self.state
@@ -166,6 +168,11 @@ class ReqSession:
                     self._close(graceful=False, reason="client closed mid-request")
                 else:
                     self._close(graceful=False, reason="client closed")
+            elif state is WAIT:
+                # The request is whole: a client that only shut down its
+                # side (``nc -N``) still gets the answer, as from Condure;
+                # one that is gone makes that write fail.
+                self.client_eof = True
             else:
                 # Nobody to tell: a req-mode handler cannot be cancelled.
                 self._close(graceful=False, reason="client closed")

@@ -102,6 +102,35 @@ def test_chunked_body_and_pipelining(stack, kind) -> None:
     assert conn.read_response().body == b"2"
 
 
+def test_a_half_closed_client_is_answered_then_closed(stack, kind) -> None:
+    """``printf ... | nc -N``: the request, then a shutdown of the client's
+    side. The answer still comes (Condure answers too), then the close."""
+    c, h = serve(stack, kind)
+    conn = stack.conn(c.port)
+    conn.send(request("POST", "/once", HOST + [("Content-Length", "3")], b"abc"))
+    conn.shutdown_write()
+    req = h.recv()
+    assert req.body == b"abc"
+    h.req_reply(req, body=b"answered\n")
+    assert conn.read_until_close() == (b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                                       b"Content-Length: 9\r\n\r\nanswered\n")
+
+
+def test_transfer_encoding_with_content_length_closes_after_the_answer(stack, kind) -> None:
+    """RFC 9112 6.1 (a request smuggling guard): served, then closed; the
+    request pipelined behind it is not read."""
+    c, h = serve(stack, kind)
+    conn = stack.conn(c.port)
+    conn.send(request("POST", "/c", HOST + [("Content-Length", "3"),
+                                           ("Transfer-Encoding", "chunked")])
+              + b"3\r\nabc\r\n0\r\n\r\n" + request("GET", "/next", HOST))
+    req = h.recv()
+    assert req.body == b"abc"
+    h.req_reply(req, body=b"1")
+    raw = conn.read_until_close()
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\nConnection: close\r\n") and raw.endswith(b"1")
+    h.expect_nothing()
+
 def test_expect_continue_answered_before_the_handler(stack, kind) -> None:
     c, h = serve(stack, kind)
     conn = stack.conn(c.port)

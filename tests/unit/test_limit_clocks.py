@@ -176,6 +176,23 @@ def test_time_without_credits_does_not_count():
     assert d.closed and R408 in d.output  # then a window with nothing
 
 
+def test_a_whole_body_waiting_for_the_handlers_first_credits_is_not_timed():
+    """The body came with the head; the handler answers with a keep-alive
+    and grants credits much later: the client sent everything, it gets
+    its response, not a 408."""
+    d = driver(rate=100)
+    d.client(post(100) + b"x" * 100)
+    d.new_packets()
+    d.handler(KeepAlive)
+    d.advance(25.0)
+    d.handler(KeepAlive)
+    d.advance(25.0)
+    assert not d.closed and counts(d)[BODY_RATE] == 0
+    d.credit(1000)
+    assert body_of(d.packets) == b"x" * 100
+    d.respond(body=b"done")
+    assert d.output.endswith(b"done") and R408 not in d.output
+
 def test_a_handoff_pause_stops_the_clock():
     d = uploading(100000, credits=100000)
     d.advance(5.0)

@@ -272,13 +272,39 @@ def test_head_and_no_content_responses() -> None:
     assert not d.closed
 
 
-def test_client_eof_while_waiting_closes() -> None:
+def test_client_half_closed_after_its_request_is_answered_then_closed() -> None:
+    """``nc -N`` shuts its side down after the request: the request still
+    stands (Condure answers it too); the connection closes after it."""
     d = make()
     d.client(GET, eof=True)
     only_request(d)
-    assert d.closed and not d.close.graceful
-    reply(d)
-    assert d.output == b""
+    assert not d.closed and not d.session.wants_read
+    reply(d, body=b"still here")
+    assert d.output.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Connection: close\r\n" in d.output and d.output.endswith(b"still here")
+    assert d.closed and d.close.graceful
+
+
+def test_client_eof_mid_request_closes() -> None:
+    for partial in (GET[:10], POST[:-2]):
+        d = make()
+        d.client(partial, eof=True)
+        assert d.closed and not d.close.graceful and d.output == b""
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n0\r\n\r\n",
+    b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n0\r\n\r\n",
+], ids=["with-content-length", "http10"])
+def test_transfer_encoding_framing_closes_after_the_response(raw: bytes) -> None:
+    """RFC 9112 6.1: answered (by the chunked body), then the connection closes."""
+    d = make()
+    d.client(raw + GET)
+    assert only_request(d).body == b"abc"
+    reply(d, body=b"ok")
+    assert b"keep-alive" not in d.output and d.closed and d.close.graceful
 
 
 def test_no_keep_alives_and_nothing_owed_at_shutdown() -> None:

@@ -133,7 +133,10 @@ def test_lenient_framing_is_accepted(request_bytes):
 
 @pytest.mark.parametrize("headers, more", [
     (b"Content-Length: 0\r\n", False),
+    (b"Content-Length: 00\r\n", False),  # a number, not a text (reference 5.1)
+    (b"Content-Length: 000000\r\n", False),
     (b"Content-Length: 3\r\n", True),
+    (b"Content-Length: 03\r\n", True),
     (b"Transfer-Encoding: chunked\r\n", True),
     (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", True),
 ])
@@ -174,6 +177,25 @@ def test_persistence(version, connection, persistent, written):
         assert d.closes == [Close(graceful=True, reason=d.close.reason)]
     assert d.new_packets() == []  # no credit for a body that completed the response
 
+
+
+@pytest.mark.parametrize("head", [
+    b"POST / HTTP/1.1\r\nHost: e\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+    b"POST / HTTP/1.1\r\nHost: e\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+    b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n",
+], ids=["cl-te", "te-cl", "http10-te"])
+def test_transfer_encoding_framing_closes_after_the_response(head):
+    """RFC 9112 6.1: Transfer-Encoding with Content-Length, or in HTTP/1.0,
+    is served by the chunked body, then the connection closes, whatever the
+    client asked; a request pipelined behind it is not read."""
+    d = started(head + b"\r\n3\r\nabc\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: e\r\n\r\n")
+    d.credit(100)
+    assert body_of(d.packets) == b"abc"
+    d.respond(headers=TEXT, body=b"ten\n")
+    out = d.new_output()
+    assert b"keep-alive" not in out and out.endswith(b"ten\n")
+    assert d.closes == [Close(graceful=True, reason=d.close.reason)]
+    assert [p.uri.rsplit(b"/", 1)[1] for p in d.packets if isinstance(p, Data) and p.uri] == [b""]
 
 def test_handler_framing_headers_are_replaced():
     d = started(b"GET / HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
