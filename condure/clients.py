@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from condure.config import Config
@@ -59,8 +59,10 @@ def batched(kind: type, from_: bytes, idents: list[Ident]) -> Iterator[Packet]:
 
 class Clients:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, *,
-                 instance_id: bytes, zmq_spec: dict[str, Any] | None = None) -> None:
+                 instance_id: bytes, zmq_spec: dict[str, Any] | None = None,
+                 on_handler_fault: Callable[[str], None] | None = None) -> None:
         self.config = config
+        self.on_handler_fault = on_handler_fault  # the worker's throttled warning
         self._loop = loop
         # Bind mode under the supervisor: handlers address later packets to
         # the public ROUTER, whose identity is --id (docs/supervisor.md).
@@ -129,6 +131,12 @@ class Clients:
 
     def schedule(self, conn: ClientConn) -> None:
         self.timers.schedule(conn)
+
+    def note_handler_fault(self, reason: str) -> None:
+        if self.on_handler_fault is not None:
+            self.on_handler_fault(reason)
+        else:
+            log.debug("ended an exchange whose handler broke a rule: %s", reason)
 
     def release(self, conn: ClientConn) -> None:
         key = self.keys.pop(conn, None)

@@ -103,7 +103,8 @@ class Worker(Slots):
                                         "or HTTP", time.monotonic)
         self.unanswered_counts: defaultdict[str, int] = defaultdict(int)
         # The client role (condure/clients.py), with --zserver-stream/-req.
-        self.clients = (Clients(config, loop, instance_id=self.instance_id, zmq_spec=zmq_spec)
+        self.clients = (Clients(config, loop, instance_id=self.instance_id, zmq_spec=zmq_spec,
+                                on_handler_fault=self.note_handler_fault)
                         if config.zserver_stream or config.zserver_req else None)
 
     # -- start and stop -----------------------------------------------------

@@ -24,7 +24,8 @@ The actions:
 - ``Send``: ``host.send_packet``; ``Reply``: ``host.reply`` with the
   request's envelope (req mode).
 - ``Close``: the origin connection (if any) is closed, a pending connect is
-  cancelled (which closes its socket), and ``host.release(self)``.
+  cancelled (which closes its socket), and ``host.release(self)``; one for
+  a handler's fault is reported first (``host.note_handler_fault``).
 
 A session that raises (a bug in condure) costs this exchange only: every
 call into it is guarded; :meth:`ClientConn.fail` logs the traceback once,
@@ -94,6 +95,10 @@ class ClientHost(Protocol):
 
     def release(self, conn: ClientConn) -> None:
         """``conn`` is over: forget it."""
+
+    def note_handler_fault(self, reason: str) -> None:
+        """An exchange ended because its handler broke a rule; ``reason``
+        says which (the worker warns, throttled)."""
 
 
 def net_target(target: rules.Target) -> NetTarget:
@@ -300,6 +305,8 @@ class ClientConn:
             self._release(action.persistent)
         elif isinstance(action, Close):
             log.debug("client exchange closing: %s", action.reason)
+            if action.handler_fault:
+                self.host.note_handler_fault(action.reason)
             self._finish()
         return False
 

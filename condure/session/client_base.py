@@ -35,6 +35,8 @@ from condure.session.outbound import (
     redirect,
     redirect_method,
     request_head,
+    same_origin,
+    without_credentials,
 )
 from condure.zhttp.packets import Data, Header
 
@@ -69,6 +71,9 @@ class OriginExchange:
         self.target: Target | None = None
         self.head_bytes = b""
         self.frame = Framing()
+        # Request body the handler's Content-Length still promises (-1: none
+        # declared, condure frames the body itself).
+        self.owed = -1
         self.follow = False  # follow redirects (reference 6.5)
         self._packet = packet
 
@@ -82,7 +87,7 @@ class OriginExchange:
                                     f"{self.target.scheme} target for the wrong session kind")
             self._build_head()
         except OutboundError as e:
-            self._fail(e.condition, e.detail)
+            self._fail(e.condition, e.detail, fault=e.handler_fault)
             return
         self.follow = self.target.follow_redirects and not self.more
         self.actions.append(Connect(self.target))
@@ -92,6 +97,8 @@ class OriginExchange:
         self.frame = framing(self.method, self.headers, self.body, self.more,
                              req_mode=self.req_mode)
         self.head_bytes = request_head(self.target, self.method, self.headers, self.frame)
+        declared = self.frame.declared
+        self.owed = declared - len(self.body) if declared >= 0 else -1
 
     # -- the adapter's calls ------------------------------------------------
 
@@ -170,11 +177,13 @@ class OriginExchange:
             self.body = b""
             self.headers = tuple(h for h in self.headers if h[0].lower() != b"content-length")
         self.method = method
+        if not same_origin(self.target, nxt):
+            self.headers = without_credentials(self.headers)
         self.target = nxt
         try:
             self._build_head()
         except OutboundError as e:
-            self._fail(e.condition, e.detail)
+            self._fail(e.condition, e.detail, fault=e.handler_fault)
             return True
         self._advance(ClientEvent.REDIRECT)
         self.actions.append(Connect(nxt))
@@ -193,12 +202,13 @@ class OriginExchange:
             self.held = False
             self.actions.append(Release(persistent))
 
-    def _close(self, *, graceful: bool, reason: str) -> None:
+    def _close(self, *, graceful: bool, reason: str, fault: bool = False) -> None:
+        """``fault``: the handler broke a rule (the adapter warns)."""
         if self.phase is CLOSED:
             return
         self._advance(ClientEvent.CLOSE)
         self.held = False
-        self.actions.append(Close(graceful=graceful, reason=reason))
+        self.actions.append(Close(graceful=graceful, reason=reason, handler_fault=fault))
 
     def _advance(self, event: ClientEvent) -> None:
         self.phase = client_advance(self.phase, event)
@@ -211,5 +221,5 @@ class OriginExchange:
     def _pump(self) -> None:
         raise NotImplementedError
 
-    def _fail(self, condition: Condition, detail: str) -> None:
+    def _fail(self, condition: Condition, detail: str, *, fault: bool = False) -> None:
         raise NotImplementedError

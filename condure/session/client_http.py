@@ -104,7 +104,7 @@ class ClientHttpSession(OriginExchange, ZhttpLink):
         elif kind is KeepAlive:
             return
         elif kind is Cancel or kind is Error:
-            self._abort("ended by handler")
+            self._close(graceful=False, reason="ended by handler")
             return
         elif kind is HandoffStart:
             self._send(HandoffProceed)
@@ -163,10 +163,23 @@ class ClientHttpSession(OriginExchange, ZhttpLink):
             return True  # (only its credits count)
         body = packet.body
         if len(body) > self.body_credits:
-            self._fail(Condition.UNDEFINED, "request body beyond the credits given")
+            self._fail(Condition.UNDEFINED, "request body beyond the credits given", fault=True)
             return False
         self.body_credits -= len(body)
         last = not packet.more
+        if self.owed >= 0:
+            # The handler's Content-Length frames the body (RFC 9112 6.3):
+            # nothing past it is written, and a short end leaves nothing to
+            # reuse (the connection is closed).
+            self.owed -= len(body)
+            if self.owed < 0:
+                self._fail(Condition.UNDEFINED, "handler sent more body than its Content-Length",
+                           fault=True)
+                return False
+            if self.owed and last:
+                self._fail(Condition.UNDEFINED,
+                           "handler ended its body short of its Content-Length", fault=True)
+                return False
         if last:
             self.request_done = True
         data = self._framed(body, last)
@@ -197,17 +210,19 @@ class ClientHttpSession(OriginExchange, ZhttpLink):
 
     # -- endings ----------------------------------------------------------------
 
-    def _fail(self, condition: Condition, detail: str) -> None:
+    def _fail(self, condition: Condition, detail: str, *, fault: bool = False) -> None:
         """Before the response head: ``error`` with ``condition``; after it:
-        ``cancel`` (reference 6.2 step 10)."""
+        ``cancel`` (reference 6.2 step 10). ``fault``: the handler broke a
+        rule (the adapter warns)."""
         if self.phase is CLOSED:
             return
         if self.phase is RESPONSE:
             self._send(Cancel)
         else:
             self._send(Error, condition=condition.wire)
-        self._close(graceful=False, reason=detail)
+        self._close(graceful=False, reason=detail, fault=fault)
 
     def _abort(self, reason: str) -> None:
-        """Handler-caused end: close, and tell the handler nothing."""
-        self._close(graceful=False, reason=reason)
+        """The handler broke a rule of ZHTTP (a wrong seq, an unexpected
+        packet): close, tell the handler nothing, and warn."""
+        self._close(graceful=False, reason=reason, fault=True)

@@ -112,8 +112,8 @@ class ClientReqSession(OriginExchange):
                                        body=bytes(self.collected))))
         self._close(graceful=True, reason="response complete")
 
-    def _fail(self, condition: Condition, detail: str) -> None:
+    def _fail(self, condition: Condition, detail: str, *, fault: bool = False) -> None:
         if self.phase is CLOSED:
             return
         self.actions.append(Reply(Error(ids=self._ids, condition=condition.wire)))
-        self._close(graceful=False, reason=detail)
+        self._close(graceful=False, reason=detail, fault=fault)

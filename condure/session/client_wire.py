@@ -5,17 +5,18 @@ special-cases HEAD; Condure does neither, so the response side of the
 client role has its own reader:
 
 - at most 64 header fields; a head larger than the buffer is an error;
-- the body is framed by ``Transfer-Encoding: chunked`` (exactly that
-  value) or ``Content-Length``; with neither (and a status that has a
-  body) it runs to the connection's close (RFC 9112 6.3), and the
-  connection is not reused; any other ``Transfer-Encoding`` is an error.
+- the body is framed by ``Transfer-Encoding: chunked`` (in any case;
+  Condure 1.10 took only that exact value) or ``Content-Length``; with
+  neither (and a status that has a body) it runs to the connection's close
+  (RFC 9112 6.3), and the connection is not reused; any other ``Transfer-Encoding`` is an error.
   Condure 1.10 read no body at all there;
 - the answer to a HEAD request has no body whatever its headers say
   (RFC 9110 9.3.2); Condure 1.10 read a Content-Length's worth after it,
   and its handler never saw the response end;
 - HTTP/1.0 is persistent only with ``Connection: keep-alive``, 1.1 unless
   ``Connection: close``;
-- interim 1xx responses (other than 101) are skipped.
+- interim 1xx responses (other than 101) are skipped; after a 101 the
+  connection speaks another protocol and is never reused.
 
 Every malformed input raises :class:`WireError` and nothing else.
 """
@@ -93,7 +94,8 @@ def parse_head(head: bytes, head_request: bool = False) -> ResponseHead:
     for key, value in headers:
         name = key.lower()
         if name == b"transfer-encoding":
-            if value != b"chunked" or body is BodyKind.CHUNKED:
+            # (transfer-coding names are case-insensitive, RFC 9112 7)
+            if value.lower() != b"chunked" or body is BodyKind.CHUNKED:
                 raise WireError("unsupported transfer-encoding")
             body = BodyKind.CHUNKED
         elif name == b"content-length":
@@ -114,6 +116,8 @@ def parse_head(head: bytes, head_request: bool = False) -> ResponseHead:
         body, closes = BodyKind.CLOSE, True  # to the connection's close
     tokens = header_tokens(headers, b"connection")
     keep_alive = (b"close" not in tokens if http11 else b"keep-alive" in tokens) and not closes
+    if code == 101:
+        keep_alive = False  # the connection now speaks another protocol (RFC 9110 15.2.2)
     return ResponseHead(http11=http11, code=code, reason=status.group(3) or b"",
                         headers=tuple(headers), body=body, length=length,
                         keep_alive=keep_alive)

@@ -305,7 +305,7 @@ class ClientWsSession(ClientHttpSession):
         if kind is KeepAlive:
             return
         if kind is Cancel or kind is Error:
-            self._abort("ended by handler")
+            self._close(graceful=False, reason="ended by handler")
             return
         if kind is HandoffStart:
             self._send(HandoffProceed)
@@ -348,7 +348,7 @@ class ClientWsSession(ClientHttpSession):
             out = build()
         except OutputError as e:
             if e.cancel:
-                self._fail(Condition.UNDEFINED, e.reason)
+                self._fail(Condition.UNDEFINED, e.reason, fault=True)
             else:
                 self._abort(e.reason)
             return
@@ -408,7 +408,7 @@ class ClientWsSession(ClientHttpSession):
 
     # -- endings ----------------------------------------------------------------
 
-    def _fail(self, condition: Condition, detail: str) -> None:
+    def _fail(self, condition: Condition, detail: str, *, fault: bool = False) -> None:
         """Before the 101: ``error`` with ``condition``; after it: ``cancel``."""
         if self.phase is CLOSED:
             return
@@ -416,7 +416,7 @@ class ClientWsSession(ClientHttpSession):
             self._send(Cancel)
         else:
             self._send(Error, condition=condition.wire)
-        self._close(graceful=False, reason=detail)
+        self._close(graceful=False, reason=detail, fault=fault)
 
     def _fail_origin(self, code: int, reason: str) -> None:
         """The origin broke the protocol: a close frame to it (unless one
@@ -430,7 +430,7 @@ class ClientWsSession(ClientHttpSession):
         self._send(Cancel)
         self._close(graceful=True, reason=reason)
 
-    def _close(self, *, graceful: bool, reason: str) -> None:
+    def _close(self, *, graceful: bool, reason: str, fault: bool = False) -> None:
         if self.phase is CLOSED:
             return
         if self.held and graceful:
@@ -438,4 +438,4 @@ class ClientWsSession(ClientHttpSession):
             # a close frame perhaps, goes out before it is closed)
             self.held = False
             self.actions.append(Release(False))
-        super()._close(graceful=graceful, reason=reason)
+        super()._close(graceful=graceful, reason=reason, fault=fault)

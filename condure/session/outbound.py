@@ -51,10 +51,12 @@ class Condition(enum.Enum):
 class OutboundError(Exception):
     """The exchange fails with ``condition``; ``detail`` is for the log."""
 
-    def __init__(self, condition: Condition, detail: str) -> None:
+    def __init__(self, condition: Condition, detail: str, *,
+                 handler_fault: bool = False) -> None:
         super().__init__(detail)
         self.condition = condition
         self.detail = detail
+        self.handler_fault = handler_fault  # the handler broke a rule of HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +118,46 @@ def _bad(detail: str) -> OutboundError:
     return OutboundError(Condition.BAD_REQUEST, detail)
 
 
+# WHATWG URL Standard, percent-encode sets (C0 controls and above 0x7E
+# are encoded too): the path's, and the query's for special schemes.
+_PATH_ENCODED = frozenset(' "#<>?`{}')
+_QUERY_ENCODED = frozenset(' "#<>\'')
+_CONTROLS = frozenset(map(chr, [*range(0x20), 0x7F]))
+
+
+def _percent_encode(text: str, encoded: frozenset[str]) -> str:
+    """``text`` with each character of ``encoded`` or beyond ASCII written
+    as the %XX of its UTF-8 bytes (an existing ``%`` is left alone)."""
+    if text.isascii() and not any(c in encoded for c in text):
+        return text
+    out = []
+    for c in text:
+        if c in encoded or not c.isascii():
+            out.append("".join(f"%{b:02X}" for b in c.encode()))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _ascii_host(host: str) -> str:
+    """The host as sent (DNS, SNI, ``Host``): a name beyond ASCII IDNA-encoded
+    (``bücher.example`` -> ``xn--bcher-kva.example``), as the URL parser
+    Condure uses does; bad-request when the codec refuses it."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError as e:
+        raise _bad(f"host not encodable as IDNA: {e}") from None
+
+
 def parse_url(url: str, *, req_mode: bool) -> tuple[str, str, int, bytes, bytes]:
     """(scheme, host, port, Host value, path+query) of an absolute URL, or
-    OutboundError bad-request."""
+    OutboundError bad-request. A host beyond ASCII is IDNA-encoded, the
+    path and query percent-encoded (as WHATWG URL parsing does); a control
+    character anywhere (CR, LF, tab, NUL...) is refused."""
+    if any(c in _CONTROLS for c in url):
+        raise _bad("control character in URL")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -130,6 +169,8 @@ def parse_url(url: str, *, req_mode: bool) -> tuple[str, str, int, bytes, bytes]
     host = parts.hostname or ""
     if not host:
         raise _bad("URL without a host")
+    if ":" not in host:
+        host = _ascii_host(host)
     if any(c in host for c in " \t\r\n/\\@") or not host.isascii():
         raise _bad("bad host in URL")
     default = _DEFAULT_PORTS[scheme]
@@ -137,11 +178,9 @@ def parse_url(url: str, *, req_mode: bool) -> tuple[str, str, int, bytes, bytes]
     # Host carries the port only when it is not the scheme's default (as
     # the URL parser Condure uses normalises it away).
     authority = name if port is None or port == default else f"{name}:{port}"
-    path = parts.path or "/"
+    path = _percent_encode(parts.path or "/", _PATH_ENCODED)
     if parts.query:
-        path += "?" + parts.query
-    if any(c in path for c in " \r\n") or not path.isascii():
-        raise _bad("bad path in URL")
+        path += "?" + _percent_encode(parts.query, _QUERY_ENCODED)
     return scheme, host, default if port is None else port, authority.encode(), path.encode()
 
 
@@ -176,12 +215,39 @@ _WS_DROPPED = _ALWAYS_DROPPED | {b"connection", b"upgrade", b"sec-websocket-vers
 _NO_ZERO_LENGTH = frozenset((b"GET", b"HEAD", b"OPTIONS"))
 
 
+_MAX_LENGTH = 2**64 - 1  # (Condure parses the value as a 64-bit usize)
+
+
 @dataclass(frozen=True, slots=True)
 class Framing:
     """How the request body is framed: a length, chunked, or nothing."""
 
     length: bytes | None = None  # the Content-Length value written
     chunked: bool = False
+    # The handler's own Content-Length, which the body must match, or -1.
+    declared: int = -1
+
+
+def _handler_length(headers: Iterable[Header]) -> int:
+    """The handler's ``Content-Length`` (-1: none). RFC 9110 8.6: only
+    1*DIGIT is passed on, written as a plain decimal; anything else (a
+    sign, a list such as ``5, 5``, two different values, more than a 64-bit
+    number) is a handler fault, ``undefined-condition`` as Condure's
+    failed parse."""
+    length = -1
+    for key, value in headers:
+        if key.lower() != b"content-length":
+            continue
+        value = value.strip(b" \t")
+        digits = value.lstrip(b"0") or b"0"  # (int() refuses over 4300 digits)
+        if not value.isdigit() or len(digits) > 20 or int(digits) > _MAX_LENGTH:
+            raise OutboundError(Condition.UNDEFINED, "handler sent an invalid Content-Length",
+                                handler_fault=True)
+        if length >= 0 and int(digits) != length:
+            raise OutboundError(Condition.UNDEFINED, "handler sent two Content-Length values",
+                                handler_fault=True)
+        length = int(digits)
+    return length
 
 
 def framing(method: bytes, headers: Iterable[Header], body: bytes, more: bool,
@@ -189,20 +255,28 @@ def framing(method: bytes, headers: Iterable[Header], body: bytes, more: bool,
     """Reference 6.3: a handler ``Content-Length`` wins (stream mode); else
     without ``more`` the body's length; else chunked. A zero length is
     left out for GET, HEAD and OPTIONS. Req mode always writes the body's
-    length."""
-    length: bytes | None = None
-    if not req_mode:
-        for key, value in headers:
-            if key.lower() == b"content-length":
-                length = value.strip()
-                break
-    if length is None:
-        if more and not req_mode:
-            return Framing(chunked=True)
-        length = b"%d" % len(body)
-    if length == b"0" and method in _NO_ZERO_LENGTH:
-        return Framing()
-    return Framing(length=length)
+    length. A handler length is checked (:func:`_handler_length`) and the
+    body must not overrun it, nor, without ``more``, fall short of it (RFC
+    9112 6.3: the excess would reach the origin as a request of its own;
+    a short body leaves the origin waiting): ``undefined-condition``."""
+    declared = -1 if req_mode else _handler_length(headers)
+    if declared >= 0:
+        if len(body) > declared:
+            raise OutboundError(Condition.UNDEFINED,
+                                "handler sent more body than its Content-Length",
+                                handler_fault=True)
+        if len(body) < declared and not more:
+            raise OutboundError(Condition.UNDEFINED,
+                                "handler ended its body short of its Content-Length",
+                                handler_fault=True)
+        length = declared
+    elif more and not req_mode:
+        return Framing(chunked=True)
+    else:
+        length = len(body)
+    if length == 0 and method in _NO_ZERO_LENGTH:
+        return Framing(declared=declared)
+    return Framing(length=b"%d" % length, declared=declared)
 
 
 def request_head(target: Target, method: bytes, headers: Iterable[Header], frame: Framing,
@@ -299,13 +373,29 @@ def redirect(target: Target, location: bytes, *, req_mode: bool = False) -> Targ
         return None
     if (scheme in ("ws", "wss")) != target.websocket:
         return None
-    same = (host, port) == (target.host, target.port) and scheme == target.scheme
+    same = (scheme, host, port) == (target.scheme, target.host, target.port)
     connect_host = target.connect_host if same else host
     connect_port = target.connect_port if same else port
     server_name = target.server_name if same else host
     return replace(target, url=url, scheme=scheme, host=host, port=port, authority=authority,
                    path=path, connect_host=connect_host, connect_port=connect_port,
                    server_name=server_name)
+
+
+# Request headers that carry credentials: not sent to another origin.
+_CREDENTIALS = frozenset((b"authorization", b"proxy-authorization", b"cookie"))
+
+
+def same_origin(a: Target, b: Target) -> bool:
+    """Same scheme, host and port (RFC 6454)."""
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+def without_credentials(headers: Iterable[Header]) -> tuple[Header, ...]:
+    """``headers`` less ``Authorization``, ``Proxy-Authorization`` and
+    ``Cookie``, for a redirect to another origin (as browsers and curl do;
+    Condure 1.10 sent them on)."""
+    return tuple(h for h in headers if h[0].lower() not in _CREDENTIALS)
 
 
 def redirect_method(code: int, method: bytes) -> tuple[bytes, bool]:

@@ -184,6 +184,7 @@ class Host:
         self.sent: list[tuple[bytes | str | None, Packet]] = []
         self.replies: list[tuple[object, Data | Error]] = []
         self.released: list[ClientConn] = []
+        self.faults: list[str] = []  # note_handler_fault's reasons
         self.timers: dict[ClientConn, asyncio.TimerHandle] = {}
         self.changed = asyncio.Event()
 
@@ -202,6 +203,9 @@ class Host:
         deadline = conn.deadline
         if deadline is not None:
             self.timers[conn] = self.loop.call_at(deadline, conn.on_timer)
+
+    def note_handler_fault(self, reason: str) -> None:
+        self.faults.append(reason)
 
     def release(self, conn: ClientConn) -> None:
         old = self.timers.pop(conn, None)

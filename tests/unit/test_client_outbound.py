@@ -17,6 +17,8 @@ from condure.session.outbound import (
     redirect,
     redirect_method,
     request_head,
+    same_origin,
+    without_credentials,
 )
 from condure.zhttp.packets import Credit, Data, Ident
 from tests.unit.client_helpers import first
@@ -61,6 +63,22 @@ def test_target_from_url() -> None:
         "example.com", 8443, "example.com", True)
 
 
+def test_idn_host_and_non_ascii_path_are_encoded() -> None:
+    """As Condure's URL parser (WHATWG) and zurl: the host IDNA-encoded,
+    for the Host header, the connection and TLS too; path and query
+    percent-encoded as UTF-8 (the path's and the special query's sets)."""
+    t = target("http://bücher.example:8080/café?q=é".encode())
+    assert (t.host, t.connect_host, t.server_name) == ("xn--bcher-kva.example",) * 3
+    assert t.authority == b"xn--bcher-kva.example:8080"
+    assert t.path == b"/caf%C3%A9?q=%C3%A9"
+    t = target("https://BÜCHER.example/a b/%41\"<>`{}'?x y\"<>`{}'&%41".encode())
+    assert t.host == "xn--bcher-kva.example" and t.authority == b"xn--bcher-kva.example"
+    assert t.path == b"/a%20b/%41%22%3C%3E%60%7B%7D'?x%20y%22%3C%3E`{}%27&%41"
+    assert target("http://example.com/\U0001F600".encode()).path == b"/%F0%9F%98%80"
+    n = redirect(target(follow_redirects=True), "http://bücher.example/ü".encode())
+    assert n is not None and (n.host, n.path) == ("xn--bcher-kva.example", b"/%C3%BC")
+
+
 def test_target_defaults_and_ipv6() -> None:
     t = target(b"http://example.com")
     assert (t.port, t.path, t.authority, t.tls) == (80, b"/", b"example.com", False)
@@ -88,7 +106,11 @@ def test_target_connect_host_and_flags() -> None:
 @pytest.mark.parametrize("uri", [
     b"", b"example.com/x", b"ftp://example.com/", b"http:///path", b"http://", b"http://a b/",
     b"http://example.com:99999/", b"http://example.com:x/", b"/relative",
-    b"http://exa\xc3\xa9mple.com/",
+    # hosts the IDNA codec refuses: an empty label, a label over 63 bytes
+    b"http://b\xc3\xbccher..example/", b"http://" + b"\xc3\xbc" * 64 + b".example/",
+    # control characters anywhere (Python's urlsplit would drop tab, CR, LF)
+    b"http://example.com/a\r\nX: 1", b"http://example.com/a\tb", b"http://example.com/a\x00",
+    b"http://example.com/?a\x7f", b"http://exa\nmple.com/",
 ])
 def test_bad_urls_are_bad_requests(uri: bytes) -> None:
     with pytest.raises(OutboundError) as e:
@@ -137,9 +159,50 @@ def test_golden_post_heads() -> None:
         b"Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n")
     # a handler Content-Length wins, even with more to come
     h2 = ((b"content-length", b" 10 "),)
-    assert framing(b"POST", h2, b"hel", True) == Framing(length=b"10")
+    assert framing(b"POST", h2, b"hel", True) == Framing(length=b"10", declared=10)
     assert request_head(t, b"POST", h2, framing(b"POST", h2, b"hel", True)).endswith(
         b"\r\nContent-Length: 10\r\n\r\n")
+
+
+@pytest.mark.parametrize("value", [
+    b"abc", b"-1", b"5, 5", b"+5", b"5 5", b"0x5", b"", b"18446744073709551616",
+    b"99999999999999999999999", b"\xd9\xa5", b"9" * 5000,
+])
+def test_handler_content_length_must_be_digits(value: bytes) -> None:
+    """RFC 9110 8.6: only 1*DIGIT is passed on (Condure parses a usize and
+    fails the request, undefined-condition); a list, even of equal values,
+    is refused as Condure's parse refuses it."""
+    with pytest.raises(OutboundError) as e:
+        framing(b"POST", ((b"Content-Length", value),), b"hello", False)
+    assert e.value.condition is Condition.UNDEFINED and e.value.handler_fault
+
+
+def test_handler_content_length_written_as_a_plain_decimal() -> None:
+    assert framing(b"POST", ((b"Content-Length", b"005"),), b"hello", False) == Framing(
+        length=b"5", declared=5)
+    big = b"18446744073709551615"  # the largest 64-bit value
+    assert framing(b"POST", ((b"Content-Length", big),), b"", True).length == big
+    zeros = b"0" * 5000 + b"3"
+    assert framing(b"POST", ((b"Content-Length", zeros),), b"abc", False).length == b"3"
+    twice = ((b"Content-Length", b"5"), (b"content-length", b"5"))
+    assert framing(b"POST", twice, b"hello", False).length == b"5"
+    with pytest.raises(OutboundError):
+        framing(b"POST", ((b"Content-Length", b"5"), (b"Content-Length", b"6")), b"hello", False)
+
+
+def test_body_counted_against_the_handler_content_length() -> None:
+    """Excess would reach the origin as a request of its own; a whole body
+    that falls short would leave the origin waiting."""
+    h = ((b"Content-Length", b"3"),)
+    for body, more in ((b"hello", False), (b"hello", True)):
+        with pytest.raises(OutboundError) as e:
+            framing(b"POST", h, body, more)
+        assert e.value.condition is Condition.UNDEFINED and "more body" in e.value.detail
+    with pytest.raises(OutboundError) as e:
+        framing(b"POST", ((b"Content-Length", b"30"),), b"hello", False)
+    assert e.value.condition is Condition.UNDEFINED and "short" in e.value.detail
+    assert framing(b"POST", h, b"he", True) == Framing(length=b"3", declared=3)
+    assert framing(b"GET", ((b"Content-Length", b"0"),), b"", False) == Framing(declared=0)
 
 
 def test_zero_length_left_out_for_get_head_options() -> None:
@@ -245,6 +308,17 @@ def test_redirect_keeps_connect_host_on_the_same_origin_only() -> None:
     other = redirect(t, b"https://elsewhere.com/b")
     assert other is not None and (other.connect_host, other.connect_port, other.server_name) == (
         "elsewhere.com", 443, "elsewhere.com")
+
+
+def test_credentials_are_for_the_same_origin_only() -> None:
+    t = target(b"http://example.com/a")
+    assert same_origin(t, redirect(t, b"/b"))
+    for other in (b"https://example.com/b", b"http://example.com:81/b", b"http://other.com/a"):
+        n = redirect(t, other)
+        assert n is not None and not same_origin(t, n)
+    h = ((b"Authorization", b"Basic eDp5"), (b"X-A", b"1"), (b"cookie", b"s=1"),
+         (b"PROXY-AUTHORIZATION", b"p"), (b"Cookie2", b"k"))
+    assert without_credentials(h) == ((b"X-A", b"1"), (b"Cookie2", b"k"))
 
 
 def test_websocket_redirects_stay_websocket() -> None:

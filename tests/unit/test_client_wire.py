@@ -93,12 +93,25 @@ def test_persistence_rules() -> None:
     # both framings: read as chunked, not reused
     head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked")
     assert head.body is BodyKind.CHUNKED and not head.keep_alive
+    # after a 101 the connection speaks another protocol (RFC 9110 15.2.2)
+    assert not ka(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c")
+
+
+@pytest.mark.parametrize("value", [b"chunked", b"Chunked", b"CHUNKED", b"cHuNkEd"])
+def test_chunked_in_any_case(value: bytes) -> None:
+    """Transfer-coding names are case-insensitive (RFC 9112 7); Condure
+    1.10 took only ``chunked`` exactly."""
+    head, body, done, leftover = read_all(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + value + b"\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n", [20, 41])
+    assert head.body is BodyKind.CHUNKED and head.keep_alive
+    assert (body, done, leftover) == (b"hello", True, False)
 
 
 @pytest.mark.parametrize("head", [
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: CHUNKED",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
     b"HTTP/1.1 200 OK\r\nContent-Length: -1",
     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2",
