@@ -84,14 +84,16 @@ class Response:
         if fault is not None:
             raise ResponseError(fault)
         length: int | bytes | None = None
+        owed = 0
         for key, value in headers:
             if key.lower() == b"content-length":
                 value = value.strip()
-                if not value.isdigit():
+                number = httpwire.length_value(value)
+                if number is None:
                     raise ResponseError("handler sent an invalid Content-Length")
-                if length is not None and int(value) != int(length):
+                if length is not None and number != owed:
                     raise ResponseError("handler sent two Content-Length values")
-                length = value
+                length, owed = value, number
         no_body = code < 200 or code in (204, 304)
         self.discard_body = no_body or self.is_head
         if no_body:
@@ -117,7 +119,7 @@ class Response:
             # RFC 9112 6.3: the handler's Content-Length frames the body;
             # a body that overruns it would be read as the next response,
             # one that falls short would leave the client waiting.
-            self.owed = int(length)
+            self.owed = owed
             self._owe(len(body), packet.more)
         if self.chunked:
             head += httpwire.chunks(body, not packet.more)

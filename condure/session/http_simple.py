@@ -165,7 +165,7 @@ def answer(s: _Session, packet: Data, ident: Ident, now: float) -> bool:
     for key, value in headers:
         if key.lower() == b"content-length":
             length = value.strip()
-            if not length.isdigit() or int(length) != len(body):
+            if httpwire.length_value(length) != len(body):
                 return False  # the general path refuses it
     http11 = response.http11
     if s.keep_alive_asked and not s.leaving:

@@ -17,6 +17,7 @@ _WHOLE_TOKEN = re.compile(_TOKEN + rb"\Z")
 
 MAX_URI = 4096  # longest URI condure builds for a request packet
 MAX_CHUNK = 0xFFFF  # longest chunk written in a chunked response
+MAX_LENGTH_DIGITS = 19  # a handler's Content-Length: below 2**64
 
 # Response headers condure frames itself; the handler's copies are dropped.
 _FRAMING = frozenset((b"connection", b"content-length", b"transfer-encoding"))
@@ -126,6 +127,15 @@ def keep_alive(http11: bool, connection: list[bytes]) -> bool:
 # in a reason phrase, RFC 9112 4) would end the line early and let the
 # rest be read as fields or a message of its own.
 _LINE_BREAKER = re.compile(rb"[\x00\r\n]")
+
+
+def length_value(value: bytes) -> int | None:
+    """A Content-Length value as a number (RFC 9110 8.6: ``1*DIGIT``), or
+    None when it is not one, or has more digits than a 64-bit length can
+    (Python would take any number of them, up to refusing to convert)."""
+    if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+        return None
+    return int(value)
 
 
 def is_token(value: bytes) -> bool:

@@ -211,6 +211,8 @@ def test_handler_framing_headers_are_replaced():
 # Condure wrote both as they came.
 @pytest.mark.parametrize("lengths, body", [
     ((b"2",), b"hello"), ((b"10",), b"hello"), ((b"5", b"6"), b"hello"), ((b"0",), b"x"),
+    ((b"0" * 19 + b"5",), b"hello"),  # 20 digits: more than any 64-bit length has
+    ((b"9" * 5000,), b"hello"),  # past what Python converts to an int at all
 ])
 def test_whole_body_against_its_content_length_is_not_written(lengths, body):
     d = started()
@@ -218,6 +220,19 @@ def test_whole_body_against_its_content_length_is_not_written(lengths, body):
     assert d.new_output() == b""
     assert kinds(d.new_packets()) == ["Cancel"] and d.closed and not d.close.graceful
     assert d.close.handler_fault
+
+
+@pytest.mark.parametrize("length", [b"9" * 19, b"9" * 20, b"9" * 5000])
+def test_a_huge_streamed_content_length(length):
+    """19 digits are a length (the body streams on); more are refused
+    before anything is written, as any other invalid value."""
+    d = started()
+    d.respond(headers=((b"Content-Length", length),), body=b"abc", more=True)
+    if len(length) == 19:
+        assert d.new_output().endswith(b"Content-Length: " + length + b"\r\n\r\nabc")
+        assert not d.closed
+    else:
+        assert d.new_output() == b"" and d.closed and d.close.handler_fault
 
 
 def test_streamed_body_over_its_content_length_ends_the_connection():
