@@ -123,7 +123,9 @@ OPTIONS: tuple[Option, ...] = (
         "--worker-timeout", UINT, "Seconds a worker may go without answering",
         "Each worker reports to the supervisor every second. One that has "
         "said nothing for this long (stuck in a loop, blocked, stopped) has "
-        "its Python stacks written to the log, is killed and replaced; while "
+        "its Python stacks written to the log, is killed and replaced (time in "
+        "which the supervisor itself got no turn, as in a paused VM, does not "
+        "count); while "
         "a worker is silent the systemd watchdog is not pinged. Workers that "
         "are stopping or handing over are bounded by --drain-timeout instead. "
         "0 turns the check off. See docs/operations.md. Not a Condure option.",

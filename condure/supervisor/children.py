@@ -40,6 +40,7 @@ class Child:
     graceful: bool = True
     handover_to: Child | None = None  # a reload's successor, taking the sessions
     heard_at: float = 0.0  # its last message (stats come every second)
+    excused_until: float = 0.0  # the supervisor was not watching before this (excuse_stall)
     hung_since: float | None = None  # found silent: asked for its stacks, then killed
     # For condure ctl status (supervisor/ctl.py): its last stats message, a
     # reload's handover under way, that handover's outcome.
@@ -57,8 +58,9 @@ class Child:
 
     @property
     def last_heard(self) -> float:
-        """When it last said something (its readiness counts)."""
-        return max(self.heard_at, self.ready_at or 0.0)
+        """When it last said something (its readiness counts), or when
+        the supervisor came back from a stall, if that is later."""
+        return max(self.heard_at, self.ready_at or 0.0, self.excused_until)
 
 
 @dataclass
@@ -89,6 +91,19 @@ def describe_exit(status: int) -> str:
 
 
 HUNG_KILL_GRACE = 1.0  # a hung worker's time to write its stacks before SIGKILL
+STALL = 2.0  # the supervisor's maintenance (every 0.5 s) this late: it was not running
+
+
+def excuse_stall(workers: Iterable[Child], gap: float, now: float) -> None:
+    """The supervisor itself had no turn for ``gap`` seconds (the machine
+    or its VM paused, or was overloaded): it could not hear the workers
+    then, and they were likely starved as well. That time is not held
+    against them: each gets a whole --worker-timeout from ``now``, and a
+    worker still starting gets ``gap`` more to become ready."""
+    for child in workers:
+        child.excused_until = now
+        if not child.ready:
+            child.started += gap
 
 
 def check_answering(child: Child, limit: float, now: float) -> None:

@@ -110,6 +110,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         self.dispatcher: dispatch.Dispatcher | None = None
         self._least_loaded = dispatch.LeastLoaded()
         self.last_watchdog = 0.0
+        self.turned_at = time.monotonic()  # maintain()'s last turn (a long gap: a stall)
         self.unanswered = UnansweredLog(config, time.monotonic)
         self.control: ctl.ControlServer | None = None  # condure ctl (supervisor/ctl.py)
 
@@ -180,6 +181,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         if self.listeners.mode == sockets.DISPATCH:
             self.dispatcher = dispatch.Dispatcher(self.listeners, loop, self.dispatch_conn)
             self.dispatcher.start()
+        self.turned_at = time.monotonic()
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), TICK)
@@ -187,7 +189,9 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 pass
             self.wake.clear()
             while self.signals:
+                began = time.monotonic()
                 await self.dispatch_signal(self.signals.popleft())
+                self.turned_at += time.monotonic() - began  # the loop ran meanwhile
             self.reap()
             if self.stopping and not self.children():
                 if self.restart_store is not None:
@@ -365,6 +369,11 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
     def maintain(self) -> None:
         st = self.state
         now = time.monotonic()
+        gap, self.turned_at = now - self.turned_at - TICK, now
+        if gap > children.STALL:  # maintenance comes every TICK: the process had no turn
+            log.warning("the supervisor had no turn for %.1fs (the machine paused or was "
+                        "overloaded); workers are not blamed for that time", gap)
+            children.excuse_stall(self.children(), gap, now)
         for child in self.children():
             if child.stop_deadline is not None and now >= child.stop_deadline:
                 log.warning("worker %d (pid %d) did not stop in time; killing it",

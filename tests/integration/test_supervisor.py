@@ -284,6 +284,36 @@ def test_a_stopped_worker_is_found_hung_and_replaced(start, handler, make_conn):
     assert len(seen) == 2
 
 
+def test_workers_are_not_blamed_for_a_stall_of_the_whole_machine(start, handler):
+    """A VM pause or a starved machine stops the supervisor and the workers
+    alike. When the supervisor gets its turn back first, the workers' silence
+    during the stall is not held against them (--worker-timeout 2, a 4 s
+    stall, the workers back 1 s after the supervisor): none is killed."""
+    proc = start("--worker-timeout", "2", workers=2)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    stopped = [proc.pid, *workers]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(4.0)  # the stall
+        os.kill(proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while "had no turn for" not in proc.output():
+            assert time.monotonic() < deadline, proc.output()[-3000:]
+            time.sleep(0.05)
+        time.sleep(1.0)  # the supervisor runs alone a while: it would kill them now
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    for _ in range(8):  # both workers serve, the same two
+        with Conn(proc.port) as conn:
+            get(conn)
+    time.sleep(2.5)  # past --worker-timeout again: they report, nothing happens
+    log = proc.output()
+    assert "has not answered" not in log, log[-3000:]
+    assert children(proc.pid) == workers
+
 def test_reload_under_load_loses_no_request(start, handler):
     proc = start(workers=2)
     stop, failures, done = threading.Event(), [], [0]
