@@ -384,7 +384,7 @@ class HttpSession(HttpEndings):
         if len(uri) > httpwire.MAX_URI:
             self._refuse(414)
             return
-        if websocket.is_upgrade(headers):
+        if websocket.is_upgrade(headers, http11=head.http11):
             # A WebSocket session takes the connection over (reference 5.7).
             self._advance(Event.UPGRADE)
             self.actions += websocket.upgrade(self, method, target, headers)

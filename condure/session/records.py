@@ -43,7 +43,8 @@ read, not parsed yet, starting at a frame), and::
     utf8_partial  bytes of an unfinished UTF-8 sequence in that message
     out_type      1/2 while a handler message is under way, else 0
     out_framed    1 when that message's first frame was written
-    deflate       b"" or the negotiated Sec-WebSocket-Extensions value
+    deflate       b"" or the negotiated Sec-WebSocket-Extensions value (one of
+                  those ws_handshake.Deflate.variants() write)
     from          condure's ZHTTP address for this session (optional: the
                   adopting process's own)
     pending       client payload of the message under way not yet sent to
@@ -133,7 +134,9 @@ _WS_OPTIONAL: dict[str, tuple[type, object]] = {
     "msg_size": (int, 0), "from": (bytes, None), "pending": (bytes, b""), "msg_done": (int, 0),
     "credits_owed": (int, 0)}
 _HTTP_OPTIONAL: dict[str, tuple[type, object]] = {"head_left": (float, None)}
-_DEFLATES = {d.header: d for d in (Deflate(a, b) for a in (False, True) for b in (False, True))}
+# The four values earlier condure wrote, and since server_max_window_bits is
+# echoed (RFC 7692 7.1.2.1) the same with "; server_max_window_bits=15".
+_DEFLATES = {d.header: d for d in Deflate.variants()}
 _utf8 = codecs.getincrementaldecoder("utf-8")
 
 

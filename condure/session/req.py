@@ -7,7 +7,8 @@ packet, written to the client with a ``Content-Length``. A cycle goes:
 
 ``HEAD``    reading the request head, exactly as in stream mode (the fast
             path and h11, the same refusals); a WebSocket upgrade is
-            refused with Condure's 400 text.
+            refused with Condure's 400 text (an HTTP/1.0 request's
+            ``Upgrade`` is ignored: a plain request).
 ``BODY``    reading the body into the body buffer (``--body-buffer-size``);
             a body that cannot fit gets ``413`` and the connection closes.
 ``WAIT``    the request packet went out; the first data packet for the id
@@ -261,7 +262,7 @@ class ReqSession:
 
     def _request(self, head: Head) -> None:
         headers = head.headers
-        if is_upgrade(headers):
+        if is_upgrade(headers, http11=head.http11):
             self.actions.append(Write(WEBSOCKET_REFUSAL))
             self._close(graceful=True, reason="WebSocket upgrade on a req listener")
             return

@@ -10,6 +10,7 @@ the response heads condure writes. The session decides when.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from condure.zhttp.packets import Header
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-MAX_KEY_INPUT = 256  # key + GUID, as Condure bounds it
+KEY_BYTES = 16  # Sec-WebSocket-Key is the base64 of this many bytes (RFC 6455 4.1)
 
 # Headers condure writes itself in a 101 or a rejection; the handler's
 # copies are dropped (reference 5.7.3, 5.7.7).
@@ -37,10 +38,14 @@ class HandshakeError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Deflate:
-    """Negotiated permessage-deflate parameters."""
+    """Negotiated permessage-deflate parameters. ``server_max_window_bits``
+    is 15 when the client offered that parameter: RFC 7692 7.1.2.1 makes
+    the answer carry it then (condure always deflates with a 15-bit
+    window), None when it was not offered."""
 
     client_no_context_takeover: bool = False
     server_no_context_takeover: bool = False
+    server_max_window_bits: int | None = None
 
     @property
     def header(self) -> bytes:
@@ -49,7 +54,15 @@ class Deflate:
             value += b"; client_no_context_takeover"
         if self.server_no_context_takeover:
             value += b"; server_no_context_takeover"
+        if self.server_max_window_bits is not None:
+            value += b"; server_max_window_bits=%d" % self.server_max_window_bits
         return value
+
+    @classmethod
+    def variants(cls) -> tuple[Deflate, ...]:
+        """Every parameter set :func:`negotiate` can choose."""
+        return tuple(cls(a, b, bits) for a in (False, True) for b in (False, True)
+                     for bits in (None, 15))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +73,18 @@ class Upgrade:
     deflate: Deflate | None
 
 
-def is_upgrade(headers: Iterable[Header]) -> bool:
-    """Whether a request is a WebSocket handshake: an ``Upgrade`` header
-    (name in any case) lists the token ``websocket`` in any case (RFC 6455
-    4.2.1; RFC 9110 7.8: a comma-separated list). Condure took only the
-    exact value ``websocket`` (reference 5.7.1: ``Upgrade: WebSocket`` was
-    plain HTTP there). ``Connection`` is not looked at, as in Condure. The
-    one test for both listener modes (stream upgrades, req refuses)."""
+def is_upgrade(headers: Iterable[Header], *, http11: bool) -> bool:
+    """Whether a request is a WebSocket handshake: an HTTP/1.1 request
+    whose ``Upgrade`` header (name in any case) lists the token
+    ``websocket`` in any case (RFC 6455 4.2.1; RFC 9110 7.8: a
+    comma-separated list). Condure took only the exact value ``websocket``
+    (reference 5.7.1: ``Upgrade: WebSocket`` was plain HTTP there), and in
+    HTTP/1.0 requests too, where a server must ignore ``Upgrade`` (RFC 9110
+    7.8) and may send no 1xx (RFC 9110 15.2): such a request is plain HTTP
+    here. ``Connection`` is not looked at, as in Condure. The one test for
+    both listener modes (stream upgrades, req refuses)."""
+    if not http11:
+        return False
     for key, value in headers:
         if len(key) == 7 and key.lower() == b"upgrade":
             for token in value.split(b","):
@@ -91,6 +109,8 @@ def check_upgrade(method: bytes, headers: Iterable[Header], *, compression: bool
         elif lower == b"sec-websocket-version":
             version = value
         elif lower == b"sec-websocket-key":
+            if key is not None:
+                raise HandshakeError(400, "more than one Sec-WebSocket-Key")
             key = value
         elif lower == b"sec-websocket-extensions":
             offers.append(value)
@@ -98,8 +118,8 @@ def check_upgrade(method: bytes, headers: Iterable[Header], *, compression: bool
         raise HandshakeError(426, "unsupported Sec-WebSocket-Version")
     if key is None:
         raise HandshakeError(400, "missing Sec-WebSocket-Key")
-    if len(key) + len(GUID) > MAX_KEY_INPUT:
-        raise HandshakeError(400, "Sec-WebSocket-Key too long")
+    if not valid_key(key):
+        raise HandshakeError(400, "Sec-WebSocket-Key is not the base64 of 16 bytes")
     parsed = []
     for value in offers:
         try:
@@ -107,6 +127,18 @@ def check_upgrade(method: bytes, headers: Iterable[Header], *, compression: bool
         except ValueError as e:
             raise HandshakeError(400, f"bad Sec-WebSocket-Extensions: {e}") from None
     return Upgrade(key, negotiate(parsed) if compression else None)
+
+
+def valid_key(key: bytes) -> bool:
+    """Whether ``key`` is the base64 of 16 bytes, padding included (RFC
+    6455 4.1, 4.2.1; 24 characters). Condure took any key up to 220 bytes,
+    an empty one too."""
+    if len(key) != 24:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == KEY_BYTES
+    except binascii.Error:
+        return False
 
 
 def accept_value(key: bytes) -> bytes:
@@ -198,7 +230,8 @@ def _acceptable(params: list[tuple[bytes, bytes | None]]) -> Deflate | None:
                 return None
         else:
             return None
-    return Deflate(b"client_no_context_takeover" in seen, b"server_no_context_takeover" in seen)
+    return Deflate(b"client_no_context_takeover" in seen, b"server_no_context_takeover" in seen,
+                   15 if b"server_max_window_bits" in seen else None)
 
 
 def negotiate(offers: list[Offer]) -> Deflate | None:

@@ -440,3 +440,23 @@ def test_deflate_moves_only_without_context_takeover(start, handoff_handler):
         assert resp.header("Sec-WebSocket-Extensions") == DEFLATE_BOTH.encode(), resp.raw
         one_closed_one_moved(condure, keeping, fresh, deflate_echo)
     assert_no_complaints(condure, handler)
+
+
+def test_deflate_with_server_max_window_bits_moves(start, handoff_handler):
+    """The answer echoes server_max_window_bits=15 (RFC 7692 7.1.2.1); the
+    record carries that value, so the session still moves when it has no
+    context takeover."""
+    condure = start("--compression")
+    handler = handoff_handler(condure.base)
+    bits = "; server_max_window_bits=15"
+    with wc.WsConn.open(condure.port, extensions=["permessage-deflate" + bits]) as keeping, \
+            wc.WsConn.open(condure.port, extensions=[DEFLATE_BOTH + bits]) as fresh:
+        resp = keeping.read_handshake()
+        assert resp.code == 101
+        assert resp.header("Sec-WebSocket-Extensions") == \
+            ("permessage-deflate" + bits).encode(), resp.raw
+        resp = fresh.read_handshake()
+        assert resp.code == 101
+        assert resp.header("Sec-WebSocket-Extensions") == (DEFLATE_BOTH + bits).encode(), resp.raw
+        one_closed_one_moved(condure, keeping, fresh, deflate_echo)
+    assert_no_complaints(condure, handler)

@@ -6,6 +6,7 @@ driven by ``replay.py``. Reading is strict: no unknown or misspelled key."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from condure.session import records
 from condure.session.contract import Kind, Session, Settings
 from condure.session.records import HttpRecord, RecordError, WsRecord
 from condure.session.resume import restore
+from condure.session.ws_handshake import Deflate
 from tests.unit.fixtures.records.replay import FIXTURES, replay
 from tests.unit.session_helpers import IdSource
 
@@ -60,6 +62,27 @@ def test_record_fields_of_the_fixtures():
     deflate = records.decode(text("ws_deflate_nct"))
     assert isinstance(deflate, WsRecord) and deflate.deflate is not None
     assert deflate.deflate.client_no_context_takeover
+
+
+@pytest.mark.parametrize("deflate", Deflate.variants())
+def test_every_negotiated_deflate_round_trips(deflate):
+    # the four values earlier condure wrote (the fixture's among them), and
+    # the same with server_max_window_bits=15 (RFC 7692 7.1.2.1)
+    record = records.decode(text("ws_deflate_nct"))
+    assert isinstance(record, WsRecord)
+    moved = dataclasses.replace(record, deflate=deflate)
+    assert records.decode(records.encode(moved)).deflate == deflate
+
+
+def test_deflate_values_read_are_exactly_the_negotiated_ones():
+    fields = records.unpack(records.base64.b64decode(text("ws_deflate_nct")))
+    for deflate in Deflate.variants():
+        record = records.from_fields({**fields, "deflate": deflate.header})
+        assert isinstance(record, WsRecord) and record.deflate == deflate
+    for bad in (b"permessage-deflate; server_max_window_bits=14", b"x-webkit-deflate-frame",
+                b"permessage-deflate; server_max_window_bits=15; client_no_context_takeover"):
+        with pytest.raises(RecordError, match="deflate"):
+            records.from_fields({**fields, "deflate": bad})
 
 
 @pytest.mark.parametrize("name", ["http_idle", "ws_plain"])

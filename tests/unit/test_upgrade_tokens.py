@@ -19,9 +19,10 @@ from condure.session.req import WEBSOCKET_REFUSAL
 from condure.session.websocket import WebSocketSession
 from condure.session.ws_frames import TEXT, parse_header, unmask
 from condure.session.ws_handshake import accept_value, is_upgrade
-from condure.zhttp.packets import Data
+from condure.zhttp.packets import Cancel, Data
 from tests.unit.client_helpers import INSTANCE, START, ClientDriver, first
 from tests.unit.test_req_session import make as req_session
+from tests.unit.test_req_session import reply as req_reply
 from tests.unit.test_websocket_session import WsDriver, cframe
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -95,7 +96,51 @@ def test_other_upgrade_tokens_are_plain_http(upgrade: bytes) -> None:
     (((b"Connection", b"websocket, Upgrade"),), False),
 ])
 def test_is_upgrade(headers: tuple, expected: bool) -> None:
-    assert is_upgrade(headers) is expected
+    assert is_upgrade(headers, http11=True) is expected
+    assert is_upgrade(headers, http11=False) is False  # RFC 9110 7.8
+
+
+# -- HTTP/1.0: Upgrade is ignored (RFC 9110 7.8), no 101 (RFC 9110 15.2) -------------
+
+def http10(handshake_: bytes) -> bytes:
+    return handshake_.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+
+
+@pytest.mark.parametrize("upgrade", [b"websocket", b"WebSocket", b"h2c, websocket"])
+def test_http10_handshake_is_a_plain_request(upgrade: bytes) -> None:
+    d = WsDriver()
+    d.client(http10(handshake(upgrade, b"Upgrade")))
+    assert not isinstance(d.session, WebSocketSession)
+    (packet,) = d.new_packets()
+    assert isinstance(packet, Data)
+    assert packet.uri == b"http://e/ws" and packet.stream and packet.method == b"GET"
+    assert (b"Upgrade", upgrade) in packet.headers  # forwarded as it came, like any header
+    d.respond(200, b"OK", body=b"plain\n")
+    out = d.new_output()
+    assert out.startswith(b"HTTP/1.0 200 OK\r\n") and out.endswith(b"\r\n\r\nplain\n")
+    assert d.close.graceful  # HTTP/1.0 without keep-alive
+
+
+def test_http10_handshake_answered_101_is_a_handler_fault() -> None:
+    d = WsDriver()
+    d.client(http10(handshake(b"websocket", b"Upgrade")))
+    d.new_packets()
+    d.respond(101, b"Switching Protocols")  # no 1xx to an HTTP/1.0 client (RFC 9110 15.2)
+    assert not d.output and not isinstance(d.session, WebSocketSession)
+    assert d.close.handler_fault and d.close.reason == "handler sent status 101"
+    assert [type(p) for p in d.new_packets()] == [Cancel]
+
+
+def test_req_listener_passes_an_http10_handshake_on() -> None:
+    d = req_session()
+    d.client(http10(handshake(b"websocket", b"Upgrade")))
+    assert not d.new_output()
+    (send,) = d.new_sends()
+    assert isinstance(send.packet, Data) and send.packet.uri == b"http://e/ws"
+    assert (b"Upgrade", b"websocket") in send.packet.headers
+    req_reply(d, body=b"hello\n")
+    out = d.new_output()
+    assert out.startswith(b"HTTP/1.0 200 OK\r\n") and out.endswith(b"hello\n")
 
 
 @pytest.mark.parametrize("upgrade", [b"WebSocket", b"h2c, websocket"])

@@ -11,6 +11,7 @@ from condure.session.actions import Close, Send, SwitchSession, Write
 from condure.session.snapshot import SnapshotError
 from condure.session.websocket import WebSocketSession
 from condure.session.ws_frames import frame
+from condure.session.ws_handshake import Deflate
 from condure.session.ws_snapshot import export_ws, restore_ws
 from condure.zhttp import encode, tnetstring
 from condure.zhttp.packets import (
@@ -523,6 +524,9 @@ def test_bad_seq_aborts_without_cancel():
 PMD = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
 PMD_NCT = (b"Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; "
            b"server_no_context_takeover\r\n")
+# RFC 7692 7.1.2.1: the answer to an offer of server_max_window_bits carries it
+PMD_NCT_BITS = (b"Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=15; "
+                b"client_no_context_takeover; server_no_context_takeover\r\n")
 
 
 def deflate(data: bytes) -> bytes:
@@ -540,6 +544,18 @@ def test_compression_negotiated_request_and_acceptance():
               headers=((b"Sec-WebSocket-Extensions", b"bogus"),))
     assert d.output.endswith(b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
     assert d.output.count(b"Sec-WebSocket-Extensions") == 1
+
+
+def test_server_max_window_bits_is_echoed():
+    d = WsDriver(compression=True)
+    d.client(SIMPLE + b"Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=15"
+             b"\r\n\r\n")
+    d.respond(101, b"Switching Protocols")
+    assert d.new_output().endswith(b"\r\nSec-WebSocket-Extensions: permessage-deflate; "
+                                   b"server_max_window_bits=15\r\n\r\n")
+    d.handler(Data, body=b"compress me compress me")  # deflated as without the parameter
+    assert d.new_output() == bytes.fromhex(
+        "c1 11 4a ce cf 2d 28 4a 2d 2e 56 c8 4d 55 48 46 b0 01 00")
 
 
 def test_no_compression_without_the_option():
@@ -691,6 +707,22 @@ def test_export_restore_continue_equals_continue(headers):
     assert runs[0] == runs[1]
     assert runs[0][1].startswith(b"\xc1" if headers else b"\x80\x03end")
     assert runs[0][0][0].endswith(b"4:body,6:\xac tail,}")
+
+
+def test_session_with_server_max_window_bits_moves():
+    d = opened(compression=True, headers=PMD_NCT_BITS)
+    header = (b"permessage-deflate; client_no_context_takeover; server_no_context_takeover; "
+              b"server_max_window_bits=15")
+    assert d.session.deflate.header == header
+    assert export_ws(d.session, d.now)["deflate"] == header
+    d = _moved(d)
+    assert d.session.deflate == Deflate(True, True, 15)
+    d.handler(Data, body=b"compress me compress me")
+    assert d.new_output()[:1] == b"\xc1"  # still compressed
+    d = opened(compression=True, headers=b"Sec-WebSocket-Extensions: permessage-deflate; "
+               b"server_max_window_bits=15\r\n")
+    with pytest.raises(SnapshotError, match="context takeover"):
+        export_ws(d.session, d.now)
 
 
 def test_export_refusals():

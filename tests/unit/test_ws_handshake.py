@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from condure.session.ws_handshake import (
     Deflate, HandshakeError, accept_head, accept_value, check_upgrade, is_upgrade, negotiate,
-    parse_extensions, refusal, rejection,
+    parse_extensions, refusal, rejection, valid_key,
 )
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -28,7 +30,12 @@ def with_(*extra, drop=()):
     ((), False),
 ])
 def test_is_upgrade(headers, expected):
-    assert is_upgrade(headers) is expected
+    assert is_upgrade(headers, http11=True) is expected
+
+
+def test_http10_upgrade_is_ignored():  # RFC 9110 7.8, 15.2
+    assert is_upgrade(BASE, http11=True) is True
+    assert is_upgrade(BASE, http11=False) is False
 
 
 def test_accept_value_of_rfc_example():
@@ -49,6 +56,13 @@ def test_valid_upgrade():
     (b"GET", with_((b"Sec-WebSocket-Version", b"8"), drop=(b"Sec-WebSocket-Version",)), 426),
     (b"GET", with_(drop=(b"Sec-WebSocket-Key",)), 400),
     (b"GET", with_((b"Sec-WebSocket-Key", b"k" * 221), drop=(b"Sec-WebSocket-Key",)), 400),
+    # RFC 6455 4.2.1, 11.3.1: the base64 of 16 bytes, once (Condure took these)
+    (b"GET", with_((b"Sec-WebSocket-Key", b""), drop=(b"Sec-WebSocket-Key",)), 400),
+    (b"GET", with_((b"Sec-WebSocket-Key", b"x"), drop=(b"Sec-WebSocket-Key",)), 400),
+    (b"GET", with_((b"Sec-WebSocket-Key", b"AAAAAAAAAAAAAAAAAAAAAA=="),), 400),  # twice
+    (b"GET", with_((b"Sec-WebSocket-Key", KEY),), 400),  # the same key twice
+    (b"GET", with_((b"Sec-WebSocket-Key", KEY + b", " + KEY), drop=(b"Sec-WebSocket-Key",)),
+     400),
     (b"GET", with_((b"Sec-WebSocket-Extensions", b"foo, , bar")), 400),
     (b"GET", with_((b"Sec-WebSocket-Extensions", b"permessage-deflate; ;")), 400),
     (b"GET", with_((b"Sec-WebSocket-Extensions", b'foo; a="unterminated')), 400),
@@ -60,8 +74,29 @@ def test_bad_upgrades(method, headers, status):
         assert info.value.status == status
 
 
-def test_key_at_the_length_limit_is_accepted():
-    key = b"k" * (256 - 36)
+@pytest.mark.parametrize("key", [
+    b"", b"x", b"k" * 220,
+    b"AAAAAAAAAAAAAAAAAAAAAA",  # 16 bytes without the padding
+    b"AAAAAAAAAAAAAAAAAAAA",  # 15 bytes
+    b"AAAAAAAAAAAAAAAAAAAAAAAA",  # 18 bytes, 24 characters
+    b"AAAAAAAAAAAAAAAAAAAAA===",
+    b"AAAAAAAAAAAAAAAAAAA AA==",
+    b"AAAAAAAAAAAAAAAAAAAA*A==",
+    b"AAAAAAAAAAAAAAAAAAAAAA==AAAA",
+])
+def test_keys_that_are_not_base64_of_16_bytes(key):
+    assert not valid_key(key)
+    headers = with_((b"Sec-WebSocket-Key", key), drop=(b"Sec-WebSocket-Key",))
+    with pytest.raises(HandshakeError) as info:
+        check_upgrade(b"GET", headers, compression=False)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("raw", [bytes(16), b"\xff" * 16, bytes(range(16)),
+                                 b"the sample nonce"])
+def test_keys_that_are_base64_of_16_bytes(raw):
+    key = base64.b64encode(raw)
+    assert valid_key(key)
     headers = with_((b"Sec-WebSocket-Key", key), drop=(b"Sec-WebSocket-Key",))
     assert check_upgrade(b"GET", headers, compression=False).key == key
 
@@ -98,9 +133,19 @@ def _negotiated(*values: bytes) -> bytes | None:
     (b"x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=12",
      b"permessage-deflate"),
     (b"permessage-deflate; foo=1", None),
-    # further rules of 10.1
-    (b"permessage-deflate; server_max_window_bits=15", b"permessage-deflate"),
-    (b'permessage-deflate; server_max_window_bits="15"', b"permessage-deflate"),
+    # further rules of 10.1; an accepted server_max_window_bits is echoed (RFC 7692 7.1.2.1)
+    (b"permessage-deflate; server_max_window_bits=15",
+     b"permessage-deflate; server_max_window_bits=15"),
+    (b'permessage-deflate; server_max_window_bits="15"',
+     b"permessage-deflate; server_max_window_bits=15"),
+    (b"permessage-deflate; server_max_window_bits=15; client_max_window_bits",
+     b"permessage-deflate; server_max_window_bits=15"),
+    (b"permessage-deflate; server_max_window_bits=15; client_no_context_takeover; "
+     b"server_no_context_takeover",
+     b"permessage-deflate; client_no_context_takeover; server_no_context_takeover; "
+     b"server_max_window_bits=15"),
+    (b"permessage-deflate; server_max_window_bits=14, permessage-deflate; "
+     b"server_max_window_bits=15", b"permessage-deflate; server_max_window_bits=15"),
     (b"permessage-deflate; server_max_window_bits", None),
     (b"permessage-deflate; client_max_window_bits=7", None),
     (b"permessage-deflate; client_max_window_bits=16", None),
@@ -117,6 +162,15 @@ def test_negotiation_table(offer, answer):
 def test_negotiation_over_several_headers():
     assert _negotiated(b"permessage-deflate; foo", b"permessage-deflate; client_no_context_takeover"
                        ) == b"permessage-deflate; client_no_context_takeover"
+
+
+def test_deflate_variants_have_distinct_headers():
+    variants = Deflate.variants()
+    assert len({d.header for d in variants}) == len(variants) == 8
+    assert Deflate() in variants and Deflate(True, True, 15) in variants
+    for d in variants:
+        (offer,) = parse_extensions(d.header)  # each answer parses as an offer...
+        assert negotiate([offer]) == d  # ... and negotiates to itself
 
 
 def test_accept_head_golden():  # reference 5.7.3
