@@ -16,8 +16,8 @@ class ResponseError(Exception):
 class Response:
     """One response and where it stands (``state``: :class:`ResponseState`)."""
 
-    __slots__ = ("chunked", "close_delimited", "credits", "discard_body", "http11", "is_head",
-                 "owed", "returned", "state", "unflushed")
+    __slots__ = ("chunked", "close_delimited", "credits", "discard_body", "head_ends",
+                 "http11", "is_head", "owed", "returned", "state", "unflushed")
 
     def __init__(self, credits: int) -> None:
         self.state = ResponseState.NONE
@@ -27,6 +27,9 @@ class Response:
         self.is_head = False
         self.chunked = False
         self.discard_body = False  # HEAD, 204, 304: nothing of the body goes out
+        # The request has no body: a response without one ends at its head
+        # even when the handler goes on (HEAD of a stream), see data().
+        self.head_ends = False
         self.close_delimited = False  # HTTP/1.0 without a length: closing ends it
         self.returned = 0  # credits of the last packet to give straight back
         # Body bytes the handler's own Content-Length still promises (-1:
@@ -44,6 +47,12 @@ class Response:
         self.credits -= len(body)
         if self.state is ResponseState.NONE:
             write = self._head(packet, keep_alive, buffer_size)
+            if self.discard_body and self.head_ends:
+                # RFC 9112 6.3: the exchange ends with the head; what the
+                # handler sends after it (a HEAD of an endless stream) has
+                # nowhere to go, so the session cancels it.
+                self.state = ResponseState.DONE
+                return write
         elif self.owed >= 0:
             self._owe(len(body), packet.more)
             write = body

@@ -135,6 +135,7 @@ def start_request(s: _Session, method: bytes, uri: bytes, headers: tuple[Header,
     response = s.response
     response.http11 = http11
     response.is_head = method == b"HEAD"
+    response.head_ends = not more
     s.keep_alive_asked = keep_alive
     s._advance(Event.REQUEST)
     packet = Data(from_=s.instance_id, ids=(Ident(s.rid, 0),), method=method, uri=uri,

@@ -531,12 +531,37 @@ def test_no_body_codes_drop_the_body(code, reason):
     assert not d.closed
 
 
-def test_no_body_streamed_returns_credits_at_once():
-    d = started()
+@pytest.mark.parametrize("request_bytes, code", [
+    (b"HEAD /stream HTTP/1.1\r\nHost: e\r\n\r\n", 200),  # e.g. a GRIP stream held
+    (b"GET / HTTP/1.1\r\nHost: e\r\n\r\n", 204),
+    (b"GET / HTTP/1.1\r\nHost: e\r\n\r\n", 304),
+], ids=["head", "204", "304"])
+def test_a_response_without_a_body_ends_at_its_head(request_bytes, code):
+    """RFC 9112 6.3: the client's exchange is over once the head is
+    written; a handler that streams on (more) is cancelled, and the next
+    request on the connection is served instead of waiting behind it."""
+    d = started(request_bytes)
+    first = d.session.rid
+    d.respond(code, b"X", headers=TEXT, more=True, body=b"abc")
+    assert d.new_output() == b"HTTP/1.1 %d X\r\nContent-Type: text/plain\r\n\r\n" % code
+    assert kinds(d.new_packets()) == ["Cancel"] and not d.closed
+    d.handler(body=b"more of the stream", more=True, rid=first)  # that exchange is over
+    assert d.new_output() == b"" and d.new_packets() == []
+    d.client(b"GET /next HTTP/1.1\r\nHost: e\r\n\r\n")
+    assert [p.uri for p in d.new_packets()] == [b"http://e/next"]
+    d.respond(headers=TEXT, body=b"next")
+    assert d.new_output().endswith(b"\r\n\r\nnext") and not d.closed
+
+
+def test_a_response_without_a_body_to_a_request_with_one_waits_for_the_handler():
+    """With the request body still going to the handler the exchange is
+    not cut at the head: the handler's end finishes it, as before."""
+    d = started(b"POST / HTTP/1.1\r\nHost: e\r\nContent-Length: 3\r\n\r\nabc")
     d.respond(204, b"No Content", more=True, body=b"abc")
     assert [p.credits for p in d.new_packets()] == [3]
     d.handler(body=b"de")
-    assert d.new_output() == b"HTTP/1.1 204 No Content\r\n\r\n" and not d.closed
+    assert d.new_output().startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert "Cancel" not in kinds(d.packets)
 
 
 def test_head_response_has_no_body():
