@@ -481,7 +481,7 @@ class HttpSession(HttpEndings):
             self._send(Credit, credits=credits)
         if not streaming or (packet.more and packet.body):
             self.stream_deadline = now + self.stream_timeout
-        if response.state is ResponseState.DONE:  # for the client: its exchange is over
+        if response.done:  # for the client: its exchange is over
             if packet.more:
                 self._send(Cancel)  # a HEAD, 204 or 304 the handler goes on with
             self._maybe_finish(now)

@@ -36,6 +36,11 @@ class Response:
         # condure frames the body itself, or none goes out).
         self.owed = -1
 
+    @property
+    def done(self) -> bool:
+        """The response is over, as far as the client is concerned."""
+        return self.state is ResponseState.DONE
+
     def data(self, packet: Data, keep_alive: bool, buffer_size: int) -> bytes:
         """The bytes for the client (b"": none) of a data packet from the
         handler; credits to give straight back are left in ``returned``.
