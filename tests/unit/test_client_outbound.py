@@ -79,6 +79,12 @@ def test_idn_host_and_non_ascii_path_are_encoded() -> None:
     assert n is not None and (n.host, n.path) == ("xn--bcher-kva.example", b"/%C3%BC")
 
 
+def test_a_fragment_is_not_sent() -> None:
+    """RFC 9112 3.2: the request target is the path and query only."""
+    assert target(b"http://example.com/a?b=1#frag").path == b"/a?b=1"
+    assert target(b"http://example.com/a#x?y").path == b"/a"
+
+
 def test_target_defaults_and_ipv6() -> None:
     t = target(b"http://example.com")
     assert (t.port, t.path, t.authority, t.tls) == (80, b"/", b"example.com", False)
