@@ -189,6 +189,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             while self.signals:
                 await self.dispatch_signal(self.signals.popleft())
             self.reap()
+            self.place_held()  # batches waiting for a worker to adopt them (moves.py)
             if self.stopping and not self.children():
                 if self.restart_store is not None:
                     stored = await self.restart_store.finish()
@@ -285,8 +286,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                     self.dispatcher.resume()  # connections may wait for a worker
                 self.wake.set()
             elif kind == "adopted":
-                self.moves.adopted(child, message.get("batch"), int(message.get("adopted", 0)),
-                                   int(message.get("failed", 0)))
+                self.on_adopted(child, message)
                 self.wake.set()
             elif kind in ("list-result", "stacks-result"):
                 if self.control is not None:
@@ -306,6 +306,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 self.on_exit(child, status)
 
     def _forget(self, child: Child) -> None:
+        child.gone = True
         child.outbox.close()
         try:
             self.loop.remove_reader(child.ctl.fileno())
