@@ -277,8 +277,9 @@ class WorkerProcess:
             except TimeoutError:
                 pass
         exporter.abandon()
-        log.info("handover: %d connections moved, %d closed, %d lost",
-                 exporter.moved, exporter.closed, exporter.lost)
+        (log.warning if exporter.lost else log.info)(
+            "handover: %d connections moved, %d closed, %d lost",
+            exporter.moved, exporter.closed, exporter.lost)
         self.send({"type": "handover-done", "moved": exporter.moved,
                    "closed": exporter.closed, "lost": exporter.lost})
 

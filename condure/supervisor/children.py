@@ -40,6 +40,7 @@ class Child:
     graceful: bool = True
     handover_to: Child | None = None  # a reload's successor, taking the sessions
     hold_until: float = 0.0  # its exported sessions wait for an adopting worker until then
+    exported: int = 0  # sessions it exported since its last stats message
     gone: bool = False  # it exited (its control channel is closed)
     heard_at: float = 0.0  # its last message (stats come every second)
     hung_since: float | None = None  # found silent: asked for its stacks, then killed

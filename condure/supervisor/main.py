@@ -272,6 +272,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             kind = message["type"]
             if kind == "stats":
                 child.stats = message
+                child.exported = 0  # its count of connections is as of now
                 child.connections = int(message.get("connections", 0))
                 child.requests = int(message.get("requests", 0))
                 for mode, count in (message.get("unanswered") or {}).items():
@@ -293,9 +294,10 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                     self.control.answer(child, message)
             elif kind == "handover-done":
                 child.handed_over = {k: message.get(k) for k in ("moved", "closed", "lost")}
-                log.info("worker %d (pid %d) handed over %s connections, closed %s, lost %s",
-                         child.slot, child.pid, message.get("moved"), message.get("closed"),
-                         message.get("lost"))
+                (log.warning if message.get("lost") else log.info)(
+                    "worker %d (pid %d) handed over %s connections, closed %s, lost %s",
+                    child.slot, child.pid, message.get("moved"), message.get("closed"),
+                    message.get("lost"))
             elif kind == "drained":
                 log.debug("worker %d drained (pid %d)", child.slot, child.pid)
 
@@ -323,7 +325,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         how = describe_exit(status)
         if child in st.retiring:
             st.retiring.remove(child)
-            log.debug("worker %d (pid %d) exited with %s", child.slot, child.pid, how)
+            self.retired_exit(child, status, how)
             return
         now = time.monotonic()
         if st.successors.get(child.slot) is child:

@@ -286,6 +286,7 @@ class SupervisorMoves:
     def on_sessions(self, child: Child, message: Message, fds: list[int]) -> None:
         records = message.get("records")
         records = records if isinstance(records, list) else []
+        child.exported += len(fds)
         self.place(Batch(child, message.get("batch"), records, fds, child.slot,
                          child.hold_until))
 
@@ -337,6 +338,22 @@ class SupervisorMoves:
 
     def give_back(self, item: Batch) -> None:
         self.moves.give_back(item)
+
+    def retired_exit(self, child: Child, status: int, how: str) -> None:
+        """A worker replaced by a reload exited. If it died before its
+        handover was done, the connections it still had (its last stats
+        count, less what it exported since) are lost; batches it had
+        passed to us still move."""
+        if child.handed_over is None and child.handing_over:
+            lost = max(child.connections - child.exported, 0)
+            self.moves.lost += lost
+            log.warning("worker %d (pid %d) exited with %s while handing over its connections; "
+                        "%d lost", child.slot, child.pid, how, lost)
+        elif status:
+            log.warning("worker %d (pid %d) exited with %s while draining", child.slot,
+                        child.pid, how)
+        else:
+            log.debug("worker %d (pid %d) exited with %s", child.slot, child.pid, how)
 
     def adopt_recovered(self, now: float) -> bool:
         """After a restart: deal the sessions found in the fd store to the

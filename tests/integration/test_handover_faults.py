@@ -201,3 +201,43 @@ def test_stop_during_a_reload_closes_the_sessions_with_1001(start, tmp_path, pro
     finally:
         m.close()
     assert_no_complaints(condure)
+
+
+def test_old_worker_killed_during_handover_is_reported(start, tmp_path):
+    """SIGKILL of the old worker while it waits for ``handoff-proceed``:
+    a warning names what it lost, and ``condure ctl status`` counts it."""
+    path = str(tmp_path / "ctl.sock")
+    condure = start("--control-socket", path)
+    m = Moving(condure, tmp_path)
+    try:
+        answer = wait_status(path, lambda a: (retiring(a) or {}).get("total") == 1)
+        os.kill(retiring(answer)["pid"], signal.SIGKILL)
+        condure.wait_log(log_has(condure, "while handing over its connections; 1 lost"))
+        line = next(x for x in condure.log().splitlines() if "while handing over" in x)
+        assert line.startswith("[WARN]"), line
+        assert wait_status(path, lambda a: retiring(a) is None)["lost"] == 1
+    finally:
+        m.close()
+
+
+def test_sessions_lost_with_a_new_worker_are_a_warning(start, tmp_path):
+    """A batch the new worker took but never confirmed is lost when it
+    dies: the old worker's ``handover: ...`` line says so as a warning."""
+    path = str(tmp_path / "ctl.sock")
+    condure = start("--control-socket", path)
+    m = Moving(condure, tmp_path)
+    try:
+        os.kill(m.successor, signal.SIGSTOP)
+        m.stopped.append(m.successor)
+        m.proceed()
+        # exported: no longer the old worker's (its stats come after the batch)
+        wait_status(path, lambda a: (retiring(a) or {}).get("total") == 0)
+        os.kill(m.successor, signal.SIGKILL)
+        condure.wait_log(lambda: condure.handovers() == [(0, 0, 1)])
+        condure.wait_log(log_has(condure, "handed over 0 connections, closed 0, lost 1"))
+        lines = [x for x in condure.log().splitlines()
+                 if "handover: 0 connections moved" in x or "handed over 0" in x]
+        assert len(lines) == 2 and all(x.startswith("[WARN]") for x in lines), lines
+        assert wait_status(path, lambda a: retiring(a) is None)["lost"] == 1
+    finally:
+        m.close()
