@@ -16,7 +16,11 @@ worker, which carries on as if nothing happened.
   Ready sessions leave in batches (at most 253 descriptors, a bounded
   message size); each socket is kept open here until the supervisor says
   the batch was taken, then our copy is closed (which sends nothing: the
-  connection lives on in the other process).
+  connection lives on in the other process). A batch the supervisor could
+  not place (no new worker took it in time, or condure is stopping) is
+  ``returned``: its sessions are rebuilt here from their records and
+  closed politely (WebSocket close 1012, or 1001 once condure stops, and
+  ``cancel`` to the handler).
 - :func:`adopt` runs in the worker that takes over: it rebuilds each
   session in a free slot, keeps a WebSocket's id and ``from`` (subscribing
   to that address if it is not its own), and resumes it with a keep-alive,
@@ -44,7 +48,7 @@ from condure.session import records
 from condure.session.contract import Session, Settings
 from condure.session.records import Record, RecordError
 from condure.session.resume import restore
-from condure.session.websocket import SERVICE_RESTART
+from condure.session.websocket import GOING_AWAY, SERVICE_RESTART
 
 if TYPE_CHECKING:
     from condure.worker import Worker
@@ -93,14 +97,28 @@ class Exporter:
         # The handler's last sign of life: a packet from it reached this worker.
         self.heard = worker.handler_packets
         self.heard_at = time.monotonic()
-        self.unconfirmed: dict[int, list[socket.socket]] = {}
+        # batch number -> (records, our copies of the sockets), until taken
+        self.unconfirmed: dict[int, tuple[list[str], list[socket.socket]]] = {}
+        self.closing: list[Conn] = []  # returned sessions, closing politely
+        self.close_code = SERVICE_RESTART  # for sessions that cannot move
+        self.stopped = False  # condure stops: nothing more is exported
         self.moved = 0  # sessions the supervisor took
         self.closed = 0  # sessions that could not move and were closed politely
         self.lost = 0  # sessions exported but not taken
 
     @property
     def done(self) -> bool:
-        return not self.moving and not self.unconfirmed
+        if self.closing:
+            self.closing = [conn for conn in self.closing if not conn.closed]
+        return not self.moving and not self.unconfirmed and not self.closing
+
+    def stop(self) -> None:
+        """Condure stops during the handover: nothing more is exported. The
+        sessions not exported yet stay for the drain (close 1001), and the
+        batches the supervisor gives back are closed with 1001 too."""
+        self.stopped = True
+        self.close_code = GOING_AWAY
+        self.moving = []
 
     def start(self) -> None:
         now = time.monotonic()
@@ -142,7 +160,7 @@ class Exporter:
         session: Session = conn.session
         self.closed += 1
         try:
-            session.going_away(now, SERVICE_RESTART)
+            session.going_away(now, self.close_code)
         except Exception:  # noqa: BLE001 - a bug in the session: end it alone
             conn.fail("closing it for a handover")
             return
@@ -226,59 +244,91 @@ class Exporter:
             for sock in socks:
                 sock.close()
             return
-        self.unconfirmed[batch] = socks
+        self.unconfirmed[batch] = (records, socks)
 
     def taken(self, batch: int, lost: int = 0) -> None:
         """The supervisor has the batch (and its descriptors): close ours."""
-        socks = self.unconfirmed.pop(batch, [])
+        _, socks = self.unconfirmed.pop(batch, ([], []))
         for sock in socks:
             sock.close()
         self.lost += lost
         self.moved += len(socks) - lost
 
+    def returned(self, batch: int) -> None:
+        """The supervisor could not place the batch: its sessions come back
+        from their records and are closed politely here."""
+        texts, socks = self.unconfirmed.pop(batch, ([], []))
+        if not socks:
+            return
+        log.info("handover: %d connections could not be passed on; closing them", len(socks))
+        now = time.monotonic()
+        settings = _settings(self.worker)
+        for text, sock in zip(texts, socks, strict=True):
+            conn = _rebuild(self.worker, text, sock, settings, now)
+            if conn is None:
+                self.lost += 1
+                continue
+            self._give_up(conn, now)
+            self.closing.append(conn)
+
     def abandon(self) -> None:
         """The supervisor is gone: whatever was not confirmed is lost."""
         for batch in list(self.unconfirmed):
-            self.taken(batch, len(self.unconfirmed[batch]))
+            self.taken(batch, len(self.unconfirmed[batch][1]))
 
 
-def adopt(worker: Worker, texts: list[object], fds: list[int]) -> tuple[int, int]:
-    """Adopt exported sessions (record, descriptor pairs) into ``worker``;
-    (adopted, failed). A session that cannot be rebuilt is closed."""
-    adopted = failed = 0
-    now = time.monotonic()
+def _settings(worker: Worker) -> Settings:
     config = worker.config
-    settings = Settings(
+    return Settings(
         buffer_size=config.buffer_size, stream_timeout=float(config.stream_timeout),
         compression=config.compression, messages_max=config.messages_max,
         max_message_size=config.max_message_size, read_limits=worker.conn_limits.read)
+
+
+def _rebuild(worker: Worker, text: object, sock: socket.socket, settings: Settings,
+             now: float) -> Conn | None:
+    """The connection of one exported session, installed in ``worker``
+    (nothing sent yet); None (and the socket closed) if it cannot be."""
+    slot = worker.take_slot("stream")
+    try:
+        record = records.decode(text)
+        session = restore(record, settings=settings, instance_id=worker.instance_id,
+                          new_id=partial(worker.next_id, slot), now=now)
+    except Exception as e:
+        if isinstance(e, RecordError):
+            log.warning("cannot adopt a connection: %s", e)
+        else:
+            log.exception("cannot adopt a connection")
+        sock.close()
+        worker.free_slot(slot)
+        return None
+    sock.setblocking(False)
+    conn = Conn(worker, sock, slot, session, None)
+    worker.install(conn)
+    if record.keeps_id:
+        worker.track_moved(conn, session.rid, session.instance_id)
+    return conn
+
+
+def adopt(worker: Worker, texts: list[object], fds: list[int]) -> tuple[int, int] | None:
+    """Adopt exported sessions (record, descriptor pairs) into ``worker``;
+    (adopted, failed). A session that cannot be rebuilt is closed. None
+    when ``worker`` is stopping: it takes none (our copies are closed; the
+    supervisor still has its own and places the batch elsewhere)."""
+    if worker.is_stopping:
+        for fd in fds:
+            socket.close(fd)
+        return None
+    adopted = failed = 0
+    now = time.monotonic()
+    settings = _settings(worker)
     for text, fd in zip(texts, fds, strict=False):
-        sock = socket.socket(fileno=fd)
-        if worker.is_stopping:
-            sock.close()
+        conn = _rebuild(worker, text, socket.socket(fileno=fd), settings, now)
+        if conn is None:
             failed += 1
             continue
-        slot = worker.take_slot("stream")
         try:
-            record = records.decode(text)
-            session = restore(record, settings=settings, instance_id=worker.instance_id,
-                              new_id=partial(worker.next_id, slot), now=now)
-        except Exception as e:
-            if isinstance(e, RecordError):
-                log.warning("cannot adopt a connection: %s", e)
-            else:
-                log.exception("cannot adopt a connection")
-            sock.close()
-            worker.free_slot(slot)
-            failed += 1
-            continue
-        sock.setblocking(False)
-        conn = Conn(worker, sock, slot, session, None)
-        worker.install(conn)
-        if record.keeps_id:
-            worker.track_moved(conn, session.rid, session.instance_id)
-        try:
-            session.resume()
+            conn.session.resume()
         except Exception:  # noqa: BLE001 - a bug in the session: end it alone
             conn.fail("resuming it")
             failed += 1

@@ -72,7 +72,10 @@ class Worker(Slots):
         # Listening sockets handed over by the supervisor; None: bind our own.
         self.given_listeners = listen_socks
         self.requests = 0  # request packets sent, for the supervisor's stats
-        self.handler_packets = 0  # packets received from handlers (a handover's sign of life)
+        # Packets from handlers for this worker's own sessions (a handover's
+        # sign of life; packets for ids it does not have, such as those of a
+        # reload's other worker sharing its address, do not count).
+        self.handler_packets = 0
         self.loop = loop
         # Our ZHTTP "from" and SUB prefix: --id, or --id.<index> with workers.
         self.instance_id = (address if address is not None else config.id).encode()
@@ -432,7 +435,6 @@ class Worker(Slots):
             log.debug("no handler address for %r, packet dropped", packet.ids)
 
     def on_message(self, payload: bytes) -> None:
-        self.handler_packets += 1
         if self.trace:
             log.log(TRACE, "IN %r", payload)
         try:
@@ -442,6 +444,7 @@ class Worker(Slots):
             for ident in e.ids:
                 conn = self.route(ident.id)
                 if conn is not None:
+                    self.handler_packets += 1
                     try:
                         conn.session.abort_unknown(str(e))
                     except Exception:  # noqa: BLE001 - a bug in the session: end it alone
@@ -458,6 +461,7 @@ class Worker(Slots):
         for ident in packet.ids:
             conn = self.route(ident.id)
             if conn is not None:
+                self.handler_packets += 1
                 try:
                     conn.session.receive_packet(packet, ident, now)
                 except Exception:  # noqa: BLE001 - a bug in the session: end it alone

@@ -13,10 +13,13 @@ talks to the supervisor over the control socket:
   (Condure's shutdown: batched cancels);
 - ``conn``: one connection accepted by the supervisor (dispatch mode);
 - ``handover``: move every session that can move to the supervisor
-  (``sessions`` batches with descriptors, each closed here once ``taken``),
-  close the others politely, report ``handover-done``, then stop as a
-  graceful stop does (condure/handover.py);
-- ``adopt``: sessions exported by another worker; answered ``adopted``;
+  (``sessions`` batches with descriptors, each closed here once ``taken``,
+  or closed politely once ``returned``), close the others politely, report
+  ``handover-done``, then stop as a graceful stop does
+  (condure/handover.py); a ``stop`` during a handover ends the exporting
+  and closes what is left with WebSocket close 1001;
+- ``adopt``: sessions exported by another worker; answered ``adopted``
+  (``refused`` when stopping: the supervisor places them elsewhere);
 - ``list``, ``stacks`` (answered ``list-result``, ``stacks-result``) and
   ``log-level``: for ``condure ctl`` (condure/introspect.py);
 - EOF on the control socket (the supervisor is gone): graceful stop.
@@ -81,6 +84,8 @@ class WorkerProcess:
         self._fast = asyncio.Event()
         self.exporter: handover.Exporter | None = None
         self.batches = 0
+        # A stop that came during a handover: when its drain time ends.
+        self.stop_until: float | None = None
 
     # -- control channel ------------------------------------------------------
 
@@ -112,7 +117,8 @@ class WorkerProcess:
             kind = message["type"]
             if kind == "stop":
                 self.request_stop(bool(message.get("graceful", True)),
-                                  float(message.get("drain", self.config.drain_timeout)))
+                                  float(message.get("drain", self.config.drain_timeout)),
+                                  interrupt=True)
             elif kind == "conn" and fds:
                 self.worker.adopt_connection(socket.socket(fileno=fds[0]),
                                              int(message.get("spec", 0)))
@@ -123,20 +129,28 @@ class WorkerProcess:
                                                             self.config.handoff_timeout)))
             elif kind == "taken" and self.exporter is not None:
                 self.exporter.taken(int(message.get("batch", 0)), int(message.get("lost", 0)))
+            elif kind == "returned" and self.exporter is not None:
+                self.exporter.returned(int(message.get("batch", 0)))
             elif kind == "adopt":
-                adopted, failed = handover.adopt(self.worker, list(message.get("records", ())),
-                                                 fds)
-                if adopted or failed:
-                    log.info("adopted %d connections%s", adopted,
-                             f", {failed} could not be" if failed else "")
-                self.send({"type": "adopted", "batch": message.get("batch"),
-                           "adopted": adopted, "failed": failed})
+                self.adopt(message, fds)
             elif kind in ("list", "stacks", "log-level"):
                 control.close_fds(fds)
                 self.on_ctl(message)
             else:
                 control.close_fds(fds)
                 log.debug("control: unexpected %r", message)
+
+    def adopt(self, message: dict[str, Any], fds: list[int]) -> None:
+        result = handover.adopt(self.worker, list(message.get("records", ())), fds)
+        if result is None:
+            self.send({"type": "adopted", "batch": message.get("batch"), "refused": True})
+            return
+        adopted, failed = result
+        if adopted or failed:
+            log.info("adopted %d connections%s", adopted,
+                     f", {failed} could not be" if failed else "")
+        self.send({"type": "adopted", "batch": message.get("batch"),
+                   "adopted": adopted, "failed": failed})
 
     def on_ctl(self, message: dict[str, Any]) -> None:
         """A request of ``condure ctl``, relayed by the supervisor."""
@@ -166,12 +180,27 @@ class WorkerProcess:
         except control.ControlError as e:  # larger than a control message
             self.send({"type": f"{kind}-result", "req": message.get("req"), "error": str(e)})
 
-    def request_stop(self, graceful: bool, drain: float, handoff: float | None = None) -> None:
-        """``handoff``: a handover, with that handoff timeout (see above)."""
+    def request_stop(self, graceful: bool, drain: float, handoff: float | None = None,
+                     interrupt: bool = False) -> None:
+        """``handoff``: a handover, with that handoff timeout (see above).
+        ``interrupt``: the supervisor's stop, which ends a handover under
+        way (a SIGTERM of our own does not: the supervisor decides)."""
         if not self.stop_request.done():
             self.stop_request.set_result((graceful, drain, handoff))
         elif not graceful:
             self._fast.set()  # a fast stop cuts a graceful one short
+        elif interrupt and self.stop_request.result()[2] is not None \
+                and self.stop_until is None:
+            self.stop_until = self.loop.time() + drain
+            self.end_handover()
+
+    def end_handover(self) -> None:
+        """A stop during a handover: nothing more is exported, and what
+        is left closes with 1001 (at once, or once the exporter exists)."""
+        exporter = self.exporter
+        if exporter is not None and not exporter.stopped and not exporter.done:
+            log.info("stopping: the handover ends")
+            exporter.stop()
 
     def stats(self) -> None:
         now = self.loop.time()
@@ -209,9 +238,11 @@ class WorkerProcess:
             graceful, drain, handoff = loop.run_until_complete(self.stop_request)
             worker.mark_stopping("stop")  # no accept restarts from here on
             if handoff is not None:
-                started = loop.time()
+                until = loop.time() + drain
                 loop.run_until_complete(self.hand_over(drain, handoff))
-                drain = max(drain - (loop.time() - started), 0.0)
+                if self.stop_until is not None:  # stopped during the handover
+                    until = self.stop_until
+                drain = max(until - loop.time(), 0.0)
             if graceful:
                 loop.run_until_complete(self.drain(drain))
             worker.stop()
@@ -238,14 +269,17 @@ class WorkerProcess:
         # Past this, batches the supervisor never confirmed count as lost.
         give_up = loop.time() + drain + handoff_timeout + handover.CONFIRM_GRACE
         while not exporter.done and not self._fast.is_set() and loop.time() < give_up:
+            if self.stop_until is not None:
+                self.end_handover()
             exporter.poll()
             try:
                 await asyncio.wait_for(self._fast.wait(), handover.POLL)
             except TimeoutError:
                 pass
         exporter.abandon()
-        log.info("handover: %d connections moved, %d closed, %d lost",
-                 exporter.moved, exporter.closed, exporter.lost)
+        (log.warning if exporter.lost else log.info)(
+            "handover: %d connections moved, %d closed, %d lost",
+            exporter.moved, exporter.closed, exporter.lost)
         self.send({"type": "handover-done", "moved": exporter.moved,
                    "closed": exporter.closed, "lost": exporter.lost})
 

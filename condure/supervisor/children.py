@@ -39,6 +39,9 @@ class Child:
     stop_deadline: float | None = None
     graceful: bool = True
     handover_to: Child | None = None  # a reload's successor, taking the sessions
+    hold_until: float = 0.0  # its exported sessions wait for an adopting worker until then
+    exported: int = 0  # sessions it exported since its last stats message
+    gone: bool = False  # it exited (its control channel is closed)
     heard_at: float = 0.0  # its last message (stats come every second)
     excused_until: float = 0.0  # the supervisor was not watching before this (excuse_stall)
     hung_since: float | None = None  # found silent: asked for its stacks, then killed

@@ -193,6 +193,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 await self.dispatch_signal(self.signals.popleft())
                 self.turned_at += time.monotonic() - began  # the loop ran meanwhile
             self.reap()
+            self.place_held()  # batches waiting for a worker to adopt them (moves.py)
             if self.stopping and not self.children():
                 if self.restart_store is not None:
                     stored = await self.restart_store.finish()
@@ -275,6 +276,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             kind = message["type"]
             if kind == "stats":
                 child.stats = message
+                child.exported = 0  # its count of connections is as of now
                 child.connections = int(message.get("connections", 0))
                 child.requests = int(message.get("requests", 0))
                 for mode, count in (message.get("unanswered") or {}).items():
@@ -289,17 +291,17 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                     self.dispatcher.resume()  # connections may wait for a worker
                 self.wake.set()
             elif kind == "adopted":
-                self.moves.adopted(child, message.get("batch"), int(message.get("adopted", 0)),
-                                   int(message.get("failed", 0)))
+                self.on_adopted(child, message)
                 self.wake.set()
             elif kind in ("list-result", "stacks-result"):
                 if self.control is not None:
                     self.control.answer(child, message)
             elif kind == "handover-done":
                 child.handed_over = {k: message.get(k) for k in ("moved", "closed", "lost")}
-                log.info("worker %d (pid %d) handed over %s connections, closed %s, lost %s",
-                         child.slot, child.pid, message.get("moved"), message.get("closed"),
-                         message.get("lost"))
+                (log.warning if message.get("lost") else log.info)(
+                    "worker %d (pid %d) handed over %s connections, closed %s, lost %s",
+                    child.slot, child.pid, message.get("moved"), message.get("closed"),
+                    message.get("lost"))
             elif kind == "drained":
                 log.debug("worker %d drained (pid %d)", child.slot, child.pid)
 
@@ -310,6 +312,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 self.on_exit(child, status)
 
     def _forget(self, child: Child) -> None:
+        child.gone = True
         child.outbox.close()
         try:
             self.loop.remove_reader(child.ctl.fileno())
@@ -326,7 +329,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         how = describe_exit(status)
         if child in st.retiring:
             st.retiring.remove(child)
-            log.debug("worker %d (pid %d) exited with %s", child.slot, child.pid, how)
+            self.retired_exit(child, status, how)
             return
         now = time.monotonic()
         if st.successors.get(child.slot) is child:

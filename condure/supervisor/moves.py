@@ -5,9 +5,14 @@ descriptors, see condure/handover.py). The supervisor is the middle of
 every move and keeps its own copy of each descriptor until the receiver
 confirms, so nothing is lost if a process dies half-way:
 
-- a reload passes each batch of the retiring worker on to its successor
-  (``adopt``), and once the successor answers ``adopted`` closes its copies
-  and tells the retiring worker ``taken``;
+- a reload passes each batch of the retiring worker on to the slot's
+  current worker (``adopt``), and once that one answers ``adopted`` closes
+  its copies and tells the retiring worker ``taken``. While the slot has no
+  worker that can adopt (the new worker died and its replacement is not
+  ready yet), the batch waits here, up to the retiring worker's drain time;
+  a batch nobody can take (that time is over, condure stops, the adopting
+  worker refuses it because it stops) is ``returned`` to the retiring
+  worker, which closes those sessions politely (1012, or 1001 on a stop);
 - a restart puts each batch into systemd's fd store (``fdstore.Uploader``),
   then answers ``taken``; the manifest goes last, just before exiting;
 - after a restart, the sessions found in the store are dealt out to the
@@ -43,75 +48,97 @@ Message = dict[str, Any]
 
 
 @dataclass(eq=False)
-class _Pending:
+class Batch:
+    """Sessions exported together, and our copies of their sockets."""
+
     source: Child | None  # the worker that exported the batch (None: from the store)
-    batch: object  # its batch number there
+    number: object  # its batch number there
+    records: list[Any]
     fds: list[int]
+    slot: int = -1  # whose worker is to adopt it
+    until: float = 0.0  # while no worker can adopt it, it waits until then
 
 
 @dataclass
 class Moves:
     """Batches in flight between processes, keyed by the number given to
-    each ``adopt`` message."""
+    each ``adopt`` message, and batches waiting for a worker to adopt them."""
 
     # (child, message, fds) -> sent or queued (see SupervisorMoves._send_to)
     send: Callable[[Child, Message, Sequence[int]], bool]
-    pending: dict[int, tuple[Child, _Pending]] = field(default_factory=dict)
+    pending: dict[int, tuple[Child, Batch]] = field(default_factory=dict)
+    held: list[Batch] = field(default_factory=list)
     counter: int = 0
     moved: int = 0
     lost: int = 0
 
-    def relay(self, source: Child, batch: object, records: list[Any], fds: list[int],
-              target: Child | None) -> None:
-        """A batch from ``source`` goes to ``target`` (None: nobody can take
-        it; the sessions are lost)."""
-        if target is None or not self._adopt(target, records, _Pending(source, batch, fds)):
-            self._settle(_Pending(source, batch, fds), len(fds))
-
-    def _adopt(self, target: Child, records: list[Any], item: _Pending) -> bool:
+    def relay(self, target: Child, item: Batch) -> bool:
+        """Pass ``item`` to ``target`` to adopt; False if it could not be
+        sent (the batch is still ours)."""
         self.counter += 1
         key = self.counter
-        if not self.send(target, {"type": "adopt", "batch": key, "records": records}, item.fds):
+        if not self.send(target, {"type": "adopt", "batch": key, "records": item.records},
+                         item.fds):
             return False
         self.pending[key] = (target, item)
         return True
 
-    def adopted(self, target: Child, key: object, adopted: int, failed: int) -> None:
+    def adopted(self, target: Child, key: object, adopted: int, failed: int,
+                refused: bool) -> Batch | None:
+        """``target`` answered ``adopted``; the batch when it refused it
+        (it stops: the batch is still ours, to place elsewhere)."""
         entry = self.pending.pop(key, None) if isinstance(key, int) else None
         if entry is None or entry[0] is not target:
-            return
+            return None
+        if refused:
+            return entry[1]
         self.moved += adopted
         self._settle(entry[1], failed)
+        return None
 
-    def undelivered(self, target: Child, message: Message) -> None:
+    def undelivered(self, target: Child, message: Message) -> Batch | None:
         """``message`` to ``target`` could not be sent in time: if it was an
-        ``adopt``, its sessions are lost."""
+        ``adopt``, its batch (never delivered: still ours)."""
         key = message.get("batch")
         if message.get("type") == "adopt" and isinstance(key, int):
             entry = self.pending.get(key)
             if entry is not None and entry[0] is target:
                 del self.pending[key]
-                self._settle(entry[1], len(entry[1].fds))
+                return entry[1]
+        return None
 
     def target_gone(self, target: Child) -> None:
-        """``target`` exited: what it had not confirmed is lost."""
+        """``target`` exited: what it had not confirmed is lost (it may
+        have adopted and served those sessions already)."""
         for key, (who, item) in list(self.pending.items()):
             if who is target:
                 del self.pending[key]
                 self._settle(item, len(item.fds))
 
-    def _settle(self, item: _Pending, lost: int) -> None:
+    def give_back(self, item: Batch) -> None:
+        """Nobody can adopt ``item``: back to the worker that exported it,
+        which closes those sessions politely; lost if that one is gone."""
+        control.close_fds(item.fds)
+        if item.source is None or not self.send(
+                item.source, {"type": "returned", "batch": item.number}, []):
+            self.lost += len(item.fds)
+
+    def drop(self, item: Batch) -> None:
+        """``item`` is lost: our copies closed, its source told."""
+        self._settle(item, len(item.fds))
+
+    def _settle(self, item: Batch, lost: int) -> None:
         control.close_fds(item.fds)
         self.lost += lost
         if item.source is not None:
-            self.send(item.source, {"type": "taken", "batch": item.batch, "lost": lost}, [])
+            self.send(item.source, {"type": "taken", "batch": item.number, "lost": lost}, [])
 
     def waiting_on(self, target: Child) -> bool:
         return any(who is target for who, _ in self.pending.values())
 
     @property
     def busy(self) -> bool:
-        return bool(self.pending)
+        return bool(self.pending or self.held)
 
     # -- after a restart -------------------------------------------------------
 
@@ -145,8 +172,8 @@ class Moves:
                 self._deal_batch(targets[slot], records, fds)
 
     def _deal_batch(self, target: Child, records: list[Any], fds: list[int]) -> None:
-        item = _Pending(None, None, fds)
-        if not self._adopt(target, records, item):
+        item = Batch(None, None, records, fds)
+        if not self.relay(target, item):
             self._settle(item, len(fds))
 
 
@@ -218,6 +245,7 @@ class SupervisorMoves:
 
     config: Config
     state: State
+    stopping: str | None
     moves: Moves
     restart_store: RestartStore | None
     recovered: fdstore.Recovered | None
@@ -228,9 +256,11 @@ class SupervisorMoves:
         """Ask ``child`` to export its sessions: to ``target`` (a reload's
         successor), or to the fd store (a restart)."""
         drain, handoff = float(self.config.drain_timeout), float(self.config.handoff_timeout)
+        now = time.monotonic()
         child.graceful = True
         child.handover_to = target
-        child.stop_deadline = time.monotonic() + drain + handoff + HANDOVER_GRACE
+        child.hold_until = now + drain
+        child.stop_deadline = now + drain + handoff + HANDOVER_GRACE
         self._send_to(child, {"type": "handover", "drain": drain, "handoff_timeout": handoff})
 
     def _send_to(self, child: Child, message: Message, fds: Sequence[int] = ()) -> bool:
@@ -240,8 +270,12 @@ class SupervisorMoves:
 
         def failed() -> None:
             log.warning("worker %d: could not send %s", child.slot, message["type"])
-            self.moves.undelivered(child, message)
+            item = self.moves.undelivered(child, message)
+            if item is not None:
+                self.give_back(item)
 
+        if child.gone:
+            return False
         try:
             child.outbox.send(message, fds, on_fail=failed)
             return True
@@ -252,18 +286,74 @@ class SupervisorMoves:
     def on_sessions(self, child: Child, message: Message, fds: list[int]) -> None:
         records = message.get("records")
         records = records if isinstance(records, list) else []
+        child.exported += len(fds)
+        self.place(Batch(child, message.get("batch"), records, fds, child.slot,
+                         child.hold_until))
+
+    def on_adopted(self, child: Child, message: Message) -> None:
+        item = self.moves.adopted(child, message.get("batch"), int(message.get("adopted", 0)),
+                                  int(message.get("failed", 0)), bool(message.get("refused")))
+        if item is not None:
+            self.place(item)
+
+    def place(self, item: Batch, again: bool = False) -> None:
+        """A batch exported by a worker goes to the fd store (a restart) or
+        to its slot's current worker; while the slot has none that can
+        adopt, it waits (``place_held``) until ``item.until``; when condure
+        stops or that time is over, it goes back to its source."""
+        if item.source is None:  # from the store: a target refused it or is stuck
+            self.moves.drop(item)
+            return
         if self.restart_store is not None:
-            lost = self.restart_store.batch(child.slot, records, fds)
+            lost = self.restart_store.batch(item.slot, item.records, item.fds)
             self.moves.lost += lost
-            self._send_to(child, {"type": "taken", "batch": message.get("batch"), "lost": lost})
+            self._send_to(item.source, {"type": "taken", "batch": item.number, "lost": lost})
+            return
+        if self.stopping:
+            self.give_back(item)
             return
         # The slot's current worker: the successor, unless a later reload
-        # has already replaced that one too.
-        target = self.state.slots[child.slot]
-        if target is None or target is child or not target.ready \
-                or target.stop_deadline is not None or target.popen.poll() is not None:
-            target = None
-        self.moves.relay(child, message.get("batch"), records, fds, target)
+        # has already replaced that one too, or a respawn after it died.
+        target = self.state.slots[item.slot]
+        if target is not None and target is not item.source and target.ready \
+                and target.stop_deadline is None and target.popen.poll() is None \
+                and self.moves.relay(target, item):
+            return
+        if time.monotonic() >= item.until:
+            log.warning("worker %d: no worker took %d connections in time; closing them",
+                        item.slot, len(item.fds))
+            self.give_back(item)
+            return
+        if not again and not any(h.slot == item.slot for h in self.moves.held):
+            log.info("worker %d: no worker to adopt connections yet; holding them until one "
+                     "is ready", item.slot)
+        self.moves.held.append(item)
+
+    def place_held(self) -> None:
+        """Batches waiting for a worker: placed again (each loop round)."""
+        if self.moves.held:
+            held, self.moves.held = self.moves.held, []
+            for item in held:
+                self.place(item, again=True)
+
+    def give_back(self, item: Batch) -> None:
+        self.moves.give_back(item)
+
+    def retired_exit(self, child: Child, status: int, how: str) -> None:
+        """A worker replaced by a reload exited. If it died before its
+        handover was done, the connections it still had (its last stats
+        count, less what it exported since) are lost; batches it had
+        passed to us still move."""
+        if child.handed_over is None and child.handing_over:
+            lost = max(child.connections - child.exported, 0)
+            self.moves.lost += lost
+            log.warning("worker %d (pid %d) exited with %s while handing over its connections; "
+                        "%d lost", child.slot, child.pid, how, lost)
+        elif status:
+            log.warning("worker %d (pid %d) exited with %s while draining", child.slot,
+                        child.pid, how)
+        else:
+            log.debug("worker %d (pid %d) exited with %s", child.slot, child.pid, how)
 
     def adopt_recovered(self, now: float) -> bool:
         """After a restart: deal the sessions found in the fd store to the

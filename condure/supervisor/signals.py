@@ -127,5 +127,8 @@ class SupervisorSignals:
                     self.hand_over(child, None)
                 elif child.stop_deadline is None:
                     self.stop_child(child, graceful)
-            elif child.stop_deadline is None or (not graceful and child.graceful):
+            elif child.stop_deadline is None or (not graceful and child.graceful) \
+                    or child.handing_over:
+                # (a reload's retiring worker ends its handover: what it has
+                # not passed on yet is closed with 1001, see moves.py)
                 self.stop_child(child, graceful)

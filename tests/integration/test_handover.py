@@ -298,6 +298,52 @@ def test_handler_silent_on_handoff_start_gets_1012_and_cancel(start, tmp_path):
     assert_no_complaints(condure)
 
 
+def test_new_workers_traffic_does_not_extend_an_ignored_handoff(start, tmp_path):
+    """The handoff wait follows the handler's progress on the sessions being
+    moved only: a handler that ignores ``handoff-start`` but keeps serving
+    the new worker's requests (old and new worker share the ZHTTP address,
+    so both receive those answers) still gets the session closed after
+    --handoff-timeout, not after --drain-timeout (5 s here)."""
+    condure = start("--handoff-timeout", "1")
+    h = procs.start_handler(condure.base, tmp_path, sub_prefix="condure", name="scripted")
+    try:
+        ws = wc.WsConn.open(condure.port, "/ws")
+        with ws:
+            req, _ = accept(h, ws)
+            t0 = time.monotonic()
+            condure.proc.popen.send_signal(signal.SIGHUP)
+            start_pkt = recv(h, timeout=15)
+            assert (start_pkt.type, start_pkt.id) == ("handoff-start", req.id), start_pkt
+            served = 0
+            others = []
+            # The old worker stopped accepting before it sent handoff-start:
+            # every new connection is the new worker's.
+            while not select.select([ws.sock], [], [], 0)[0]:
+                assert time.monotonic() - t0 < 10, "no close frame"
+                with Conn(condure.port) as conn:
+                    conn.send(b"GET /n%d HTTP/1.1\r\nHost: example.com\r\n\r\n" % served)
+                    pkt = recv(h, timeout=5)
+                    while pkt.socket != "pull":  # the session's cancel may come first
+                        others.append(pkt)
+                        pkt = recv(h, timeout=5)
+                    h.reply(pkt, body=b"ok")
+                    assert conn.read_response(timeout=5).code == 200
+                served += 1
+                time.sleep(0.05)
+            code, _ = ws.read_close(timeout=5)
+            elapsed = time.monotonic() - t0
+            assert code == 1012
+            assert served >= 3, served  # the new worker was answered meanwhile
+            assert 1.0 <= elapsed < 3.0, elapsed  # --handoff-timeout, not --drain-timeout
+            ws.send_close(1012)
+            cancel = others[0] if others else recv(h, timeout=10)
+            assert (cancel.type, cancel.id) == ("cancel", req.id), cancel
+        condure.wait_log(lambda: condure.handovers() == [(0, 1, 0)])
+    finally:
+        h.close()
+    assert_no_complaints(condure)
+
+
 def test_handler_behind_but_sending_is_waited_for_and_the_session_moves(start, tmp_path):
     """The handoff timeout counts the handler's silence: a handler that
     answers ``handoff-start`` late, but keeps sending meanwhile (it is
