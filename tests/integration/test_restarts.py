@@ -68,8 +68,8 @@ def build_units(workdir: Path, port: int) -> dict[str, str]:
         args.append("--zclient-connect")
     return project_units(workdir, port, args, {
         ("Service", "TimeoutStopSec"): ["60"],
-        # 20 restarts in a row: more than systemd's default start rate limit
-        ("Unit", "StartLimitIntervalSec"): ["0"],
+        # 20 restarts in a row: past systemd's default start rate limit (5 in
+        # 10 s), within the shipped unit's 30 a minute, which this exercises
     })
 
 
