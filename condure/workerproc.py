@@ -347,6 +347,9 @@ def main() -> int:
     faulthandler.enable(all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The supervisor started us with both blocked (supervisor/children.py,
+    # start_worker): ignored now, they may be let through.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
     text = os.environ.pop(control.SPEC_VARIABLE, None)
     if text is None:
         print(f"condure worker: {control.SPEC_VARIABLE} is not set", file=sys.stderr)

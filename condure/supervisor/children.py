@@ -83,6 +83,25 @@ class State:
                 + self.retiring)
 
 
+# Signals a starting worker must not die of: its own handlers (ignoring
+# both) come only once Python has started and imported condure, and a
+# `systemctl kill -s HUP`, a `kill -HUP` of the process group or a
+# terminal's Ctrl-C in that moment would end it. They are blocked in the
+# supervisor's thread while it forks, so the new process starts with them
+# blocked (a blocked mask survives exec) until workerproc ignores them.
+WORKER_START_BLOCKED = frozenset({signal.SIGHUP, signal.SIGINT})
+
+
+def start_worker(args: list[str], env: dict[str, str],
+                 fds: list[int]) -> subprocess.Popen[bytes]:
+    """The worker process, started with WORKER_START_BLOCKED blocked."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_START_BLOCKED)
+    try:
+        return subprocess.Popen(args, env=env, pass_fds=fds, close_fds=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def describe_exit(status: int) -> str:
     """``status 1`` or ``signal SIGKILL`` for a Popen return code."""
     if status < 0:

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections import deque
@@ -235,8 +234,8 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
         fds = [worker_end.fileno()] + [item["fd"] for item in worker_listeners]
         try:
-            popen = subprocess.Popen([sys.executable, "-m", "condure.workerproc"],
-                                     env=env, pass_fds=fds, close_fds=True)
+            popen = children.start_worker([sys.executable, "-m", "condure.workerproc"],
+                                          env, fds)
         finally:
             worker_end.close()
         sup_end.setblocking(False)

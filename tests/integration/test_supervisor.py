@@ -314,6 +314,32 @@ def test_workers_are_not_blamed_for_a_stall_of_the_whole_machine(start, handler)
     assert "has not answered" not in log, log[-3000:]
     assert children(proc.pid) == workers
 
+def test_a_starting_worker_does_not_die_of_sighup_or_sigint(start, handler):
+    """``systemctl kill -s HUP``, a HUP of the process group or a terminal's
+    Ctrl-C can reach a worker before Python has set its handlers: it is
+    started with both signals blocked, so it neither dies nor counts as a
+    crash. (Before, it died of the signal and was respawned.)"""
+    proc = start(workers=1)
+    (old,) = children(proc.pid)
+    os.kill(old, signal.SIGKILL)  # the supervisor starts a replacement at once
+    deadline = time.monotonic() + 10
+    while not (children(proc.pid) - {old}):
+        assert time.monotonic() < deadline, proc.output()[-3000:]
+        time.sleep(0.001)
+    (new,) = children(proc.pid) - {old}
+    for _ in range(20):  # through its start: fork, exec, imports, ready
+        for sig in (signal.SIGHUP, signal.SIGINT):
+            try:
+                os.kill(new, sig)
+            except ProcessLookupError:
+                break
+        time.sleep(0.02)
+    with Conn(proc.port) as conn:
+        get(conn)  # served by the new worker
+    log = proc.output()
+    assert children(proc.pid) == {new}, log[-3000:]
+    assert "signal SIGHUP" not in log and "signal SIGINT" not in log, log[-3000:]
+
 def test_reload_under_load_loses_no_request(start, handler):
     proc = start(workers=2)
     stop, failures, done = threading.Event(), [], [0]
