@@ -291,7 +291,11 @@ class SupervisorMoves:
                          child.hold_until))
 
     def on_adopted(self, child: Child, message: Message) -> None:
-        item = self.moves.adopted(child, message.get("batch"), int(message.get("adopted", 0)),
+        adopted = int(message.get("adopted", 0))
+        # Counted at once (STATUS=, ctl status), not only from the worker's
+        # next statistics, a second later; those replace the figure.
+        child.connections += adopted
+        item = self.moves.adopted(child, message.get("batch"), adopted,
                                   int(message.get("failed", 0)), bool(message.get("refused")))
         if item is not None:
             self.place(item)

@@ -141,7 +141,12 @@ def _operate(setup: Setup, operation: str, handler_pause: float) -> float:
     started = time.monotonic()
     if operation != "restart" or not handler_pause:
         setup.ns.systemctl(operation, SERVICE, timeout=60)
-        return time.monotonic() - started
+        took = time.monotonic() - started
+        if operation == "restart":  # READY=1 came: STATUS= counts what was adopted
+            status = setup.ns.show(SERVICE, "StatusText")
+            found = re.search(r"workers 2/2, (\d+) connections", status)
+            assert found and int(found.group(1)) >= CLIENTS, status
+        return took
     os.kill(setup.handler.pid, signal.SIGSTOP)
     try:
         if HANDLER_PAUSE_AT == "before":
