@@ -349,7 +349,8 @@ OPTIONS: tuple[Option, ...] = (
         "its first label replaced by `_` (wildcard), else the listener's "
         "`default-cert`; when none exists the handshake fails. Files are read "
         "on first use and again whenever they change, so certificates can be "
-        "replaced without a restart. A relative path is taken from condure's "
+        "replaced without a restart (while new files cannot be used, the ones "
+        "loaded before go on being served). A relative path is taken from condure's "
         "working directory, which for a systemd service is `/` unless the unit "
         "sets `WorkingDirectory=`.",
         metavar="DIR", default=".",

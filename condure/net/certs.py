@@ -13,7 +13,13 @@ and when nothing is found the handshake fails with the fatal alert
 
 Files are read on first use and read again when either file's modification
 time changed since they were loaded (checked at every lookup, one ``stat``
-per file), so certificates can be replaced without a restart.
+per file), so certificates can be replaced without a restart. When the new
+files cannot be used (a rotation that writes the certificate and the key
+one after the other, a broken file), the certificate loaded before goes on
+being served and the failure is logged once for those files; a name that
+never loaded fails as if it had no files. An encrypted private key is
+refused (there is no one to ask for its passphrase) instead of prompting
+on a terminal.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ def server_context() -> ssl.SSLContext:
     # client-initiated renegotiation, no compression.
     ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    # A client that shuts its side down without close_notify (a half-close)
+    # is an end of input, not a protocol error: no decode_error alert.
+    ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     ctx.set_alpn_protocols(ALPN)
     return ctx
 
@@ -59,10 +68,17 @@ def valid_name(name: str) -> bool:
     return all(ch >= " " and ch != "\x7f" for ch in name)
 
 
+def _no_passphrase() -> bytes:
+    raise ValueError("the private key is encrypted (condure cannot ask for a passphrase)")
+
+
 class _Entry:
+    """A name's last loaded context (None: it never loaded) and the
+    modification times of the files last tried."""
+
     __slots__ = ("context", "crt_mtime", "key_mtime")
 
-    def __init__(self, context: ssl.SSLContext, crt_mtime: int, key_mtime: int) -> None:
+    def __init__(self, context: ssl.SSLContext | None, crt_mtime: int, key_mtime: int) -> None:
         self.context = context
         self.crt_mtime = crt_mtime
         self.key_mtime = key_mtime
@@ -93,12 +109,15 @@ class CertStore:
             return entry.context
         ctx = server_context()
         try:
-            ctx.load_cert_chain(crt, key)
-        except (OSError, ssl.SSLError) as e:
-            log.warning("failed to load certificate %s: %s", name, e)
-            self.entries.pop(name, None)
-            return None
-        if entry is not None:
+            ctx.load_cert_chain(crt, key, password=_no_passphrase)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            # Once per set of files (not per handshake); the last good one stays.
+            old = None if entry is None else entry.context
+            log.warning("failed to load certificate %s: %s%s", name, e,
+                        "; still serving the one loaded before" if old is not None else "")
+            self.entries[name] = _Entry(old, crt_mtime, key_mtime)
+            return old
+        if entry is not None and entry.context is not None:
             log.info("reloaded certificate %s", name)
         else:
             log.debug("loaded certificate %s", name)

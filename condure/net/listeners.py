@@ -42,7 +42,7 @@ def bind(spec: ListenSpec) -> socket.socket:
         sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
-        raise ListenError(f"failed to bind {host}:{spec.port}: {e.strerror}") from None
+        raise ListenError(f"failed to bind {host}:{spec.port}: {e.strerror or e}") from None
     sock.setblocking(False)
     return sock
 
@@ -55,20 +55,20 @@ def _bind_unix(spec: ListenSpec) -> socket.socket:
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise ListenError(f"failed to bind {path}: {e.strerror}") from None
+        raise ListenError(f"failed to bind {path}: {e.strerror or e}") from None
     else:
         if stat.S_ISDIR(st.st_mode):
             raise ListenError(f"failed to bind {path}: Is a directory")
         try:
             os.unlink(path)
         except OSError as e:
-            raise ListenError(f"failed to remove {path}: {e.strerror}") from None
+            raise ListenError(f"failed to remove {path}: {e.strerror or e}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
     except OSError as e:
         sock.close()
-        raise ListenError(f"failed to bind {path}: {e.strerror}") from None
+        raise ListenError(f"failed to bind {path}: {e.strerror or e}") from None
     try:
         st = os.stat(path)
         _owned[path] = (st.st_dev, st.st_ino)
@@ -88,7 +88,7 @@ def _apply_file_params(spec: ListenSpec, path: str) -> None:
         try:
             os.chmod(path, spec.file_mode)
         except OSError as e:
-            raise ListenError(f"failed to set mode on {path}: {e.strerror}") from None
+            raise ListenError(f"failed to set mode on {path}: {e.strerror or e}") from None
     uid = gid = -1
     if spec.user is not None:
         try:
@@ -107,7 +107,7 @@ def _apply_file_params(spec: ListenSpec, path: str) -> None:
             os.chown(path, uid, gid)
         except OSError as e:
             what = "user" if uid != -1 else "group"
-            raise ListenError(f"failed to set {what} on {path}: {e.strerror}") from None
+            raise ListenError(f"failed to set {what} on {path}: {e.strerror or e}") from None
 
 
 def describe(sock: socket.socket, spec: ListenSpec) -> str:

@@ -262,7 +262,11 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             except BlockingIOError:
                 return
             except (control.ControlError, OSError) as e:
-                log.warning("worker %d control channel: %s", child.slot, e)
+                # A worker that exits (a SIGTERM to the whole process group,
+                # as `timeout` and container stops send) resets its end.
+                exiting = isinstance(e, ConnectionResetError) and child.popen.poll() is not None
+                (log.debug if exiting else log.warning)(
+                    "worker %d control channel: %s", child.slot, e)
                 message, fds = None, []
             if message is not None and message["type"] == "sessions":
                 self.on_sessions(child, message, fds)

@@ -134,6 +134,10 @@ def test_unusable_path_stops_startup(tmp_path) -> None:
     result = run_condure(tmp_path, f"{path},local")
     assert result.returncode == 1, result
     assert f"failed to bind {path}: No such file or directory" in result.stdout
+    longer = tmp_path / ("x" * 120 + ".sock")  # past sockaddr_un's 108 bytes
+    result = run_condure(tmp_path, f"{longer},local")
+    assert result.returncode == 1, result
+    assert f"failed to bind {longer}: AF_UNIX path too long" in result.stdout  # not "None"
 
 
 def test_failure_later_in_startup_removes_the_socket_file(tmp_path) -> None:
