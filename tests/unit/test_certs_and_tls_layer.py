@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -96,10 +95,12 @@ def test_an_encrypted_key_is_refused_without_asking_for_a_passphrase(tmp_path, c
     """OpenSSL would prompt on the terminal and block the worker."""
     cert = ca.issue_cert("enc.test")
     write_identity(tmp_path, "enc.test", cert)
+    from cryptography.hazmat.primitives import serialization  # trustme's own dependency
     key = tmp_path / "enc.test.key"
-    subprocess.run(["openssl", "pkey", "-in", str(key), "-out", str(key) + ".enc",
-                    "-aes256", "-passout", "pass:secret"], check=True)
-    os.replace(str(key) + ".enc", key)
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    key.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
     store = CertStore(str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="condure.tls"):
         assert store.get("enc.test") is None
