@@ -30,7 +30,7 @@ from websockets.protocol import State
 from websockets.sync.client import connect as sync_connect
 from websockets.uri import parse_uri
 
-from tests.harness import procs
+from tests.harness import echo_condure, procs
 from tests.harness import ws_client as wc
 from tests.harness.http_client import connect, request
 
@@ -49,23 +49,8 @@ def echo(tmp_path_factory):
     """Our condure with --compression and the echo handler; yields condure
     once the handler has answered a first request."""
     workdir = tmp_path_factory.mktemp("ws-handshake-rules")
-    condure = procs.start_condure("ours", workdir / "condure", extra_args=["--compression"])
-    try:
-        handler = _handler([str(EXAMPLES / "handoffhandler.py"), "--base", condure.base],
-                           workdir / "handler.stderr")
-        try:
-            with connect(condure.port, timeout=15) as c:  # waits for the handler
-                c.send(request("GET", "/ready"))
-                resp = c.read_response()
-                assert resp.code == 200 and resp.body == b"ok /ready\n", resp
-            yield condure
-            out = condure.output()
-            assert condure.alive() and "Traceback" not in out, out[-3000:]
-        finally:
-            procs.terminate(handler)
-    finally:
-        condure.stop()
-
+    with echo_condure.running(workdir, ["--compression"]) as condure:
+        yield condure
 
 def handshake(version: str = "1.1", path: str = "/ws", keys=(KEY,), extra: str = "") -> bytes:
     return (f"GET {path} HTTP/{version}\r\nHost: example.com\r\nUpgrade: websocket\r\n"

@@ -10,9 +10,6 @@ Debian's condure 1.9.1 forwards `Upgrade: WebSocket` as a plain HTTP request
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -20,11 +17,10 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from tests.harness import procs
+from tests.harness import echo_condure, procs
 from tests.harness import ws_client as wc
-from tests.harness.http_client import connect, request
+from tests.harness.http_client import connect
 
-HANDLER = procs.REPO_ROOT / "examples" / "handoffhandler.py"
 KEY = "x3JJHMbDL1EzLkh9GBhXDw=="
 
 
@@ -32,27 +28,8 @@ KEY = "x3JJHMbDL1EzLkh9GBhXDw=="
 def echo(tmp_path_factory):
     """Our condure with the echo handler; yields condure once the handler
     has answered a first request."""
-    workdir = tmp_path_factory.mktemp("upgrade-tokens")
-    condure = procs.start_condure("ours", workdir / "condure")
-    try:
-        with open(workdir / "handler.stderr", "wb") as log:
-            handler = subprocess.Popen(
-                [sys.executable, str(HANDLER), "--base", condure.base],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                env=procs.python_env())
-            try:
-                with connect(condure.port, timeout=15) as c:  # waits for the handler
-                    c.send(request("GET", "/ready"))
-                    resp = c.read_response()
-                    assert resp.code == 200 and resp.body == b"ok /ready\n", resp
-                yield condure
-                out = condure.output()
-                assert condure.alive() and "Traceback" not in out, out[-3000:]
-            finally:
-                procs.terminate(handler)
-    finally:
-        condure.stop()
-
+    with echo_condure.running(tmp_path_factory.mktemp("upgrade-tokens"), None) as condure:
+        yield condure
 
 def handshake(upgrade: str, connection: str, path: str = "/ws") -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: example.com\r\nUpgrade: {upgrade}\r\n"
