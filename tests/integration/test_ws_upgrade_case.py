@@ -17,7 +17,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from tests.harness import echo_condure, procs
+from tests.harness import echo_condure
 from tests.harness import ws_client as wc
 from tests.harness.http_client import connect
 
