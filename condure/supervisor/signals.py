@@ -201,8 +201,9 @@ class SupervisorSignals:
         rec.close()
         self.recovered = None
         if self.restart_store is not None:
-            log.info("restart: %d connections from the previous start stay in the fd store",
-                     count)
+            if count:
+                log.info("restart: %d connections from the previous start stay in the fd "
+                         "store", count)
         elif count:
             log.warning("%d connections from the previous start closed without a close "
                         "frame: no worker could adopt them", count)

@@ -77,13 +77,15 @@ def build_units(workdir: Path, port: int,
     })
 
 
-def start_handler(workdir: Path, bind: bool = False) -> subprocess.Popen:
+def start_handler(workdir: Path, bind: bool = False, verbose: bool = False) -> subprocess.Popen:
     """examples/handoffhandler.py on ipc://WORKDIR/client, its output in
-    handler.log; ``bind`` for condure started with --zclient-connect."""
+    handler.log; ``bind`` for condure started with --zclient-connect;
+    ``verbose``: every packet in the log."""
     with open(workdir / "handler.log", "wb") as out:
         return subprocess.Popen(
             [sys.executable, str(REPO / "examples" / "handoffhandler.py"),
-             "--base", f"ipc://{workdir}/client", "--bind" if bind else "--connect"],
+             "--base", f"ipc://{workdir}/client", "--bind" if bind else "--connect",
+             *(["--verbose"] if verbose else [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env=procs.python_env())
 
@@ -117,7 +119,13 @@ def held_setup(tmp_path):
     yield from _setup(tmp_path, {("Service", "ExecStartPre"): [f"/bin/sh -c '{wait}'"]})
 
 
-def _setup(tmp_path: Path, extra: dict[tuple[str, str], list[str]] | None = None):
+@pytest.fixture
+def verbose_setup(tmp_path):
+    yield from _setup(tmp_path, verbose=True)
+
+
+def _setup(tmp_path: Path, extra: dict[tuple[str, str], list[str]] | None = None,
+           verbose: bool = False):
     port = procs.free_port()
     ns = SystemdNamespace(tmp_path, build_units(tmp_path, port, extra))
     handler = None
@@ -125,7 +133,7 @@ def _setup(tmp_path: Path, extra: dict[tuple[str, str], list[str]] | None = None
         ns.start()
         ns.systemctl("start", SOCKET)
         ns.systemctl("start", SERVICE)  # returns on READY=1
-        handler = start_handler(tmp_path, bind=ZMQ_MODE == "connect")
+        handler = start_handler(tmp_path, bind=ZMQ_MODE == "connect", verbose=verbose)
         yield Setup(ns, port, tmp_path, handler)
     except BaseException:
         print(ns.journal(SERVICE)[-20000:])
@@ -437,7 +445,7 @@ def _new_supervisor(setup: Setup, procs_file: Path, old: set[int], deadline: flo
 
 
 @pytest.mark.parametrize("moment", ["starting", "workers"])
-def test_stop_during_a_restarts_start_closes_every_websocket_with_1001(setup, moment):
+def test_stop_during_a_restarts_start_closes_every_websocket_with_1001(verbose_setup, moment):
     """`systemctl stop` while the start of a `systemctl restart` has not
     said READY=1 yet, so it still holds the previous start's connections
     from the fd store: every WebSocket gets close 1001 all the same.
@@ -447,7 +455,8 @@ def test_stop_during_a_restarts_start_closes_every_websocket_with_1001(setup, mo
     ``starting``: as soon as it catches SIGTERM, before it loaded ZeroMQ,
     long before its loop runs (the signal is recorded, condure/supervisor/
     early.py); ``workers``: once its workers exist (its loop runs; they are
-    not ready, nothing is adopted yet)."""
+    not ready, nothing is adopted yet). The handler gets a `cancel` for each."""
+    setup = verbose_setup
     load = start_load(setup, CLIENTS, expect_close=True)
     stopper = restart = None
     held = None
@@ -497,6 +506,10 @@ def test_stop_during_a_restarts_start_closes_every_websocket_with_1001(setup, mo
                         r"stopping \(0 lost\)", journal)
     assert closed and int(closed[-1]) >= CLIENTS, journal[-5000:]
     assert setup.fd_store() == 0
+    setup.handler.terminate()
+    setup.handler.wait(10)
+    handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+    assert handler_log.count("b'type': b'cancel'") == CLIENTS, handler_log[-3000:]
 
 
 def _reset(ws: WsConn) -> None:
