@@ -189,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["ctl"]:  # the control client, a small parser of its own
         from condure import ctl
         return ctl.main(argv[1:])
+    # A stop signal from now on is recorded, not fatal: the supervisor
+    # acts on it once its loop runs (condure/supervisor/early.py).
+    from condure.supervisor import early
+    early.install()
     try:
         namespace = parse_syntax(argv)
     except SystemExit as e:

@@ -144,8 +144,11 @@ def show_status(answer: dict[str, Any]) -> str:
     if reload.get("pending") or reload.get("starting"):
         lines.append(f"reload: slots to replace {reload.get('pending')}, "
                      f"successors starting {reload.get('starting')}")
+    left = answer.get("closed_by_clients")
     lines.append(f"moved between processes so far: {answer.get('moved')} "
-                 f"(lost {answer.get('lost')})")
+                 f"(lost {answer.get('lost')}"
+                 + (f"; {left} closed by their clients while in the fd store" if left else "")
+                 + ")")
     rows = []
     for w in answer.get("workers", []):
         c, q, h = w.get("connections") or {}, w.get("queues") or {}, w.get("handover")

@@ -277,6 +277,7 @@ class ControlServer:
             "reload": {"pending": list(st.reload_pending), "starting": sorted(st.successors)},
             "respawn_due": sorted(st.respawn_at),
             "moved": host.moves.moved, "lost": host.moves.lost,
+            "closed_by_clients": host.moves.closed_by_clients,
         }
 
     async def connections(self, request: dict[str, Any]) -> dict[str, Any]:

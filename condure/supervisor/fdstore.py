@@ -104,10 +104,11 @@ def inode(fd: int) -> int:
 class Uploader:
     """Puts one generation's sessions and listeners into the store."""
 
-    def __init__(self, store: FdStore, generation: str) -> None:
+    def __init__(self, store: FdStore, generation: str, store_max: int | None = None) -> None:
         check_name(f"{STORE_PREFIX}{generation}{MANIFEST_SUFFIX}")
         self.store = store
         self.generation = generation
+        self.store_max = store_max  # the unit's FileDescriptorStoreMax=, when known
         self.entries: list[dict] = []
         self.batches = 0
         self.stored = 0
@@ -139,8 +140,11 @@ class Uploader:
         if not self.entries:
             return 0
         name = f"{STORE_PREFIX}{self.generation}{MANIFEST_SUFFIX}"
-        fd = write_manifest({"v": MANIFEST_VERSION, "generation": self.generation,
-                             "written": time.time(), "entries": self.entries})
+        manifest: dict = {"v": MANIFEST_VERSION, "generation": self.generation,
+                          "written": time.time(), "entries": self.entries}
+        if self.store_max is not None:
+            manifest["store_max"] = self.store_max
+        fd = write_manifest(manifest)
         try:
             self.store.upload(name, [fd])
         except OSError as e:
@@ -212,7 +216,8 @@ class Recovered:
     listeners: list[tuple[socket.socket, dict]] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
     lost: int = 0  # store fds that matched no manifest entry (closed)
-    missing: int = 0  # manifest entries whose fd did not come back
+    missing: int = 0  # manifest entries whose fd did not come back, unexplained
+    closed_by_clients: int = 0  # sessions that did not come back: their peer hung up
     problems: list[str] = field(default_factory=list)
 
     def close(self) -> None:
@@ -233,6 +238,7 @@ def recover(items: list[Inherited]) -> Recovered:
     detached), listeners as sockets."""
     found = Recovered()
     by_ino: dict[int, tuple[dict, float]] = {}
+    limits: list[int | None] = []  # each manifest's store_max
     order: list[int] = []
     others = []
     for item in items:
@@ -249,6 +255,8 @@ def recover(items: list[Inherited]) -> Recovered:
             _close(item)
         written = manifest.get("written")
         written = float(written) if isinstance(written, (int, float)) else 0.0
+        limit = manifest.get("store_max")
+        limits.append(limit if type(limit) is int else None)
         for entry in manifest["entries"]:
             ino = entry["ino"]
             if ino not in by_ino:
@@ -268,11 +276,13 @@ def recover(items: list[Inherited]) -> Recovered:
             _close(item)
         else:
             held[ino] = item
+    gone_sessions = 0
     for ino in order:
         entry = by_ino[ino][0]
         held_item = held.pop(ino, None)
         if held_item is None or held_item.sock is None:  # (held only has sockets)
             found.missing += 1
+            gone_sessions += entry["kind"] == "session"
             continue
         if entry["kind"] == "session":
             found.sessions.append((held_item.sock.detach(), entry))
@@ -283,9 +293,33 @@ def recover(items: list[Inherited]) -> Recovered:
             found.problems.append(f'fd store "{held_item.name}": unknown kind {entry["kind"]!r}')
             _close(held_item)
     if found.missing:
-        found.problems.append(f"fd store: {found.missing} descriptors in the manifest "
-                              "did not come back")
+        _explain_missing(found, gone_sessions, len(items), limits)
     return found
+
+
+def _explain_missing(found: Recovered, gone_sessions: int, came_back: int,
+                     limits: list[int | None]) -> None:
+    """Why manifest entries did not come back. Every descriptor a manifest
+    lists reached systemd (an upload that failed is not listed, and the
+    manifest goes last, after a barrier). systemd then drops a stored
+    descriptor for two reasons only: its peer hung up or failed (it watches
+    them for EPOLLHUP and EPOLLERR: a client that reset its connection), or
+    the store was full (``FileDescriptorStoreMax=``). The store never held
+    more than what came back plus what is missing; when that fits under
+    the limit every manifest recorded, the store was never full, and the
+    missing sessions are clients that left."""
+    known = [limit for limit in limits if limit is not None]
+    never_full = (len(known) == len(limits) and known
+                  and came_back + found.missing <= min(known))
+    if never_full and gone_sessions:
+        found.closed_by_clients = gone_sessions
+        found.missing -= gone_sessions
+    if not found.missing:
+        return
+    why = (f" (closed by their clients, or refused by a full store: "
+           f"FileDescriptorStoreMax={min(known)})" if known and not never_full else "")
+    found.problems.append(f"fd store: {found.missing} descriptors in the manifest "
+                          f"did not come back{why}")
 
 
 def _close(item: Inherited) -> None:
@@ -315,28 +349,35 @@ def own_unit(cgroup_text: str | None = None) -> str | None:
     return None
 
 
+def jobs_in(text: str, unit: str) -> set[str]:
+    """The job types ``systemctl list-jobs --no-legend --plain`` output
+    ``text`` lists for ``unit`` (lines: ``JOB UNIT TYPE STATE``)."""
+    return {fields[2] for fields in map(str.split, text.splitlines())
+            if len(fields) >= 3 and fields[1] == unit}
+
+
 def restart_in_jobs(text: str, unit: str) -> bool:
-    """Whether ``systemctl list-jobs --no-legend --plain`` output ``text``
-    has a restart job for ``unit`` (lines: ``JOB UNIT TYPE STATE``)."""
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[1] == unit and fields[2] in RESTART_JOBS:
-            return True
-    return False
+    """Whether ``text`` (as for :func:`jobs_in`) has a restart job for ``unit``."""
+    return bool(jobs_in(text, unit) & RESTART_JOBS)
 
 
-def restart_pending(unit: str | None, timeout: float = 3.0) -> bool:
-    """True when systemd has a restart job for ``unit``; False on any failure."""
+def unit_jobs(unit: str | None, timeout: float = 3.0) -> set[str] | None:
+    """The types of systemd's jobs for ``unit``; None when that cannot be asked."""
     if not unit:
-        return False
+        return None
     try:
         out = subprocess.run(["systemctl", "list-jobs", "--no-legend", "--plain"],
                              capture_output=True, text=True, timeout=timeout,
                              stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.SubprocessError) as e:
         log.debug("systemctl list-jobs: %s", e)
-        return False
-    return out.returncode == 0 and restart_in_jobs(out.stdout, unit)
+        return None
+    return jobs_in(out.stdout, unit) if out.returncode == 0 else None
+
+
+def restart_pending(unit: str | None, timeout: float = 3.0) -> bool:
+    """True when systemd has a restart job for ``unit``; False on any failure."""
+    return bool((unit_jobs(unit, timeout) or set()) & RESTART_JOBS)
 
 
 def store_max(unit: str | None, timeout: float = 3.0) -> int | None:

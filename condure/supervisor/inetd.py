@@ -21,6 +21,7 @@ import logging
 import signal
 
 from condure.net.conn import Conn
+from condure.supervisor import early
 from condure.supervisor.activation import local_address
 from condure.supervisor.notify import Notifier
 from condure.supervisor.sockets import Listeners
@@ -84,6 +85,9 @@ def run(acquired: Listeners) -> int:
     if not worker.adopt_connection(sock, 0):
         log.info("the connection was gone before it could be served")
         worker.mark_stopping("connection gone")
+    elif any(sig != signal.SIGHUP for sig in early.take()):  # a stop came while starting
+        log.info("stopping...")
+        worker.mark_stopping("stop signal")
     try:
         loop.run_until_complete(worker.stopped)
         worker.stop()

@@ -102,6 +102,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         self.moved_note = ""
         self.boot_failures = 0
         self.stopping: str | None = None  # "graceful" or "fast"
+        self.stop_deferred = False  # until the fd store's connections are adopted
         self.exit_status = 0
         self.announced = False
         self.zmq_spec: dict[str, Any] | None = None
@@ -173,6 +174,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         self.wake = asyncio.Event()
         for sig in HANDLED:
             loop.add_signal_handler(sig, self._enqueue, sig)
+        self.take_early_signals()  # those that came while starting (signals.py)
         if self.control is not None:
             await self.control.start()
         for slot in range(self.n):
@@ -194,10 +196,8 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             self.reap()
             self.place_held()  # batches waiting for a worker to adopt them (moves.py)
             if self.stopping and not self.children():
-                if self.restart_store is not None:
-                    stored = await self.restart_store.finish()
-                    log.info("restart: %d connections in systemd's fd store (%d lost)",
-                             stored, self.moves.lost)
+                self.drop_recovered()  # no worker left to adopt them (signals.py)
+                await self.finish_restart()  # signals.py
                 if self.control is not None:
                     await self.control.stop()
                 return self.exit_status
@@ -394,6 +394,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 child.popen.kill()
                 child.started = now
         if self.stopping:
+            self.stop_when_adopted(now)  # a stop during a restart's start (signals.py)
             self.update_status()
             return
         for slot, due in list(st.respawn_at.items()):

@@ -71,6 +71,8 @@ class Moves:
     counter: int = 0
     moved: int = 0
     lost: int = 0
+    # sessions that left the fd store during a restart: their clients hung up
+    closed_by_clients: int = 0
 
     def relay(self, target: Child, item: Batch) -> bool:
         """Pass ``item`` to ``target`` to adopt; False if it could not be
@@ -181,8 +183,9 @@ class RestartStore:
     """A restart: every batch and the listeners the supervisor bound go
     into systemd's fd store; :meth:`finish` writes the manifest."""
 
-    def __init__(self, generation: str, environ: Mapping[str, str] | None = None) -> None:
-        self.uploader = fdstore.Uploader(fdstore.FdStore(environ), generation)
+    def __init__(self, generation: str, environ: Mapping[str, str] | None = None,
+                 store_max: int | None = None) -> None:
+        self.uploader = fdstore.Uploader(fdstore.FdStore(environ), generation, store_max)
 
     def listeners(self, entries: list[tuple[int, dict[str, Any]]]) -> None:
         if entries:
@@ -385,12 +388,26 @@ class SupervisorMoves:
                 store.remove(name)
             except OSError as e:
                 log.warning("fd store: cannot remove %s: %s", name, e)
-        lost = self.moves.lost + rec.lost + rec.missing
+        self.moves.lost += rec.lost + rec.missing
+        self.moves.closed_by_clients += rec.closed_by_clients
         for problem in rec.problems:
-            log.warning("fd store: %s", problem)
-        (log.warning if lost else log.info)(
-            "restart: %d connections adopted, %d lost", self.moves.moved, lost)
-        self.moved_note = f"; after restart {self.moves.moved} adopted, {lost} lost"
+            log.warning("%s", problem)
         self.recovered = None
+        self.report_adopted(rec.closed_by_clients)
         return True
 
+    def report_adopted(self, left: int) -> None:
+        """The log line and status note of an adoption after a restart;
+        ``left``: connections whose clients hung up while they were in the
+        fd store (not lost: there was nothing left to carry)."""
+        moved, lost = self.moves.moved, self.moves.lost
+        gone = f"; {left} closed by their clients while stored" if left else ""
+        if self.stopping:  # a stop during the start: the workers' stop closes them
+            (log.warning if lost else log.info)(
+                "restart: %d connections from the previous start closed: stopping "
+                "(%d lost%s)", moved, lost, gone)
+            return
+        (log.warning if lost else log.info)(
+            "restart: %d connections adopted, %d lost%s", moved, lost, gone)
+        self.moved_note = (f"; after restart {moved} adopted, {lost} lost"
+                           + (f", {left} closed by their clients" if left else ""))

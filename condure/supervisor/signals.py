@@ -11,6 +11,14 @@ Signal handlers only enqueue (``main.py``); the loop then calls
   serving the workers' control messages meanwhile.
 - SIGINT and SIGQUIT stop every worker at once (Condure's fast stop).
 - SIGHUP replaces the workers one slot at a time (a reload).
+
+A stop that comes while a start after ``systemctl restart`` still has the
+previous start's connections to adopt (before ``READY=1``) waits until the
+workers are ready and have adopted them (:meth:`stop_when_adopted`), so
+that the workers' stop closes them as it closes every connection (WebSocket
+close 1001, ``cancel`` to the handler) instead of dropping them. Signals
+that came before the loop ran were recorded (``early.py``) and are
+handled first.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from condure.supervisor import fdstore
-from condure.supervisor.moves import RestartStore
+from condure.supervisor import early, fdstore
+from condure.supervisor.moves import Moves, RestartStore
 from condure.supervisor.notify import Notifier
 
 if TYPE_CHECKING:
@@ -34,18 +42,20 @@ log = logging.getLogger("condure")
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
 
-def restart_planned(in_unit: bool) -> bool:
+def restart_planned(in_unit: bool) -> tuple[bool, int | None]:
     """Whether the SIGTERM we got is part of a restart of our own unit whose
-    fd store can keep connections. Blocking (it runs ``systemctl``): call
-    it in a thread."""
+    fd store can keep connections, and the store's size
+    (``FileDescriptorStoreMax=``, None if unknown). Blocking (it runs
+    ``systemctl``): call it in a thread."""
     unit = fdstore.own_unit() if in_unit else None
     if not fdstore.restart_pending(unit):
-        return False
-    if fdstore.store_max(unit) == 0:
+        return False, None
+    size = fdstore.store_max(unit)
+    if size == 0:
         log.warning("restart: FileDescriptorStoreMax=0 for %s, so connections cannot "
                     "survive it; closing them instead", unit)
-        return False
-    return True
+        return False, 0
+    return True, size
 
 
 class SupervisorSignals:
@@ -60,11 +70,16 @@ class SupervisorSignals:
     store_id: str
     listeners: Listeners | None
     dispatcher: Dispatcher | None
+    recovered: fdstore.Recovered | None
+    stop_deferred: bool
+    moves: Moves
 
     if TYPE_CHECKING:
         def children(self) -> list[Child]: ...
         def stop_child(self, child: Child, graceful: bool) -> None: ...
         def hand_over(self, child: Child, target: Child | None) -> None: ...
+        def adopt_recovered(self, now: float) -> bool: ...
+        def _enqueue(self, sig: int) -> None: ...
 
     async def dispatch_signal(self, sig: int) -> None:
         if sig == signal.SIGTERM:
@@ -79,7 +94,8 @@ class SupervisorSignals:
         if self.stopping:
             return
         # Only a service under systemd can be restarting.
-        restart = self.notify.enabled and await asyncio.to_thread(restart_planned, True)
+        restart, size = (await asyncio.to_thread(restart_planned, True) if self.notify.enabled
+                         else (False, None))
         if self.stopping:  # a fast stop came first
             return
         log.info("restarting: moving connections to the next start" if restart
@@ -87,11 +103,28 @@ class SupervisorSignals:
         self.notify.stopping()
         self.stopping = "graceful"
         if not restart or self.listeners is None:
-            self._stop_all(graceful=True)
+            self._begin_stop(graceful=True)
             return
-        self.restart_store = RestartStore(self.store_id)
+        self.restart_store = RestartStore(self.store_id, store_max=size)
         self.restart_store.listeners(self.listeners.store_entries())
         self._stop_all(graceful=True, hand_over=True)
+
+    async def finish_restart(self) -> None:
+        """A restart's last step, once every worker is gone: the manifest.
+        Then, if a ``systemctl stop`` replaced the restart job meanwhile
+        (it came during the handover), systemd will drop the store with
+        everything in it once we exit: nothing can take those connections
+        back from it, but the log says so (docs/restarts.md)."""
+        if self.restart_store is None:
+            return
+        stored = await self.restart_store.finish()
+        log.info("restart: %d connections in systemd's fd store (%d lost)", stored,
+                 self.moves.lost)
+        jobs = await asyncio.to_thread(fdstore.unit_jobs, fdstore.own_unit()) if stored else None
+        if jobs and "stop" in jobs and not jobs & fdstore.RESTART_JOBS:
+            log.warning("restart: a stop replaced the restart while the connections were "
+                        "being stored; systemd closes the %d in its fd store without a "
+                        "close frame", stored)
 
     def handle_int(self) -> None:
         if self.stopping == "fast":
@@ -100,7 +133,7 @@ class SupervisorSignals:
             log.info("stopping...")
             self.notify.stopping()
         self.stopping = "fast"
-        self._stop_all(graceful=False)
+        self._begin_stop(graceful=False)
 
     def handle_hup(self) -> None:
         st = self.state
@@ -113,6 +146,67 @@ class SupervisorSignals:
         self.notify.reloading()
         st.reloading = True
         st.reload_pending = list(range(self.n))
+
+    def take_early_signals(self) -> None:
+        """The signals that came before the loop's handlers were installed
+        (early.py), queued as if they came now. A reload asked for then
+        has nothing to do: the workers about to start are fresh."""
+        for sig in early.take():
+            if sig == signal.SIGHUP:
+                log.info("reload asked for while starting: nothing to reload")
+            else:
+                self._enqueue(sig)
+
+    def _begin_stop(self, graceful: bool) -> None:
+        """Stop every worker; but while connections from the fd store wait
+        to be adopted (a stop during a restart's start), only once they are
+        (:meth:`stop_when_adopted`)."""
+        rec = self.recovered
+        if rec is None:
+            self._stop_all(graceful)
+            return
+        st = self.state
+        st.respawn_at.clear()
+        st.reload_pending.clear()
+        st.reloading = False
+        if self.dispatcher is not None:
+            self.dispatcher.pause()
+        if not self.stop_deferred and rec.sessions:
+            log.info("stopping: the %d connections from the previous start are adopted "
+                     "first, to be closed politely", len(rec.sessions))
+        self.stop_deferred = True
+
+    def stop_when_adopted(self, now: float) -> None:
+        """While stopping (maintain()): a stop held back for the fd store's
+        connections goes on once every worker that is left is ready and
+        has adopted its share (respawns are off while stopping)."""
+        if not self.stop_deferred:
+            return
+        slots = self.state.slots
+        if not all(c is None or (c.ready and c.stop_deadline is None) for c in slots):
+            return
+        if not self.adopt_recovered(now):
+            return
+        self.stop_deferred = False
+        self._stop_all(graceful=self.stopping != "fast")
+
+    def drop_recovered(self) -> None:
+        """The loop ends with connections from the fd store not adopted:
+        no worker was left to adopt them (or a restart came first: then
+        they are still in the store, for the next start)."""
+        rec = self.recovered
+        if rec is None:
+            return
+        count = len(rec.sessions)
+        rec.close()
+        self.recovered = None
+        if self.restart_store is not None:
+            if count:
+                log.info("restart: %d connections from the previous start stay in the fd "
+                         "store", count)
+        elif count:
+            log.warning("%d connections from the previous start closed without a close "
+                        "frame: no worker could adopt them", count)
 
     def _stop_all(self, graceful: bool, hand_over: bool = False) -> None:
         st = self.state

@@ -17,6 +17,8 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -59,7 +61,8 @@ HANDLER_PAUSE_AT = os.environ.get("CONDURE_RESTART_HANDLER_PAUSE_AT", "during")
 ORDER = os.environ.get("CONDURE_RESTART_ORDER", "alternate")
 
 
-def build_units(workdir: Path, port: int) -> dict[str, str]:
+def build_units(workdir: Path, port: int,
+                extra: dict[tuple[str, str], list[str]] | None = None) -> dict[str, str]:
     args = ["--workers", "2",
             "--listen", "fd-name=http",
             "--zclient-stream", f"ipc://{workdir}/client",
@@ -70,16 +73,19 @@ def build_units(workdir: Path, port: int) -> dict[str, str]:
         ("Service", "TimeoutStopSec"): ["60"],
         # 20 restarts in a row: past systemd's default start rate limit (5 in
         # 10 s), within the shipped unit's 30 a minute, which this exercises
+        **(extra or {}),
     })
 
 
-def start_handler(workdir: Path, bind: bool = False) -> subprocess.Popen:
+def start_handler(workdir: Path, bind: bool = False, verbose: bool = False) -> subprocess.Popen:
     """examples/handoffhandler.py on ipc://WORKDIR/client, its output in
-    handler.log; ``bind`` for condure started with --zclient-connect."""
+    handler.log; ``bind`` for condure started with --zclient-connect;
+    ``verbose``: every packet in the log."""
     with open(workdir / "handler.log", "wb") as out:
         return subprocess.Popen(
             [sys.executable, str(REPO / "examples" / "handoffhandler.py"),
-             "--base", f"ipc://{workdir}/client", "--bind" if bind else "--connect"],
+             "--base", f"ipc://{workdir}/client", "--bind" if bind else "--connect",
+             *(["--verbose"] if verbose else [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env=procs.python_env())
 
@@ -99,14 +105,35 @@ class Setup:
 
 @pytest.fixture
 def setup(tmp_path):
+    yield from _setup(tmp_path)
+
+
+# While this file exists, a start of the service waits before condure runs
+# (ExecStartPre=): the connections of a restart stay in systemd's fd store.
+HOLD = "hold-start"
+
+
+@pytest.fixture
+def held_setup(tmp_path):
+    wait = f"while [ -e {tmp_path / HOLD} ]; do sleep 0.02; done"
+    yield from _setup(tmp_path, {("Service", "ExecStartPre"): [f"/bin/sh -c '{wait}'"]})
+
+
+@pytest.fixture
+def verbose_setup(tmp_path):
+    yield from _setup(tmp_path, verbose=True)
+
+
+def _setup(tmp_path: Path, extra: dict[tuple[str, str], list[str]] | None = None,
+           verbose: bool = False):
     port = procs.free_port()
-    ns = SystemdNamespace(tmp_path, build_units(tmp_path, port))
+    ns = SystemdNamespace(tmp_path, build_units(tmp_path, port, extra))
     handler = None
     try:
         ns.start()
         ns.systemctl("start", SOCKET)
         ns.systemctl("start", SERVICE)  # returns on READY=1
-        handler = start_handler(tmp_path, bind=ZMQ_MODE == "connect")
+        handler = start_handler(tmp_path, bind=ZMQ_MODE == "connect", verbose=verbose)
         yield Setup(ns, port, tmp_path, handler)
     except BaseException:
         print(ns.journal(SERVICE)[-20000:])
@@ -382,3 +409,211 @@ def test_listeners_condure_bound_itself_survive_restart(tmp_path):
             handler.terminate()
             handler.wait(10)
         ns.stop()
+
+
+# -- a stop that catches a restart's start; clients gone while stored -------
+
+def _proc_field(pid: int, name: str) -> str | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return line.split()[1]
+    except OSError:
+        pass
+    return None
+
+
+def _catches_sigterm(pid: int) -> bool:
+    mask = _proc_field(pid, "SigCgt")
+    return mask is not None and bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def _zmq_loaded(pid: int) -> bool:
+    try:
+        return "zmq" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def _new_supervisor(setup: Setup, procs_file: Path, old: set[int], deadline: float) -> int:
+    """The next start's main process, as soon as it exists: a process of
+    the unit that systemd (the namespace's PID 1) started itself."""
+    while time.monotonic() < deadline:
+        try:
+            pids = [int(p) for p in procs_file.read_text().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            if pid not in old and _proc_field(pid, "PPid") == str(setup.ns.pid):
+                return pid
+    raise AssertionError("the restart started no new main process")
+
+
+@pytest.mark.parametrize("moment", ["starting", "workers"])
+def test_stop_during_a_restarts_start_closes_every_websocket_with_1001(verbose_setup, moment):
+    """`systemctl stop` while the start of a `systemctl restart` has not
+    said READY=1 yet, so it still holds the previous start's connections
+    from the fd store: every WebSocket gets close 1001 all the same.
+
+    The new supervisor is held with SIGSTOP at a chosen moment, the stop is
+    queued (systemd sends its SIGTERM meanwhile), then it goes on.
+    ``starting``: as soon as it catches SIGTERM, before it loaded ZeroMQ,
+    long before its loop runs (the signal is recorded, condure/supervisor/
+    early.py); ``workers``: once its workers exist (its loop runs; they are
+    not ready, nothing is adopted yet). The handler gets a `cancel` for each."""
+    setup = verbose_setup
+    load = start_load(setup, CLIENTS, expect_close=True)
+    stopper = restart = None
+    held = None
+    try:
+        load.ready()
+        old_main = setup.ns.main_pid(SERVICE)
+        procs_file = setup.ns.cgroup / setup.ns.show(SERVICE, "ControlGroup").lstrip("/") \
+            / "cgroup.procs"
+        old = set(setup.ns.cgroup_pids(SERVICE))
+        assert old_main in old
+        restart = setup.ns.systemctl_async("restart", SERVICE)
+        deadline = time.monotonic() + 30
+        held = _new_supervisor(setup, procs_file, old, deadline)
+        while not (_catches_sigterm(held) if moment == "starting" else any(
+                _proc_field(p, "PPid") == str(held)
+                for p in map(int, procs_file.read_text().split()))):
+            assert time.monotonic() < deadline, f"pid {held}: no {moment}"
+        os.kill(held, signal.SIGSTOP)
+        zmq_loaded = _zmq_loaded(held)
+        stopper = setup.ns.systemctl_async("stop", SERVICE)
+        while setup.ns.show(SERVICE, "ActiveState") != "deactivating":  # SIGTERM sent
+            assert time.monotonic() < deadline, "the stop did not begin"
+            time.sleep(0.02)
+        os.kill(held, signal.SIGCONT)
+        held = None
+        _, errors = stopper.communicate(timeout=60)
+        assert stopper.returncode == 0, errors
+        restart.communicate(timeout=60)
+        assert restart.returncode != 0, "the restart's start finished before the stop"
+        result = load.finish()
+    finally:
+        if held is not None:
+            os.kill(held, signal.SIGCONT)
+        for call in (restart, stopper):
+            if call is not None and call.poll() is None:
+                call.kill()
+                call.wait()
+        load.kill()
+    journal = setup.ns.journal(SERVICE)
+    print(f"\nstop during a restart's start ({moment}): close codes {result['close_codes']}, "
+          f"disconnects {result['disconnects']} {result['disconnect_kinds']}")
+    if moment == "starting":
+        assert not zmq_loaded, "held too late: the supervisor's loop was already running"
+    assert result["close_codes"] == {"1001": CLIENTS}, result
+    assert result["disconnects"] == 0, result
+    closed = re.findall(r"restart: (\d+) connections from the previous start closed: "
+                        r"stopping \(0 lost\)", journal)
+    assert closed and int(closed[-1]) >= CLIENTS, journal[-5000:]
+    assert setup.fd_store() == 0
+    setup.handler.terminate()
+    setup.handler.wait(10)
+    handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+    assert handler_log.count("b'type': b'cancel'") == CLIENTS, handler_log[-3000:]
+
+
+def _reset(ws: WsConn) -> None:
+    """Close with a reset (RST), as a client that goes away abruptly does."""
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.sock.close()
+
+
+def test_clients_that_leave_while_stored_are_not_reported_lost(held_setup):
+    """Clients that reset their connection while it waits in systemd's fd
+    store: systemd drops those descriptors (it watches them for hang-ups),
+    and the next start reports them as closed by their clients, not lost,
+    in the journal, the status line and `condure ctl status`."""
+    setup = held_setup
+    stay, leave = [], []
+    hold = setup.workdir / HOLD
+    restart = None
+    try:
+        for i in range(25):
+            ws = WsConn.open(setup.port, "/ws")
+            assert ws.read_handshake().code == 101 and _echo(ws, b"hello %d" % i)
+            (stay if i < 5 else leave).append(ws)
+        hold.touch()
+        restart = setup.ns.systemctl_async("restart", SERVICE)
+        deadline = time.monotonic() + 30
+        while not (setup.ns.show(SERVICE, "SubState") == "start-pre"
+                   and setup.fd_store() >= 26):  # 25 connections and the manifest
+            assert time.monotonic() < deadline, "the connections never reached the store"
+            time.sleep(0.05)
+        stored = setup.fd_store()
+        for ws in leave:
+            _reset(ws)
+        while setup.fd_store() > stored - len(leave):
+            assert time.monotonic() < deadline, f"systemd kept them: {setup.fd_store()}"
+            time.sleep(0.05)
+        hold.unlink()
+        _, errors = restart.communicate(timeout=60)
+        assert restart.returncode == 0, errors
+        for i, ws in enumerate(stay):
+            assert _echo(ws, b"still here %d" % i)
+        status = setup.ns.show(SERVICE, "StatusText")
+        ctl = setup.ns.run(sys.executable, "-m", "condure", "ctl", "--socket",
+                           "/run/condure/condure-condure.ctl", "status", timeout=20,
+                           env=procs.python_env()).stdout
+    finally:
+        hold.unlink(missing_ok=True)
+        if restart is not None and restart.poll() is None:
+            restart.kill()
+            restart.wait()
+        for ws in stay:
+            ws.close()
+    journal = setup.ns.journal(SERVICE)
+    print(f"\nstatus: {status!r}\nctl: {ctl}")
+    assert "restart: 5 connections adopted, 0 lost; 20 closed by their clients while stored" \
+        in journal, journal[-5000:]
+    assert "did not come back" not in journal and "fd store: fd store" not in journal
+    assert status.endswith("after restart 5 adopted, 0 lost, 20 closed by their clients"), status
+    assert "(lost 0; 20 closed by their clients while in the fd store)" in ctl, ctl
+
+
+def test_a_stop_that_replaces_a_restart_during_the_handover_is_logged(setup):
+    """`systemctl stop` while the old process is still handing its
+    connections over for a restart (the handler, stopped, keeps the handoff
+    waiting): systemd replaces the restart job, and once condure has put
+    the connections into the fd store and exits, drops the store. Nothing
+    can take them back from systemd (docs/restarts.md), but the journal
+    says what happened to them."""
+    conns = []
+    stopper = restart = None
+    paused = False
+    try:
+        for i in range(5):
+            ws = WsConn.open(setup.port, "/ws")
+            assert ws.read_handshake().code == 101 and _echo(ws, b"hello %d" % i)
+            conns.append(ws)
+        os.kill(setup.handler.pid, signal.SIGSTOP)
+        paused = True
+        restart = setup.ns.systemctl_async("restart", SERVICE)
+        time.sleep(0.5)  # the handoff waits for the handler
+        stopper = setup.ns.systemctl_async("stop", SERVICE)
+        time.sleep(0.5)
+        os.kill(setup.handler.pid, signal.SIGCONT)
+        paused = False
+        _, errors = stopper.communicate(timeout=60)
+        assert stopper.returncode == 0, errors
+        restart.communicate(timeout=60)
+        assert restart.returncode != 0
+    finally:
+        if paused:
+            os.kill(setup.handler.pid, signal.SIGCONT)
+        for call in (restart, stopper):
+            if call is not None and call.poll() is None:
+                call.kill()
+                call.wait()
+        for ws in conns:
+            ws.close()
+    journal = setup.ns.journal(SERVICE)
+    assert "restart: 5 connections in systemd's fd store (0 lost)" in journal, journal[-4000:]
+    assert ("restart: a stop replaced the restart while the connections were being stored; "
+            "systemd closes the 5 in its fd store without a close frame") in journal, \
+        journal[-4000:]
+    assert setup.ns.show(SERVICE, "ActiveState") == "inactive"

@@ -324,6 +324,8 @@ def test_own_unit_and_restart_jobs():
     assert restart_in_jobs("8 condure.service try-restart waiting", "condure.service")
     assert not restart_in_jobs("", "condure.service")
     assert not restart_in_jobs("9 condure.socket restart running", "condure.service")
+    assert fdstore.jobs_in("77 condure.service stop running\n9 condure.socket start waiting\n",
+                           "condure.service") == {"stop"}
 
 
 def test_restart_pending_runs_systemctl(tmp_path, monkeypatch):
@@ -445,3 +447,38 @@ def test_a_listener_is_reused_only_for_its_own_address(tmp_path):
         assert fdstore.match_listener(unix, None, None, str(tmp_path / "u.sock"))
         assert not fdstore.match_listener(unix, None, None, str(tmp_path / "v.sock"))
         assert not fdstore.match_listener(a, None, None, "")  # not listening
+
+
+@pytest.mark.parametrize("store_max, closed_by_clients, missing", [
+    (16, 2, 0),    # 3 sessions + manifest back, 2 gone: never more than 6 <= 16 stored
+    (5, 0, 2),     # 6 > 5: the store may have been full, so they count as missing
+    (None, 0, 2),  # a manifest without the limit: nothing to tell them apart by
+])
+def test_sessions_gone_from_the_store_are_clients_that_left(manager, pairs, store_max,
+                                                             closed_by_clients, missing):
+    """systemd drops a stored descriptor whose peer hung up, or one that
+    does not fit (FileDescriptorStoreMax=). The manifest records the limit:
+    when the store can never have been full, a session that did not come
+    back is a client that left, not a loss."""
+    conns = pairs(5)
+    up = Uploader(FdStore(manager.env), "g", store_max)
+    up.add([s.fileno() for s, _ in conns], [{"kind": "session"} for _ in conns])
+    assert up.finish() == 5
+    for sock, _ in conns:
+        sock.close()
+    items = manager.passed()
+    gone = [i for i in items if i.sock is not None and i.sock.getpeername()
+            in {c.getsockname() for _, c in conns[:2]}]
+    for item in gone:
+        items.remove(item)
+        item.sock.close()
+    got = recover(items)
+    assert (got.closed_by_clients, got.missing, got.lost) == (closed_by_clients, missing, 0)
+    assert len(got.sessions) == 3
+    for fd, _ in got.sessions:
+        os.close(fd)
+    problems = [p for p in got.problems if "did not come back" in p]
+    assert len(problems) == (1 if missing else 0), got.problems
+    assert all(not p.startswith("fd store: fd store") for p in got.problems)
+    if store_max == 5:
+        assert "FileDescriptorStoreMax=5" in problems[0]
