@@ -7,13 +7,16 @@ and ``condure ctl ...`` land here (cli.py). Output is for a person unless
 ``--json`` is given, which prints the supervisor's answer as it came.
 
 Exit status: 0 done, 1 the control socket could not be reached or the
-request was refused, 2 a usage error.
+request (or the client) was refused, 2 a usage error, 141 (128 + SIGPIPE)
+when the reader of the output went away.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -57,6 +60,30 @@ class CtlError(Exception):
     """The control socket could not be used; the message says why."""
 
 
+def _positive(text: str) -> float:
+    """--timeout: seconds, more than 0 (socket timeouts of 0 or less mean
+    "do not wait" or are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def _slot(text: str) -> int:
+    """--worker: a slot number, 0 or more (which slots exist, the server
+    checks)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a slot number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"slots are numbered from 0: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="condure ctl", usage=USAGE, description=DESCRIPTION,
                                      allow_abbrev=False)
@@ -67,16 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the instance's --id: its socket is condure-ID.ctl in the "
                             "runtime directory [default: condure]")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT, metavar="SECONDS",
+    parser.add_argument("--timeout", type=_positive, default=TIMEOUT, metavar="SECONDS",
                         help=f"wait this long for the answer [default: {TIMEOUT:g}]")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # prog: the sub-commands' messages start "condure ctl log-level: ...",
+    # not with the whole usage string.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                prog="condure ctl")
     for name, _, summary, text in COMMANDS:
         cmd = sub.add_parser(name, help=summary, description=text)
         # --json after the command too; SUPPRESS keeps one given before it.
         cmd.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                          help="print the answer as JSON")
         if name == "connections":
-            cmd.add_argument("--worker", type=int, metavar="N", help="only this slot")
+            cmd.add_argument("--worker", type=_slot, metavar="N", help="only this slot")
             cmd.add_argument("--kind", choices=KINDS, help="only this kind")
             cmd.add_argument("--limit", type=int, default=100, metavar="N",
                              help="list at most N [default: 100]")
@@ -97,7 +127,10 @@ def request(path: str, payload: dict[str, Any], timeout: float = TIMEOUT) -> dic
                            "(is condure running, with this --id or --socket?)") from None
         data = bytearray()
         try:
-            sock.sendall(json.dumps(payload).encode() + b"\n")
+            try:
+                sock.sendall(json.dumps(payload).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused at once: the server's reason may be waiting, below
             while not data.endswith(b"\n"):
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -208,10 +241,19 @@ def main(argv: Sequence[str]) -> int:
     except (CtlError, ValueError) as e:
         print(f"condure ctl: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(answer, indent=2))
-    elif answer.get("ok"):
-        print(show(args.command, answer))
+    try:
+        if args.json:
+            print(json.dumps(answer, indent=2), flush=True)
+        elif answer.get("ok"):
+            print(show(args.command, answer), flush=True)
+    except BrokenPipeError:
+        # The reader went away (`condure ctl stacks | head`): stop quietly,
+        # as a Unix tool killed by SIGPIPE would. stdout goes to /dev/null
+        # so that the interpreter's last flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     if not answer.get("ok"):
         if not args.json:
             print(f"condure ctl: {answer.get('error')}", file=sys.stderr)

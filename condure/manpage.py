@@ -223,7 +223,8 @@ CONTROL = (
     "`condure`, and the same environment) or takes its path. It prints for a "
     "person, or the answer as JSON with `--json` (before or after the command). "
     "Exit status 0, 1 when the socket cannot be reached or the request is "
-    "refused, 2 for a usage error. Commands:",
+    "refused (the reason on stderr, also when condure refuses the client itself), 2 for "
+    "a usage error, 141 when the reader of its output has gone (`| head`). Commands:",
 )
 
 CONTROL_AFTER = (
@@ -248,8 +249,11 @@ EXAMPLES = [
      f"ExecStart={PROGRAM} \\-\\-listen fd\\-name=http"),
     ("Rolling reload and status:",
      "systemctl reload condure.service\nsystemctl status condure.service"),
-    ("What each worker is doing, and its connections to port 8000:",
-     "condure ctl status\ncondure ctl connections \\-\\-kind websocket \\-\\-limit 20"),
+    (f"What each worker of the service is doing, and its WebSocket connections (as root; "
+     f"`condure` on Debian's PATH is the Rust original, which has no `ctl`: name "
+     f"{PROGRAM}, or a checkout's `.venv/bin/condure`):",
+     f"sudo {PROGRAM} ctl status\n"
+     f"sudo {PROGRAM} ctl connections \\-\\-kind websocket \\-\\-limit 20"),
 ]
 
 

@@ -10,8 +10,9 @@ started (or with `--base`, see endpoints.py):
 
     .venv/bin/condure --listen 8000 --zclient-stream ipc://client
     .venv/bin/python examples/printreq.py
-    curl -i http://localhost:8000/        # waits; printreq prints "condure 0-0-0"
-    .venv/bin/python examples/sendresp.py "responding from another process" condure 0-0-0
+    curl -i http://localhost:8000/        # waits; printreq prints ADDRESS ID,
+                                          # e.g. "condure.1 1-0-b6101ce80400000002"
+    .venv/bin/python examples/sendresp.py "responding from another process" ADDRESS ID
 
 Or let every request be answered by a new sendresp.py process:
 

@@ -3,8 +3,10 @@
 
 Usage: sendresp.py [--base BASE] BODY ADDRESS ID
 
-ADDRESS is the condure instance that holds the request ("condure" unless it
-runs with --id) and ID the request id, as printed by printreq.py. The
+ADDRESS is the condure process that holds the request and ID the request
+id, both as printed by printreq.py (this condure's ADDRESS is its --id, by
+default "condure", followed with several workers by "." and the worker's
+slot: "condure.0", "condure.1"). The
 response body is BODY followed by a newline. The request may have been
 received by any other process: condure routes the answer by ADDRESS and ID.
 
@@ -12,8 +14,9 @@ From a checkout after scripts/setup, in the directory where condure was
 started (or with `--base`, see endpoints.py):
 
     .venv/bin/condure --listen 8000 --zclient-stream ipc://client
-    .venv/bin/python examples/printreq.py     # prints "condure 0-0-0" for a request
-    .venv/bin/python examples/sendresp.py "responding from another process" condure 0-0-0
+    .venv/bin/python examples/printreq.py     # prints ADDRESS ID for a request,
+                                              # e.g. "condure.1 1-0-b6101ce80400000002"
+    .venv/bin/python examples/sendresp.py "responding from another process" ADDRESS ID
 """
 
 import argparse

@@ -3,7 +3,9 @@
 A Unix stream socket (``--control-socket``, by default ``condure-<id>.ctl``
 in the runtime directory: condure/runtime.py), mode 0600, served on the
 supervisor's asyncio loop. A client that is neither root nor condure's own
-user (``SO_PEERCRED``) is refused and logged. Each request is one line of
+user (``SO_PEERCRED``) is refused (told so in one ``{"ok": false, ...}``
+line, then disconnected) and logged; so is a client beyond
+:data:`CLIENTS_MAX`. Each request is one line of
 JSON, ``{"command": ...}``, and gets one line of JSON back, ``{"ok": true,
 ...}`` or ``{"ok": false, "error": "..."}``; a client may send several.
 
@@ -198,11 +200,13 @@ class ControlServer:
         if uid not in (0, os.getuid()):
             log.warning("control socket: refused a client (pid %d, uid %d): only root and "
                         "uid %d may use it", pid, uid, os.getuid())
-            writer.close()
+            refuse(writer, f"refused: uid {uid} may not use this control socket (only root "
+                           "and condure's own user may)")
             return
         if len(self.tasks) >= CLIENTS_MAX:
             log.warning("control socket: %d clients already; refusing one more", CLIENTS_MAX)
-            writer.close()
+            refuse(writer, f"refused: {CLIENTS_MAX} clients are using the control socket "
+                           "already; try again once one is done")
             return
         task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
         self.tasks.add(task)
@@ -282,8 +286,12 @@ class ControlServer:
 
     async def connections(self, request: dict[str, Any]) -> dict[str, Any]:
         slot, kind, limit = request.get("worker"), request.get("kind"), request.get("limit")
-        if slot is not None and not isinstance(slot, int):
+        slots = len(self.host.state.slots)
+        if slot is not None and (not isinstance(slot, int) or isinstance(slot, bool)):
             raise RequestError("worker: a slot number")
+        if slot is not None and not 0 <= slot < slots:
+            raise RequestError(f"worker: no slot {slot} (slots 0..{slots - 1}: --workers "
+                               f"{slots})")
         if kind is not None and kind not in KINDS:
             raise RequestError(f"kind: one of {', '.join(KINDS)}")
         limit = LIMIT_DEFAULT if limit is None else limit
@@ -347,6 +355,15 @@ class ControlServer:
         host.signals.append(signal.SIGHUP)  # as if the signal came
         host.wake.set()
         return {"reload": "started"}
+
+
+def refuse(writer: asyncio.StreamWriter, reason: str) -> None:
+    """Tell a client it is not served, in the protocol's own words (one
+    ``{"ok": false, "error": ...}`` line, which ``condure ctl`` prints),
+    then close: the buffered line goes out before the close."""
+    with contextlib.suppress(OSError):
+        writer.write(json.dumps({"ok": False, "error": reason}).encode() + b"\n")
+    writer.close()
 
 
 def worker_state(child: Child) -> str:

@@ -347,15 +347,19 @@ def test_socket_mode_owner_check_and_a_second_condure(start, handler, tmp_path):
                  "s.connect(sys.argv[1])\n"
                  "try:\n"
                  "    s.sendall(b'{\"command\": \"status\"}\\n')\n"
-                 "    print('answer', repr(s.recv(100)))\n"
+                 "except OSError:\n"
+                 "    pass  # refused already (condure ctl reads the reason anyway)\n"
+                 "try:\n"
+                 "    print('answer', repr(s.recv(200)))\n"
                  "except OSError as e:\n"
                  "    print('closed', e.errno)\n")
         r = subprocess.run(["/usr/bin/python3", "-c", probe, link], user=65534, group=65534,
                            capture_output=True, text=True, timeout=30, cwd="/")
     finally:
         shutil.rmtree(reachable)
-    # connected (the link and mode let it), then closed without an answer
-    assert r.stdout.strip() in ("answer b''", "closed 32", "closed 104"), (r.stdout, r.stderr)
+    # connected (the link and mode let it), then told why and closed
+    assert r.stdout.startswith("answer b'{\"ok\": false, \"error\": \"refused: uid 65534 "), \
+        (r.stdout, r.stderr)
     wait_for(lambda: "refused a client" in first.output(), "the refusal logged")
     assert "uid 65534" in first.output()
     assert first.stop() == 0
@@ -373,3 +377,57 @@ def test_explicit_path_and_none(start, handler, tmp_path):
     off = start("--control-socket", "", workers=1)
     assert not list(tmp_path.glob("*.ctl"))
     assert off.stop() == 0
+
+
+def run_ctl(*args, **kwargs):
+    """``python -m condure ctl ARGS`` for a person (no --json)."""
+    return subprocess.run([sys.executable, "-m", "condure", "ctl", *args], env=procs.python_env(),
+                          cwd=str(procs.REPO_ROOT), timeout=30, **kwargs)
+
+
+def test_wrong_use_a_reader_gone_and_a_refused_client(start, handler, tmp_path):
+    """What a person typing ``condure ctl`` can get wrong is told plainly:
+    a slot that does not exist (refused, exit 1), a negative slot or a
+    timeout of 0 or less (usage errors, exit 2); output into a pipe whose
+    reader has gone (``| head``) ends quietly with 141, as SIGPIPE would;
+    a client beyond the 16 served at once is told so, not just reset."""
+    start(workers=2)
+    path = str(tmp_path / "condure-condure.ctl")
+    r = run_ctl("--socket", path, "connections", "--worker", "2", capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stdout)
+    assert r.stderr == "condure ctl: worker: no slot 2 (slots 0..1: --workers 2)\n", r.stderr
+    code, answer = ctl(tmp_path, "connections", "--worker", "1")
+    assert code == 0 and {c["worker"] for c in answer["connections"]} <= {1}
+    for args in (["connections", "--worker", "-1"], ["--timeout", "0", "status"],
+                 ["--timeout", "-1", "status"]):
+        r = run_ctl("--socket", path, *args, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stdout == "", (args, r.returncode, r.stdout)
+        assert r.stderr.startswith("usage: condure ctl") and " error: argument " in r.stderr, \
+            (args, r.stderr)
+    # a reader that is gone before the answer comes
+    for command in ("stacks", "status"):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            r = run_ctl("--socket", path, command, stdout=write_end, stderr=subprocess.PIPE)
+        finally:
+            os.close(write_end)
+        assert (r.returncode, r.stderr) == (128 + signal.SIGPIPE, b""), (command, r)
+    # 16 clients connected (and silent): the 17th is told why it is refused
+    import socket
+    held = []
+    try:
+        for _ in range(16):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            held.append(s)
+        time.sleep(0.5)  # all accepted
+        r = run_ctl("--socket", path, "status", capture_output=True, text=True)
+        assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stdout)
+        assert r.stderr == ("condure ctl: refused: 16 clients are using the control socket "
+                            "already; try again once one is done\n"), r.stderr
+    finally:
+        for s in held:
+            s.close()
+    wait_for(lambda: run_ctl("--socket", path, "status", capture_output=True).returncode == 0,
+             "served again once the 16 are gone")

@@ -1,6 +1,10 @@
-"""The commands README.md, examples/README.md and docs/pushpin.md show, run
-as written (tests/harness/doccmds.py): from a directory laid out like the
-checkout, with Debian's PATH and no PYTHONPATH, only the port changed.
+"""The commands README.md, examples/README.md, docs/pushpin.md and
+docs/operations.md (`condure ctl`, CURVE keys) show, run as written
+(tests/harness/doccmds.py): from a directory laid out like the checkout,
+with Debian's PATH and no PYTHONPATH, only the port changed (and, where a
+line names the service's install, /opt/condure, the checkout's .venv in
+its place). docs/systemd.md's TLS listener example is checked for the
+certificate directory and default certificate it needs.
 
 docs/systemd.md's install steps are run by tests/integration/test_systemd.py
 (they need a systemd), and so is the examples/README.md line for the
@@ -10,6 +14,8 @@ systemd unit's endpoints.
 from __future__ import annotations
 
 import re
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +160,107 @@ def test_pushpin_runs_condure_through_the_documented_wrapper(tmp_path_factory, m
                                   "--log-level=") for cmd in children), children
     finally:
         inst.stop()
+
+
+OPERATIONS_MD = REPO / "docs" / "operations.md"
+SYSTEMD_MD = REPO / "docs" / "systemd.md"
+# Programs that have `ctl`: the service's (docs/systemd.md) and a checkout's.
+# `condure` alone is Debian's /usr/bin/condure, the Rust original.
+CTL_PROGRAMS = (f"sudo {PROGRAM} ctl ", ".venv/bin/condure ctl ")
+
+
+def test_operations_ctl_commands_work_as_written(doc_shell, tmp_path):
+    """docs/operations.md's `condure ctl` block and the man page's EXAMPLES
+    name a program that has `ctl`; against the README's condure, the
+    checkout's line runs as written, and the service's lines run with the
+    checkout's program in place of the installed one (no sudo)."""
+    from condure import manpage
+
+    (block,) = code_blocks(OPERATIONS_MD, "Control socket and `condure ctl`", lang="sh")
+    lines = commands(block)
+    assert lines and all(line.startswith(CTL_PROGRAMS) for line in lines), lines
+    examples = manpage.render().split("\n.SH EXAMPLES\n", 1)[1].replace("\\-", "-")
+    ctl_examples = [line for line in examples.splitlines() if " ctl " in line]
+    assert ctl_examples and all(line.startswith(CTL_PROGRAMS[0]) for line in ctl_examples), \
+        ctl_examples
+    # a login shell's runtime directory, where condure's control socket goes
+    doc_shell.env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    readme = [c for b in code_blocks(REPO / "README.md", "Use", lang="sh") for c in commands(b)]
+    doc_shell.start(next(c for c in readme if c.startswith(".venv/bin/condure ")))
+    for line in lines:
+        out = doc_shell.run(line.replace(CTL_PROGRAMS[0], CTL_PROGRAMS[1]))
+        assert out.strip(), line
+        if "status" in line and "--json" not in line:
+            assert re.match(r"condure condure \(pid \d+\): (running|reloading), ", out), \
+                (line, out)
+
+
+def test_operations_curve_keys_made_as_written(tmp_path):
+    """docs/operations.md's CURVE key block, with condure's own Python (this
+    checkout's in place of the service's, a scratch directory in place of
+    /etc/condure/curve): the key files it promises are there."""
+    (block,) = code_blocks(OPERATIONS_MD, "Authenticated handlers (CURVE)", lang="sh")
+    lines = commands(block)
+    assert not any(line.startswith("python3 ") for line in lines), lines  # no pyzmq there
+    assert any(line.startswith(f"{PROGRAM.rsplit('/', 1)[0]}/python -c ") for line in lines)
+    script = "\n".join(lines).replace("/etc/condure/curve", str(tmp_path / "curve")).replace(
+        f"{PROGRAM.rsplit('/', 1)[0]}/python", str(VENV / "bin" / "python"))
+    r = subprocess.run(["sh", "-e", "-c", script], capture_output=True, text=True, timeout=60,
+                       env={"PATH": DEBIAN_PATH, "HOME": str(tmp_path)})
+    assert r.returncode == 0, (script, r.stderr)
+    made = {p.relative_to(tmp_path / "curve").as_posix()
+            for p in (tmp_path / "curve").rglob("*") if p.is_file()}
+    assert made == {"condure.key", "condure.key_secret", "handler1.key", "handler1.key_secret",
+                    "clients/handler1.key"}, made
+
+
+def test_systemd_tls_example_names_its_certificates():
+    """docs/systemd.md's TLS listener under socket activation (working
+    directory /): the ExecStart= gives --tls-identities-dir and the
+    listener a default-cert=NAME, and the install lines put NAME.crt and
+    NAME.key in that directory."""
+    text = SYSTEMD_MD.read_text()
+    (exec_start,) = [line for line in text.splitlines()
+                     if line.startswith(f"# ExecStart={PROGRAM} ") and ",tls" in line]
+    words = exec_start.split()
+    directory = words[words.index("--tls-identities-dir") + 1]
+    assert directory.startswith("/"), exec_start
+    (listener,) = [w for w in words if w.startswith("fd-name=https,tls")]
+    name = dict(p.split("=", 1) for p in listener.split(",") if "=" in p)["default-cert"]
+    installs = [c for b in code_blocks(SYSTEMD_MD, lang="sh") for c in commands(b)]
+    for suffix in (".crt", ".key"):
+        assert any(line.startswith("install ") and f"{name}{suffix} {directory}/" in line
+                   for line in installs), (name, suffix, installs)
+
+
+def test_examples_readme_sendresp_cell_works_as_written(doc_shell):
+    """The table's "try it" for sendresp.py: with condure as the page starts
+    it (two workers), printreq running and a curl waiting, the cell's
+    command with the two words printreq printed answers that curl; the
+    cell's example words have the form printreq prints."""
+    text = (EXAMPLES / "README.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| `sendresp.py ")]
+    cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+    command = re.search(r"`(\.venv/bin/python examples/sendresp\.py [^`]*ADDRESS ID)`", cell)
+    example = re.search(r"for example `([^`]+)`", cell)
+    assert command and example, cell
+    printed = re.compile(r"^(condure(?:\.\d+)?) (\d+-\d+-[0-9a-f]+)$")
+    assert printed.match(example.group(1)), example.group(1)
+    first = commands(code_blocks(EXAMPLES / "README.md", lang="sh")[0])
+    doc_shell.play([first[0], ".venv/bin/python examples/printreq.py"])
+    curl = subprocess.Popen(["curl", "-s", "-i", f"http://localhost:{doc_shell.port}/"],
+                            stdout=subprocess.PIPE, env=doc_shell.env)
+    try:
+        deadline = time.monotonic() + 10
+        while not (words := [m.groups() for m in map(printed.match,
+                                                        doc_shell.log(2).splitlines()) if m]):
+            assert time.monotonic() < deadline and curl.poll() is None, doc_shell.log(2)
+            time.sleep(0.1)
+        ((address, rid),) = words
+        doc_shell.run(command.group(1).replace("ADDRESS ID", f"{address} {rid}"))
+        out, _ = curl.communicate(timeout=10)
+    finally:
+        if curl.poll() is None:
+            curl.kill()
+            curl.wait()
+    assert answered(out.decode(), "responding from another process\n"), out

@@ -62,6 +62,22 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "usage: condure ctl" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, prog, says", [
+    (["--timeout", "0", "status"], "condure ctl", "--timeout: must be more than 0"),
+    (["--timeout", "-1", "status"], "condure ctl", "--timeout: must be more than 0"),
+    (["--timeout", "x", "status"], "condure ctl", "--timeout: not a number"),
+    (["connections", "--worker", "-1"], "condure ctl connections",
+     "--worker: slots are numbered from 0"),
+    (["log-level", "x"], "condure ctl log-level", "invalid int value"),
+])
+def test_usage_errors_name_the_command_and_the_argument(argv, prog, says, capsys):
+    """A usage error is exit 2 and one argparse line, "PROG: error: ...",
+    PROG being the (sub)command, not its whole usage string."""
+    assert cli_main(["ctl", "--socket", "/nonexistent.ctl", *argv]) == 2
+    last = capsys.readouterr().err.rstrip().splitlines()[-1]
+    assert last.startswith(f"{prog}: error: ") and says in last, last
+
+
 def test_no_socket_exits_1(tmp_path, capsys):
     assert cli_main(["ctl", "--socket", str(tmp_path / "none.ctl"), "status"]) == 1
     err = capsys.readouterr().err
