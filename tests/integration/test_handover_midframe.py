@@ -61,3 +61,55 @@ def test_a_large_frame_half_sent_moves_and_the_reload_does_not_wait(start, hando
     log = condure.log()
     assert "cannot move" not in log, log[-3000:]
     assert_no_complaints(condure, handler)
+
+
+def exchange_large(ws: wc.WsConn, size: int, stop: threading.Event, result: dict) -> None:
+    """Send ``size``-byte binary messages back to back, each after the echo
+    of the one before, until ``stop``; count the echoes that match."""
+    try:
+        while not stop.is_set():
+            message = os.urandom(size)
+            ws.send_binary(message)
+            opcode, payload, _ = ws.read_message(timeout=15)
+            assert (opcode, payload == message) == (wc.OP_BINARY, True)
+            result["echoed"] += 1
+    except BaseException as e:  # noqa: BLE001 - reported by the test
+        result["error"] = repr(e)
+
+
+def test_clients_exchanging_large_messages_back_to_back_move(start, handoff_handler):
+    condure = start(workers=1)
+    handler = handoff_handler(condure.base)
+    clients = [wc.WsConn.open(condure.port) for _ in range(6)]
+    stop = threading.Event()
+    results = [{"echoed": 0} for _ in clients]
+    threads = [threading.Thread(target=exchange_large, args=(ws, 128 * 1024, stop, r))
+               for ws, r in zip(clients, results, strict=True)]
+    try:
+        for ws in clients:
+            assert ws.read_handshake().code == 101
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        before = [r["echoed"] for r in results]
+        began = time.monotonic()
+        lines = condure.reload()
+        took = time.monotonic() - began
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(20)
+        assert lines == [(6, 0, 0)], lines
+        assert took < HANDOFF_TIMEOUT - 1.0, took
+        assert all("error" not in r for r in results), results
+        assert all(r["echoed"] > b > 0 for r, b in zip(results, before, strict=True)), (
+            before, results)
+        for ws in clients:
+            assert not [f for f in ws.frames if f.opcode == wc.OP_CLOSE]
+    finally:
+        stop.set()
+        for ws in clients:
+            ws.close()
+    log = condure.log()
+    assert "cannot move" not in log, log[-3000:]
+    assert_no_complaints(condure, handler)
