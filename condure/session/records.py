@@ -235,7 +235,9 @@ def _ws_record(values: dict[str, object], common: HttpRecord) -> WsRecord:
             raise RecordError(f"bad {key} in record")
     frame_left, frame_fin = _int(values, "frame_left"), _int(values, "frame_fin")
     frame_mask = _bytes(values, "frame_mask")
-    if frame_left and (not msg_opcode or msg_done or len(frame_mask) != 4 or frame_fin > 1):
+    if frame_fin not in (0, 1):
+        raise RecordError("bad frame_fin in record")
+    if frame_left and (not msg_opcode or msg_done or len(frame_mask) != 4):
         raise RecordError("bad frame under way in record")
     if not frame_left and (frame_mask or frame_fin or _int(values, "frame_offset")):
         raise RecordError("frame fields without a frame under way in record")

@@ -149,6 +149,7 @@ def test_a_record_without_a_frame_under_way_leaves_the_frame_keys_out():
     {"frame_left": 5, "frame_mask": b"\x01\x02\x03"},
     {"frame_left": 5, "msg_done": 1},
     {"frame_left": 5, "frame_fin": 2},
+    {"frame_left": 5, "frame_fin": -1},
     {"frame_left": -1},
     {"frame_left": 5, "frame_offset": -1},
     {"frame_mask": b"\x01\x02\x03\x04"},
