@@ -29,7 +29,8 @@ worker, which carries on as if nothing happened.
 What cannot move is closed politely instead: TLS connections and
 WebSockets with compression context takeover (WebSocket close 1012),
 requests still under way when the drain time is over, and WebSockets
-whose handler did not answer ``handoff-proceed`` in time (1012).
+whose handler did not answer ``handoff-proceed`` in time, or that did not
+reach a resumable point in time (1012; the log line says which).
 """
 
 from __future__ import annotations
@@ -206,9 +207,9 @@ class Exporter:
                 continue
             if record is None:
                 if self._overdue(item, now):
-                    log.info("%s: cannot move (%s); closing it", describe(conn),
-                             "no handoff-proceed in time" if session.handoff_needs_handler
-                             else "request still under way")
+                    why = ("the client does not take what was written to it" if conn.out
+                           else session.handoff_wait)
+                    log.info("%s: cannot move (%s); closing it", describe(conn), why)
                     self._give_up(conn, now)
                 else:
                     still.append(item)

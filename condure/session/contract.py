@@ -193,6 +193,11 @@ class Session(Protocol):
     def ready_to_export(self) -> bool:
         """A handover that began may take the session now."""
 
+    @property
+    def handoff_wait(self) -> str:
+        """While not ``ready_to_export``: what the handover waits for, in
+        words (the log line of a session it gives up on)."""
+
     def begin_handoff(self) -> bool:
         """Start a handover: finish what is under way, start nothing new.
         False when it cannot start now (retried while ``awaiting_handler``;

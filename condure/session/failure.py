@@ -103,6 +103,7 @@ class Ended:
     wants_read = False
     resumable = False
     ready_to_export = False
+    handoff_wait = "ended"
     handoff = 0
     adopted = False
 

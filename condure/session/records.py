@@ -11,9 +11,9 @@ remaining, so a record does not depend on the exporting process's clock.
 Reading is strict: a key the version does not know, a missing key that
 version requires, or a value of the wrong type is a :class:`RecordError`,
 never a silent default. Keys that version 1 made optional (a WebSocket's
-``msg_size``, ``from``, ``pending``, ``msg_done``, ``credits_owed``) keep
-their version 1 defaults, so records written by earlier condure still load
-(tests/unit/fixtures/records).
+``msg_size``, ``from``, ``pending``, ``msg_done``, ``credits_owed``, the
+``frame_*`` keys) keep their version 1 defaults, so records written by
+earlier condure still load (tests/unit/fixtures/records).
 
 HTTP record, version 1::
 
@@ -29,7 +29,8 @@ HTTP record, version 1::
                       or part of one (optional: none due)
 
 WebSocket record, version 1: the HTTP fields but ``leftover`` (client bytes
-read, not parsed yet, starting at a frame), and::
+read, not parsed yet: starting at a frame, or inside the payload of the
+client frame under way when ``frame_left`` is not 0), and::
 
     v, kind       1, b"ws"
     id            the session id (it does not change)
@@ -52,6 +53,13 @@ read, not parsed yet, starting at a frame), and::
     msg_done      1 when that message's last frame was read (optional)
     credits_owed  credits earned while moving, sent after the resume
                   (optional)
+    frame_left    payload bytes of the client frame under way still to come
+                  (its header was read; optional, default 0: no frame under
+                  way). Only written when not 0, and only for a message that
+                  is not compressed.
+    frame_offset  payload bytes of that frame read so far (optional)
+    frame_mask    its 4-byte masking key (optional; b"" without a frame)
+    frame_fin     1 when that frame ends its message (optional)
 """
 
 from __future__ import annotations
@@ -92,7 +100,8 @@ class HttpRecord:
 
 @dataclass(frozen=True, slots=True)
 class WsRecord:
-    """An open WebSocket session at a frame boundary."""
+    """An open WebSocket session (at a frame boundary, or in the middle of
+    an uncompressed client frame: ``frame_left``)."""
 
     kind: ClassVar[bytes] = b"ws"
     keeps_id: ClassVar[bool] = True  # the handler goes on with the same id
@@ -118,6 +127,11 @@ class WsRecord:
     pending: bytes
     msg_done: bool
     credits_owed: int
+    # The client frame under way (frame_left 0: none, leftover starts at a frame).
+    frame_left: int = 0
+    frame_offset: int = 0
+    frame_mask: bytes = b""
+    frame_fin: bool = False
     version: int = VERSION
 
 
@@ -132,7 +146,8 @@ _WS_REQUIRED = {"id": bytes, "handler": bytes, "out_seq": int, "in_seq": int,
                 "utf8_partial": bytes, "out_type": int, "out_framed": int, "deflate": bytes}
 _WS_OPTIONAL: dict[str, tuple[type, object]] = {
     "msg_size": (int, 0), "from": (bytes, None), "pending": (bytes, b""), "msg_done": (int, 0),
-    "credits_owed": (int, 0)}
+    "credits_owed": (int, 0), "frame_left": (int, 0), "frame_offset": (int, 0),
+    "frame_mask": (bytes, b""), "frame_fin": (int, 0)}
 _HTTP_OPTIONAL: dict[str, tuple[type, object]] = {"head_left": (float, None)}
 # The four values earlier condure wrote, and since server_max_window_bits is
 # echoed (RFC 7692 7.1.2.1) the same with "; server_max_window_bits=15".
@@ -215,9 +230,17 @@ def _ws_record(values: dict[str, object], common: HttpRecord) -> WsRecord:
         raise RecordError("bad msg_done or out_framed in record")
     if (pending or msg_done) and not msg_opcode:
         raise RecordError("pending payload without a message under way")
-    for key in ("msg_size", "credits_owed", "out_seq", "in_seq"):
+    for key in ("msg_size", "credits_owed", "out_seq", "in_seq", "frame_left", "frame_offset"):
         if _int(values, key) < 0:
             raise RecordError(f"bad {key} in record")
+    frame_left, frame_fin = _int(values, "frame_left"), _int(values, "frame_fin")
+    frame_mask = _bytes(values, "frame_mask")
+    if frame_fin not in (0, 1):
+        raise RecordError("bad frame_fin in record")
+    if frame_left and (not msg_opcode or msg_done or len(frame_mask) != 4):
+        raise RecordError("bad frame under way in record")
+    if not frame_left and (frame_mask or frame_fin or _int(values, "frame_offset")):
+        raise RecordError("frame fields without a frame under way in record")
     origin = values["from"]
     if origin is not None and not _bytes(values, "from"):
         raise RecordError("empty from in record")
@@ -240,7 +263,9 @@ def _ws_record(values: dict[str, object], common: HttpRecord) -> WsRecord:
         out_credits=_int(values, "out_credits"), msg_opcode=msg_opcode,
         msg_size=_int(values, "msg_size"), utf8_partial=partial, out_type=out_type,
         out_framed=bool(out_framed), deflate=_DEFLATES.get(deflate), pending=pending,
-        msg_done=bool(msg_done), credits_owed=_int(values, "credits_owed"))
+        msg_done=bool(msg_done), credits_owed=_int(values, "credits_owed"),
+        frame_left=frame_left, frame_offset=_int(values, "frame_offset"), frame_mask=frame_mask,
+        frame_fin=bool(frame_fin))
 
 
 def to_fields(record: Record) -> dict[str, object]:
@@ -264,6 +289,9 @@ def to_fields(record: Record) -> dict[str, object]:
             "credits_owed": record.credits_owed})
         if record.origin is not None:
             out["from"] = record.origin
+        if record.frame_left:  # (else left out: what earlier condure wrote and reads)
+            out.update({"frame_left": record.frame_left, "frame_offset": record.frame_offset,
+                        "frame_mask": record.frame_mask, "frame_fin": int(record.frame_fin)})
     return out
 
 

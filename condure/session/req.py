@@ -62,6 +62,7 @@ class ReqSession:
     handoff_needs_handler = False
     handing_off = False
     ready_to_export = False
+    handoff_wait = "req mode"
     resumable = False  # snapshots cover stream-mode sessions only
     handler = None  # req-mode handlers are never addressed
 

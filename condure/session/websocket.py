@@ -23,8 +23,9 @@ sent one. Condure does not police the client; condure does what RFC 6455
 requires of a server (7.1.7, 8.1): on a protocol error or invalid UTF-8 it
 sends a close frame (1002 or 1007), ``cancel`` to the handler, and closes.
 
-The session never reads the clock; at a frame boundary with nothing owed
-it can be exported (``export_record``, :mod:`condure.session.records`).
+The session never reads the clock; at a frame boundary with nothing owed,
+or in a handover once the handler let go (even in the middle of a client
+frame), it can be exported (``export_record``, :mod:`condure.session.records`).
 """
 
 from __future__ import annotations
@@ -38,11 +39,7 @@ from condure.session.httpwire import request_uri, response_fault
 from condure.session.peer import ZhttpPeer
 from condure.session.records import WsRecord
 from condure.session.states import CLOSED, OPEN, WAIT, WS_TABLE, Event
-from condure.session.ws_frames import (
-    PING,
-    PONG,
-    TEXT,
-)
+from condure.session.ws_frames import PING, PONG
 from condure.session.ws_handshake import (
     Deflate,
     HandshakeError,
@@ -52,7 +49,7 @@ from condure.session.ws_handshake import (
     refusal,
     rejection,
 )
-from condure.session.ws_input import ClientInput, _utf8
+from condure.session.ws_input import ClientInput
 from condure.session.ws_output import HandlerOutput, OutputError
 from condure.zhttp.packets import (
     Cancel,
@@ -190,14 +187,8 @@ class WebSocketSession(ZhttpPeer):
         self.in_seq = record.in_seq
         self.input.credits = record.in_credits
         self.output.credits = record.out_credits
-        self.input.msg_opcode = record.msg_opcode
-        self.input.msg_size = record.msg_size
-        if record.msg_opcode == TEXT:
-            self.input.utf8 = _utf8()
-            self.input.utf8.decode(record.utf8_partial)
+        self.input.restore(record)
         self.credits_owed = record.credits_owed
-        self.input.pending += record.pending
-        self.input.msg_done = record.msg_done
         self.output.msg_type = record.out_type
         self.output.framed = record.out_framed
         return self
@@ -207,6 +198,7 @@ class WebSocketSession(ZhttpPeer):
         or ``ready_to_export`` in a handover), else None."""
         if self.snapshot_obstacle() is not None or not (self.resumable or self.ready_to_export):
             return None
+        frame_left, frame_offset, frame_mask, frame_fin = self.input.frame_fields()
         return WsRecord(
             scheme=self.scheme, peer_address=self.peer_address, peer_port=self.peer_port,
             leftover=bytes(self.input.inbuf),
@@ -218,7 +210,8 @@ class WebSocketSession(ZhttpPeer):
             utf8_partial=self.input.utf8.getstate()[0] if self.input.utf8 is not None else b"",
             out_type=self.output.msg_type, out_framed=self.output.framed, deflate=self.deflate,
             pending=bytes(self.input.pending), msg_done=self.input.msg_done,
-            credits_owed=self.credits_owed)
+            credits_owed=self.credits_owed, frame_left=frame_left, frame_offset=frame_offset,
+            frame_mask=frame_mask, frame_fin=frame_fin)
 
     def __repr__(self) -> str:
         return (f"<WebSocketSession id={self.rid!r} state={self.state} handler={self.handler!r} "
@@ -244,10 +237,9 @@ class WebSocketSession(ZhttpPeer):
             # Only to notice a disconnect; frames wait for the acceptance.
             return not self.client_gone and len(self.input.inbuf) < self.buffer_size
         if self.handoff:
-            # Only to finish a frame under way: the rest stays in the kernel
-            # and moves with the connection.
-            return (self.state is OPEN and self.input.frame is not None and not self.input.closed
-                    and len(self.input.inbuf) < self.buffer_size)
+            # Nothing, not even the rest of a frame under way (it moves with
+            # its parsing state): the client's bytes stay in the kernel.
+            return False
         return (self.state is OPEN and not self.paused and not self.input.closed
                 and self.input.credits > 0 and len(self.input.inbuf) < self.buffer_size)
 
@@ -262,14 +254,28 @@ class WebSocketSession(ZhttpPeer):
 
     @property
     def ready_to_export(self) -> bool:
-        """Handover: the handler answered handoff-proceed, no client frame is
-        half read and everything written reached the kernel. Client payload
-        still waiting for credits travels in the record."""
+        """Handover: the handler answered handoff-proceed and everything
+        written reached the kernel. A client frame may be half read (its
+        parsing state travels in the record), and client payload still
+        waiting for credits travels too."""
         inp, out = self.input, self.output
         return (self.handoff == PROCEEDED and self.state is OPEN and not self.actions
-                and inp.frame is None and not out.unflushed and not out.closed
+                and inp.exportable and not out.unflushed and not out.closed
                 and not inp.closed and len(inp.pending) <= MAX_PENDING_EXPORT
                 and self.snapshot_obstacle() is None)
+
+    @property
+    def handoff_wait(self) -> str:
+        """What a handover is still waiting for (the log line when it gives up)."""
+        if self.state is WAIT:
+            return "the upgrade still waits for the handler's answer"
+        if self.handoff != PROCEEDED:
+            return "no handoff-proceed in time"
+        if self.output.unflushed:
+            return "the client does not take what was written to it"
+        if len(self.input.pending) > MAX_PENDING_EXPORT:
+            return "too much client payload waiting for the handler"
+        return self.snapshot_obstacle() or "not at a resumable point in time"
 
     @property
     def awaiting_handler(self) -> bool:

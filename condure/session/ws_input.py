@@ -32,6 +32,7 @@ from condure.zhttp.packets import Close as ClosePacket
 from condure.zhttp.packets import Data, Packet, Ping, Pong
 
 if TYPE_CHECKING:
+    from condure.session.records import WsRecord
     from condure.session.ws_handshake import Deflate
     from condure.session.ws_output import HandlerOutput
 
@@ -85,6 +86,38 @@ class ClientInput:
         self.credits = 0  # bytes condure may still send the handler
         self.closed = False  # the client sent its close frame
         self.inflater = Inflater(deflate.client_no_context_takeover) if deflate else None
+
+    # -- moving (handover): see condure.session.records -------------------------
+
+    @property
+    def exportable(self) -> bool:
+        """Whether where the client stands can travel in a record: at a
+        frame boundary, or inside an uncompressed frame (its parsing state
+        travels, the rest of its bytes in ``leftover`` or the kernel)."""
+        return self.frame is None or (self.frame_left > 0 and not self.msg_compressed)
+
+    def frame_fields(self) -> tuple[int, int, bytes, bool]:
+        """(frame_left, frame_offset, frame_mask, frame_fin) of the record."""
+        frame = self.frame
+        if frame is None:
+            return 0, 0, b"", False
+        return self.frame_left, self.frame_offset, frame.mask, frame.fin
+
+    def restore(self, record: WsRecord) -> None:
+        """Where the client stood in the exporting process: the message and
+        the frame under way, payload not yet sent to the handler."""
+        self.msg_opcode = record.msg_opcode
+        self.msg_size = record.msg_size
+        if record.msg_opcode == TEXT:
+            self.utf8 = _utf8()
+            self.utf8.decode(record.utf8_partial)
+        self.pending += record.pending
+        self.msg_done = record.msg_done
+        if record.frame_left:
+            length = record.frame_offset + record.frame_left
+            self.frame = FrameHeader(record.frame_fin, False, CONT, record.frame_mask, length, 0)
+            self.frame_left = record.frame_left
+            self.frame_offset = record.frame_offset
 
     # -- client -> handler ----------------------------------------------------
 
@@ -163,9 +196,10 @@ class ClientInput:
     def _parse(self, s: Owner) -> bool:
         """Read from the client's bytes what may be read now; with no
         credits nothing is (reference 5.7.4)."""
-        if s.handoff and self.frame is None:
-            return False  # moving: no new frame is started here
-        if self.credits <= 0 and not s.handoff:
+        if s.handoff or self.credits <= 0:
+            # Moving: nothing more is read, not even the rest of a frame
+            # under way; its state travels in the record (frame_*), its
+            # bytes in leftover or the kernel.
             return False
         inflater = self.inflater
         if self.msg_compressed and inflater is not None and not inflater.idle:

@@ -4,9 +4,11 @@ and, for the fields, :mod:`condure.session.records`).
 A WebSocket session is exportable when no frame is half read or half
 written and nothing is owed (``resumable``), or in a handover once the
 handler answered ``handoff-proceed`` (``ready_to_export``; client payload
-may then wait in ``pending``). permessage-deflate with context takeover
-keeps a compressor history that does not travel, so such sessions never
-move; with both no-context-takeover parameters they do, between messages.
+may then wait in ``pending``, and a client frame may be half read: its
+parsing state travels in the ``frame_*`` fields). permessage-deflate with
+context takeover keeps a compressor history that does not travel, so such
+sessions never move; with both no-context-takeover parameters they do,
+between compressed messages.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def export_ws(session: WebSocketSession, now: float) -> dict[str, object]:
         raise SnapshotError(f"cannot export a WebSocket session: {obstacle}")
     record = session.export_record(now)
     if record is None:
-        raise SnapshotError(f"not at a frame boundary: {session!r}")
+        raise SnapshotError(f"not at a resumable point: {session!r}")
     return records.to_fields(record)
 
 

@@ -30,7 +30,7 @@ import pytest
 from tests.harness import procs
 from tests.harness.loadproc import LoadProcess
 from tests.harness.systemd_ns import SystemdNamespace, project_units, unavailable_reason
-from tests.harness.ws_client import OP_TEXT, WsConn
+from tests.harness.ws_client import OP_BINARY, OP_TEXT, WsConn, build_frame
 
 pytestmark = [
     pytest.mark.systemd,
@@ -296,6 +296,42 @@ def _echo(ws: WsConn, text: bytes) -> bool:
         return False
     return frame.opcode == OP_TEXT and frame.payload == text
 
+
+
+def test_a_large_frame_half_sent_moves_through_a_restart(setup):
+    """A client half-way through sending one 200 KiB frame (10 KiB per 0.2 s)
+    when `systemctl restart` starts: its session moves mid-frame into the
+    fd store and on to the next start, the message is echoed whole, and
+    the restart does not wait the handoff timeout for it (before, it did,
+    then closed the session with 1012)."""
+    message = os.urandom(200 * 1024)
+    frame = build_frame(OP_BINARY, message)
+    with WsConn.open(setup.port, "/ws") as ws:
+        assert ws.read_handshake().code == 101
+        assert _echo(ws, b"before")
+        sent = threading.Event()
+
+        def send_slowly() -> None:
+            for at in range(0, len(frame), 10 * 1024):
+                ws.sock.sendall(frame[at:at + 10 * 1024])
+                time.sleep(0.2)
+            sent.set()
+
+        sender = threading.Thread(target=send_slowly)
+        sender.start()
+        try:
+            time.sleep(1.0)
+            took = _operate(setup, "restart", 0)
+            print(f"systemctl restart took {took:.2f} s")
+            assert took < float(HANDOFF_TIMEOUT) - 1.0, took  # it did not wait for this one
+            assert not sent.is_set(), "the frame was over before the restart"
+        finally:
+            sender.join()
+        opcode, payload, _ = ws.read_message(timeout=10)
+        assert opcode == OP_BINARY and payload == message
+        assert _echo(ws, b"after")
+    journal = setup.ns.journal(SERVICE)
+    assert "cannot move" not in journal, journal[-5000:]
 
 def _owner(port: int, local_port: int) -> int | None:
     """The pid serving our connection from ``local_port`` (ss -p)."""

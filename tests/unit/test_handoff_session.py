@@ -20,7 +20,15 @@ from condure.zhttp.packets import (
 )
 from condure.zhttp.packets import Close as ClosePacket
 from tests.unit.session_helpers import HANDLER, INSTANCE, decode_record, encode_record
-from tests.unit.test_websocket_session import PMD, PMD_NCT, SIMPLE, WsDriver, cframe, opened
+from tests.unit.test_websocket_session import (
+    MASK,
+    PMD,
+    PMD_NCT,
+    SIMPLE,
+    WsDriver,
+    cframe,
+    opened,
+)
 
 OTHER = b"condure.7"  # the adopting process's own address
 RID = b"0-0-0"
@@ -151,7 +159,7 @@ def test_client_frames_are_not_parsed_while_moving():
     assert bytes(d.session.input.inbuf) == data
 
 
-def test_a_frame_half_read_is_finished_into_pending():
+def test_a_frame_half_read_stays_half_read_while_moving():
     d = opened(credits=100)
     whole = cframe(1, b"abcdef")
     d.client(whole[:9])  # header and "abc"
@@ -159,15 +167,20 @@ def test_a_frame_half_read_is_finished_into_pending():
     assert d.session.begin_handoff()
     d.drain()
     d.new_sends()
-    assert d.session.wants_read  # to finish the frame
+    assert not d.session.wants_read  # the rest moves with the connection
     d.client(whole[9:] + cframe(2, b"xyz"))
-    assert not d.new_sends()
     s = d.session
-    assert (bytes(s.input.pending), s.input.msg_done, s.input.frame) == (b"def", True, None)
-    assert bytes(s.input.inbuf) == cframe(2, b"xyz") and not s.wants_read
-    assert s.input.credits == 97  # nothing was spent on it
+    assert bytes(d.inbound) == whole[9:] + cframe(2, b"xyz")
+    d.inbound.clear()
+    d.feed(whole[9:11])  # bytes that were read anyway are only kept
+    assert not d.new_sends()
+    assert (bytes(s.input.pending), s.input.msg_done, s.input.frame_left) == (b"", False, 3)
+    assert bytes(s.input.inbuf) == whole[9:11] and not s.wants_read
+    assert s.input.credits == 97
     d.handler(Credit, credits=50)  # credits do not release it either
     assert not d.new_sends() and s.input.credits == 147
+    d.handler(HandoffProceed)
+    assert s.ready_to_export  # in the middle of the frame
 
 
 def test_flushed_output_earns_credits_owed_not_a_credit_packet():
@@ -297,19 +310,24 @@ def test_pending_payload_goes_out_once_the_handler_grants_credits():
 
 
 def _moved_with_leftover() -> tuple[WsDriver, dict]:
-    """A frame finished into pending while moving; a whole next frame and a
-    ping read along with it (leftover), and one more still in the kernel."""
+    """A frame half read when the move starts: two more of its bytes read
+    along (leftover, raw), the rest of it, a whole next frame and a ping
+    still in the kernel, and one more frame sent later."""
     d = opened(credits=100)
     whole = cframe(1, b"abcdef")
     d.client(whole[:9])
     d.new_sends()
     let_go(d)
-    d.client(whole[9:] + cframe(2, b"xyz") + cframe(9, b"p"))
+    d.feed(whole[9:11])
+    d.client(whole[11:] + cframe(2, b"xyz") + cframe(9, b"p"))
     d.client(cframe(1, b"later"))
     d.new_sends()
     record = carry(d)
-    assert record["leftover"] == cframe(2, b"xyz") + cframe(9, b"p")
-    assert bytes(d.inbound) == cframe(1, b"later")
+    assert record["leftover"] == whole[9:11]
+    assert (record["frame_left"], record["frame_offset"], record["frame_mask"],
+            record["frame_fin"], record["msg_opcode"]) == (3, 3, MASK, 1, 1)
+    assert bytes(d.inbound) == whole[11:] + cframe(2, b"xyz") + cframe(9, b"p") + cframe(
+        1, b"later")
     return d, record
 
 
@@ -317,9 +335,11 @@ def test_leftover_and_pending_are_forwarded_in_order_after_the_move():
     d, record = _moved_with_leftover()
     d2 = adopt(d, record)
     packets = d2.new_packets()
-    assert seqs(packets) == list(range(record["out_seq"], record["out_seq"] + 5))
-    moved = [(type(p).__name__, p.body) for p in packets if type(p) is not KeepAlive]
-    assert moved == [("Data", b"def"), ("Data", b"xyz"), ("Ping", b"p"), ("Data", b"later")]
+    assert seqs(packets) == list(range(record["out_seq"], record["out_seq"] + 6))
+    moved = [(type(p).__name__, p.body, getattr(p, "more", False))
+             for p in packets if type(p) is not KeepAlive]
+    assert moved == [("Data", b"de", True), ("Data", b"f", False), ("Data", b"xyz", False),
+                     ("Ping", b"p", False), ("Data", b"later", False)]
     assert all(p.from_ == INSTANCE for p in packets) and not d2.closed
 
 
