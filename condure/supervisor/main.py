@@ -351,6 +351,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         if st.slots[child.slot] is child:
             st.slots[child.slot] = None
         if self.stopping:
+            self.retired_exit(child, status, how)  # a death mid-handover is reported
             return
         if not child.ready:
             self.boot_failures += 1

@@ -262,6 +262,7 @@ class SupervisorMoves:
         now = time.monotonic()
         child.graceful = True
         child.handover_to = target
+        child.handing_over = True  # (its death before handover-done loses what it has)
         child.hold_until = now + drain
         child.stop_deadline = now + drain + handoff + HANDOVER_GRACE
         self._send_to(child, {"type": "handover", "drain": drain, "handoff_timeout": handoff})
@@ -347,7 +348,8 @@ class SupervisorMoves:
         self.moves.give_back(item)
 
     def retired_exit(self, child: Child, status: int, how: str) -> None:
-        """A worker replaced by a reload exited. If it died before its
+        """A worker replaced by a reload, or stopping (a restart: handing
+        over to the fd store), exited. If it died before its
         handover was done, the connections it still had (its last stats
         count, less what it exported since) are lost; batches it had
         passed to us still move."""

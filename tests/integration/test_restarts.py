@@ -653,3 +653,60 @@ def test_a_stop_that_replaces_a_restart_during_the_handover_is_logged(setup):
             "systemd closes the 5 in its fd store without a close frame") in journal, \
         journal[-4000:]
     assert setup.ns.show(SERVICE, "ActiveState") == "inactive"
+
+
+def test_a_worker_killed_during_a_restarts_handover_is_reported(setup):
+    """A worker that dies while handing its connections over to the fd store
+    (SIGKILL here, the handler stopped so that the handoff waits) loses
+    them: the journal says so and counts them in the restart's `lost`
+    (this was silent). The other worker's connections move as usual."""
+    conns = []
+    restart = None
+    paused = False
+    try:
+        workers = set(setup.workers())
+        owners: dict[WsConn, int | None] = {}
+        for i in range(200):
+            ws = WsConn.open(setup.port, "/ws")
+            conns.append(ws)
+            assert ws.read_handshake().code == 101 and _echo(ws, b"hello %d" % i)
+            owners[ws] = _owner(setup.port, ws.sock.getsockname()[1])
+            if len(owners) >= 8 and set(owners.values()) == workers:
+                break
+        assert set(owners.values()) == workers, "every connection went to one worker"
+        victim = min(workers)
+        kept = [ws for ws, pid in owners.items() if pid != victim]
+        deadline = time.monotonic() + 20
+        # the workers' statistics (once a second) have counted them all
+        while f"{len(conns)} connections" not in setup.ns.show(SERVICE, "StatusText"):
+            assert time.monotonic() < deadline, setup.ns.show(SERVICE, "StatusText")
+            time.sleep(0.05)
+        os.kill(setup.handler.pid, signal.SIGSTOP)
+        paused = True
+        restart = setup.ns.systemctl_async("restart", SERVICE)
+        deadline = time.monotonic() + 20
+        while "restarting: moving connections" not in setup.ns.journal(SERVICE):
+            assert time.monotonic() < deadline, setup.ns.journal(SERVICE)[-3000:]
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)  # while the handoff waits for the handler
+        os.kill(setup.handler.pid, signal.SIGCONT)
+        paused = False
+        _, errors = restart.communicate(timeout=60)
+        assert restart.returncode == 0, errors
+        for ws in kept:  # moved through the restart
+            assert _echo(ws, b"after")
+    finally:
+        if paused:
+            os.kill(setup.handler.pid, signal.SIGCONT)
+        if restart is not None and restart.poll() is None:
+            restart.kill()
+            restart.wait()
+        for ws in conns:
+            ws.close()
+    journal = setup.ns.journal(SERVICE)
+    lost = len(conns) - len(kept)
+    # (pids in the journal are the namespace's, not ours)
+    assert (f"exited with signal SIGKILL while handing over its connections; {lost} lost"
+            in journal), journal[-4000:]
+    assert re.search(rf"restart: \d+ connections in systemd's fd store \({lost} lost\)",
+                     journal), journal[-4000:]
