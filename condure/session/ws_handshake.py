@@ -107,6 +107,8 @@ def check_upgrade(method: bytes, headers: Iterable[Header], *, compression: bool
         elif lower == b"transfer-encoding":
             raise HandshakeError(400, "WebSocket upgrade with a body")
         elif lower == b"sec-websocket-version":
+            if version is not None:  # RFC 6455 11.3.5: once in a request
+                raise HandshakeError(400, "more than one Sec-WebSocket-Version")
             version = value
         elif lower == b"sec-websocket-key":
             if key is not None:

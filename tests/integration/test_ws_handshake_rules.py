@@ -101,6 +101,16 @@ def test_bad_key_gets_400(echo, keys):
     assert_still_serving(echo)
 
 
+def test_a_repeated_version_gets_400(echo):
+    """RFC 6455 11.3.5: Sec-WebSocket-Version appears once in a request."""
+    with connect(echo.port) as c:
+        c.send(handshake(extra="Sec-WebSocket-Version: 13\r\n"))
+        resp = c.read_response()
+        assert resp.code == 400, resp.raw
+        assert c.read_until_close() == b""
+    assert_still_serving(echo)
+
+
 # -- permessage-deflate; server_max_window_bits=15 ------------------------------
 
 class LibraryClient:

@@ -61,6 +61,7 @@ def test_valid_upgrade():
     (b"GET", with_((b"Sec-WebSocket-Key", b"x"), drop=(b"Sec-WebSocket-Key",)), 400),
     (b"GET", with_((b"Sec-WebSocket-Key", b"AAAAAAAAAAAAAAAAAAAAAA=="),), 400),  # twice
     (b"GET", with_((b"Sec-WebSocket-Key", KEY),), 400),  # the same key twice
+    (b"GET", with_((b"Sec-WebSocket-Version", b"13"),), 400),  # RFC 6455 11.3.5: once
     (b"GET", with_((b"Sec-WebSocket-Key", KEY + b", " + KEY), drop=(b"Sec-WebSocket-Key",)),
      400),
     (b"GET", with_((b"Sec-WebSocket-Extensions", b"foo, , bar")), 400),
