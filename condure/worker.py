@@ -131,6 +131,9 @@ class Worker(Slots):
             self.zmq = StreamSockets(self.config, self.loop, self.on_message,
                                      instance_id=self.instance_id, zmq_spec=self.zmq_spec)
             self.zmq.on_congestion = self._on_congestion
+            # With several workers each has its own `from` (<id>.<n>); a handler
+            # that answers --id itself reaches them all, and the id's owner acts.
+            self.zmq.subscribe(self.config.id.encode())
             for out, out_stream, in_ in self.zmq.endpoints:
                 log.log(level, "zhttp client %s %s %s %s", verb, out, out_stream, in_)
             if not await self.zmq.wait_subscribed():

@@ -19,17 +19,17 @@ counts what waits, for the caller's backpressure (docs/handover.md,
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Callable
 
 import zmq
 
+from condure.net.unanswered import Throttled
+
 _MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _LAST = int(zmq.NOBLOCK)
 
-log = logging.getLogger("condure.zmq")
 
 ROUTER_RETRY = 0.05  # Condure retries a full handler queue every 50 ms
 ROUTER_RETRY_MIN = 0.001  # condure's first retry; doubles up to ROUTER_RETRY
@@ -44,6 +44,9 @@ class RouterQueues:
         self.since: dict[bytes, float] = {}  # when each queue last moved
         self.dropped = 0
         self.queued = 0  # packets waiting, all handlers together
+        # Not in silence: its sessions wait for packets that never come.
+        self.unreachable = Throttled(
+            "dropped packets for a handler that is not connected (gone, or not back yet)", clock)
         self.delay = ROUTER_RETRY_MIN  # until the next retry() should run
 
     def offer(self, frames: list[bytes]) -> bool:
@@ -97,7 +100,7 @@ class RouterQueues:
                     moved = True
                     continue
                 if unreachable and now - self.since[address] > UNREACHABLE_GRACE:
-                    log.debug("handler %r unreachable, %d packets dropped", address, len(queue))
+                    self.unreachable.note(f"{len(queue)} for {address.decode(errors='replace')}")
                     self.dropped += len(queue)
                     self.queued -= len(queue)
                     queue.clear()

@@ -101,6 +101,27 @@ def test_requests_from_many_connections_reach_every_worker(mode, stack, tmp_path
     assert_clean(condure)
 
 
+def test_packets_addressed_to_the_id_itself_reach_the_right_worker(mode, stack, tmp_path):
+    """Handlers answer to the request's `from` (condure.<n> here), but one
+    that addresses condure by its --id, as with a single worker or with
+    Condure, is served too: every worker hears it, the id's owner acts."""
+    condure, h = start_stream(mode, stack, tmp_path)
+    conns = [stack.enter_context(connect(condure.port)) for _ in range(CONNS)]
+    for i, c in enumerate(conns):
+        c.send(request("GET", f"/c{i}", HOST))
+    workers = set()
+    for _ in conns:
+        req = h.recv(5.0)
+        workers.add(check_from(req))
+        path = req["uri"].split(b"example.com", 1)[1]
+        h.reply(req, body=b"answer " + path, address="condure")
+    assert len(workers) > 1
+    for i, c in enumerate(conns):
+        resp = c.read_response()
+        assert (resp.code, resp.body) == (200, f"answer /c{i}".encode())
+    assert_clean(condure)
+
+
 def test_later_packets_and_websockets_across_workers(mode, stack, tmp_path):
     condure, h = start_stream(mode, stack, tmp_path)
     socks = [stack.enter_context(WsConn.open(condure.port, path=f"/ws{i}"))

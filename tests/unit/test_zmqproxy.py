@@ -7,6 +7,7 @@ the public ones, as examples/ handlers do.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import threading
@@ -122,7 +123,8 @@ def test_later_packets_wait_for_a_connecting_handler(start_proxy, sock, tmp_path
     assert got == [b"T0", b"T1", b"T2"]
 
 
-def test_later_packets_dropped_after_grace(start_proxy, sock, tmp_path):
+def test_later_packets_dropped_after_grace(start_proxy, sock, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="condure")
     _, spec = start_proxy()
     worker = sock(zmq.PUSH, internal(spec, "-out-stream"))
     worker.send(pack_later(b"gone", b"Told"))
@@ -139,6 +141,9 @@ def test_later_packets_dropped_after_grace(start_proxy, sock, tmp_path):
         except zmq.Again:
             assert time.monotonic() < deadline
     assert frames[2] == b"Tnew"
+    # not in silence (it was a debug line): its sessions wait for nothing
+    assert ("dropped packets for a handler that is not connected (gone, or not back yet); "
+            "the last: 1 for gone") in caplog.text
 
 
 def test_later_packets_wait_for_a_handler_without_spinning(start_proxy, sock):
