@@ -165,12 +165,7 @@ class SupervisorSignals:
         if rec is None:
             self._stop_all(graceful)
             return
-        st = self.state
-        st.respawn_at.clear()
-        st.reload_pending.clear()
-        st.reloading = False
-        if self.dispatcher is not None:
-            self.dispatcher.pause()
+        self._no_more_starts()
         if not self.stop_deferred and rec.sessions:
             log.info("stopping: the %d connections from the previous start are adopted "
                      "first, to be closed politely", len(rec.sessions))
@@ -208,13 +203,17 @@ class SupervisorSignals:
             log.warning("%d connections from the previous start closed without a close "
                         "frame: no worker could adopt them", count)
 
-    def _stop_all(self, graceful: bool, hand_over: bool = False) -> None:
+    def _no_more_starts(self) -> None:
+        """Stopping: no respawn, no reload step, no dispatched connection."""
         st = self.state
         st.respawn_at.clear()
         st.reload_pending.clear()
         st.reloading = False
         if self.dispatcher is not None:
             self.dispatcher.pause()
+
+    def _stop_all(self, graceful: bool, hand_over: bool = False) -> None:
+        self._no_more_starts()
         for child in self.children():
             if hand_over:
                 if child.ready and child.stop_deadline is None:

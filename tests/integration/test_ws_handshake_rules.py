@@ -22,17 +22,16 @@ import subprocess
 import sys
 
 import pytest
-from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.sync.client import connect as sync_connect
-from websockets.uri import parse_uri
 
 from tests.harness import echo_condure, procs
 from tests.harness import ws_client as wc
 from tests.harness.http_client import connect, request
+from tests.harness.ws_library import LibraryClient
 
 EXAMPLES = procs.REPO_ROOT / "examples"
 KEY = "x3JJHMbDL1EzLkh9GBhXDw=="
@@ -113,47 +112,12 @@ def test_a_repeated_version_gets_400(echo):
 
 # -- permessage-deflate; server_max_window_bits=15 ------------------------------
 
-class LibraryClient:
-    """websockets' sans-I/O client protocol on a blocking socket, keeping
-    the raw bytes condure wrote."""
-
-    def __init__(self, port: int, extensions) -> None:
-        self.protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/bits"),
-                                       extensions=extensions)
-        self.conn = connect(port)
-        self.events: list = []
-        self.raw = bytearray()
-        self.sent = bytearray()
-
-    def flush(self) -> None:
-        for data in self.protocol.data_to_send():
-            if data:
-                self.sent += data
-                self.conn.send(data)
-            else:
-                self.conn.shutdown_write()
-
-    def next_event(self):
-        while not self.events:
-            data = self.conn.read_some()
-            self.raw += data
-            if data:
-                self.protocol.receive_data(data)
-            else:
-                self.protocol.receive_eof()
-            self.flush()
-            self.events += self.protocol.events_received()
-            if not data and not self.events:
-                raise AssertionError("connection closed without an event")
-        return self.events.pop(0)
-
-
 @pytest.mark.parametrize("takeover", [False, True], ids=["context-takeover", "no-takeover"])
 def test_websockets_client_offering_server_max_window_bits(echo, takeover):
     factory = ClientPerMessageDeflateFactory(
         server_max_window_bits=15, server_no_context_takeover=takeover,
         client_no_context_takeover=takeover)
-    client = LibraryClient(echo.port, [factory])
+    client = LibraryClient(echo.port, "/bits", [factory])
     try:
         client.protocol.send_request(client.protocol.connect())
         client.flush()

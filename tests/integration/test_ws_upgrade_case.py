@@ -11,15 +11,14 @@ Debian's condure 1.9.1 forwards `Upgrade: WebSocket` as a plain HTTP request
 from __future__ import annotations
 
 import pytest
-from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
-from websockets.uri import parse_uri
 
 from tests.harness import echo_condure
 from tests.harness import ws_client as wc
 from tests.harness.http_client import connect
+from tests.harness.ws_library import LibraryClient
 
 KEY = "x3JJHMbDL1EzLkh9GBhXDw=="
 
@@ -68,34 +67,6 @@ def test_other_upgrade_tokens_stay_http(echo, upgrade):
         resp = c.read_response()
         assert resp.code == 200 and resp.body == b"ok /plain\n"
 
-
-class LibraryClient:
-    """websockets' sans-I/O client protocol on a blocking socket."""
-
-    def __init__(self, port: int) -> None:
-        self.protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/lib"))
-        self.conn = connect(port)
-        self.events: list = []
-
-    def flush(self) -> None:
-        for data in self.protocol.data_to_send():
-            if data:
-                self.conn.send(data)
-            else:
-                self.conn.shutdown_write()
-
-    def next_event(self):
-        while not self.events:
-            data = self.conn.read_some()
-            if data:
-                self.protocol.receive_data(data)
-            else:
-                self.protocol.receive_eof()
-            self.flush()
-            self.events += self.protocol.events_received()
-            if not data and not self.events:
-                raise AssertionError("connection closed without an event")
-        return self.events.pop(0)
 
 
 @pytest.mark.parametrize(("upgrade", "connection"), [
