@@ -171,6 +171,11 @@ class DocShell:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            # The shell goes at once; what it started (condure finishing a
+            # graceful stop, removing its files) gets its 10 s as well.
+            deadline = time.monotonic() + 10
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -180,6 +185,14 @@ class DocShell:
     def close(self) -> None:
         self.stop_all()
         self.notify.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def answered(output: str, body: str) -> bool:
