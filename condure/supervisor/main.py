@@ -440,7 +440,6 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             del st.successors[slot]
             st.slots[slot] = succ
             self.hand_over(old, succ)
-            old.handing_over = True
             st.retiring.append(old)
             st.reload_pending.pop(0)
             log.info("worker %d replaced (pid %d -> %d)", slot, old.pid, succ.pid)

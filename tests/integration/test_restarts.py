@@ -160,6 +160,14 @@ def start_load(setup: Setup, clients: int, http_loops: int = 0,
                        http_loops, extra)
 
 
+def _end_calls(*calls: subprocess.Popen | None) -> None:
+    """Kill the systemctl calls a test left running (it failed half-way)."""
+    for call in calls:
+        if call is not None and call.poll() is None:
+            call.kill()
+            call.wait()
+
+
 def _operate(setup: Setup, operation: str, handler_pause: float,
              connections: int | None = None) -> float:
     """``systemctl OPERATION``; its duration. With ``handler_pause``, the
@@ -533,10 +541,7 @@ def test_stop_during_a_restarts_start_closes_every_websocket_with_1001(verbose_s
     finally:
         if held is not None:
             os.kill(held, signal.SIGCONT)
-        for call in (restart, stopper):
-            if call is not None and call.poll() is None:
-                call.kill()
-                call.wait()
+        _end_calls(restart, stopper)
         load.kill()
     journal = setup.ns.journal(SERVICE)
     print(f"\nstop during a restart's start ({moment}): close codes {result['close_codes']}, "
@@ -599,9 +604,7 @@ def test_clients_that_leave_while_stored_are_not_reported_lost(held_setup):
                            env=procs.python_env()).stdout
     finally:
         hold.unlink(missing_ok=True)
-        if restart is not None and restart.poll() is None:
-            restart.kill()
-            restart.wait()
+        _end_calls(restart)
         for ws in stay:
             ws.close()
     journal = setup.ns.journal(SERVICE)
@@ -643,10 +646,7 @@ def test_a_stop_that_replaces_a_restart_during_the_handover_is_logged(setup):
     finally:
         if paused:
             os.kill(setup.handler.pid, signal.SIGCONT)
-        for call in (restart, stopper):
-            if call is not None and call.poll() is None:
-                call.kill()
-                call.wait()
+        _end_calls(restart, stopper)
         for ws in conns:
             ws.close()
     journal = setup.ns.journal(SERVICE)
@@ -700,9 +700,7 @@ def test_a_worker_killed_during_a_restarts_handover_is_reported(setup):
     finally:
         if paused:
             os.kill(setup.handler.pid, signal.SIGCONT)
-        if restart is not None and restart.poll() is None:
-            restart.kill()
-            restart.wait()
+        _end_calls(restart)
         for ws in conns:
             ws.close()
     journal = setup.ns.journal(SERVICE)
