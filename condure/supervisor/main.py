@@ -263,8 +263,10 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                 return
             except (control.ControlError, OSError) as e:
                 # A worker that exits (a SIGTERM to the whole process group,
-                # as `timeout` and container stops send) resets its end.
-                exiting = isinstance(e, ConnectionResetError) and child.popen.poll() is not None
+                # as `timeout` and container stops send) resets its end, and
+                # may not be reapable yet when the reset is read: its exit is
+                # reported by on_exit() with its status, so a reset says nothing.
+                exiting = isinstance(e, ConnectionResetError)
                 (log.debug if exiting else log.warning)(
                     "worker %d control channel: %s", child.slot, e)
                 message, fds = None, []
