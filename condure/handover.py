@@ -60,6 +60,10 @@ MAX_BATCH_BYTES = 48 * 1024  # encoded records in one control message
 POLL = 0.02  # seconds between looks at the sessions being moved
 SEND_TIMEOUT = 5.0  # a full control socket: wait this long to pass a batch
 CONFIRM_GRACE = 5.0  # time for the supervisor to confirm the last batch
+# --handoff skip: a session leaves this long after it stopped sending to its
+# handler, so that what it sent last reaches the handler before the adopting
+# worker's first packet (they leave through different sockets).
+SETTLE = 0.1
 
 
 def describe(conn: Conn) -> str:
@@ -81,6 +85,8 @@ def describe(conn: Conn) -> str:
 class _Moving:
     conn: Conn
     deadline: float  # give up (close politely) at this time
+    not_before: float = 0.0  # not exported before this time (SETTLE)
+    unanswered: bool = False  # moving without the handler's handoff-proceed
 
 
 class Exporter:
@@ -94,6 +100,7 @@ class Exporter:
         self.send = send
         self.handoff_timeout = handoff_timeout
         self.drain_deadline = drain_deadline
+        self.ask = worker.config.handoff != "skip"  # send handoff-start (--handoff)
         self.moving: list[_Moving] = []
         # The handler's last sign of life: a packet from it reached this worker.
         self.heard = worker.handler_packets
@@ -106,6 +113,8 @@ class Exporter:
         self.moved = 0  # sessions the supervisor took
         self.closed = 0  # sessions that could not move and were closed politely
         self.lost = 0  # sessions exported but not taken
+        self.unanswered = 0  # sessions moving without the handler's handoff-proceed
+        self.answered = 0  # sessions exported after the handler's handoff-proceed
 
     @property
     def done(self) -> bool:
@@ -147,9 +156,13 @@ class Exporter:
         session: Session = conn.session
         if session.handing_off:
             return True
-        if session.begin_handoff():
+        if session.begin_handoff(self.ask):
             if session.handoff_needs_handler:
                 item.deadline = now + self.handoff_timeout
+                if not self.ask:
+                    item.not_before = now + SETTLE
+                    item.unanswered = True
+                    self.unanswered += 1
             conn.run()
         elif not session.awaiting_handler:
             self._give_up(conn, now)
@@ -201,12 +214,31 @@ class Exporter:
                 # new, an upgrade that was under way, or a handshake now answered
                 if not self._ask(item, now):
                     continue
+                if now < item.not_before:  # --handoff skip: settling
+                    still.append(item)
+                    continue
                 record = self._export(conn, now)
+                unanswered = False
+                if record is None and now >= item.deadline:
+                    # The handler did not answer handoff-start (Pushpin 1.36
+                    # does not implement it): the session moves without its
+                    # answer. Only handlers seen answering are waited for
+                    # beyond the handoff timeout while they keep sending.
+                    unanswered = ((not self.answered or self._overdue(item, now))
+                                  and session.move_unanswered())
+                overdue = not unanswered and record is None and self._overdue(item, now)
             except Exception:  # noqa: BLE001 - a bug in the session: end it alone
                 conn.fail("preparing a handover")
                 continue
             if record is None:
-                if self._overdue(item, now):
+                if unanswered:
+                    log.debug("%s: no handoff-proceed in time; moving it without",
+                              describe(conn))
+                    self.unanswered += 1
+                    item.deadline = now + self.handoff_timeout
+                    item.unanswered = True
+                    still.append(item)
+                elif overdue:
                     why = ("the client does not take what was written to it" if conn.out
                            else session.handoff_wait)
                     log.info("%s: cannot move (%s); closing it", describe(conn), why)
@@ -214,6 +246,8 @@ class Exporter:
                 else:
                     still.append(item)
                 continue
+            if session.handoff_needs_handler and not item.unanswered:
+                self.answered += 1
             text = records.encode(record)
             if len(text) > MAX_BATCH_BYTES:
                 log.info("%s: session record too large to move; closing it", describe(conn))
@@ -329,7 +363,12 @@ def adopt(worker: Worker, texts: list[object], fds: list[int]) -> tuple[int, int
             failed += 1
             continue
         try:
-            conn.session.resume()
+            session = conn.session
+            session.resume()
+            if worker.moved.get(session.rid) is conn:  # it kept its id: its handler's
+                # packets that reached us before it did (net/parked.py)
+                for packet, ident in worker.parked.take(session.rid):
+                    session.receive_packet(packet, ident, now)
         except Exception:  # noqa: BLE001 - a bug in the session: end it alone
             conn.fail("resuming it")
             failed += 1

@@ -114,10 +114,23 @@ OPTIONS: tuple[Option, ...] = (
         "through systemd's fd store), condure sends its handler handoff-start "
         "and waits for handoff-proceed while the handler keeps sending (it is "
         "behind, not gone), up to --drain-timeout; once nothing came from the "
-        "handler for this long, a session not answered is closed politely "
-        "instead (WebSocket close 1012). See docs/handover.md. Not a Condure "
-        "option.",
+        "handler for this long, a session not answered moves without the "
+        "answer (see --handoff). See docs/handover.md. Not a Condure option.",
         metavar="SECONDS", default="5",
+    ),
+    Option(
+        "--handoff", TEXT,
+        "Whether a moving WebSocket asks its handler first: ask or skip",
+        "`ask`: before a WebSocket moves to another process, condure sends "
+        "its handler handoff-start and waits for handoff-proceed (see "
+        "--handoff-timeout), so nothing the handler sends is missed; a "
+        "handler that does not answer in time (Pushpin 1.36 does not "
+        "implement it) has its sessions moved anyway. `skip`: do not ask; "
+        "sessions move at once, which suits handlers that never answer. "
+        "Either way, a handler packet missed by a move that was not "
+        "answered closes that WebSocket with 1012. See docs/handover.md. "
+        "Not a Condure option.",
+        metavar="MODE", default="ask",
     ),
     Option(
         "--worker-timeout", UINT, "Seconds a worker may go without answering",

@@ -30,6 +30,7 @@ from condure.net import listeners
 from condure.net.certs import CertStore
 from condure.net.conn import Conn
 from condure.net.limits import ConnLimits
+from condure.net.parked import Parked
 from condure.net.timers import RESOLUTION, TimerWheel
 from condure.net.tls import TlsLayer
 from condure.net.unanswered import Throttled, UnansweredLog
@@ -76,6 +77,7 @@ class Worker(Slots):
         # sign of life; packets for ids it does not have, such as those of a
         # reload's other worker sharing its address, do not count).
         self.handler_packets = 0
+        self.parked = Parked()  # handler packets for ids it does not have (yet)
         self.loop = loop
         # Our ZHTTP "from" and SUB prefix: --id, or --id.<index> with workers.
         self.instance_id = (address if address is not None else config.id).encode()
@@ -471,6 +473,8 @@ class Worker(Slots):
                     conn.fail("handling a handler packet", packet.from_)
                     continue
                 conn.run()
+            else:  # perhaps for a session on its way here (net/parked.py)
+                self.parked.park(packet, ident, len(payload), now)
 
     # -- periodic work ----------------------------------------------------------
 

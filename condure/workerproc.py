@@ -277,6 +277,10 @@ class WorkerProcess:
             except TimeoutError:
                 pass
         exporter.abandon()
+        if exporter.unanswered:
+            log.info("handover: %d WebSockets moved without their handler's handoff-proceed "
+                     "(%s)", exporter.unanswered,
+                     "--handoff skip" if not exporter.ask else "it did not answer in time")
         (log.warning if exporter.lost else log.info)(
             "handover: %d connections moved, %d closed, %d lost",
             exporter.moved, exporter.closed, exporter.lost)

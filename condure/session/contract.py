@@ -198,10 +198,16 @@ class Session(Protocol):
         """While not ``ready_to_export``: what the handover waits for, in
         words (the log line of a session it gives up on)."""
 
-    def begin_handoff(self) -> bool:
+    def begin_handoff(self, ask: bool = True) -> bool:
         """Start a handover: finish what is under way, start nothing new.
-        False when it cannot start now (retried while ``awaiting_handler``;
-        otherwise the session is closed politely)."""
+        ``ask``: ask the handler to hold its packets (``handoff-start``),
+        else move without its answer (``--handoff skip``). False when it
+        cannot start now (retried while ``awaiting_handler``; otherwise the
+        session is closed politely)."""
+
+    def move_unanswered(self) -> bool:
+        """The handler did not answer ``handoff-start`` in time: move
+        without its answer. False when there was nothing to wait for."""
 
     def export_record(self, now: float) -> Record | None:
         """The record of this session if it is at a resumable point, else

@@ -140,7 +140,10 @@ class Ended:
     def going_away(self, now: float | None = None, code: int | None = None) -> None:
         pass
 
-    def begin_handoff(self) -> bool:
+    def begin_handoff(self, ask: bool = True) -> bool:
+        return False
+
+    def move_unanswered(self) -> bool:
         return False
 
     def export_record(self, now: float) -> None:

@@ -232,7 +232,7 @@ class HttpSession(HttpEndings):
     def handing_off(self) -> bool:
         return self.hold
 
-    def begin_handoff(self) -> bool:
+    def begin_handoff(self, ask: bool = True) -> bool:
         """Handover starts: no new request from here on; the one under way
         (if any) finishes, then ``resumable`` says the connection can move."""
         self.hold = True

@@ -85,7 +85,10 @@ class ZhttpLink:
                 # took this (handover). A copy, not a protocol error.
                 return False
             if ident.seq != self.in_seq:
-                self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
+                if self.adopted and ident.seq > self.in_seq:
+                    self._missed(f"seq {ident.seq}, expected {self.in_seq}")
+                else:
+                    self._abort(f"bad seq {ident.seq}, expected {self.in_seq}")
                 return False
             self.in_seq += 1
         self.handler = packet.from_
@@ -95,6 +98,15 @@ class ZhttpLink:
     def _abort(self, reason: str) -> None:
         """Handler-caused end: close, and tell the handler nothing."""
         raise NotImplementedError
+
+    def move_unanswered(self) -> bool:
+        """See the session contract; only a WebSocket waits for an answer."""
+        return False
+
+    def _missed(self, gap: str) -> None:
+        """An adopted session's handler packet skips seq numbers: packets
+        sent while it moved without the handler's handoff were missed."""
+        self._abort(f"bad seq ({gap})")
 
 
 class ZhttpPeer(ZhttpLink):

@@ -120,7 +120,10 @@ class ReqSession:
         actions, self.actions = self.actions, []
         return actions
 
-    def begin_handoff(self) -> bool:
+    def begin_handoff(self, ask: bool = True) -> bool:
+        return False
+
+    def move_unanswered(self) -> bool:
         return False
 
     def export_record(self, now: float) -> None:

@@ -96,9 +96,14 @@ class Handoff(enum.IntEnum):
     NONE = 0
     ASKED = 1  # handoff-start went to the handler
     PROCEEDED = 2  # the handler answered and sends nothing more
+    # Moving without the handler's answer: it was not asked (--handoff
+    # skip) or did not answer in time. What it sends meanwhile is served
+    # here until the export, then reaches the adopting worker (a reload) or
+    # is missed, which the adopter sees as a gap in the seq numbers.
+    UNANSWERED = 3
 
 
-ASKED, PROCEEDED = Handoff.ASKED, Handoff.PROCEEDED
+ASKED, PROCEEDED, UNANSWERED = Handoff.ASKED, Handoff.PROCEEDED, Handoff.UNANSWERED
 GOING_AWAY, SERVICE_RESTART = 1001, 1012  # close codes (RFC 6455 7.4.1, IANA registry)
 # Client payload read but not yet forwarded (no credits) that may travel
 # with an exported session; more than this and the session is closed instead.
@@ -159,7 +164,8 @@ class WebSocketSession(ZhttpPeer):
         self.input = ClientInput(buffer_size, max_message_size, deflate, leftover)
         self.output = HandlerOutput(buffer_size, deflate, messages_max)
         # Moving to another process (handover): 0, ASKED (handoff-start
-        # sent) or PROCEEDED (the handler answered and sends nothing more).
+        # sent), PROCEEDED (the handler answered and sends nothing more) or
+        # UNANSWERED (moving without its answer).
         self.handoff = Handoff.NONE
         # Credits earned while moving: nothing goes to the handler between
         # handoff-start and the resume, so they are sent after it.
@@ -259,7 +265,7 @@ class WebSocketSession(ZhttpPeer):
         parsing state travels in the record), and client payload still
         waiting for credits travels too."""
         inp, out = self.input, self.output
-        return (self.handoff == PROCEEDED and self.state is OPEN and not self.actions
+        return (self.handoff >= PROCEEDED and self.state is OPEN and not self.actions
                 and inp.exportable and not out.unflushed and not out.closed
                 and not inp.closed and len(inp.pending) <= MAX_PENDING_EXPORT
                 and self.snapshot_obstacle() is None)
@@ -269,7 +275,7 @@ class WebSocketSession(ZhttpPeer):
         """What a handover is still waiting for (the log line when it gives up)."""
         if self.state is WAIT:
             return "the upgrade still waits for the handler's answer"
-        if self.handoff != PROCEEDED:
+        if self.handoff == ASKED:
             return "no handoff-proceed in time"
         if self.output.unflushed:
             return "the client does not take what was written to it"
@@ -285,16 +291,26 @@ class WebSocketSession(ZhttpPeer):
     def handing_off(self) -> bool:
         return bool(self.handoff)
 
-    def begin_handoff(self) -> bool:
-        """Handover starts: ask the handler to stop sending (handoff-start);
-        False when this session cannot move (see snapshot_obstacle)."""
+    def begin_handoff(self, ask: bool = True) -> bool:
+        """Handover starts: ask the handler to stop sending (handoff-start),
+        or with ``ask`` False move without asking (UNANSWERED); False when
+        this session cannot move (see snapshot_obstacle)."""
         if self.handoff:
             return True
         if (self.state is not OPEN or self.handler is None or self.output.closed
                 or self.input.closed or self.snapshot_obstacle() is not None):
             return False
-        self._send(HandoffStart)
-        self.handoff = ASKED
+        if ask:
+            self._send(HandoffStart)
+        self.handoff = ASKED if ask else UNANSWERED
+        return True
+
+    def move_unanswered(self) -> bool:
+        """The handler did not answer handoff-start in time: move without
+        its answer (False when it was not asked or has answered)."""
+        if self.handoff != ASKED:
+            return False
+        self.handoff = UNANSWERED
         return True
 
     def resume(self) -> None:
@@ -348,11 +364,13 @@ class WebSocketSession(ZhttpPeer):
             self.input.credits += packet.credits
         elif isinstance(packet, KeepAlive):
             pass
-        elif isinstance(packet, HandoffProceed) and self.handoff == ASKED:
-            self.handoff = PROCEEDED
+        elif isinstance(packet, HandoffProceed) and self.handoff in (
+                ASKED, UNANSWERED, Handoff.NONE if self.adopted else ASKED):
+            # (late: it still makes the move safe, or it answered the old worker)
+            self.handoff = PROCEEDED if self.handoff else self.handoff
         elif isinstance(packet, HandoffStart):
             self._send(HandoffProceed)
-            if self.handoff == ASKED:
+            if self.handoff:
                 self.handoff = PROCEEDED  # crossed: both sides stopped sending
             else:
                 self.paused = True
@@ -383,6 +401,10 @@ class WebSocketSession(ZhttpPeer):
         else:
             self._close(graceful=False, reason=f"unexpected {type(packet).__name__} packet")
         self.input.pump(self)
+
+    def _missed(self, gap: str) -> None:
+        log_reason = f"handler packets missed while it moved ({gap})"
+        self._fail(SERVICE_RESTART, log_reason)  # the client may reconnect at once
 
     def abort_unknown(self, reason: str) -> None:
         if self.state is not CLOSED:

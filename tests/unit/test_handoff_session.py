@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from condure.session.websocket import ASKED, PROCEEDED, WebSocketSession
+from condure.session.websocket import ASKED, PROCEEDED, UNANSWERED, WebSocketSession
 from condure.session.ws_snapshot import export_ws, restore_ws
 from condure.zhttp.packets import (
     Cancel,
@@ -365,3 +365,69 @@ def test_adopted_session_ignores_copies_the_previous_owner_took():
     fresh = opened()
     fresh.handler(Data, seq=0, body=b"x")  # seq 0 again, not adopted
     assert fresh.closed
+
+
+# -- moving without the handler's answer (--handoff) ----------------------------
+
+
+def test_skip_moves_without_handoff_start_and_holds_credits_back():
+    """``begin_handoff(ask=False)``: nothing goes to the handler, the client
+    is not read, what the handler sends is still written, and the credits
+    for it wait for the resume; the session may leave once flushed."""
+    d = opened()
+    assert d.session.begin_handoff(ask=False) is True
+    d.drain()
+    assert d.new_packets() == [] and d.session.handoff == UNANSWERED
+    assert not d.session.wants_read
+    d.handler(Data, body=b"still", content_type=b"text")
+    assert b"still" in d.new_output()
+    d.flush()
+    assert d.new_packets() == [] and d.session.credits_owed == 5
+    assert d.session.ready_to_export and not d.closed
+    d2 = adopt(d)
+    kinds = [(type(p), getattr(p, "credits", 0)) for p in d2.new_packets()]
+    assert kinds == [(KeepAlive, 0), (Credit, 5)]
+
+
+def test_unanswered_handoff_start_moves_after_move_unanswered():
+    d = handing_off()
+    assert not d.session.ready_to_export
+    assert d.session.handoff_wait == "no handoff-proceed in time"
+    assert d.session.move_unanswered() is True
+    assert d.session.ready_to_export and d.session.handoff == UNANSWERED
+    assert d.session.move_unanswered() is False  # once
+    d2 = adopt(d)
+    d2.new_packets()
+    # the handler's late answer reaches the adopter: ignored, not an error
+    d2.handler(HandoffProceed)
+    assert not d2.closed and d2.new_packets() == []
+    d2.handler(Data, body=b"echo", content_type=b"text")
+    assert not d2.closed and b"echo" in d2.new_output()
+
+
+def test_move_unanswered_needs_an_unanswered_ask():
+    assert opened().session.move_unanswered() is False  # not moving
+    assert ready().session.move_unanswered() is False  # answered
+
+
+def test_a_late_answer_before_the_export_makes_it_a_proceeded_move():
+    d = handing_off()
+    assert d.session.move_unanswered()
+    d.handler(HandoffProceed)
+    assert d.session.handoff == PROCEEDED and not d.closed
+
+
+def test_a_gap_in_the_handlers_seq_after_a_move_closes_with_1012_and_cancel():
+    """Packets the handler sent while no process took them (a restart
+    without its handoff) are missed: the next one's seq skips. The client
+    gets close 1012 (service restart: it may reconnect at once), the handler
+    a cancel; a session that did not move still ends on any wrong seq."""
+    d = handing_off()
+    assert d.session.move_unanswered()
+    d2 = adopt(d)
+    d2.new_packets()
+    d2.handler_seq[RID] += 1  # one packet lost on the way
+    d2.handler(Data, body=b"after the gap", content_type=b"text")
+    assert d2.new_output().startswith(CLOSE_1012)
+    assert [type(p) for p in d2.new_packets()] == [Cancel]
+    assert d2.closed and not d2.close.handler_fault
