@@ -27,7 +27,17 @@ started:
 
 Options: `--base` (default ipc://client; see endpoints.py), `--bind` (when
 condure runs with `--zclient-connect`), `--identity`, `--verbose` (print
-every packet).
+every packet), and two that make it behave like a handler without
+condure's handoff, such as Pushpin 1.36 (for tests):
+
+- `--ignore-handoff`: `handoff-start` is ignored entirely: no
+  `handoff-proceed`, nothing held; echoes and credits go on as usual with
+  the same seq numbering (condure then moves the session without the
+  answer, docs/handover.md).
+- `--no-hold`: an address that had a subscriber and lost it (condure
+  restarting) gets its packets published all the same, so ZeroMQ drops
+  them while nobody is subscribed, as a plain PUB socket does. Packets are
+  still held for an address never subscribed yet (this handler's start).
 """
 
 import argparse
@@ -111,8 +121,10 @@ class Session:
 class Gate:
     """XPUB socket that holds packets for an address until it is subscribed."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, hold=True):
         self.sock = sock
+        self.hold = hold  # False: --no-hold
+        self.seen = set()  # addresses subscribed once (used with --no-hold)
         self.prefixes = set()
         self.open = set()  # addresses with a subscriber
         self.waiting = {}  # address -> [message], in order
@@ -122,8 +134,13 @@ class Gate:
         if addr in self.open:
             self.out.append(message)
             return
+        if not self.hold and addr in self.seen:
+            self.out.append(message)  # ZeroMQ drops it unless subscribed again
+            return
         if addr not in self.waiting and self._subscribed(addr):
             self.open.add(addr)
+            if not self.hold:
+                self.seen.add(addr)
             self.out.append(message)
             return
         self.waiting.setdefault(addr, []).append(message)
@@ -157,6 +174,8 @@ class Gate:
             self.open = {a for a in self.open if self._subscribed(a)}
             for addr in [a for a in self.waiting if self._subscribed(a)]:
                 self.open.add(addr)
+                if not self.hold:
+                    self.seen.add(addr)
                 self.out.extend(self.waiting.pop(addr))
 
 
@@ -165,6 +184,7 @@ class Handler:
         self.identity = args.identity.encode()
         self.from_item = t_str(b"from") + t_str(self.identity)
         self.verbose = args.verbose
+        self.ignore_handoff = args.ignore_handoff
         self.sessions = {}
         self.now = time.monotonic()
         out, out_stream, inbound = stream_endpoints(args.base)
@@ -178,7 +198,7 @@ class Handler:
             sock.rcvhwm = 0
         for sock, endpoint in ((self.pull, out), (self.router, out_stream), (xpub, inbound)):
             sock.bind(endpoint) if args.bind else sock.connect(endpoint)
-        self.gate = Gate(xpub)
+        self.gate = Gate(xpub, hold=not args.no_hold)
         self.sockets = (self.pull, self.router, xpub)
 
     def log(self, text):
@@ -318,8 +338,9 @@ class Handler:
                 # Condure ends a session whose handler is silent for 60 s.
                 self.emit(sess, TYPE_FIELD[b"keep-alive"])
         elif kind == b"handoff-start":
-            self.emit(sess, TYPE_FIELD[b"handoff-proceed"])
-            sess.held = True
+            if not self.ignore_handoff:
+                self.emit(sess, TYPE_FIELD[b"handoff-proceed"])
+                sess.held = True
         elif kind == b"ping":
             body = packet.get(b"body", b"")
             sess.queue.append((PONG, body, len(body)))
@@ -399,6 +420,12 @@ def main():
     parser.add_argument("--identity", default=f"handoffhandler.{os.getpid()}",
                         help="this handler's address (the from of its packets)")
     parser.add_argument("--verbose", action="store_true", help="print every packet")
+    parser.add_argument("--ignore-handoff", action="store_true",
+                        help="ignore condure's handoff-start (no handoff-proceed, nothing "
+                        "held), as Pushpin 1.36 does; for tests")
+    parser.add_argument("--no-hold", action="store_true",
+                        help="publish packets for an address whose subscriber went away "
+                        "(ZeroMQ drops them), as a plain PUB socket does; for tests")
     args = parser.parse_args()
 
     def stop(signum, frame):

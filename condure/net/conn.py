@@ -32,12 +32,18 @@ import time
 from typing import Protocol, cast
 
 from condure.net.tls import TlsError, TlsLayer
+from condure.net.unanswered import Throttled
 from condure.session import failure
 from condure.session.actions import Close, Send, SwitchSession, Write
 from condure.session.contract import Session
+from condure.session.peer import MISSED_IN_MOVE
 from condure.zhttp.packets import Packet
 
 log = logging.getLogger("condure.conn")
+# WebSockets closed with 1012 because their handler's packets were missed
+# while they moved without its handoff (docs/handoff.md): info, throttled.
+_MISSED = Throttled("closed WebSockets with 1012: their handler's packets were missed "
+                    "while they moved", time.monotonic)
 
 LINGER = 2.0  # seconds to wait for the client's FIN after a graceful close
 # A graceful close writes out what is queued first; a client that takes
@@ -347,6 +353,8 @@ class Conn:
 
     def _close(self, action: Close) -> None:
         log.debug("slot %d closing: %s", self.slot, action.reason)
+        if action.reason.startswith(MISSED_IN_MOVE) and (since := _MISSED.due()) is not None:
+            logging.getLogger("condure").info("%s%s", _MISSED.what, since)
         if action.unanswered:
             self.worker.note_unanswered(self.slot)
         if action.handler_fault:

@@ -109,6 +109,11 @@ class ZhttpLink:
         self._abort(f"bad seq ({gap})")
 
 
+# The start of the reason of a session closed for handler packets missed
+# while it moved (the adapter logs these at info level, throttled).
+MISSED_IN_MOVE = "handler packets missed while it moved"
+
+
 class ZhttpPeer(ZhttpLink):
     """The ZHTTP end of a stream-mode session (see the module docstring)."""
 

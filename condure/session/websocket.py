@@ -36,7 +36,7 @@ from typing import Protocol
 from condure.session.actions import Action, Close, Send, SwitchSession, Write
 from condure.session.contract import Kind, Settings
 from condure.session.httpwire import request_uri, response_fault
-from condure.session.peer import ZhttpPeer
+from condure.session.peer import MISSED_IN_MOVE, ZhttpPeer
 from condure.session.records import WsRecord
 from condure.session.states import CLOSED, OPEN, WAIT, WS_TABLE, Event
 from condure.session.ws_frames import PING, PONG
@@ -403,8 +403,7 @@ class WebSocketSession(ZhttpPeer):
         self.input.pump(self)
 
     def _missed(self, gap: str) -> None:
-        log_reason = f"handler packets missed while it moved ({gap})"
-        self._fail(SERVICE_RESTART, log_reason)  # the client may reconnect at once
+        self._fail(SERVICE_RESTART, f"{MISSED_IN_MOVE} ({gap})")  # the client may reconnect
 
     def abort_unknown(self, reason: str) -> None:
         if self.state is not CLOSED:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import zmq
@@ -109,11 +110,37 @@ def run_until_stopped(control: zmq.Socket, items: list[tuple[zmq.Socket, int]],
         log.error("zmq proxy %s: %s", threading.current_thread().name, e)
 
 
-def relay_loop(src: zmq.Socket, dst: zmq.Socket, control: zmq.Socket) -> None:
+def wait_for_handler(control: zmq.Socket, ready: zmq.Socket, wait: float) -> bool:
+    """Wait up to ``wait`` seconds for an event on ``ready`` (the monitor of
+    the public socket handlers publish to: a handler connected, and our
+    subscriptions are on their way to it); False when ``control`` stopped
+    the thread meanwhile."""
+    began = time.monotonic()
+    items = [(control, _POLLIN), (ready, _POLLIN)]
+    while (left := began + wait - time.monotonic()) > 0:
+        for sock, _ in zmq.zmq_poll(items, int(left * 1000) + 1):
+            if sock is control:
+                control.recv()
+                return False
+            ready.recv_multipart()
+            log.debug("a handler connected after %.0f ms", (time.monotonic() - began) * 1000)
+            return True
+    log.debug("no handler connected within %g s; passing requests on anyway", wait)
+    return True
+
+
+def relay_loop(src: zmq.Socket, dst: zmq.Socket, control: zmq.Socket,
+               ready: zmq.Socket | None = None, wait: float = 0.0) -> None:
     """Thread body: ``src`` -> ``dst`` until ``control`` receives a message.
 
     Polls ``src`` for POLLIN or, while a message is held, ``dst`` for
-    POLLOUT: never both, so a full output means no wakeups."""
+    POLLOUT: never both, so a full output means no wakeups. With ``ready``,
+    nothing is passed on before :func:`wait_for_handler` returns: a handler
+    whose PULL socket reconnects before its PUB (after a restart of condure,
+    say) would otherwise answer a request into a PUB that does not yet have
+    our subscription, and the answer would be dropped."""
+    if ready is not None and not wait_for_handler(control, ready, wait):
+        return
     reading = [(control, _POLLIN), (src, _POLLIN)]
     writing = [(control, _POLLIN), (dst, _POLLOUT)]
     held: list[zmq.Frame] | None = None

@@ -77,6 +77,9 @@ _POLLIN = int(zmq.POLLIN)
 TERMINATE = b"TERMINATE"
 CLOSE_LINGER_MS = 1000  # packets still queued at close (cancels) get this long
 FINAL_FLUSH = 1.0  # seconds the later-packets relay keeps trying at close
+# At start, first packets wait this long at most for a handler to connect to
+# BASE-in (relay.wait_for_handler); handlers reconnect every 100 ms by default.
+HANDLER_WAIT = 3.0
 
 
 def runtime_parent() -> str | None:
@@ -171,6 +174,13 @@ class ZmqProxy:
             xsub = self._socket(zmq.XSUB, rcvhwm=INTERNAL_HWM_FACTOR * config.hwm)
             for sock in (push, router, xsub):
                 curve.secure(sock, config, connect=False)
+            # Watched before binding, so that no handler's connection goes
+            # unseen. (A socket has one monitor: with CURVE it is curve.py's,
+            # and first packets do not wait.)
+            ready = None
+            if config.zmq_curve_secret is None:
+                ready = xsub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+                self._sockets.append(ready)
             for public in config.zclient_stream:
                 out, out_stream, in_ = stream_endpoints(public)
                 self._bind_public(push, out, mode)
@@ -188,7 +198,8 @@ class ZmqProxy:
             # blocked (see _steerable).
             xpub = self._socket(zmq.XPUB, sndhwm=INTERNAL_HWM_FACTOR * config.hwm)
             xpub.bind(in_in)
-            self._start_thread("out", relay_loop, first, push)
+            self._start_thread("out", partial(relay_loop, ready=ready, wait=HANDLER_WAIT),
+                               first, push)
             self._start_thread("in", _steerable, xsub, xpub)
             self._start_thread("out-stream", partial(_relay_later, marks=congestion_marks(
                 config.hwm)), later, router)

@@ -12,6 +12,7 @@ The full-size run is reported in docs/restarts.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -30,7 +31,7 @@ import pytest
 from tests.harness import procs
 from tests.harness.loadproc import LoadProcess
 from tests.harness.systemd_ns import SystemdNamespace, project_units, unavailable_reason
-from tests.harness.ws_client import OP_BINARY, OP_TEXT, WsConn, build_frame
+from tests.harness.ws_client import OP_BINARY, OP_TEXT, WsConn, build_frame, upgrade_request
 
 pytestmark = [
     pytest.mark.systemd,
@@ -62,11 +63,14 @@ ORDER = os.environ.get("CONDURE_RESTART_ORDER", "alternate")
 
 
 def build_units(workdir: Path, port: int,
-                extra: dict[tuple[str, str], list[str]] | None = None) -> dict[str, str]:
+                extra: dict[tuple[str, str], list[str]] | None = None,
+                handoff_timeout: str = HANDOFF_TIMEOUT,
+                condure_args: tuple[str, ...] = ()) -> dict[str, str]:
+    """``condure_args``: further condure options (``--handoff skip``)."""
     args = ["--workers", "2",
             "--listen", "fd-name=http",
             "--zclient-stream", f"ipc://{workdir}/client",
-            "--drain-timeout", "5", "--handoff-timeout", HANDOFF_TIMEOUT]
+            "--drain-timeout", "5", "--handoff-timeout", handoff_timeout, *condure_args]
     if ZMQ_MODE == "connect":
         args.append("--zclient-connect")
     return project_units(workdir, port, args, {
@@ -77,15 +81,17 @@ def build_units(workdir: Path, port: int,
     })
 
 
-def start_handler(workdir: Path, bind: bool = False, verbose: bool = False) -> subprocess.Popen:
+def start_handler(workdir: Path, bind: bool = False, verbose: bool = False,
+                  options: tuple[str, ...] = ()) -> subprocess.Popen:
     """examples/handoffhandler.py on ipc://WORKDIR/client, its output in
     handler.log; ``bind`` for condure started with --zclient-connect;
-    ``verbose``: every packet in the log."""
+    ``verbose``: every packet in the log; ``options``: more of its options
+    (``--ignore-handoff``, ``--no-hold``)."""
     with open(workdir / "handler.log", "wb") as out:
         return subprocess.Popen(
             [sys.executable, str(REPO / "examples" / "handoffhandler.py"),
              "--base", f"ipc://{workdir}/client", "--bind" if bind else "--connect",
-             *(["--verbose"] if verbose else [])],
+             *(["--verbose"] if verbose else []), *options],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env=procs.python_env())
 
@@ -125,15 +131,18 @@ def verbose_setup(tmp_path):
 
 
 def _setup(tmp_path: Path, extra: dict[tuple[str, str], list[str]] | None = None,
-           verbose: bool = False):
+           verbose: bool = False, handoff_timeout: str = HANDOFF_TIMEOUT,
+           condure_args: tuple[str, ...] = (), handler_options: tuple[str, ...] = ()):
     port = procs.free_port()
-    ns = SystemdNamespace(tmp_path, build_units(tmp_path, port, extra))
+    ns = SystemdNamespace(tmp_path, build_units(tmp_path, port, extra, handoff_timeout,
+                                                condure_args))
     handler = None
     try:
         ns.start()
         ns.systemctl("start", SOCKET)
         ns.systemctl("start", SERVICE)  # returns on READY=1
-        handler = start_handler(tmp_path, bind=ZMQ_MODE == "connect", verbose=verbose)
+        handler = start_handler(tmp_path, bind=ZMQ_MODE == "connect", verbose=verbose,
+                                options=handler_options)
         yield Setup(ns, port, tmp_path, handler)
     except BaseException:
         print(ns.journal(SERVICE)[-20000:])
@@ -710,3 +719,341 @@ def test_a_worker_killed_during_a_restarts_handover_is_reported(setup):
             in journal), journal[-4000:]
     assert re.search(rf"restart: \d+ connections in systemd's fd store \({lost} lost\)",
                      journal), journal[-4000:]
+
+
+# -- handlers that ignore the handoff, as Pushpin 1.36 does ------------------
+#
+# examples/handoffhandler.py --ignore-handoff never answers handoff-start
+# (no handoff-proceed, nothing held) and --no-hold publishes what it sends
+# while condure is away (ZeroMQ drops it), as a plain PUB socket does. Such
+# sessions move without the answer (after --handoff-timeout, or at once with
+# --handoff skip); a handler packet missed meanwhile closes the WebSocket
+# with 1012 (never a silent loss).
+
+IGNORING = ("--ignore-handoff", "--no-hold")
+IGNORED_TIMEOUT = 5  # --handoff-timeout of the idle test: the restart waits it with "ask"
+UNANSWERED = re.compile(r"handover: (\d+) WebSockets moved without their handler's "
+                        r"handoff-proceed \(([^)]*)\)")
+
+
+def _unanswered(journal: str, handoff: str) -> int:
+    """WebSockets the journal says moved without the handler's answer
+    (summed over the workers' handover lines; each says why)."""
+    why = "--handoff skip" if handoff == "skip" else "it did not answer in time"
+    found = UNANSWERED.findall(journal)
+    assert all(reason == why for _, reason in found), found
+    return sum(int(n) for n, _ in found)
+
+
+@pytest.mark.parametrize("handoff", ["ask", "skip"])
+def test_idle_websockets_of_a_handler_ignoring_handoff_move_through_a_restart(
+        tmp_path, handoff):
+    """50 idle WebSockets, their handler never answers handoff-start:
+    `systemctl restart` moves them all anyway and they echo afterwards
+    (before, each was closed with 1012 after --handoff-timeout). With
+    --handoff ask the restart waits the handoff timeout for the answer;
+    with --handoff skip no handoff-start is sent and it does not wait."""
+    clients = 50
+    conns: list[WsConn] = []
+    with contextlib.contextmanager(_setup)(
+            tmp_path, verbose=True, handoff_timeout=str(IGNORED_TIMEOUT),
+            condure_args=("--handoff", handoff), handler_options=IGNORING) as setup:
+        try:
+            for i in range(clients):
+                ws = WsConn.open(setup.port, "/ws")
+                conns.append(ws)
+                assert ws.read_handshake().code == 101 and _echo(ws, b"before %d" % i)
+            took = _operate(setup, "restart", 0, clients)
+            for i, ws in enumerate(conns):
+                assert _echo(ws, b"after %d" % i), f"client {i} lost"
+        finally:
+            for ws in conns:
+                ws.close()
+        journal = setup.ns.journal(SERVICE)
+        store = setup.fd_store()
+        setup.handler.terminate()
+        setup.handler.wait(10)
+        handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+    print(f"\n--handoff {handoff}: systemctl restart with {clients} idle WebSockets of a "
+          f"handler ignoring handoff took {took:.2f} s (--handoff-timeout {IGNORED_TIMEOUT})")
+    adopted = [int(n) for n in re.findall(r"restart: (\d+) connections adopted, 0 lost",
+                                          journal)]
+    assert len(adopted) == 1 and adopted[0] >= clients, journal[-5000:]
+    assert _unanswered(journal, handoff) == clients, journal[-5000:]
+    assert "closing it" not in journal and "cannot move" not in journal, journal[-5000:]
+    assert store == 0
+    starts = handler_log.count("b'type': b'handoff-start'")
+    assert starts == (clients if handoff == "ask" else 0), handler_log[-3000:]
+    assert "handoff-proceed" not in handler_log, handler_log[-3000:]
+    assert "from condure, expected" not in handler_log, handler_log[-3000:]
+    if handoff == "ask":
+        assert took >= IGNORED_TIMEOUT, took  # it waited for the answer
+    else:
+        assert took < IGNORED_TIMEOUT - 2, took  # it did not
+
+
+class _EchoClient:
+    """One WebSocket of ``_EchoClients``: what it sent, what came back."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.sent = 0  # messages "<index>:<n>" sent, n from 1
+        self.echoed: list[int] = []  # the n of each echo, as they came
+        self.other: list[bytes] = []  # frames that were not an echo of ours
+        self.end: str | None = None  # "close <code>", "eof", "reset: ..." (the server's doing)
+        self.first = threading.Event()  # the first echo came
+        self.writer: asyncio.StreamWriter | None = None
+        self.closing = False  # we close it (the test is over)
+
+    @property
+    def outstanding(self) -> int:
+        return self.sent - len(self.echoed)
+
+
+class _EchoClients:
+    """WebSocket clients in a thread of their own (an asyncio loop), each
+    sending a numbered text message every ``interval`` s and recording how
+    its session ends: a close frame (its code), or an EOF or reset without
+    one. Self-contained (tests/harness/wsload.py counts totals, not how
+    each session ended)."""
+
+    def __init__(self, port: int, count: int, interval: float) -> None:
+        self.port, self.interval = port, interval
+        self.clients = [_EchoClient(i) for i in range(count)]
+        self.loop = asyncio.new_event_loop()
+        self.sending = True
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def ready(self, timeout: float = 30.0) -> None:
+        """Every client connected and had its first echo."""
+        for c in self.clients:
+            asyncio.run_coroutine_threadsafe(self._client(c), self.loop)
+        deadline = time.monotonic() + timeout
+        for c in self.clients:
+            assert c.first.wait(max(deadline - time.monotonic(), 0)), \
+                (c.index, c.end, self.errors)
+
+    async def _client(self, c: _EchoClient) -> None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            c.writer = writer
+            writer.write(upgrade_request("/ws"))
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+        except Exception as e:  # noqa: BLE001 - reported by ready()
+            self.errors.append(f"client {c.index}: {e!r}")
+            return
+        sender = asyncio.ensure_future(self._send(c, writer))
+        try:
+            while True:
+                b0, b1 = await reader.readexactly(2)
+                n = b1 & 0x7F
+                if n == 126:
+                    n = struct.unpack("!H", await reader.readexactly(2))[0]
+                elif n == 127:
+                    n = struct.unpack("!Q", await reader.readexactly(8))[0]
+                payload = await reader.readexactly(n)
+                opcode = b0 & 0x0F
+                if opcode == OP_TEXT:
+                    name, _, number = payload.partition(b":")
+                    if name == b"%d" % c.index and number.isdigit():
+                        c.echoed.append(int(number))
+                        c.first.set()
+                    else:
+                        c.other.append(payload)
+                elif opcode == 0x8:  # close: answer it, then the server ends TCP
+                    if c.end is None:
+                        code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                        c.end = f"close {code}"
+                        writer.write(build_frame(0x8, payload[:2]))
+                elif opcode == 0x9:
+                    writer.write(build_frame(0xA, payload))
+                else:
+                    c.other.append(payload)
+        except asyncio.IncompleteReadError:
+            if not c.closing:
+                c.end = c.end or "eof"
+        except OSError as e:
+            if not c.closing:
+                c.end = c.end or f"reset: {e!r}"
+        except asyncio.CancelledError:
+            pass
+        finally:
+            sender.cancel()
+            writer.close()
+
+    async def _send(self, c: _EchoClient, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(self.interval * c.index / len(self.clients))  # spread out
+        while self.sending and c.end is None:
+            c.sent += 1
+            writer.write(build_frame(OP_TEXT, b"%d:%d" % (c.index, c.sent)))
+            await asyncio.sleep(self.interval)
+
+    def finish(self, wait: float = 5.0) -> None:
+        """Stop sending; wait up to ``wait`` s for the echoes of the
+        sessions still open, then close those (close 1000)."""
+        self.sending = False
+        deadline = time.monotonic() + wait
+        while (any(c.end is None and c.outstanding for c in self.clients)
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        time.sleep(0.1)  # any close frame on its way
+        self.stop()
+
+    def stop(self) -> None:
+        def close_all() -> None:
+            for c in self.clients:
+                c.closing = True
+                if c.writer is not None and not c.writer.is_closing():
+                    if c.end is None:
+                        c.writer.write(build_frame(0x8, struct.pack("!H", 1000)))
+                    c.writer.close()
+
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(close_all)
+            time.sleep(0.1)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+        if not self.thread.is_alive() and not self.loop.is_closed():
+            self.loop.close()
+
+
+def _ends(load: _EchoClients) -> dict[str, int]:
+    """How the sessions ended ("open": not at all); fails unless each one
+    either kept every message (echoed once, in order) or was closed with
+    1012 having had an in-order prefix of its echoes (nothing after a gap)."""
+    assert not load.errors, load.errors
+    ends: dict[str, int] = {}
+    for c in load.clients:
+        ends[c.end or "open"] = ends.get(c.end or "open", 0) + 1
+    for c in load.clients:
+        assert not c.other, (c.index, c.other[:5])
+        if c.end is None:  # survived: everything echoed, once, in order
+            assert c.echoed == list(range(1, c.sent + 1)), \
+                (c.index, c.sent, c.echoed[-20:], ends)
+        else:  # closed politely; what came before in order, nothing after a gap
+            assert c.end == "close 1012", (c.index, c.end, ends)
+            assert c.echoed == list(range(1, len(c.echoed) + 1)), \
+                (c.index, c.echoed[-20:], ends)
+    return ends
+
+
+@pytest.mark.parametrize("handoff,handler_options", [
+    ("ask", ("--ignore-handoff",)), ("ask", IGNORING), ("skip", IGNORING)],
+    ids=["ask-holding-handler", "ask", "skip"])
+def test_restarts_under_load_with_a_handler_ignoring_handoff_lose_nothing_silently(
+        tmp_path, handoff, handler_options):
+    """50 WebSockets send a numbered message every 50 ms through two
+    `systemctl restart`s, echoed by a handler that ignores handoff-start
+    and (``ask``, ``skip``) drops what it sends while condure is away, as
+    Pushpin's PUB socket does. Each session either survives with every
+    message echoed once and in order, or is closed with 1012 having had an
+    in-order prefix of its echoes: none ends any other way (EOF, reset,
+    another code), none loses a message without being closed.
+
+    ``ask-holding-handler``: the handler holds its packets while condure is
+    away (this handler's default), and the handoff waits until it is
+    silent for --handoff-timeout (2 s), so nothing of it is lost: every
+    session survives. With the dropping handler, echoes of what the
+    adopting worker forwards at once can still beat its subscription to
+    the handler (seen: 5 of 50 closed with 1012 in one run of ``ask``)."""
+    clients, restarts = 50, 2
+    with contextlib.contextmanager(_setup)(
+            tmp_path, handoff_timeout="2", condure_args=("--handoff", handoff),
+            handler_options=handler_options) as setup:
+        load = _EchoClients(setup.port, clients, 0.05)
+        took = []
+        try:
+            load.ready()
+            for _ in range(restarts):
+                time.sleep(0.5)  # the load alone
+                took.append(_operate(setup, "restart", 0))
+            time.sleep(1.0)  # the load after the last restart
+            load.finish()
+        finally:
+            load.stop()
+        journal = setup.ns.journal(SERVICE)
+        setup.handler.terminate()
+        setup.handler.wait(10)
+        handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+    sent = sum(c.sent for c in load.clients)
+    ends = _ends(load)
+    print(f"\n--handoff {handoff}, handler {' '.join(handler_options)}: {sent} messages; "
+          f"restarts took {', '.join(f'{t:.2f}' for t in took)} s; sessions: {ends}")
+    assert sent > clients * 20 * restarts, sent  # under load throughout
+    adopted = [int(n) for n in re.findall(r"restart: (\d+) connections adopted, 0 lost",
+                                          journal)]
+    assert adopted and adopted[0] == clients, journal[-5000:]
+    assert len(adopted) == restarts or "open" not in ends, journal[-5000:]
+    assert _unanswered(journal, handoff) == sum(adopted), journal[-5000:]
+    assert "closing it" not in journal, journal[-5000:]
+    assert "from condure, expected" not in handler_log, handler_log[-3000:]
+    if "--no-hold" not in handler_options:
+        assert ends == {"open": clients}, ends
+
+
+def test_handler_packets_lost_in_a_restart_close_their_websockets_with_1012(tmp_path):
+    """The handler (ignoring handoff, dropping what it sends while condure
+    is away) is stopped just before a `systemctl restart --handoff skip`
+    while 50 WebSockets send every 50 ms, so it owes each some echoes when
+    the sessions leave. It goes on once the old process is gone and the
+    next start is held (ExecStartPre, as held_setup): its echoes reach no
+    one. The adopting workers then see a gap in its seq numbers and close
+    each of those WebSockets with 1012 (a close frame, never a silent
+    loss), with a cancel to the handler."""
+    clients = 50
+    wait = f"while [ -e {tmp_path / HOLD} ]; do sleep 0.02; done"
+    hold = tmp_path / HOLD
+    restart = None
+    paused = False
+    with contextlib.contextmanager(_setup)(
+            tmp_path, {("Service", "ExecStartPre"): [f"/bin/sh -c '{wait}'"]},
+            verbose=True, condure_args=("--handoff", "skip"),
+            handler_options=IGNORING) as setup:
+        load = _EchoClients(setup.port, clients, 0.05)
+        try:
+            load.ready()
+            hold.touch()
+            os.kill(setup.handler.pid, signal.SIGSTOP)
+            paused = True
+            time.sleep(0.2)  # messages reach the stopped handler: it owes their echoes
+            restart = setup.ns.systemctl_async("restart", SERVICE)
+            deadline = time.monotonic() + 30
+            while not (setup.ns.show(SERVICE, "SubState") == "start-pre"
+                       and setup.fd_store() >= clients + 1):  # and the manifest
+                assert time.monotonic() < deadline, "the connections never reached the store"
+                time.sleep(0.05)
+            os.kill(setup.handler.pid, signal.SIGCONT)
+            paused = False
+            time.sleep(0.5)  # it sends its echoes, to no one
+            hold.unlink()
+            _, errors = restart.communicate(timeout=60)
+            assert restart.returncode == 0, errors
+            time.sleep(1.0)  # the load after the restart
+            load.finish()
+        finally:
+            if paused:
+                os.kill(setup.handler.pid, signal.SIGCONT)
+            hold.unlink(missing_ok=True)
+            _end_calls(restart)
+            load.stop()
+        journal = setup.ns.journal(SERVICE)
+        setup.handler.terminate()
+        setup.handler.wait(10)
+        handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+    ends = _ends(load)
+    print(f"\nhandler stopped through a restart (--handoff skip): sessions {ends}")
+    assert "restart: 50 connections adopted, 0 lost" in journal, journal[-5000:]
+    assert ends == {"close 1012": clients}, ends
+    # operators see it (info, throttled: one line per worker here)
+    assert "closed WebSockets with 1012: their handler's packets were missed " \
+           "while they moved" in journal, journal[-5000:]
+    # (condure logs why only at debug level)
+    assert handler_log.count("b'type': b'cancel'") == clients, handler_log[-3000:]
+    assert "from condure, expected" not in handler_log, handler_log[-3000:]

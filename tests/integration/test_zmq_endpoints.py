@@ -94,3 +94,36 @@ def test_packets_wait_for_a_handler_still_connecting(tmp_path):
     finally:
         ctx.destroy(0)
         assert condure.stop() == 0
+
+
+def test_requests_wait_for_a_handler_whose_pub_connects_late(tmp_path):
+    """After condure starts (a restart, say) a handler's sockets reconnect,
+    each on its own timer. A request passed on to a PULL that is back
+    before the handler's PUB would be answered into a PUB that does not have
+    condure's subscription yet, and the answer would be dropped: first
+    packets wait (up to a few seconds) until a handler has connected to
+    BASE-in."""
+    import tnetstring
+    import zmq
+
+    condure = procs.start_condure("ours", tmp_path, workers=1)
+    ctx = zmq.Context()
+    try:
+        pull = ctx.socket(zmq.PULL)
+        pull.connect(f"{condure.base}-out")
+        with connect(condure.port) as c:
+            c.send(request("GET", "/late", HOST))
+            assert not pull.poll(300), "the request went out before the handler's PUB connected"
+            pub = ctx.socket(zmq.PUB)
+            pub.connect(f"{condure.base}-in")
+            assert pull.poll(5000)
+            req = tnetstring.loads(pull.recv()[1:])
+            answer = {b"from": b"late", b"id": req[b"id"], b"seq": 0, b"code": 200,
+                      b"reason": b"OK", b"headers": [[b"Content-Length", b"4"]],
+                      b"body": b"late"}
+            pub.send(condure.instance_id.encode() + b" T" + tnetstring.dumps(answer))  # at once
+            resp = c.read_response(timeout=5)
+            assert (resp.code, resp.body) == (200, b"late")
+    finally:
+        ctx.destroy(0)
+        assert condure.stop() == 0
