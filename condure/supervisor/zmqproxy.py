@@ -57,7 +57,7 @@ from functools import partial
 import zmq
 
 from condure.config import Config, stream_endpoints
-from condure.net import curve
+from condure.net import curve, ipcclaim
 from condure.net.routerqueue import ROUTER_RETRY, RouterQueues, unpack_later
 from condure.net.zmqio import (
     BATCH,
@@ -80,6 +80,7 @@ FINAL_FLUSH = 1.0  # seconds the later-packets relay keeps trying at close
 # At start, first packets wait this long at most for a handler to connect to
 # BASE-in (relay.wait_for_handler); handlers reconnect every 100 ms by default.
 HANDLER_WAIT = 3.0
+PRIVATE_PREFIX = "condure-"  # the private directory of the internal endpoints
 
 
 def runtime_parent() -> str | None:
@@ -145,7 +146,11 @@ class ZmqProxy:
 
     def _start(self) -> dict:
         config = self.config
-        self.dir = tempfile.mkdtemp(prefix="condure-", dir=self._parent or runtime_parent())
+        parent = self._parent or runtime_parent() or tempfile.gettempdir()
+        # Those of condures killed with SIGKILL (nothing listens in them)
+        for path in ipcclaim.sweep_private_dirs(parent, PRIVATE_PREFIX):
+            log.debug("removed %s, left behind by a condure that was killed", path)
+        self.dir = tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=parent)
         os.chmod(self.dir, 0o700)
         self.ctx = zmq.Context()
         spec: dict = {"stream": [], "req": [], "connect": True, "proxy": True}

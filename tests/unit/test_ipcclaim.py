@@ -210,3 +210,36 @@ def test_claim_refuses_a_live_client_role_endpoint_naming_its_option(tmp_path, s
     assert str(info.value).startswith(
         f"cannot bind {base}-in-stream (--zserver-stream {base}): another process")
     assert ipcclaim.claim(replace(config, zserver_connect=True)) == []
+
+
+def private_dir(parent, name: str, mode: int = 0o700):
+    path = parent / name
+    path.mkdir()
+    path.chmod(mode)
+    return path
+
+
+def test_sweep_removes_private_dirs_that_nothing_listens_in(tmp_path, sockets):
+    """A supervisor killed with SIGKILL leaves its private directory of ipc
+    sockets; the next start removes such directories, and only those."""
+    dead = private_dir(tmp_path, "condure-deadbeef")
+    for name in ("stream-in", "stream-out", "stream-out-stream"):
+        stale(sockets, dead / name)
+    live = private_dir(tmp_path, "condure-livelive")
+    stale(sockets, live / "stream-in")
+    listening(sockets, live / "stream-out")  # one listener: a live condure
+    empty = private_dir(tmp_path, "condure-emptyemp")  # just made, nothing bound yet
+    other = private_dir(tmp_path, "condure-otherfil")
+    stale(sockets, other / "stream-in")
+    (other / "notes").write_text("not ours to judge")
+    loose = private_dir(tmp_path, "condure-openmode", mode=0o755)
+    stale(sockets, loose / "stream-in")
+    named = private_dir(tmp_path, "condure-toolongname")
+    stale(sockets, named / "stream-in")
+
+    removed = ipcclaim.sweep_private_dirs(str(tmp_path), "condure-")
+
+    assert removed == [str(dead)] and not dead.exists()
+    for kept in (live, empty, other, loose, named):
+        assert kept.exists(), kept
+    assert ipcclaim.sweep_private_dirs(str(tmp_path / "missing"), "condure-") == []
