@@ -61,8 +61,9 @@ POLL = 0.02  # seconds between looks at the sessions being moved
 SEND_TIMEOUT = 5.0  # a full control socket: wait this long to pass a batch
 CONFIRM_GRACE = 5.0  # time for the supervisor to confirm the last batch
 # --handoff skip: a session leaves this long after it stopped sending to its
-# handler, so that what it sent last reaches the handler before the adopting
-# worker's first packet (they leave through different sockets).
+# handler and the worker's own queue for handlers is empty, so that what it
+# sent last reaches the handler before the adopting worker's first packet
+# (they leave through different sockets).
 SETTLE = 0.1
 
 
@@ -214,9 +215,13 @@ class Exporter:
                 # new, an upgrade that was under way, or a handshake now answered
                 if not self._ask(item, now):
                     continue
-                if now < item.not_before:  # --handoff skip: settling
-                    still.append(item)
-                    continue
+                if item.not_before and now < item.deadline:  # --handoff skip: settling
+                    zq = self.worker.zmq
+                    if zq is not None and zq.router_queue:  # ours to send yet
+                        item.not_before = now + SETTLE
+                    if now < item.not_before:
+                        still.append(item)
+                        continue
                 record = self._export(conn, now)
                 unanswered = False
                 if record is None and now >= item.deadline:
