@@ -81,7 +81,7 @@ class Config:
     accept_mode: str = "auto"
     drain_timeout: int = 30
     handoff_timeout: int = 5
-    handoff: str = "ask"  # ask the handler before a WebSocket moves, or skip
+    handoff: str = "auto"  # ask the handler before a WebSocket moves: auto, ask or skip
     worker_timeout: int = 20
     pid_file: str | None = None
     control_socket: str | None = None  # None: condure-<id>.ctl in the runtime dir; "": none
@@ -94,7 +94,7 @@ class Config:
             raise ConfigError("failed to parse accept-mode: expected one of "
                               + ", ".join(ACCEPT_MODES))
         if self.handoff not in HANDOFF_MODES:
-            raise ConfigError("failed to parse handoff: expected ask or skip")
+            raise ConfigError("failed to parse handoff: expected auto, ask or skip")
         self._check_curve()
 
     def _check_curve(self) -> None:
@@ -132,7 +132,7 @@ class Config:
         return any(spec.mode == "req" for spec in self.listen)
 
 
-HANDOFF_MODES = ("ask", "skip")  # --handoff values (docs/handover.md)
+HANDOFF_MODES = ("auto", "ask", "skip")  # --handoff values (docs/handover.md)
 # --accept-mode values; "auto" is reuseport when condure binds its listeners,
 # shared under socket activation (docs/accept-modes.md).
 ACCEPT_MODES = ("auto", "reuseport", "shared", "dispatch")

@@ -96,12 +96,12 @@ class Exporter:
     could not be sent: the batch is closed as lost)."""
 
     def __init__(self, worker: Worker, send: Callable[[list[str], list[int]], int | None], *,
-                 handoff_timeout: float, drain_deadline: float) -> None:
+                 handoff_timeout: float, drain_deadline: float, ask: bool = True) -> None:
         self.worker = worker
         self.send = send
         self.handoff_timeout = handoff_timeout
         self.drain_deadline = drain_deadline
-        self.ask = worker.config.handoff != "skip"  # send handoff-start (--handoff)
+        self.ask = ask  # send handoff-start (--handoff; the supervisor decides)
         self.moving: list[_Moving] = []
         # The handler's last sign of life: a packet from it reached this worker.
         self.heard = worker.handler_packets

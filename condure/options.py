@@ -120,17 +120,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--handoff", TEXT,
-        "Whether a moving WebSocket asks its handler first: ask or skip",
+        "Whether a moving WebSocket asks its handler first: auto, ask or skip",
         "`ask`: before a WebSocket moves to another process, condure sends "
         "its handler handoff-start and waits for handoff-proceed (see "
-        "--handoff-timeout), so nothing the handler sends is missed; a "
-        "handler that does not answer in time (Pushpin 1.36 does not "
-        "implement it) has its sessions moved anyway. `skip`: do not ask; "
-        "sessions move at once, which suits handlers that never answer. "
-        "Either way, a handler packet missed by a move that was not "
-        "answered closes that WebSocket with 1012. See docs/handover.md. "
-        "Not a Condure option.",
-        metavar="MODE", default="ask",
+        "--handoff-timeout), so that nothing the handler sends is missed, "
+        "even across a restart; a handler that does not answer in time "
+        "(Pushpin 1.36 does not implement it) has its sessions moved "
+        "anyway. `skip`: do not ask; sessions move at once. `auto`: skip on "
+        "a reload (the new worker keeps what the handler sends meanwhile, so "
+        "nothing is lost), ask on a restart. A handler packet missed by a "
+        "move that was not answered closes that WebSocket with 1012. See "
+        "docs/handover.md. Not a Condure option.",
+        metavar="MODE", default="auto",
     ),
     Option(
         "--worker-timeout", UINT, "Seconds a worker may go without answering",

@@ -83,6 +83,7 @@ class WorkerProcess:
         self.census = introspect.Census()
         self._fast = asyncio.Event()
         self.exporter: handover.Exporter | None = None
+        self.handoff_ask = True  # the handover asks handlers first (--handoff)
         self.batches = 0
         # A stop that came during a handover: when its drain time ends.
         self.stop_until: float | None = None
@@ -124,6 +125,7 @@ class WorkerProcess:
                                              int(message.get("spec", 0)))
                 control.close_fds(fds[1:])
             elif kind == "handover":
+                self.handoff_ask = bool(message.get("ask", self.config.handoff == "ask"))
                 self.request_stop(True, float(message.get("drain", self.config.drain_timeout)),
                                   handoff=float(message.get("handoff_timeout",
                                                             self.config.handoff_timeout)))
@@ -264,7 +266,7 @@ class WorkerProcess:
         worker.close_listeners()
         exporter = self.exporter = handover.Exporter(
             worker, self.send_batch, handoff_timeout=handoff_timeout,
-            drain_deadline=time.monotonic() + drain)
+            drain_deadline=time.monotonic() + drain, ask=self.handoff_ask)
         exporter.start()
         # Past this, batches the supervisor never confirmed count as lost.
         give_up = loop.time() + drain + handoff_timeout + handover.CONFIRM_GRACE
@@ -280,7 +282,7 @@ class WorkerProcess:
         if exporter.unanswered:
             log.info("handover: %d WebSockets moved without their handler's handoff-proceed "
                      "(%s)", exporter.unanswered,
-                     "--handoff skip" if not exporter.ask else "it did not answer in time")
+                     "not asked" if not exporter.ask else "it did not answer in time")
         (log.warning if exporter.lost else log.info)(
             "handover: %d connections moved, %d closed, %d lost",
             exporter.moved, exporter.closed, exporter.lost)

@@ -265,7 +265,10 @@ class SupervisorMoves:
         child.handing_over = True  # (its death before handover-done loses what it has)
         child.hold_until = now + drain
         child.stop_deadline = now + drain + handoff + HANDOVER_GRACE
-        self._send_to(child, {"type": "handover", "drain": drain, "handoff_timeout": handoff})
+        mode = self.config.handoff  # auto: ask only on a restart (a reload loses nothing)
+        ask = mode == "ask" or (mode == "auto" and target is None)
+        self._send_to(child, {"type": "handover", "drain": drain, "handoff_timeout": handoff,
+                              "ask": ask})
 
     def _send_to(self, child: Child, message: Message, fds: Sequence[int] = ()) -> bool:
         """A control message that must arrive: sent now, or queued until the

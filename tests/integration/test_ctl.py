@@ -274,7 +274,8 @@ def test_log_level_at_runtime_and_reload_keeping_connections(start, handler, tmp
 def test_status_during_a_reload_shows_the_worker_handing_over(start, tmp_path):
     """A handler that holds a WebSocket's handoff keeps the old worker
     handing over; ctl status shows it, then the move once it proceeds."""
-    proc = start("--handoff-timeout", "20", "--drain-timeout", "30", workers=1)
+    proc = start("--handoff", "ask", "--handoff-timeout", "20", "--drain-timeout", "30",
+                 workers=1)
     h = procs.start_handler(proc.base, tmp_path, sub_prefix="condure", name="scripted")
     try:
         ws = wc.WsConn.open(proc.port, "/ws")

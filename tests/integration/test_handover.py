@@ -309,7 +309,7 @@ def test_handler_silent_on_handoff_start_has_its_session_moved_anyway(start, tmp
     handler sends meanwhile and during the move (kept by the new worker,
     which shares the address, until the session arrives) reaches the client
     once each, in order."""
-    condure = start("--handoff-timeout", "1")
+    condure = start("--handoff", "ask", "--handoff-timeout", "1")
     h = procs.start_handler(condure.base, tmp_path, sub_prefix="condure", name="scripted")
     try:
         ws = wc.WsConn.open(condure.port, "/ws")
@@ -334,11 +334,13 @@ def test_handler_silent_on_handoff_start_has_its_session_moved_anyway(start, tmp
     assert_no_complaints(condure)
 
 
-def test_handoff_skip_moves_at_once_without_asking(start, tmp_path):
-    """``--handoff skip``: no ``handoff-start``; the session moves at once
-    (well within --handoff-timeout) while the handler keeps sending, and
-    nothing the handler sends is lost, duplicated or reordered."""
-    condure = start("--handoff", "skip")
+@pytest.mark.parametrize("mode", ["skip", "auto"])
+def test_handoff_skip_moves_at_once_without_asking(start, tmp_path, mode):
+    """``--handoff skip``, and a reload with ``auto`` (the default): no
+    ``handoff-start``; the session moves at once (well within
+    --handoff-timeout) while the handler keeps sending, and nothing the
+    handler sends is lost, duplicated or reordered."""
+    condure = start(*(["--handoff", mode] if mode != "auto" else []))
     h = procs.start_handler(condure.base, tmp_path, sub_prefix="condure", name="scripted")
     try:
         ws = wc.WsConn.open(condure.port, "/ws")
@@ -351,7 +353,7 @@ def test_handoff_skip_moves_at_once_without_asking(start, tmp_path):
             _works_from_the_new_worker(h, req, ws)
             assert time.monotonic() - t0 < 4.0
         log = condure.log()
-        assert "moved without their handler's handoff-proceed (--handoff skip)" in log
+        assert "moved without their handler's handoff-proceed (not asked)" in log
         assert "handoff-start" not in [p.type for p in h.received]
     finally:
         h.close()
@@ -363,7 +365,7 @@ def test_a_handler_that_answers_is_waited_for_while_it_sends(start, tmp_path):
     takes part (it answered another session's ``handoff-start``): a session
     whose answer comes late, while the handler keeps sending (it is working
     through a backlog), is waited for and moves with the answer."""
-    condure = start("--handoff-timeout", "1")
+    condure = start("--handoff", "ask", "--handoff-timeout", "1")
     h = procs.start_handler(condure.base, tmp_path, sub_prefix="condure", name="scripted")
     try:
         quick = wc.WsConn.open(condure.port, "/ws/quick")

@@ -127,7 +127,7 @@ HOLDING = "no worker to adopt connections yet; holding them"
 def test_sessions_wait_for_the_replacement_of_a_new_worker_that_died(start, tmp_path):
     """The new worker dies while the old one hands over: its sessions wait
     for the replacement and move to it, nothing is lost."""
-    condure = start()
+    condure = start("--handoff", "ask")
     m = Moving(condure, tmp_path)
     try:
         respawn = m.kill_successor_hold_respawn()
@@ -153,7 +153,7 @@ def test_sessions_nobody_adopts_in_time_are_closed_politely(start, tmp_path):
     """No replacement is ready within --drain-timeout (5 s here): the
     sessions go back to the old worker, which closes them with 1012 and
     tells the handler (cancel) instead of dropping them."""
-    condure = start()
+    condure = start("--handoff", "ask")
     m = Moving(condure, tmp_path)
     try:
         m.kill_successor_hold_respawn()
@@ -168,7 +168,7 @@ def test_sessions_nobody_adopts_in_time_are_closed_politely(start, tmp_path):
 
 
 def test_stop_while_sessions_wait_for_a_worker_closes_them_with_1001(start, tmp_path):
-    condure = start()
+    condure = start("--handoff", "ask")
     m = Moving(condure, tmp_path)
     try:
         m.kill_successor_hold_respawn()
@@ -188,7 +188,7 @@ def test_stop_during_a_reload_closes_the_sessions_with_1001(start, tmp_path, pro
     """SIGTERM while the old worker waits for ``handoff-proceed``: the
     handover ends and its sessions are closed as on any stop (1001 and
     cancel), whether or not the handler answers meanwhile."""
-    condure = start("--handoff-timeout", "10")
+    condure = start("--handoff", "ask", "--handoff-timeout", "10")
     m = Moving(condure, tmp_path)
     try:
         condure.proc.popen.send_signal(signal.SIGTERM)
@@ -207,7 +207,7 @@ def test_old_worker_killed_during_handover_is_reported(start, tmp_path):
     """SIGKILL of the old worker while it waits for ``handoff-proceed``:
     a warning names what it lost, and ``condure ctl status`` counts it."""
     path = str(tmp_path / "ctl.sock")
-    condure = start("--control-socket", path)
+    condure = start("--handoff", "ask", "--control-socket", path)
     m = Moving(condure, tmp_path)
     try:
         answer = wait_status(path, lambda a: (retiring(a) or {}).get("total") == 1)
@@ -224,7 +224,7 @@ def test_sessions_lost_with_a_new_worker_are_a_warning(start, tmp_path):
     """A batch the new worker took but never confirmed is lost when it
     dies: the old worker's ``handover: ...`` line says so as a warning."""
     path = str(tmp_path / "ctl.sock")
-    condure = start("--control-socket", path)
+    condure = start("--handoff", "ask", "--control-socket", path)
     m = Moving(condure, tmp_path)
     try:
         os.kill(m.successor, signal.SIGSTOP)

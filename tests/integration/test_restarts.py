@@ -739,7 +739,7 @@ UNANSWERED = re.compile(r"handover: (\d+) WebSockets moved without their handler
 def _unanswered(journal: str, handoff: str) -> int:
     """WebSockets the journal says moved without the handler's answer
     (summed over the workers' handover lines; each says why)."""
-    why = "--handoff skip" if handoff == "skip" else "it did not answer in time"
+    why = "not asked" if handoff == "skip" else "it did not answer in time"
     found = UNANSWERED.findall(journal)
     assert all(reason == why for _, reason in found), found
     return sum(int(n) for n, _ in found)
