@@ -120,16 +120,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--handoff", TEXT,
-        "Whether a moving WebSocket asks its handler first: ask or skip",
-        "`ask`: before a WebSocket moves to another process, condure sends "
-        "its handler handoff-start and waits for handoff-proceed (see "
+        "Whether a moving session asks its handler first: ask or skip",
+        "`ask`: before a WebSocket, or an HTTP request in flight (a held "
+        "long-poll, a streamed response), moves to another process, condure "
+        "sends its handler handoff-start and waits for handoff-proceed (see "
         "--handoff-timeout), so nothing the handler sends is missed; a "
         "handler that does not answer in time (Pushpin 1.36 does not "
         "implement it) has its sessions moved anyway. `skip`: do not ask; "
         "sessions move at once, which suits handlers that never answer. "
         "Either way, a handler packet missed by a move that was not "
-        "answered closes that WebSocket with 1012. See docs/handover.md. "
-        "Not a Condure option.",
+        "answered closes that WebSocket with 1012, or ends that HTTP "
+        "request (connection closed, or response cut short). See "
+        "docs/handover.md. Not a Condure option.",
         metavar="MODE", default="ask",
     ),
     Option(
