@@ -1,5 +1,6 @@
 """Handover, whole moves: HTTP connections leave between requests (a
-request under way finishes, the next one waits for the adopting process);
+request under way that cannot move finishes, the next one waits for the
+adopting process; requests moved in flight are in test_handoff_inflight.py);
 a WebSocket that moved behaves exactly as one that stayed; malformed
 records are refused (docs/handover.md). The WebSocket session's handoff
 step by step is in test_handoff_session.py."""
