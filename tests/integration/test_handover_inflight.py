@@ -150,7 +150,7 @@ def test_a_handler_that_ignores_handoff_start_streams_through_the_move(start, tm
                 if condure.handovers():
                     after += 1
             assert condure.handovers() == [(1, 0, 0)]
-            assert 1.0 <= time.monotonic() - t0
+            assert time.monotonic() - t0 >= 1.0
             h.body(req, b"")
             assert conn.read_until(b"0\r\n\r\n", timeout=5) == b"0\r\n\r\n"
             assert got == b"".join(b"part %d\n" % i for i in range(sent))

@@ -137,7 +137,7 @@ def test_pushpin_long_poll_and_stream_move_on_reload(tmp_path, grip_origin, monk
         took = time.monotonic() - t0
         out = inst.output()
         assert sum(int(m) for m, _, _ in MOVED.findall(out)) == 2, out[-5000:]
-        assert all((c, l) == ("0", "0") for _, c, l in MOVED.findall(out)), out[-5000:]
+        assert all((c, lost) == ("0", "0") for _, c, lost in MOVED.findall(out)), out[-5000:]
         why = "--handoff skip" if handoff == "skip" else "it did not answer in time"
         flights = IN_FLIGHT.findall(out)
         assert sum(int(n) for n, _ in flights) == 2 and {w for _, w in flights} == {why}, \

@@ -135,7 +135,7 @@ def test_a_moved_request_behaves_as_one_that_stayed(name, answer):
     assert d.session.state is ACTIVE and d.session.movable
     d2 = move(d, answer=answer)
     s2 = d2.session
-    [resume, *owed] = d2.new_packets()
+    resume = d2.new_packets()[0]  # (then a credit, when some were owed)
     assert (type(resume), resume.ids, resume.from_) == (KeepAlive, (Ident(rid, d.session.out_seq),),
                                                         INSTANCE)
     assert (s2.rid, s2.instance_id, s2.adopted) == (rid, INSTANCE, True)
@@ -162,7 +162,6 @@ def test_a_moved_request_behaves_as_one_that_stayed(name, answer):
         assert request_packet.uri == b"http://e/next"
         assert (request_packet.ids, request_packet.from_) == ((Ident(b"9-0-1", 0),), OTHER)
         assert s2.state is not ACTIVE and not s2.adopted
-    del owed
 
 
 def test_record_of_a_streamed_response_in_flight():
