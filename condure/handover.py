@@ -6,9 +6,11 @@ session at a resumable point is exported as its socket plus a small record
 worker, which carries on as if nothing happened.
 
 - :class:`Exporter` runs in the worker that lets go. HTTP connections
-  finish the request under way and start no new one; WebSocket sessions
-  send ``handoff-start`` and wait for the handler's ``handoff-proceed``
-  (within the handoff timeout), so the handler holds what it would send.
+  start no new request; one in flight moves once it is at a resumable
+  point (condure/session/http_snapshot.py), else it finishes first.
+  WebSocket sessions, and HTTP requests in flight, send ``handoff-start``
+  and wait for the handler's ``handoff-proceed`` (within the handoff
+  timeout), so the handler holds what it would send.
   The handoff timeout counts the handler's silence, not the time since
   ``handoff-start``: while the handler keeps sending (it is behind, working
   through what was queued ahead of ``handoff-start``), a session waits on,
@@ -22,9 +24,10 @@ worker, which carries on as if nothing happened.
   closed politely (WebSocket close 1012, or 1001 once condure stops, and
   ``cancel`` to the handler).
 - :func:`adopt` runs in the worker that takes over: it rebuilds each
-  session in a free slot, keeps a WebSocket's id and ``from`` (subscribing
-  to that address if it is not its own), and resumes it with a keep-alive,
-  which tells the handler to send again.
+  session in a free slot, keeps the id and ``from`` of a WebSocket or an
+  HTTP request in flight (subscribing to that address if it is not its
+  own), and resumes it with a keep-alive, which tells the handler to send
+  again.
 
 What cannot move is closed politely instead: TLS connections and
 WebSockets with compression context takeover (WebSocket close 1012),
@@ -46,7 +49,7 @@ from typing import TYPE_CHECKING
 from condure.net.conn import Conn
 from condure.net.control import MAX_FDS
 from condure.session import records
-from condure.session.contract import Session, Settings
+from condure.session.contract import Kind, Session, Settings
 from condure.session.records import Record, RecordError
 from condure.session.resume import restore
 from condure.session.websocket import GOING_AWAY, SERVICE_RESTART
@@ -88,6 +91,7 @@ class _Moving:
     deadline: float  # give up (close politely) at this time
     not_before: float = 0.0  # not exported before this time (SETTLE)
     unanswered: bool = False  # moving without the handler's handoff-proceed
+    asked: bool = False  # its handoff with the handler began (the deadline is set)
 
 
 class Exporter:
@@ -114,7 +118,8 @@ class Exporter:
         self.moved = 0  # sessions the supervisor took
         self.closed = 0  # sessions that could not move and were closed politely
         self.lost = 0  # sessions exported but not taken
-        self.unanswered = 0  # sessions moving without the handler's handoff-proceed
+        self.unanswered = 0  # WebSockets moved without the handler's handoff-proceed
+        self.unanswered_http = 0  # HTTP requests in flight moved so
         self.answered = 0  # sessions exported after the handler's handoff-proceed
 
     @property
@@ -155,20 +160,21 @@ class Exporter:
         it cannot move after all (it was closed politely)."""
         conn = item.conn
         session: Session = conn.session
-        if session.handing_off:
-            return True
-        if session.begin_handoff(self.ask):
-            if session.handoff_needs_handler:
-                item.deadline = now + self.handoff_timeout
-                if not self.ask:
-                    item.not_before = now + SETTLE
-                    item.unanswered = True
-                    self.unanswered += 1
-            conn.run()
-        elif not session.awaiting_handler:
-            self._give_up(conn, now)
-            return False
-        # (a handshake still waiting for its handler is asked again later)
+        if not session.handing_off:
+            if session.begin_handoff(self.ask):
+                conn.run()
+            elif not session.awaiting_handler:
+                self._give_up(conn, now)
+                return False
+            else:
+                return True  # a handshake still waiting for its handler: asked later
+        if not item.asked and session.handoff_needs_handler:
+            # (at once, or for an HTTP request once it is at a resumable point)
+            item.asked = True
+            item.deadline = now + self.handoff_timeout
+            if not self.ask:
+                item.not_before = now + SETTLE
+                item.unanswered = True
         return True
 
     def _give_up(self, conn: Conn, now: float) -> None:
@@ -239,7 +245,6 @@ class Exporter:
                 if unanswered:
                     log.debug("%s: no handoff-proceed in time; moving it without",
                               describe(conn))
-                    self.unanswered += 1
                     item.deadline = now + self.handoff_timeout
                     item.unanswered = True
                     still.append(item)
@@ -253,6 +258,11 @@ class Exporter:
                 continue
             if session.handoff_needs_handler and not item.unanswered:
                 self.answered += 1
+            elif session.handoff_needs_handler:
+                if session.kind is Kind.HTTP:
+                    self.unanswered_http += 1
+                else:
+                    self.unanswered += 1
             text = records.encode(record)
             if len(text) > MAX_BATCH_BYTES:
                 log.info("%s: session record too large to move; closing it", describe(conn))

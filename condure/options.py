@@ -120,16 +120,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--handoff", TEXT,
-        "Whether a moving WebSocket asks its handler first: auto, ask or skip",
-        "`ask`: before a WebSocket moves to another process, condure sends "
-        "its handler handoff-start and waits for handoff-proceed (see "
+        "Whether a moving session asks its handler first: auto, ask or skip",
+        "`ask`: before a WebSocket, or an HTTP request in flight (a held "
+        "long-poll, a streamed response), moves to another process, condure "
+        "sends its handler handoff-start and waits for handoff-proceed (see "
         "--handoff-timeout), so that nothing the handler sends is missed, "
         "even across a restart; a handler that does not answer in time "
         "(Pushpin 1.36 does not implement it) has its sessions moved "
         "anyway. `skip`: do not ask; sessions move at once. `auto`: skip on "
         "a reload (the new worker keeps what the handler sends meanwhile, so "
         "nothing is lost), ask on a restart. A handler packet missed by a "
-        "move that was not answered closes that WebSocket with 1012. See "
+        "move that was not answered closes that WebSocket with 1012, or ends "
+        "that HTTP request (connection closed, or response cut short). See "
         "docs/handover.md. Not a Condure option.",
         metavar="MODE", default="auto",
     ),

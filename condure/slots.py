@@ -3,9 +3,11 @@
 Ids are ``"<worker>-<slot>-<counter>"`` as Condure makes them (reference
 1.3): the slot part is what routes a handler's packet to its connection,
 and the full id must match the slot's current one, so packets for finished
-requests are ignored. WebSocket sessions adopted from another process keep
-their ids, which need not name the slot they sit in here: those are routed
-by id (``moved``).
+requests are ignored. WebSocket sessions and HTTP requests in flight
+adopted from another process keep their ids, which need not name the slot
+they sit in here: those are routed by id (``moved``) for as long as the
+session has that id (an HTTP connection's next request has a new one, of
+its slot here, and a late packet for the moved request must not reach it).
 
 :class:`Slots` is the base of :class:`condure.worker.Worker`; its public
 methods are the registry API that handover and the worker process use.
@@ -26,6 +28,7 @@ class Slots:
         # are counted (and limited) separately (reference 1.2).
         self.counts = {"stream": 0, "req": 0}
         self.moved: dict[bytes, Conn] = {}
+        self.moved_ids: dict[int, bytes] = {}  # slot -> its id in ``moved``
         self.counter = first_id
         self.prefix = f"{index}-".encode()
 
@@ -66,17 +69,29 @@ class Slots:
         (the slot is free again), else None."""
         if self.slots[conn.slot] is not conn:
             return None
-        if self.moved and self.moved.get(conn.session.rid) is conn:
-            del self.moved[conn.session.rid]
+        if self.moved_ids:
+            rid = self.moved_ids.pop(conn.slot, None)
+            if rid is not None and self.moved.get(rid) is conn:
+                del self.moved[rid]
         self.slots[conn.slot] = None
         return self.free_slot(conn.slot)
+
+    def track(self, conn: Conn, rid: bytes) -> None:
+        """Route ``rid`` to ``conn`` (adopted with it) while it has that id."""
+        self.moved[rid] = conn
+        self.moved_ids[conn.slot] = rid
 
     def route(self, rid: bytes) -> Conn | None:
         """The connection whose session has id ``rid`` now, or None."""
         if self.moved:
             conn = self.moved.get(rid)
             if conn is not None:
-                return conn
+                if conn.session.rid == rid:
+                    return conn
+                del self.moved[rid]  # its request is over: the id is dead
+                if self.moved_ids.get(conn.slot) == rid:
+                    del self.moved_ids[conn.slot]
+                return None
         if not rid.startswith(self.prefix):
             return None
         rest = rid[len(self.prefix):]

@@ -401,7 +401,7 @@ class Worker(Slots):
         """``conn`` was adopted from another worker with session id ``rid``
         and ZHTTP address ``instance_id``: route its handler packets here
         (subscribing to that address when it is not this worker's)."""
-        self.moved[rid] = conn
+        self.track(conn, rid)
         if self.zmq is not None and instance_id != self.instance_id:
             self.zmq.subscribe(instance_id)
 

@@ -279,10 +279,13 @@ class WorkerProcess:
             except TimeoutError:
                 pass
         exporter.abandon()
+        why = "not asked" if not exporter.ask else "it did not answer in time"
         if exporter.unanswered:
             log.info("handover: %d WebSockets moved without their handler's handoff-proceed "
-                     "(%s)", exporter.unanswered,
-                     "not asked" if not exporter.ask else "it did not answer in time")
+                     "(%s)", exporter.unanswered, why)
+        if exporter.unanswered_http:
+            log.info("handover: %d HTTP requests in flight moved without their handler's "
+                     "handoff-proceed (%s)", exporter.unanswered_http, why)
         (log.warning if exporter.lost else log.info)(
             "handover: %d connections moved, %d closed, %d lost",
             exporter.moved, exporter.closed, exporter.lost)

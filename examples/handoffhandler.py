@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """An echo handler whose sessions survive condure's reloads and restarts.
 
-- An HTTP request gets `200 OK` with the body `ok <path>\\n`.
+- An HTTP request gets `200 OK` with the body `ok <path>\\n`. One for
+  `/poll/<seconds>` is a long-poll: it is answered with a `keep-alive` at
+  once (condure then holds it in flight, and can move it) and with the
+  `200 OK` that many seconds later (later still while condure moves it).
 - A WebSocket is accepted and every message is sent back with its type
   (text or binary); pings are answered with pongs, a close with a close.
 - Condure's handoff (see docs/handoff.md) is honoured: on `handoff-start`
@@ -186,6 +189,7 @@ class Handler:
         self.verbose = args.verbose
         self.ignore_handoff = args.ignore_handoff
         self.sessions = {}
+        self.polls = []  # (due, id) of long-polls to answer
         self.now = time.monotonic()
         out, out_stream, inbound = stream_endpoints(args.base)
         self.pull = ctx.socket(zmq.PULL)
@@ -281,6 +285,14 @@ class Handler:
             self.sessions[rid] = sess
             self.emit(sess, tnet_fields({b"code": 101, b"reason": b"Switching Protocols",
                                          b"credits": IN_CREDITS}))
+        elif sess.path.startswith(b"/poll/") and not req.get(b"more"):
+            try:
+                delay = float(sess.path[len(b"/poll/"):])
+            except ValueError:
+                delay = 0.0
+            self.sessions[rid] = sess
+            self.emit(sess, TYPE_FIELD[b"keep-alive"])
+            self.polls.append((self.now + delay, rid))
         elif req.get(b"more"):
             self.sessions[rid] = sess  # answered once the body is complete
             self.emit(sess, TYPE_FIELD[b"credit"] + CREDITS_KEY + t_int(IN_CREDITS))
@@ -369,7 +381,7 @@ class Handler:
             poller.register(sock, zmq.POLLIN)
         next_expiry = time.monotonic() + 5.0
         while True:
-            ready = dict(poller.poll(1000))
+            ready = dict(poller.poll(100 if self.polls else 1000))
             self.now = time.monotonic()
             if self.gate.sock in ready:
                 self.gate.drain()
@@ -380,7 +392,22 @@ class Handler:
             if self.now >= next_expiry:
                 self.expire()
                 next_expiry = self.now + 5.0
+            if self.polls:
+                self.answer_polls()
             self.gate.flush()
+
+    def answer_polls(self):
+        """Answer the long-polls that are due (not while held: after the resume)."""
+        waiting = []
+        for due, rid in self.polls:
+            sess = self.sessions.get(rid)
+            if sess is None:
+                continue  # cancelled
+            if due > self.now or sess.held:
+                waiting.append((due, rid))
+            else:
+                self.answer_http(sess)
+        self.polls = waiting
 
     def read(self, sock, handle, multipart):
         for _ in range(BATCH):

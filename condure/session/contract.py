@@ -174,8 +174,13 @@ class Session(Protocol):
 
     @property
     def handoff_needs_handler(self) -> bool:
-        """A handoff waits for the handler's ``handoff-proceed``, bounded
-        by the handoff timeout (else only for the request under way)."""
+        """The handoff now waits for the handler's ``handoff-proceed``,
+        bounded by the handoff timeout (else only for the request under way
+        to finish or reach a point where it can move). Per session and it
+        may change: always for a WebSocket; for an HTTP connection only
+        while a request in flight is moving (it may become true some time
+        after :meth:`begin_handoff`, once the request gets there, and false
+        again if the request ends first)."""
 
     @property
     def awaiting_handler(self) -> bool:

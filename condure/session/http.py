@@ -22,9 +22,9 @@ already read are parsed next); otherwise it closes after the last byte.
 Whether it is persistent is :attr:`HttpSession.persistent`, in one place.
 
 Everything the session wants done comes out of :meth:`take_actions`; it
-learns the time only from the ``now`` its callers pass. Between requests
-(``HEAD`` with no partial request read) it can be exported as a small
-record and rebuilt in another process (:mod:`condure.session.records`).
+learns the time only from the ``now`` its callers pass. Between requests,
+or with a request in flight at a resumable point, it can be exported as a
+small record and rebuilt in another process (:mod:`http_snapshot`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from condure.session.actions import Write
 from condure.session.contract import Kind, Settings
 from condure.session.head import MAX_HEADERS, Head, HeadReader, Refusal
 from condure.session.http_body import NO_BODY, RequestBody
-from condure.session.http_limits import FRESH_GRACE, HttpEndings
+from condure.session.http_limits import FRESH_GRACE
 from condure.session.http_response import Response, ResponseError
+from condure.session.http_snapshot import HttpMoves
 from condure.session.limits import OFF, BodyRate, ReadLimits
 from condure.session.peer import SESSION_TIMEOUT
 from condure.session.records import HttpRecord
@@ -52,6 +53,7 @@ from condure.session.states import (
     Event,
     ResponseState,
 )
+from condure.session.websocket import PROCEEDED, UNANSWERED, Handoff
 from condure.zhttp.packets import (
     Cancel,
     Credit,
@@ -66,20 +68,18 @@ from condure.zhttp.packets import (
 
 __all__ = ["FRESH_GRACE", "MAX_HEADERS", "HttpSession"]
 
-class HttpSession(HttpEndings):
+class HttpSession(HttpMoves):
     """One stream-mode HTTP/1.x connection (see the module docstring)."""
 
     # Slots (with those of its bases): its 33 attributes are more than an
     # instance dict shares keys for, so every idle keep-alive connection
     # carried a dict of its own, 1.5 KiB.
-    __slots__ = ("body", "client_gone", "compression", "hold", "keep_alive_asked", "limits",
-                 "max_message_size", "messages_max", "new_id", "reader", "response", "rid",
-                 "served", "stream_deadline")
+    __slots__ = ("body", "client_gone", "compression", "limits", "max_message_size",
+                 "messages_max", "new_id", "response")
 
     kind = Kind.HTTP
     table = HTTP_TABLE
     can_move = True
-    handoff_needs_handler = False
 
     def __init__(
         self,
@@ -114,12 +114,15 @@ class HttpSession(HttpEndings):
         self.leave_at: float | None = None  # when a fresh connection is closed in a drain
         self.limits = read_limits or OFF  # --head-timeout, --body-min-rate
         self.held_since: float | None = None  # the adapter holds reads back (reads_held)
+        self.handoff_ask = True
+        self.home_id = instance_id  # (a moved request in flight has the old one)
         self._start_cycle(now, leftover)
 
     @classmethod
     def from_record(cls, record: HttpRecord, *, settings: Settings, instance_id: bytes,
                     new_id: Callable[[], bytes], now: float) -> HttpSession:
-        """Rebuild a connection exported between requests (handover)."""
+        """Rebuild an exported connection (handover, :mod:`http_snapshot`);
+        ``resume()`` next."""
         self = cls(
             instance_id=instance_id, new_id=new_id, now=now,
             buffer_size=settings.buffer_size, stream_timeout=settings.stream_timeout,
@@ -127,30 +130,8 @@ class HttpSession(HttpEndings):
             peer_port=record.peer_port, compression=settings.compression,
             messages_max=settings.messages_max, max_message_size=settings.max_message_size,
             read_limits=settings.read_limits)
-        self.session_deadline = now + record.session_left
-        self.stream_deadline = now + record.stream_left
-        # The head timeout runs on from where it was: a reload does not give
-        # a slow client a fresh one (none is due between requests).
-        self.head_deadline = None if record.head_left is None else now + record.head_left
-        if record.leftover:
-            self.receive_data(record.leftover, now)
+        self.restore(record, now)
         return self
-
-    def export_record(self, now: float) -> HttpRecord | None:
-        """The record of this connection if it is between requests, else None."""
-        if not self.resumable:
-            return None
-        return HttpRecord(
-            scheme=self.scheme, peer_address=self.peer_address, peer_port=self.peer_port,
-            leftover=self.reader.leftover(), session_left=max(self.session_deadline - now, 0.0),
-            stream_left=max(self.stream_deadline - now, 0.0), head_left=self._head_left(now))
-
-    def _head_left(self, now: float) -> float | None:
-        """Seconds left for the request head (None: none is due); while
-        reads are held back the clock stands still at the hold."""
-        if self.head_deadline is None:
-            return None
-        return max(self.head_deadline - (now if self.held_since is None else self.held_since), 0.0)
 
     # -- public surface ---------------------------------------------------
 
@@ -200,8 +181,8 @@ class HttpSession(HttpEndings):
             # loop a reader toggle per request; an EOF is kept for later.
             return (self.body.state is BodyState.NONE and not self.client_gone
                     and self.reader.buffered(False) < self.buffer_size)
-        if state is not ACTIVE or self.paused:
-            return False
+        if state is not ACTIVE or self.paused or self.handoff:
+            return False  # (moving: the client's bytes stay in the kernel)
         body = self.body.state
         if body is BodyState.READING:
             # Like Condure, read more body only once what was read has gone
@@ -214,32 +195,8 @@ class HttpSession(HttpEndings):
         return self.reader.buffered(False) < self.buffer_size
 
     @property
-    def resumable(self) -> bool:
-        """True between requests: no request is being served and nothing
-        is owed to anyone, so the connection can move elsewhere (bytes of a
-        partly read next request travel with it)."""
-        return self.state is HEAD and self.handler is None and not self.actions
-
-    @property
-    def ready_to_export(self) -> bool:
-        return self.resumable
-
-    @property
     def awaiting_handler(self) -> bool:
         return self.state is WAIT
-
-    @property
-    def handing_off(self) -> bool:
-        return self.hold
-
-    def begin_handoff(self, ask: bool = True) -> bool:
-        """Handover starts: no new request from here on; the one under way
-        (if any) finishes, then ``resumable`` says the connection can move."""
-        self.hold = True
-        return True
-
-    def resume(self) -> None:
-        """Nothing to tell anyone: the next request starts a new session."""
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the client; ``b""`` means end of input."""
@@ -269,6 +226,8 @@ class HttpSession(HttpEndings):
             if self.rate is not None:
                 self.rate.received(len(data))
                 self._sync_rate(now)
+            if self.hold:
+                self.consider_handoff()
 
     def receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         """A packet from the handler, already routed to this session's id."""
@@ -281,6 +240,8 @@ class HttpSession(HttpEndings):
         self._receive_packet(packet, ident, now)
         if self.rate is not None:
             self._sync_rate(now)  # credits or a pause change whether body is awaited
+        if self.hold:
+            self.consider_handoff()
 
     def _receive_packet(self, packet: Packet, ident: Ident, now: float) -> None:
         if self.state is CLOSED or self.state is HEAD:
@@ -322,11 +283,19 @@ class HttpSession(HttpEndings):
         elif kind is HandoffStart:
             # Anything queued is already with the adapter, which writes what
             # it can at once; then the session stands still until the next
-            # packet (reference 5.9).
+            # packet (reference 5.9). Crossing ours: both sides stopped.
             self._send(HandoffProceed)
-            self.paused = True
+            if self.handoff:
+                self.handoff = PROCEEDED
+            else:
+                self.paused = True
             if first:
                 self._begin_body(now)
+        elif kind is HandoffProceed and (self.handoff is Handoff.ASKED
+                                         or self.handoff is UNANSWERED):
+            self.handoff = PROCEEDED  # (late: it still makes the move safe)
+        elif kind is HandoffProceed and self.adopted and not self.handoff:
+            pass  # it answered the process this request moved from
         else:
             self._abort(f"unexpected {kind.__name__} packet")
 
@@ -342,7 +311,10 @@ class HttpSession(HttpEndings):
                 and response.state is ResponseState.STREAMING):
             credits = response.flushed()
             self.stream_deadline = now + self.stream_timeout
-            self._send(Credit, credits=credits)
+            if self.handoff:
+                self.credits_owed += credits  # (nothing goes out while moving)
+            else:
+                self._send(Credit, credits=credits)
 
     # -- request cycle ----------------------------------------------------
 
@@ -360,6 +332,12 @@ class HttpSession(HttpEndings):
         self.body = NO_BODY
         self.response = Response(self.buffer_size)
         self.rate: BodyRate | None = None
+        # A request moved here in flight kept its id and address; the next
+        # one is this process's own (http_snapshot).
+        self.instance_id = self.home_id
+        self.adopted = False
+        self.handoff = Handoff.NONE
+        self.credits_owed = 0
         # A new connection owes its head at once; a kept-alive one from its first byte.
         timeout = self.limits.head_timeout
         self.head_deadline = (now + timeout if timeout and (not self.served or self.reader.inbuf)
@@ -478,7 +456,10 @@ class HttpSession(HttpEndings):
             self.actions.append(Write(write))
         if response.returned:
             credits, response.returned = response.returned, 0
-            self._send(Credit, credits=credits)
+            if self.handoff:
+                self.credits_owed += credits
+            else:
+                self._send(Credit, credits=credits)
         if not streaming or (packet.more and packet.body):
             self.stream_deadline = now + self.stream_timeout
         if response.done:  # for the client: its exchange is over

@@ -26,7 +26,6 @@ class HttpEndings(ZhttpPeer):
     """The endings of a stream-mode HTTP connection (module docstring)."""
 
     __slots__ = ("head_deadline", "held_since", "leave_at", "leaving", "rate")
-    handoff_wait = "request still under way"  # (a handover waits for no handler)
 
     reader: HeadReader
     body: RequestBody

@@ -28,6 +28,26 @@ HTTP record, version 1::
                       one is due: a connection that has sent no request yet,
                       or part of one (optional: none due)
 
+A request in flight (a held long-poll, a streamed response) adds these,
+all of them or none (written only for such a request, so records between
+requests stay what earlier condure wrote and reads; an earlier condure
+refuses a record that has them, as it does any unknown key, so a downgrade
+across a restart loses such a connection)::
+
+    id             the request's session id (it does not change)
+    from           condure's ZHTTP address for that request
+    handler        the handler's address
+    out_seq        next seq condure sends
+    in_seq         next seq expected from the handler
+    credits_owed   credits earned while moving, sent after the resume
+    resp           0: no byte of the response written yet, 1: its head was
+    resp_credits   bytes the handler may still send
+    http11, is_head, head_ends, keep_alive
+                   the request's facts the response's framing depends on (0/1)
+    chunked, close_delimited, discard_body
+                   the response's framing once its head was written (0/1)
+    owed           body bytes its Content-Length still promises (-1: none)
+
 WebSocket record, version 1: the HTTP fields but ``leftover`` (client bytes
 read, not parsed yet: starting at a frame, or inside the payload of the
 client frame under way when ``frame_left`` is not 0), and::
@@ -83,11 +103,34 @@ class RecordError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class InFlight:
+    """The request in flight of an HTTP connection that moves (see the
+    module docstring): its ZHTTP session and its response's framing."""
+
+    rid: bytes
+    origin: bytes  # ``from``
+    handler: bytes
+    out_seq: int
+    in_seq: int
+    credits_owed: int
+    streaming: bool  # the response's head was written
+    resp_credits: int
+    http11: bool
+    is_head: bool
+    head_ends: bool
+    keep_alive: bool
+    chunked: bool
+    close_delimited: bool
+    discard_body: bool
+    owed: int  # -1: no Content-Length of the handler's frames the body
+
+
+@dataclass(frozen=True, slots=True)
 class HttpRecord:
-    """A stream-mode HTTP connection between requests."""
+    """A stream-mode HTTP connection between requests, or with a request
+    in flight (``flight``)."""
 
     kind: ClassVar[bytes] = b"http"
-    keeps_id: ClassVar[bool] = False  # a new id comes with the next request
     scheme: bytes
     peer_address: bytes | None
     peer_port: int | None
@@ -95,7 +138,14 @@ class HttpRecord:
     session_left: float
     stream_left: float
     head_left: float | None = None  # None: no request head is due
+    flight: InFlight | None = None  # None: between requests
     version: int = VERSION
+
+    @property
+    def keeps_id(self) -> bool:
+        """The handler goes on with the same id (a request in flight); else
+        a new id comes with the next request."""
+        return self.flight is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +198,14 @@ _WS_OPTIONAL: dict[str, tuple[type, object]] = {
     "msg_size": (int, 0), "from": (bytes, None), "pending": (bytes, b""), "msg_done": (int, 0),
     "credits_owed": (int, 0), "frame_left": (int, 0), "frame_offset": (int, 0),
     "frame_mask": (bytes, b""), "frame_fin": (int, 0)}
-_HTTP_OPTIONAL: dict[str, tuple[type, object]] = {"head_left": (float, None)}
+_FLIGHT = {"id": bytes, "from": bytes, "handler": bytes, "out_seq": int, "in_seq": int,
+           "credits_owed": int, "resp": int, "resp_credits": int, "http11": int,
+           "is_head": int, "head_ends": int, "keep_alive": int, "chunked": int,
+           "close_delimited": int, "discard_body": int, "owed": int}
+_FLIGHT_FLAGS = ("resp", "http11", "is_head", "head_ends", "keep_alive", "chunked",
+                 "close_delimited", "discard_body")
+_HTTP_OPTIONAL: dict[str, tuple[type, object]] = {"head_left": (float, None)} | {
+    key: (kind, None) for key, kind in _FLIGHT.items()}
 # The four values earlier condure wrote, and since server_max_window_bits is
 # echoed (RFC 7692 7.1.2.1) the same with "; server_max_window_bits=15".
 _DEFLATES = {d.header: d for d in Deflate.variants()}
@@ -194,12 +251,49 @@ def from_fields(fields_: Mapping[str, object]) -> Record:
         stream_left=_float(values, "stream_left"))
     if kind == HttpRecord.kind:
         head_left = values["head_left"]
-        if head_left is None:
+        if head_left is not None:
+            if not 0.0 <= _float(values, "head_left") < math.inf:
+                raise RecordError("bad head_left in record")
+            http = replace(http, head_left=_float(values, "head_left"))
+        present = [key for key in _FLIGHT if values[key] is not None]
+        if not present:
             return http
-        if not 0.0 <= _float(values, "head_left") < math.inf:
-            raise RecordError("bad head_left in record")
-        return replace(http, head_left=_float(values, "head_left"))
+        if len(present) != len(_FLIGHT):
+            raise RecordError("incomplete request in flight in record")
+        if head_left is not None:
+            raise RecordError("head_left with a request in flight in record")
+        return replace(http, flight=_flight(values))
     return _ws_record(values, http)
+
+
+def _flight(values: dict[str, object]) -> InFlight:
+    """The request in flight of an HTTP record (its keys all present)."""
+    for key in ("id", "from", "handler"):
+        if not _bytes(values, key):
+            raise RecordError(f"empty {key} in record")
+    for key in _FLIGHT_FLAGS:
+        if _int(values, key) not in (0, 1):
+            raise RecordError(f"bad {key} in record")
+    if _int(values, "out_seq") < 1 or _int(values, "in_seq") < 1:
+        raise RecordError("bad seq of a request in flight in record")
+    if _int(values, "credits_owed") < 0 or _int(values, "resp_credits") < 0:
+        raise RecordError("bad credits in record")
+    owed = _int(values, "owed")
+    chunked, close = _int(values, "chunked"), _int(values, "close_delimited")
+    if owed < -1 or chunked + close + (owed >= 0) > 1:
+        raise RecordError("bad response framing in record")
+    streaming = _int(values, "resp")
+    if not streaming and (chunked or close or owed >= 0 or _int(values, "discard_body")):
+        raise RecordError("response framing without a response in record")
+    return InFlight(
+        rid=_bytes(values, "id"), origin=_bytes(values, "from"),
+        handler=_bytes(values, "handler"), out_seq=_int(values, "out_seq"),
+        in_seq=_int(values, "in_seq"), credits_owed=_int(values, "credits_owed"),
+        streaming=bool(streaming), resp_credits=_int(values, "resp_credits"),
+        http11=bool(_int(values, "http11")), is_head=bool(_int(values, "is_head")),
+        head_ends=bool(_int(values, "head_ends")), keep_alive=bool(_int(values, "keep_alive")),
+        chunked=bool(chunked), close_delimited=bool(close),
+        discard_body=bool(_int(values, "discard_body")), owed=owed)
 
 
 def _int(values: Mapping[str, object], key: str) -> int:
@@ -277,6 +371,15 @@ def to_fields(record: Record) -> dict[str, object]:
         "stream_left": record.stream_left}
     if isinstance(record, HttpRecord) and record.head_left is not None:
         out["head_left"] = record.head_left
+    if isinstance(record, HttpRecord) and record.flight is not None:
+        f = record.flight  # (else left out: what earlier condure wrote and reads)
+        out.update({
+            "id": f.rid, "from": f.origin, "handler": f.handler, "out_seq": f.out_seq,
+            "in_seq": f.in_seq, "credits_owed": f.credits_owed, "resp": int(f.streaming),
+            "resp_credits": f.resp_credits, "http11": int(f.http11), "is_head": int(f.is_head),
+            "head_ends": int(f.head_ends), "keep_alive": int(f.keep_alive),
+            "chunked": int(f.chunked), "close_delimited": int(f.close_delimited),
+            "discard_body": int(f.discard_body), "owed": f.owed})
     if isinstance(record, WsRecord):
         out.update({
             "id": record.rid, "handler": record.handler or b"", "out_seq": record.out_seq,

@@ -240,6 +240,36 @@ def test_restarts_wait_for_a_handler_that_pauses(setup):
     assert "ready" in states, states
 
 
+def test_a_long_poll_in_flight_moves_through_a_restart(setup):
+    """A long-poll the handler holds (examples/handoffhandler.py answers
+    /poll/<seconds> with a keep-alive, then with 200 that many seconds
+    later) no longer holds `systemctl restart` for --drain-timeout (5 s
+    here; the poll lasts 8): it moves with its ZHTTP session, the answer
+    reaches the client on the same connection, and the next request on
+    that connection is served by the new process."""
+    from tests.harness.http_client import Conn
+
+    with Conn(setup.port, timeout=20) as conn:
+        conn.send(b"GET /poll/8 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        conn.expect_silence(0.5)  # (the handler's keep-alive reached condure)
+        sent = time.monotonic()
+        took = _operate(setup, "restart", 0, 1)
+        resp = conn.read_response(timeout=15)
+        answered = time.monotonic() - sent
+        assert (resp.code, resp.body) == (200, b"ok /poll/8\n")
+        conn.send(b"GET /next HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        resp = conn.read_response(timeout=10)
+        assert (resp.code, resp.body) == (200, b"ok /next\n")
+    journal = setup.ns.journal(SERVICE)
+    print(f"\nsystemctl restart with a long-poll in flight took {took:.2f} s "
+          f"(--drain-timeout 5); answered {answered:.2f} s after")
+    assert took < 4.0, took  # not --drain-timeout
+    assert 6.0 < answered < 9.5, answered  # the handler's 8 s, not cut
+    assert re.search(r"restart: \d+ connections adopted, 0 lost", journal), journal[-5000:]
+    assert "cannot move" not in journal and "closing it" not in journal, journal[-5000:]
+    assert "without their handler" not in journal, journal[-5000:]
+
+
 def _live_through(setup: Setup, cycles: int, handler_pause: float) -> None:
     load = start_load(setup, CLIENTS, http_loops=2)
     took: dict[str, list[float]] = {"restart": [], "reload": []}

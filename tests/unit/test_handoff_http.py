@@ -1,5 +1,6 @@
 """Handover, whole moves: HTTP connections leave between requests (a
-request under way finishes, the next one waits for the adopting process);
+request under way that cannot move finishes, the next one waits for the
+adopting process; requests moved in flight are in test_handoff_inflight.py);
 a WebSocket that moved behaves exactly as one that stayed; malformed
 records are refused (docs/handover.md). The WebSocket session's handoff
 step by step is in test_handoff_session.py."""
@@ -107,14 +108,19 @@ def test_request_in_flight_finishes_and_the_pipelined_one_waits():
 
 
 def test_streamed_response_keeps_its_credits_while_held():
+    """A response that starts streaming while the handover holds the
+    connection is a request in flight at a resumable point: it asks its
+    handler (test_handoff_inflight.py) and keeps the credits it earns; if
+    the handler ends the response first, the connection moves between
+    requests."""
     d = Driver()
     d.client(FIRST + NEXT[:10])
     d.new_sends()
     assert d.session.begin_handoff()
     d.respond(200, b"OK", headers=((b"Content-Length", b"6"),), body=b"abc", more=True)
-    d.flush()  # HTTP has no handoff of its own: credits go back as usual
-    assert [(type(p), p.credits) for p in d.new_packets()] == [(Credit, 3)]
-    assert not d.session.resumable
+    d.flush()
+    assert [type(p) for p in d.new_packets()] == [HandoffStart]
+    assert d.session.credits_owed == 3 and not d.session.resumable
     d.handler(Data, body=b"def")
     assert d.new_output().endswith(b"abcdef") and b"close" not in d.output.lower()
     assert d.session.resumable and not requests(d.new_packets())
