@@ -192,7 +192,11 @@ def test_a_handler_without_curve_is_logged(tmp_path, keys, ctx):
         assert 1 <= len(lines) <= 1 + int((time.monotonic() - started) / 10), lines
         line = lines[0]
         assert line.startswith("[WARN]"), line
-        assert f"tcp://127.0.0.1:{port}" in line and "mechanism mismatch" in line, line
+        # libzmq reports the mismatch, or (when the peer hangs up first, a
+        # race seen under load) a handshake failure without detail; the
+        # hint is there either way.
+        assert f"tcp://127.0.0.1:{port}" in line, line
+        assert "mechanism mismatch" in line or "(no detail)" in line, line
         assert "speaks no CURVE" in line, line
     finally:
         assert condure.stop() == 0
