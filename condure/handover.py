@@ -120,7 +120,6 @@ class Exporter:
         self.lost = 0  # sessions exported but not taken
         self.unanswered = 0  # WebSockets moved without the handler's handoff-proceed
         self.unanswered_http = 0  # HTTP requests in flight moved so
-        self.answered = 0  # sessions exported after the handler's handoff-proceed
 
     @property
     def done(self) -> bool:
@@ -229,15 +228,10 @@ class Exporter:
                         still.append(item)
                         continue
                 record = self._export(conn, now)
-                unanswered = False
-                if record is None and now >= item.deadline:
-                    # The handler did not answer handoff-start (Pushpin 1.36
-                    # does not implement it): the session moves without its
-                    # answer. Only handlers seen answering are waited for
-                    # beyond the handoff timeout while they keep sending.
-                    unanswered = ((not self.answered or self._overdue(item, now))
-                                  and session.move_unanswered())
-                overdue = not unanswered and record is None and self._overdue(item, now)
+                overdue = record is None and self._overdue(item, now)
+                # The handler did not answer handoff-start (Pushpin 1.36 does
+                # not implement it): the session moves without its answer.
+                unanswered = overdue and session.move_unanswered()
             except Exception:  # noqa: BLE001 - a bug in the session: end it alone
                 conn.fail("preparing a handover")
                 continue
@@ -256,9 +250,7 @@ class Exporter:
                 else:
                     still.append(item)
                 continue
-            if session.handoff_needs_handler and not item.unanswered:
-                self.answered += 1
-            elif session.handoff_needs_handler:
+            if session.handoff_needs_handler and item.unanswered:
                 if session.kind is Kind.HTTP:
                     self.unanswered_http += 1
                 else:

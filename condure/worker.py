@@ -73,9 +73,9 @@ class Worker(Slots):
         # Listening sockets handed over by the supervisor; None: bind our own.
         self.given_listeners = listen_socks
         self.requests = 0  # request packets sent, for the supervisor's stats
-        # Packets from handlers for this worker's own sessions (a handover's
-        # sign of life; packets for ids it does not have, such as those of a
-        # reload's other worker sharing its address, do not count).
+        # Packets from handlers for this worker's own sessions, keep-alives
+        # aside (a handover's sign of progress; packets for ids it does not
+        # have, such as those of a reload's other worker, do not count).
         self.handler_packets = 0
         self.parked = Parked()  # handler packets for ids it does not have (yet)
         self.loop = loop
@@ -463,10 +463,11 @@ class Worker(Slots):
             self.unreadable.note(str(e))
             return
         now = time.monotonic()
+        progress = type(packet) is not KeepAlive  # (Pushpin's keep-alives say nothing)
         for ident in packet.ids:
             conn = self.route(ident.id)
             if conn is not None:
-                self.handler_packets += 1
+                self.handler_packets += progress
                 try:
                     conn.session.receive_packet(packet, ident, now)
                 except Exception:  # noqa: BLE001 - a bug in the session: end it alone
