@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -118,8 +119,8 @@ class Exporter:
         self.moved = 0  # sessions the supervisor took
         self.closed = 0  # sessions that could not move and were closed politely
         self.lost = 0  # sessions exported but not taken
-        self.unanswered = 0  # WebSockets moved without the handler's handoff-proceed
-        self.unanswered_http = 0  # HTTP requests in flight moved so
+        # sessions moved without the handler's handoff-proceed, by kind
+        self.unanswered: Counter[Kind] = Counter()
 
     @property
     def done(self) -> bool:
@@ -250,11 +251,8 @@ class Exporter:
                 else:
                     still.append(item)
                 continue
-            if session.handoff_needs_handler and item.unanswered:
-                if session.kind is Kind.HTTP:
-                    self.unanswered_http += 1
-                else:
-                    self.unanswered += 1
+            if item.unanswered:
+                self.unanswered[session.kind] += 1
             text = records.encode(record)
             if len(text) > MAX_BATCH_BYTES:
                 log.info("%s: session record too large to move; closing it", describe(conn))

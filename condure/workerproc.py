@@ -44,6 +44,7 @@ from typing import Any
 from condure import handover, introspect
 from condure import log as condure_log
 from condure.net import control
+from condure.session.contract import Kind
 from condure.worker import Worker
 
 log = logging.getLogger("condure")
@@ -52,6 +53,8 @@ STATS_INTERVAL = 1.0
 DRAIN_SWEEP = 0.1  # idle connections are looked for again this often while draining
 CANCEL_FLUSH = 10.0  # Condure spends at most this long getting cancels out
 BOOT_FAILURE = 3  # exit status of a worker that could not start
+# the handover's log lines of sessions moved without the handler's answer
+UNANSWERED_KINDS = ((Kind.WEBSOCKET, "WebSockets"), (Kind.HTTP, "HTTP requests in flight"))
 
 
 class WorkerProcess:
@@ -280,12 +283,10 @@ class WorkerProcess:
                 pass
         exporter.abandon()
         why = "not asked" if not exporter.ask else "it did not answer in time"
-        if exporter.unanswered:
-            log.info("handover: %d WebSockets moved without their handler's handoff-proceed "
-                     "(%s)", exporter.unanswered, why)
-        if exporter.unanswered_http:
-            log.info("handover: %d HTTP requests in flight moved without their handler's "
-                     "handoff-proceed (%s)", exporter.unanswered_http, why)
+        for kind, what in UNANSWERED_KINDS:
+            if exporter.unanswered[kind]:
+                log.info("handover: %d %s moved without their handler's handoff-proceed (%s)",
+                         exporter.unanswered[kind], what, why)
         (log.warning if exporter.lost else log.info)(
             "handover: %d connections moved, %d closed, %d lost",
             exporter.moved, exporter.closed, exporter.lost)

@@ -36,7 +36,6 @@ from condure.net.unanswered import Throttled
 from condure.session import failure
 from condure.session.actions import Close, Send, SwitchSession, Write
 from condure.session.contract import Kind, Session
-from condure.session.peer import MISSED_IN_MOVE
 from condure.zhttp.packets import Packet
 
 log = logging.getLogger("condure.conn")
@@ -357,7 +356,7 @@ class Conn:
 
     def _close(self, action: Close) -> None:
         log.debug("slot %d closing: %s", self.slot, action.reason)
-        if action.reason.startswith(MISSED_IN_MOVE):
+        if action.missed:
             missed = _MISSED_HTTP if self.session.kind is Kind.HTTP else _MISSED
             if (since := missed.due()) is not None:
                 logging.getLogger("condure").info("%s%s", missed.what, since)

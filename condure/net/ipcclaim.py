@@ -158,12 +158,11 @@ def sweep_private_dirs(parent: str, prefix: str) -> list[str]:
     in ``parent``, as the supervisor's relay makes with ``mkdtemp``) that
     processes killed with SIGKILL left behind; the paths removed.
 
-    A directory goes only if it is ours (uid, mode 0700), holds nothing but
-    Unix sockets and at least one, and every one of them refuses a
-    connection (``ECONNREFUSED``: nobody is bound to it, whatever pid
-    namespace the owner ran in). An empty directory may be one another
-    condure has just made and not bound in yet: it is left alone, as is
-    anything this cannot read."""
+    A directory goes only if it is ours (uid, mode 0700) and holds at least
+    one file, every one of them a socket :func:`check` finds stale (nobody
+    is bound to it, whatever pid namespace the owner ran in). An empty
+    directory may be one another condure has just made and not bound in
+    yet: it is left alone, as is anything this cannot read."""
     removed: list[str] = []
     try:
         names = os.listdir(parent)
@@ -180,25 +179,12 @@ def sweep_private_dirs(parent: str, prefix: str) -> list[str]:
                     or stat.S_IMODE(st.st_mode) != 0o700):
                 continue
             files = [os.path.join(path, entry) for entry in os.listdir(path)]
-            if not files or any(_probe(file) != errno.ECONNREFUSED for file in files):
+            if not files or any(check(file) != STALE for file in files):
                 continue
             for file in files:
                 os.unlink(file)
             os.rmdir(path)
-        except OSError:
+        except (ClaimError, OSError):
             continue
         removed.append(path)
     return removed
-
-
-def _probe(path: str) -> int:
-    """connect()'s errno for a Unix stream socket at ``path`` (0: accepted;
-    -1: not a socket)."""
-    if not stat.S_ISSOCK(os.lstat(path).st_mode):
-        return -1
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.setblocking(False)
-        return probe.connect_ex(path)
-    finally:
-        probe.close()

@@ -67,6 +67,9 @@ class Close:
     # The handler broke a rule of ZHTTP or HTTP (the adapter logs ``reason``
     # as a warning, throttled, so that a broken handler is seen).
     handler_fault: bool = False
+    # The handler's packets were missed while the session moved without its
+    # handoff (the adapter logs it at info level, throttled).
+    missed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,13 +215,12 @@ class HttpMoves(HttpEndings):
         it does not do on a 5xx, and a long-poll's answer is fetched again.
         A streamed response is cut (the client sees it end short). Either
         way the handler gets a cancel."""
-        self._end_request(f"{MISSED_IN_MOVE} ({gap})")
+        self._end_request(f"{MISSED_IN_MOVE} ({gap})", missed=True)
 
-    def _end_request(self, reason: str) -> None:
-        if self.response.state is ResponseState.NONE:
-            self._cancel_and_close(reason, graceful=True)
-        else:
-            self._cancel_and_close(reason)
+    def _end_request(self, reason: str, missed: bool = False) -> None:
+        # (graceful only while nothing of the response was written)
+        graceful = self.response.state is ResponseState.NONE
+        self._cancel_and_close(reason, graceful=graceful, missed=missed)
 
     def going_away(self, now: float | None = None, code: int | None = None) -> None:
         """Graceful stop (http_limits), or a handover that gives up on this

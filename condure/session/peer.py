@@ -201,20 +201,21 @@ class ZhttpPeer(ZhttpLink):
         return True
 
     def _cancel_and_close(self, reason: str, graceful: bool = False,
-                          fault: bool = False) -> None:
-        """``fault``: the handler broke a rule (the adapter warns)."""
+                          fault: bool = False, missed: bool = False) -> None:
+        """``fault``: the handler broke a rule (the adapter warns);
+        ``missed``: its packets were missed in a move (see Close)."""
         if self.handler is not None and self.state is not CLOSED:
             self._send(Cancel)
-        self._close(graceful=graceful, reason=reason, fault=fault)
+        self._close(graceful=graceful, reason=reason, fault=fault, missed=missed)
 
     def _abort(self, reason: str) -> None:
         """Handler-caused end: close, and tell the handler nothing."""
         self._close(graceful=False, reason=reason, fault=True)
 
     def _close(self, *, graceful: bool, reason: str, unanswered: bool = False,
-               fault: bool = False) -> None:
+               fault: bool = False, missed: bool = False) -> None:
         if self.state is CLOSED:
             return
         self._advance(Event.CLOSE)
         self.actions.append(Close(graceful=graceful, reason=reason, unanswered=unanswered,
-                                  handler_fault=fault))
+                                  handler_fault=fault, missed=missed))

@@ -403,7 +403,7 @@ class WebSocketSession(ZhttpPeer):
         self.input.pump(self)
 
     def _missed(self, gap: str) -> None:
-        self._fail(SERVICE_RESTART, f"{MISSED_IN_MOVE} ({gap})")  # the client may reconnect
+        self._fail(SERVICE_RESTART, f"{MISSED_IN_MOVE} ({gap})", missed=True)  # may reconnect
 
     def abort_unknown(self, reason: str) -> None:
         if self.state is not CLOSED:
@@ -487,10 +487,10 @@ class WebSocketSession(ZhttpPeer):
 
     # -- endings ------------------------------------------------------------
 
-    def _fail(self, code: int, reason: str) -> None:
+    def _fail(self, code: int, reason: str, missed: bool = False) -> None:
         """Fail the WebSocket connection (RFC 6455 7.1.7): close frame,
         cancel to the handler, then a graceful TCP close."""
         out = self.output.close(code)
         if out:
             self.actions.append(Write(out))
-        self._cancel_and_close(reason, graceful=True)
+        self._cancel_and_close(reason, graceful=True, missed=missed)

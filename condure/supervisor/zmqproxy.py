@@ -56,6 +56,7 @@ from functools import partial
 
 import zmq
 
+from condure import runtime
 from condure.config import Config, stream_endpoints
 from condure.net import curve, ipcclaim
 from condure.net.routerqueue import ROUTER_RETRY, RouterQueues, unpack_later
@@ -81,16 +82,6 @@ FINAL_FLUSH = 1.0  # seconds the later-packets relay keeps trying at close
 # BASE-in (relay.wait_for_handler); handlers reconnect every 100 ms by default.
 HANDLER_WAIT = 3.0
 PRIVATE_PREFIX = "condure-"  # the private directory of the internal endpoints
-
-
-def runtime_parent() -> str | None:
-    """Where the private directory goes: systemd's ``RuntimeDirectory=``
-    (``RUNTIME_DIRECTORY``), else ``XDG_RUNTIME_DIR``, else the temp dir."""
-    for name in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
-        value = os.environ.get(name, "").split(":")[0]
-        if value and os.path.isdir(value) and os.access(value, os.W_OK | os.X_OK):
-            return value
-    return None
 
 
 def serves_bound(config: Config) -> bool:
@@ -146,7 +137,7 @@ class ZmqProxy:
 
     def _start(self) -> dict:
         config = self.config
-        parent = self._parent or runtime_parent() or tempfile.gettempdir()
+        parent = self._parent or runtime.runtime_parent()
         # Those of condures killed with SIGKILL (nothing listens in them)
         for path in ipcclaim.sweep_private_dirs(parent, PRIVATE_PREFIX):
             log.debug("removed %s, left behind by a condure that was killed", path)
