@@ -364,10 +364,10 @@ class WebSocketSession(ZhttpPeer):
             self.input.credits += packet.credits
         elif isinstance(packet, KeepAlive):
             pass
-        elif isinstance(packet, HandoffProceed) and self.handoff in (
-                ASKED, UNANSWERED, Handoff.NONE if self.adopted else ASKED):
-            # (late: it still makes the move safe, or it answered the old worker)
-            self.handoff = PROCEEDED if self.handoff else self.handoff
+        elif isinstance(packet, HandoffProceed) and self.handoff in (ASKED, UNANSWERED):
+            self.handoff = PROCEEDED  # (late: it still makes the move safe)
+        elif isinstance(packet, HandoffProceed) and self.adopted and not self.handoff:
+            pass  # it answered the process this session moved from
         elif isinstance(packet, HandoffStart):
             self._send(HandoffProceed)
             if self.handoff:
