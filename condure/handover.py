@@ -221,11 +221,14 @@ class Exporter:
                 # new, an upgrade that was under way, or a handshake now answered
                 if not self._ask(item, now):
                     continue
-                if item.not_before and now < item.deadline:  # --handoff skip: settling
-                    zq = self.worker.zmq
-                    if zq is not None and zq.router_queue:  # ours to send yet
-                        item.not_before = now + SETTLE
-                    if now < item.not_before:
+                if item.not_before:  # moving without the handler's answer: settling
+                    settled = self._settled(item, now)
+                    if settled is None:
+                        log.info("%s: cannot move (the handler has not taken what this "
+                                 "worker sent it); closing it", describe(conn))
+                        self._give_up(conn, now)
+                        continue
+                    if not settled:
                         still.append(item)
                         continue
                 record = self._export(conn, now)
@@ -241,6 +244,7 @@ class Exporter:
                     log.debug("%s: no handoff-proceed in time; moving it without",
                               describe(conn))
                     item.deadline = now + self.handoff_timeout
+                    item.not_before = now + SETTLE
                     item.unanswered = True
                     still.append(item)
                 elif overdue:
@@ -267,6 +271,27 @@ class Exporter:
         self.moving = still
         if socks:
             self._send(texts, socks)
+
+    def _settled(self, item: _Moving, now: float) -> bool | None:
+        """Whether a session moving without the handler's answer may leave:
+        once the worker's own queue for handlers is empty (its last packets
+        are on their way: the adopting worker must not send the handler
+        later ones first, and whatever is left here is lost when this
+        worker exits), then SETTLE. While the queue stays full past the
+        session's deadline it waits as long as the handler is heard from
+        (it is behind, not gone), up to the drain deadline; None: it cannot
+        move."""
+        zq = self.worker.zmq
+        queued = zq is not None and zq.router_queue
+        if queued:
+            item.not_before = now + SETTLE
+        if now >= item.not_before:
+            return True
+        if not queued or now < item.deadline:
+            return False
+        if now < min(self.heard_at + self.handoff_timeout, self.drain_deadline):
+            return False
+        return None
 
     def _export(self, conn: Conn, now: float) -> Record | None:
         """The session's record if it is ready to leave now, else None."""
@@ -371,9 +396,12 @@ def adopt(worker: Worker, texts: list[object], fds: list[int]) -> tuple[int, int
             session = conn.session
             session.resume()
             if worker.moved.get(session.rid) is conn:  # it kept its id: its handler's
-                # packets that reached us before it did (net/parked.py)
+                # packets that reached us before it did (net/parked.py),
+                # each written before the next as on_message does: a
+                # WebSocket takes at most --messages-max unwritten messages
                 for packet, ident in worker.parked.take(session.rid):
                     session.receive_packet(packet, ident, now)
+                    conn.run()
         except Exception:  # noqa: BLE001 - a bug in the session: end it alone
             conn.fail("resuming it")
             failed += 1

@@ -103,6 +103,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         self.boot_failures = 0
         self.stopping: str | None = None  # "graceful" or "fast"
         self.stop_deferred = False  # until the fd store's connections are adopted
+        self.restart_deferred: tuple[int | None] | None = None
         self.exit_status = 0
         self.announced = False
         self.zmq_spec: dict[str, Any] | None = None
@@ -396,6 +397,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
                             child.slot, child.pid, READY_TIMEOUT)
                 child.popen.kill()
                 child.started = now
+        self.restart_after_reload()
         if self.stopping:
             self.stop_when_adopted(now)  # a stop during a restart's start (signals.py)
             self.update_status()
@@ -445,7 +447,11 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             st.retiring.append(old)
             st.reload_pending.pop(0)
             log.info("worker %d replaced (pid %d -> %d)", slot, old.pid, succ.pid)
-        if not st.successors and self.all_ready():
+        # Done once the replaced workers have handed over too: until then
+        # systemd keeps the reload job (a restart queued behind it would
+        # otherwise find sessions moving without the handler's handoff).
+        if not st.successors and self.all_ready() and not any(
+                c.handing_over and c.handed_over is None for c in st.retiring):
             st.reloading = False
             log.info("reloaded")
             self.notify.ready(self.status())

@@ -72,6 +72,7 @@ class SupervisorSignals:
     dispatcher: Dispatcher | None
     recovered: fdstore.Recovered | None
     stop_deferred: bool
+    restart_deferred: tuple[int | None] | None  # a restart waiting for a reload's moves
     moves: Moves
 
     if TYPE_CHECKING:
@@ -91,23 +92,53 @@ class SupervisorSignals:
         # SIGCHLD: the loop reaps after every wakeup
 
     async def handle_term(self) -> None:
-        if self.stopping:
+        if self.stopping or self.restart_deferred:
             return
         # Only a service under systemd can be restarting.
         restart, size = (await asyncio.to_thread(restart_planned, True) if self.notify.enabled
                          else (False, None))
         if self.stopping:  # a fast stop came first
             return
+        restart = restart and self.listeners is not None
+        if restart and self._reload_moving():
+            # Its sessions move without the handler's handoff (--handoff
+            # auto): into the fd store, what the handler sends meanwhile
+            # would be lost. They go to the successor first, and from there
+            # into the store like any other (restart_after_reload).
+            log.info("restarting, once the reload under way has moved its connections")
+            self.notify.stopping()
+            self._no_more_starts()
+            self.restart_deferred = (size,)
+            return
         log.info("restarting: moving connections to the next start" if restart
                  else "stopping...")
         self.notify.stopping()
         self.stopping = "graceful"
-        if not restart or self.listeners is None:
+        if not restart:
             self._begin_stop(graceful=True)
             return
+        self._begin_restart(size)
+
+    def _begin_restart(self, size: int | None) -> None:
+        assert self.listeners is not None
         self.restart_store = RestartStore(self.store_id, store_max=size)
         self.restart_store.listeners(self.listeners.store_entries())
         self._stop_all(graceful=True, hand_over=True)
+
+    def _reload_moving(self) -> bool:
+        """A worker replaced by a reload is still passing on its sessions."""
+        return any(c.handing_over and c.handed_over is None and c.popen.poll() is None
+                   for c in self.state.retiring)
+
+    def restart_after_reload(self) -> None:
+        """(maintain()) A restart held back by a reload's moves begins once
+        they are done."""
+        if self.restart_deferred is None or self.stopping or self._reload_moving():
+            return
+        (size,), self.restart_deferred = self.restart_deferred, None
+        log.info("restarting: moving connections to the next start")
+        self.stopping = "graceful"
+        self._begin_restart(size)
 
     async def finish_restart(self) -> None:
         """A restart's last step, once every worker is gone: the manifest.
@@ -129,6 +160,7 @@ class SupervisorSignals:
     def handle_int(self) -> None:
         if self.stopping == "fast":
             return
+        self.restart_deferred = None
         if not self.stopping:
             log.info("stopping...")
             self.notify.stopping()
@@ -137,7 +169,7 @@ class SupervisorSignals:
 
     def handle_hup(self) -> None:
         st = self.state
-        if self.stopping:
+        if self.stopping or self.restart_deferred:
             return
         if st.reloading:
             log.info("reload already under way")

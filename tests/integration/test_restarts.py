@@ -65,12 +65,12 @@ ORDER = os.environ.get("CONDURE_RESTART_ORDER", "alternate")
 def build_units(workdir: Path, port: int,
                 extra: dict[tuple[str, str], list[str]] | None = None,
                 handoff_timeout: str = HANDOFF_TIMEOUT,
-                condure_args: tuple[str, ...] = ()) -> dict[str, str]:
+                condure_args: tuple[str, ...] = (), drain_timeout: str = "5") -> dict[str, str]:
     """``condure_args``: further condure options (``--handoff skip``)."""
     args = ["--workers", "2",
             "--listen", "fd-name=http",
             "--zclient-stream", f"ipc://{workdir}/client",
-            "--drain-timeout", "5", "--handoff-timeout", handoff_timeout, *condure_args]
+            "--drain-timeout", drain_timeout, "--handoff-timeout", handoff_timeout, *condure_args]
     if ZMQ_MODE == "connect":
         args.append("--zclient-connect")
     return project_units(workdir, port, args, {
@@ -132,10 +132,11 @@ def verbose_setup(tmp_path):
 
 def _setup(tmp_path: Path, extra: dict[tuple[str, str], list[str]] | None = None,
            verbose: bool = False, handoff_timeout: str = HANDOFF_TIMEOUT,
-           condure_args: tuple[str, ...] = (), handler_options: tuple[str, ...] = ()):
+           condure_args: tuple[str, ...] = (), handler_options: tuple[str, ...] = (),
+           drain_timeout: str = "5"):
     port = procs.free_port()
     ns = SystemdNamespace(tmp_path, build_units(tmp_path, port, extra, handoff_timeout,
-                                                condure_args))
+                                                condure_args, drain_timeout))
     handler = None
     try:
         ns.start()
@@ -211,11 +212,24 @@ def test_connections_live_through_restarts_and_reloads(setup):
     _live_through(setup, CYCLES, HANDLER_PAUSE)
 
 
-def test_restarts_wait_for_a_handler_that_pauses(setup):
+@pytest.fixture
+def patient_setup(tmp_path):
+    """--drain-timeout 15: room for a handler that is seconds behind."""
+    yield from _setup(tmp_path, drain_timeout="15")
+
+
+def test_restarts_wait_for_a_handler_that_pauses(patient_setup):
     """The handler stops reading for 3 s in the middle of each restart
     (SIGSTOP, then SIGCONT): the handoff waits for it (its silence is
     shorter than --handoff-timeout) and nothing is closed or lost.
-    Meanwhile `condure ctl status` shows the workers handing over."""
+    Meanwhile `condure ctl status` shows the workers handing over.
+
+    The wait ends at --drain-timeout whatever the handler does: after its
+    pause it has 100 handoff-starts and 3 s of echoes to answer, which on
+    a loaded machine took longer than the 2 s that the other tests'
+    --drain-timeout 5 leaves (8 of 100 sessions then moved without its
+    answer and lost the echoes it sent meanwhile)."""
+    setup = patient_setup
     seen: list[dict] = []
     stop = threading.Event()
 
@@ -238,6 +252,70 @@ def test_restarts_wait_for_a_handler_that_pauses(setup):
     print(f"ctl status: {len(seen)} answers, worker states {sorted(set(states))}")
     assert "handing over" in states, states
     assert "ready" in states, states
+
+
+@pytest.fixture
+def congestible_setup(tmp_path):
+    """--stream-maxconn 1000: ZeroMQ's queues towards a handler hold 50
+    packets (maxconn / 20), so a stopped handler soon holds up the workers'
+    own queues; --drain-timeout 15 leaves it time to catch up afterwards."""
+    yield from _setup(tmp_path, condure_args=("--stream-maxconn", "1000"), drain_timeout="15")
+
+
+def test_a_restart_during_a_reloads_moves_waits_for_them(congestible_setup):
+    """A reload moves sessions without asking the handler (--handoff auto),
+    and its replaced workers may still be moving them when a restart comes.
+    Those must not go into the fd store unasked: what the handler sends in
+    the restart's gap would be lost (1012 closes). With the handler stopped,
+    the reload's moves wait for the packets queued for it, and a restart is
+    asked for meanwhile. Either systemd holds the restart job until the
+    reload is done (when condure's RELOADING=1 reached it while the
+    ExecReload kill ran: `reloaded` and READY=1 come once the moves are
+    done), or condure gets the restart at once and holds it back until the
+    reload's moves are done. Either way, the restart asks."""
+    setup = congestible_setup
+    load = start_load(setup, CLIENTS)
+    call = None
+    try:
+        load.ready()
+        os.kill(setup.handler.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.0)  # packets for it pile up in the workers
+            setup.ns.systemctl("reload", SERVICE, timeout=60)
+            # The first replaced worker now waits for those packets to go
+            # before moving its sessions, for up to --handoff-timeout (5 s).
+            _wait_for_journal(setup, "worker 0 replaced")
+            call = setup.ns.systemctl_async("restart", SERVICE)
+            with contextlib.suppress(AssertionError):  # (systemd may hold it)
+                _wait_for_journal(setup, "restarting", timeout=1.0)
+        finally:
+            os.kill(setup.handler.pid, signal.SIGCONT)
+        _, errors = call.communicate(timeout=60)
+        assert call.returncode == 0, errors
+        result = load.finish()
+    finally:
+        _end_calls(call)
+        load.kill()
+    journal = setup.ns.journal(SERVICE)
+    held = "once the reload under way" in journal
+    print(f"\nrestart during a reload's moves ({'held by condure' if held else 'held by systemd'}"
+          f"): {result['sent']} messages, close codes {result['close_codes']}")
+    assert result["connected"] == CLIENTS and result["disconnects"] == 0, result
+    assert result["echoed"] == result["sent"] and result["lost"] == 0, result
+    restart = journal[journal.index("restarting: moving connections"):]
+    restart = restart[:restart.index("connections in systemd's fd store")]
+    assert "(not asked)" not in restart, journal[-5000:]  # none went in unasked
+    if not held:
+        assert journal.index("reloaded") < journal.index("restarting: moving"), journal[-5000:]
+    assert re.search(r"restart: (\d+) connections adopted, 0 lost", journal), journal[-5000:]
+    assert "missed while they moved" not in journal, journal[-5000:]
+
+
+def _wait_for_journal(setup: Setup, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (journal := setup.ns.journal(SERVICE)):
+        assert time.monotonic() < deadline, journal[-3000:]
+        time.sleep(0.02)
 
 
 def test_a_long_poll_in_flight_moves_through_a_restart(setup):
@@ -1087,3 +1165,4 @@ def test_handler_packets_lost_in_a_restart_close_their_websockets_with_1012(tmp_
     # (condure logs why only at debug level)
     assert handler_log.count("b'type': b'cancel'") == clients, handler_log[-3000:]
     assert "from condure, expected" not in handler_log, handler_log[-3000:]
+
