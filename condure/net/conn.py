@@ -32,21 +32,13 @@ import time
 from typing import Protocol, cast
 
 from condure.net.tls import TlsError, TlsLayer
-from condure.net.unanswered import Throttled
+from condure.net.unanswered import note_missed
 from condure.session import failure
 from condure.session.actions import Close, Send, SwitchSession, Write
 from condure.session.contract import Kind, Session
 from condure.zhttp.packets import Packet
 
 log = logging.getLogger("condure.conn")
-# WebSockets closed with 1012 because their handler's packets were missed
-# while they moved without its handoff (docs/handoff.md): info, throttled.
-_MISSED = Throttled("closed WebSockets with 1012: their handler's packets were missed "
-                    "while they moved", time.monotonic)
-# The same for HTTP requests moved in flight (docs/handover.md).
-_MISSED_HTTP = Throttled("ended HTTP requests (connection closed, response cut short): "
-                         "their handler's packets were missed while they moved",
-                         time.monotonic)
 
 LINGER = 2.0  # seconds to wait for the client's FIN after a graceful close
 # A graceful close writes out what is queued first; a client that takes
@@ -357,9 +349,7 @@ class Conn:
     def _close(self, action: Close) -> None:
         log.debug("slot %d closing: %s", self.slot, action.reason)
         if action.missed:
-            missed = _MISSED_HTTP if self.session.kind is Kind.HTTP else _MISSED
-            if (since := missed.due()) is not None:
-                logging.getLogger("condure").info("%s%s", missed.what, since)
+            note_missed(self.session.kind is Kind.HTTP)
         if action.unanswered:
             self.worker.note_unanswered(self.slot)
         if action.handler_fault:
