@@ -28,25 +28,18 @@ import asyncio
 import errno
 import logging
 import socket
+import struct
 import time
 from typing import Protocol, cast
 
 from condure.net.tls import TlsError, TlsLayer
-from condure.net.unanswered import Throttled
+from condure.net.unanswered import note_missed
 from condure.session import failure
 from condure.session.actions import Close, Send, SwitchSession, Write
 from condure.session.contract import Kind, Session
 from condure.zhttp.packets import Packet
 
 log = logging.getLogger("condure.conn")
-# WebSockets closed with 1012 because their handler's packets were missed
-# while they moved without its handoff (docs/handoff.md): info, throttled.
-_MISSED = Throttled("closed WebSockets with 1012: their handler's packets were missed "
-                    "while they moved", time.monotonic)
-# The same for HTTP requests moved in flight (docs/handover.md).
-_MISSED_HTTP = Throttled("ended HTTP requests (connection closed, response cut short): "
-                         "their handler's packets were missed while they moved",
-                         time.monotonic)
 
 LINGER = 2.0  # seconds to wait for the client's FIN after a graceful close
 # A graceful close writes out what is queued first; a client that takes
@@ -54,6 +47,7 @@ LINGER = 2.0  # seconds to wait for the client's FIN after a graceful close
 CLOSE_FLUSH_TIMEOUT = 30.0
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
 _FAILED = Close(graceful=True, reason="internal error")
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset (RST)
 
 
 class ConnHost(Protocol):
@@ -223,7 +217,7 @@ class Conn:
             if time.monotonic() >= self.flush_until:
                 log.debug("slot %d: the client took nothing of the last output for %g s",
                           self.slot, CLOSE_FLUSH_TIMEOUT)
-                self._finish()
+                self._reset()  # what it did not take is lost: not an end to show it
             else:
                 self.worker.schedule(self)
             return
@@ -357,13 +351,14 @@ class Conn:
     def _close(self, action: Close) -> None:
         log.debug("slot %d closing: %s", self.slot, action.reason)
         if action.missed:
-            missed = _MISSED_HTTP if self.session.kind is Kind.HTTP else _MISSED
-            if (since := missed.due()) is not None:
-                logging.getLogger("condure").info("%s%s", missed.what, since)
+            note_missed(self.session.kind is Kind.HTTP)
         if action.unanswered:
             self.worker.note_unanswered(self.slot)
         if action.handler_fault:
             self.worker.note_handler_fault(action.reason)
+        if action.reset:
+            self._reset()
+            return
         if not action.graceful or self.closed:
             self._finish()
             return
@@ -413,6 +408,18 @@ class Conn:
         self.sock.close()
         self.worker.release(self)
 
+    def _reset(self) -> None:
+        """Abortive close: queued output and what the kernel still holds are
+        dropped, and the client gets a reset (ECONNRESET) instead of an end
+        that would make a cut response look complete (RFC 9112 9.6). A Unix
+        socket has no reset: its client sees an end."""
+        if not self.closed:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            except OSError as e:
+                log.debug("slot %d: no reset: %s", self.slot, e)
+            self._finish()
+
     def detach(self) -> socket.socket:
         """Stop serving the connection here without closing it: its socket
         is returned, still open, to be handed to another process (the
@@ -422,8 +429,17 @@ class Conn:
         return self.sock
 
     def abort(self) -> None:
-        """Drop the connection now (shutdown)."""
-        self._finish()
+        """Drop the connection now, after ``session.shutdown()``: with a
+        reset if the Close it left says so (a response it cuts)."""
+        try:
+            reset = any(type(a) is Close and a.reset for a in self.session.take_actions())
+        except Exception:  # a bug in the session: drop the connection all the same
+            log.exception("slot %d: reading the session's last actions failed", self.slot)
+            reset = False
+        if reset:
+            self._reset()
+        else:
+            self._finish()
 
     def fail(self, where: str, sender: bytes | None = None, reading: bool = False) -> None:
         """The session raised while ``where`` (call from the ``except``
@@ -443,10 +459,13 @@ class Conn:
                 self._drop()  # the adapter itself failed on an ended connection
                 return
             words, cancel = failure.last_words(session, sender, reading)
+            cut = failure.cut_unmarked(session)
             self.session = failure.Ended(session)
             if words and not self.closed and not self.closing:
                 self.out += words if self.tls is None else self.tls.encrypt(words)
                 self._close(_FAILED)  # write, FIN, linger, then free the slot
+            elif cut and not self.closing:
+                self._reset()  # a close-delimited response cut short
             else:
                 self._finish()
             if cancel is not None:

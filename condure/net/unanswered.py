@@ -1,5 +1,6 @@
 """One warning line when requests time out because no handler answers,
-and one when handlers send packets condure cannot read.
+and one when handlers send packets condure cannot read (and one info line
+for sessions whose handler's packets were missed while they moved).
 
 A request that no handler answers ends with a 504 after the session
 timeout (60 s in stream mode, ``--req-timeout`` in req mode). Left at that,
@@ -15,6 +16,7 @@ one line.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from condure.config import Config, stream_endpoints
@@ -55,6 +57,25 @@ class Throttled:
         since = self.due()
         if since is not None:
             log.warning("%s%s; the last: %s", self.what, since, detail)
+
+
+# Sessions closed because their handler's packets were missed while they
+# moved without its handoff: WebSockets with 1012 (docs/handoff.md), HTTP
+# requests in flight (docs/handover.md). Info, throttled; by "is HTTP".
+_MISSED = {
+    False: Throttled("closed WebSockets with 1012: their handler's packets were missed "
+                     "while they moved", time.monotonic),
+    True: Throttled("ended HTTP requests (connection closed, response cut short): "
+                    "their handler's packets were missed while they moved", time.monotonic),
+}
+
+
+def note_missed(http: bool) -> None:
+    """A session (``http``: an HTTP request, else a WebSocket) was closed
+    for its handler's packets missed while it moved."""
+    missed = _MISSED[http]
+    if (since := missed.due()) is not None:
+        log.info("%s%s", missed.what, since)
 
 
 class UnansweredLog:

@@ -57,10 +57,18 @@ class Close:
     ``graceful``: write out what is queued, then shut down the write side
     and let the client close (so an error response is not lost to a reset).
     Otherwise drop the connection at once, discarding queued output.
+
+    ``reset``: drop it with a TCP reset (an abortive close: ``SO_LINGER``
+    on with a timeout of 0, then close) instead of a FIN, so that the
+    client sees an error. Set when a response under way is cut whose
+    framing cannot show the cut, a body delimited by the close (RFC 9112
+    6.3 item 8): a FIN would make what came so far look complete. Never
+    with ``graceful``.
     """
 
     graceful: bool = True
     reason: str = ""
+    reset: bool = False
     # A request went out and no handler ever answered it (the adapter logs
     # which endpoint has no handler).
     unanswered: bool = False
@@ -161,7 +169,9 @@ class Session(Protocol):
 
     def shutdown(self) -> tuple[bytes, Ident] | None:
         """Stop at once (process exit); (handler address, id+seq) of the
-        cancel owed, or None. Leaves no actions behind."""
+        cancel owed, or None. Leaves no action behind but its
+        :class:`Close`, if it had not closed before, which tells the
+        adapter's drop whether to reset (``Conn.abort``)."""
 
     def going_away(self, now: float | None = None, code: int | None = None) -> None:
         """Graceful stop of the process, called repeatedly while draining.

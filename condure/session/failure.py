@@ -13,7 +13,8 @@ was written (a WebSocket handshake not yet answered counts; an idle
 connection between requests gets nothing), a close frame with code 1011 on an
 open WebSocket that has not sent its close yet, and ``cancel`` to the
 handler when one is known (none in req mode, whose handlers are never
-cancelled).
+cancelled). A response under way whose body is delimited by the close
+ends with a reset instead (:func:`cut_unmarked`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def last_words(session: object, sender: bytes | None = None, reading: bool = Fal
                 and type(seq) is int and 0 <= seq <= _MAX_SEQ):
             cancel = (address, Cancel(from_=origin, ids=(Ident(rid, seq),)))
     return words, cancel
+
+
+def cut_unmarked(session: object) -> bool:
+    """Whether ending the failed ``session``'s connection cuts a response
+    whose framing cannot show it (``cut_unmarked`` of the HTTP session):
+    the adapter then resets the connection instead of closing it."""
+    return _get(session, "state") is not CLOSED and _get(session, "cut_unmarked") is True
 
 
 class Ended:

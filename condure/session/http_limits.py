@@ -43,6 +43,13 @@ class HttpEndings(ZhttpPeer):
         raise NotImplementedError
 
     @property
+    def cut_unmarked(self) -> bool:
+        """Every close while a close-delimited response is under way is a
+        reset: a handler's cancel or error, a fault, a timeout, a client's
+        EOF, a seq gap after a move, a stop (see ZhttpPeer._close)."""
+        return self.response.cut_unmarked
+
+    @property
     def deadline(self) -> float | None:
         """When ``handle_timer`` must be called next (None: never)."""
         if self.state is CLOSED:

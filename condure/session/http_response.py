@@ -41,6 +41,15 @@ class Response:
         """The response is over, as far as the client is concerned."""
         return self.state is ResponseState.DONE
 
+    @property
+    def cut_unmarked(self) -> bool:
+        """Its head went out, its end did not, and only the close delimits
+        its body: a connection closed now would make the part written look
+        complete (RFC 9112 6.3 item 8), so it must be reset. A cut of a
+        chunked body (no last chunk) or of one with a Content-Length (bytes
+        short) shows, and one with no body (HEAD, 204, 304) is complete."""
+        return self.close_delimited and self.state is ResponseState.STREAMING
+
     def data(self, packet: Data, keep_alive: bool, buffer_size: int) -> bytes:
         """The bytes for the client (b"": none) of a data packet from the
         handler; credits to give straight back are left in ``returned``.

@@ -213,8 +213,9 @@ class HttpMoves(HttpEndings):
         response written the connection closes: a client may retry a request
         whose connection closed before any response (RFC 9112 9.3.1), which
         it does not do on a 5xx, and a long-poll's answer is fetched again.
-        A streamed response is cut (the client sees it end short). Either
-        way the handler gets a cancel."""
+        A streamed response is cut (the client sees it end short, or a reset
+        when only the close delimits it). Either way the handler gets a
+        cancel."""
         self._end_request(f"{MISSED_IN_MOVE} ({gap})", missed=True)
 
     def _end_request(self, reason: str, missed: bool = False) -> None:

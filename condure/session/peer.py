@@ -149,6 +149,13 @@ class ZhttpPeer(ZhttpLink):
         return False
 
     @property
+    def cut_unmarked(self) -> bool:
+        """Closing now would cut a response whose framing cannot show the
+        cut, so the close must be a reset (``Close.reset``; set by the
+        session kinds that have such responses)."""
+        return False
+
+    @property
     def deadline(self) -> float | None:
         """When ``handle_timer`` must be called next (None: never)."""
         if self.state is CLOSED:
@@ -188,10 +195,11 @@ class ZhttpPeer(ZhttpLink):
         return self.handler, self._next_ident()
 
     def shutdown(self) -> tuple[bytes, Ident] | None:
-        """Stop now (process exit): the cancel owed to the handler, if any."""
+        """Stop now (process exit): the cancel owed to the handler, if any.
+        Only the Close stays queued (it says whether the drop resets)."""
         owed = ZhttpPeer.keep_alive(self)  # even while moving (see WebSocketSession)
-        self._close(graceful=False, reason="shutdown")
         self.actions.clear()
+        self._close(graceful=False, reason="shutdown")
         return owed
 
     def _accept_packet(self, packet: Packet, ident: Ident, now: float) -> bool:
@@ -216,6 +224,7 @@ class ZhttpPeer(ZhttpLink):
                fault: bool = False, missed: bool = False) -> None:
         if self.state is CLOSED:
             return
+        reset = self.cut_unmarked  # (whatever the cause: the client must see the cut)
         self._advance(Event.CLOSE)
-        self.actions.append(Close(graceful=graceful, reason=reason, unanswered=unanswered,
-                                  handler_fault=fault, missed=missed))
+        self.actions.append(Close(graceful=graceful and not reset, reason=reason, reset=reset,
+                                  unanswered=unanswered, handler_fault=fault, missed=missed))
