@@ -35,7 +35,9 @@ return to the handler as the bytes reach the origin (``output_flushed``).
 A close frame from either side is relayed, never answered by condure; the
 connection ends once both sides have sent one. Failures before the 101
 are ``error`` packets with a condition, after it ``cancel``; a protocol
-error from the origin also sends it a close frame (1002 or 1007).
+error from the origin also sends it a close frame (1002 or 1007), and so
+does a handler's text message that is not UTF-8 (1011: it is not written,
+as in the server role, see :mod:`condure.session.ws_output`).
 
 The window (a difference from Condure 1.10, which uses the buffer size
 for both): the handler is offered ``window`` = ``max(buffer_size,
@@ -347,7 +349,9 @@ class ClientWsSession(ClientHttpSession):
         try:
             out = build()
         except OutputError as e:
-            if e.cancel:
+            if e.close_code:
+                self._fail_origin(e.close_code, e.reason, fault=True)
+            elif e.cancel:
                 self._fail(Condition.UNDEFINED, e.reason, fault=True)
             else:
                 self._abort(e.reason)
@@ -418,9 +422,10 @@ class ClientWsSession(ClientHttpSession):
             self._send(Error, condition=condition.wire)
         self._close(graceful=False, reason=detail, fault=fault)
 
-    def _fail_origin(self, code: int, reason: str) -> None:
-        """The origin broke the protocol: a close frame to it (unless one
-        went already), ``cancel`` to the handler, then close."""
+    def _fail_origin(self, code: int, reason: str, fault: bool = False) -> None:
+        """The origin broke the protocol (or the handler did, ``fault``): a
+        close frame to the origin (unless one went already), ``cancel`` to
+        the handler, then close."""
         if self.phase is CLOSED:
             return
         if not self.output.closed:
@@ -428,7 +433,7 @@ class ClientWsSession(ClientHttpSession):
             out = frame(CLOSE, close_payload(code, b""))
             self.actions.append(Write(mask_frame(out, self.random(4))))
         self._send(Cancel)
-        self._close(graceful=True, reason=reason)
+        self._close(graceful=True, reason=reason, fault=fault)
 
     def _close(self, *, graceful: bool, reason: str, fault: bool = False) -> None:
         if self.phase is CLOSED:

@@ -64,6 +64,12 @@ client frame under way when ``frame_left`` is not 0), and::
     utf8_partial  bytes of an unfinished UTF-8 sequence in that message
     out_type      1/2 while a handler message is under way, else 0
     out_framed    1 when that message's first frame was written
+    out_utf8      the unfinished UTF-8 sequence that ends the part of that
+                  message written so far, when it is a text message in
+                  several packets (optional: written only then, so other
+                  records stay what earlier condure wrote and reads; without
+                  it the rest of that message goes unchecked, as earlier
+                  condure checked none)
     deflate       b"" or the negotiated Sec-WebSocket-Extensions value (one of
                   those ws_handshake.Deflate.variants() write)
     from          condure's ZHTTP address for this session (optional: the
@@ -86,12 +92,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from condure.session import utf8
 from condure.session.ws_handshake import Deflate
 from condure.zhttp import tnetstring
 
@@ -182,6 +188,7 @@ class WsRecord:
     frame_offset: int = 0
     frame_mask: bytes = b""
     frame_fin: bool = False
+    out_utf8: bytes | None = None  # None: the handler's message is not checked
     version: int = VERSION
 
 
@@ -197,7 +204,7 @@ _WS_REQUIRED = {"id": bytes, "handler": bytes, "out_seq": int, "in_seq": int,
 _WS_OPTIONAL: dict[str, tuple[type, object]] = {
     "msg_size": (int, 0), "from": (bytes, None), "pending": (bytes, b""), "msg_done": (int, 0),
     "credits_owed": (int, 0), "frame_left": (int, 0), "frame_offset": (int, 0),
-    "frame_mask": (bytes, b""), "frame_fin": (int, 0)}
+    "frame_mask": (bytes, b""), "frame_fin": (int, 0), "out_utf8": (bytes, None)}
 _FLIGHT = {"id": bytes, "from": bytes, "handler": bytes, "out_seq": int, "in_seq": int,
            "credits_owed": int, "resp": int, "resp_credits": int, "http11": int,
            "is_head": int, "head_ends": int, "keep_alive": int, "chunked": int,
@@ -209,7 +216,6 @@ _HTTP_OPTIONAL: dict[str, tuple[type, object]] = {"head_left": (float, None)} | 
 # The four values earlier condure wrote, and since server_max_window_bits is
 # echoed (RFC 7692 7.1.2.1) the same with "; server_max_window_bits=15".
 _DEFLATES = {d.header: d for d in Deflate.variants()}
-_utf8 = codecs.getincrementaldecoder("utf-8")
 
 
 def _typed(key: str, value: object, kind: type) -> object:
@@ -344,9 +350,14 @@ def _ws_record(values: dict[str, object], common: HttpRecord) -> WsRecord:
     partial = _bytes(values, "utf8_partial")
     if msg_opcode == 1:
         try:
-            _utf8().decode(partial)
+            utf8.decoder().decode(partial)
         except UnicodeDecodeError:
             raise RecordError("bad utf8_partial in record") from None
+    out_utf8 = values["out_utf8"]
+    if out_utf8 is not None:
+        out_utf8 = _bytes(values, "out_utf8")
+        if out_type != 1 or len(out_utf8) > 3 or not utf8.feed(utf8.decoder(), out_utf8):
+            raise RecordError("bad out_utf8 in record")
     return WsRecord(
         scheme=common.scheme, peer_address=common.peer_address, peer_port=common.peer_port,
         leftover=common.leftover, session_left=common.session_left,
@@ -359,7 +370,7 @@ def _ws_record(values: dict[str, object], common: HttpRecord) -> WsRecord:
         out_framed=bool(out_framed), deflate=_DEFLATES.get(deflate), pending=pending,
         msg_done=bool(msg_done), credits_owed=_int(values, "credits_owed"),
         frame_left=frame_left, frame_offset=_int(values, "frame_offset"), frame_mask=frame_mask,
-        frame_fin=bool(frame_fin))
+        frame_fin=bool(frame_fin), out_utf8=out_utf8)
 
 
 def to_fields(record: Record) -> dict[str, object]:
@@ -392,6 +403,8 @@ def to_fields(record: Record) -> dict[str, object]:
             "credits_owed": record.credits_owed})
         if record.origin is not None:
             out["from"] = record.origin
+        if record.out_utf8 is not None:  # (likewise)
+            out["out_utf8"] = record.out_utf8
         if record.frame_left:  # (else left out: what earlier condure wrote and reads)
             out.update({"frame_left": record.frame_left, "frame_offset": record.frame_offset,
                         "frame_mask": record.frame_mask, "frame_fin": int(record.frame_fin)})

@@ -21,7 +21,8 @@ Closing follows Condure: a close frame from either side is relayed, never
 answered by condure itself; the TCP connection ends once both sides have
 sent one. Condure does not police the client; condure does what RFC 6455
 requires of a server (7.1.7, 8.1): on a protocol error or invalid UTF-8 it
-sends a close frame (1002 or 1007), ``cancel`` to the handler, and closes.
+sends a close frame (1002 or 1007), ``cancel`` to the handler, and closes;
+1011 when the handler's text is not UTF-8 (:mod:`condure.session.ws_output`).
 
 The session never reads the clock; at a frame boundary with nothing owed,
 or in a handover once the handler let go (even in the middle of a client
@@ -195,8 +196,7 @@ class WebSocketSession(ZhttpPeer):
         self.output.credits = record.out_credits
         self.input.restore(record)
         self.credits_owed = record.credits_owed
-        self.output.msg_type = record.out_type
-        self.output.framed = record.out_framed
+        self.output.restore(record.out_type, record.out_framed, record.out_utf8)
         return self
 
     def export_record(self, now: float) -> WsRecord | None:
@@ -217,7 +217,7 @@ class WebSocketSession(ZhttpPeer):
             out_type=self.output.msg_type, out_framed=self.output.framed, deflate=self.deflate,
             pending=bytes(self.input.pending), msg_done=self.input.msg_done,
             credits_owed=self.credits_owed, frame_left=frame_left, frame_offset=frame_offset,
-            frame_mask=frame_mask, frame_fin=frame_fin)
+            frame_mask=frame_mask, frame_fin=frame_fin, out_utf8=self.output.utf8_held)
 
     def __repr__(self) -> str:
         return (f"<WebSocketSession id={self.rid!r} state={self.state} handler={self.handler!r} "
@@ -458,7 +458,7 @@ class WebSocketSession(ZhttpPeer):
         try:
             out = self.output.data(packet)
         except OutputError as e:
-            self._cancel_and_close(e.reason, fault=True)
+            self._output_fault(e)
             return
         if out:
             self.actions.append(Write(out))
@@ -469,28 +469,30 @@ class WebSocketSession(ZhttpPeer):
         try:
             out = self.output.control(opcode, body)
         except OutputError as e:
-            if e.cancel:
-                self._cancel_and_close(e.reason, fault=True)
-            else:
-                self._close(graceful=False, reason=e.reason, fault=True)
+            self._output_fault(e)
             return
         if out:
             self.actions.append(Write(out))
 
+    def _output_fault(self, e: OutputError) -> None:
+        if e.close_code:  # with a close frame: 1011 for text that is not UTF-8
+            self._fail(e.close_code, e.reason, fault=True)
+        elif e.cancel:
+            self._cancel_and_close(e.reason, fault=True)
+        else:
+            self._close(graceful=False, reason=e.reason, fault=True)
+
     def _out_close(self, packet: ClosePacket) -> None:
-        out = self.output.close(packet.code, packet.body)
-        if not out:
-            return
-        self.actions.append(Write(out))
-        if self.input.closed:
-            self._close(graceful=True, reason="closed by both sides")
+        if out := self.output.close(packet.code, packet.body):
+            self.actions.append(Write(out))
+            if self.input.closed:
+                self._close(graceful=True, reason="closed by both sides")
 
     # -- endings ------------------------------------------------------------
 
-    def _fail(self, code: int, reason: str, missed: bool = False) -> None:
+    def _fail(self, code: int, reason: str, missed: bool = False, fault: bool = False) -> None:
         """Fail the WebSocket connection (RFC 6455 7.1.7): close frame,
         cancel to the handler, then a graceful TCP close."""
-        out = self.output.close(code)
-        if out:
+        if out := self.output.close(code):
             self.actions.append(Write(out))
-        self._cancel_and_close(reason, graceful=True, missed=missed)
+        self._cancel_and_close(reason, graceful=True, missed=missed, fault=fault)

@@ -10,6 +10,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from condure.session import utf8
 from condure.session.states import OPEN, Phase
 from condure.session.ws_frames import (
     BINARY,
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
     from condure.session.records import WsRecord
     from condure.session.ws_handshake import Deflate
     from condure.session.ws_output import HandlerOutput
-
-_utf8 = codecs.getincrementaldecoder("utf-8")
 
 
 class Owner(Protocol):
@@ -109,7 +108,7 @@ class ClientInput:
         self.msg_opcode = record.msg_opcode
         self.msg_size = record.msg_size
         if record.msg_opcode == TEXT:
-            self.utf8 = _utf8()
+            self.utf8 = utf8.decoder()
             self.utf8.decode(record.utf8_partial)
         self.pending += record.pending
         self.msg_done = record.msg_done
@@ -157,11 +156,8 @@ class ClientInput:
                 or (self.max_message_size and n > self.max_message_size)):
             return False
         payload = unmask(bytes(inbuf[size:size + n]), bytes(inbuf[size - 4:size]), 0)
-        if b0 == 0x81:
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError:
-                return False  # the general path fails the connection
+        if b0 == 0x81 and not utf8.valid(payload):
+            return False  # the general path fails the connection
         del inbuf[:size + n]
         self.credits -= n
         s._send_message(b"text" if b0 == 0x81 else b"binary", payload)
@@ -227,7 +223,7 @@ class ClientInput:
                 self.msg_opcode = hdr.opcode
                 self.msg_compressed = hdr.rsv1
                 self.msg_size = 0
-                self.utf8 = _utf8() if hdr.opcode == TEXT else None
+                self.utf8 = utf8.decoder() if hdr.opcode == TEXT else None
             del self.inbuf[:hdr.size]
             self.frame = hdr
             self.frame_left = hdr.length
@@ -253,11 +249,8 @@ class ClientInput:
         self.msg_size += len(data)
         if self.max_message_size and self.msg_size > self.max_message_size:
             raise FrameError(MESSAGE_TOO_BIG, "message over --max-message-size")
-        if self.utf8 is not None and data:
-            try:
-                self.utf8.decode(data)
-            except UnicodeDecodeError:
-                raise FrameError(INVALID_DATA, "invalid UTF-8 in a text message") from None
+        if self.utf8 is not None and data and not utf8.feed(self.utf8, data):
+            raise FrameError(INVALID_DATA, "invalid UTF-8 in a text message")
         self.pending += data
 
     def _frame_end(self) -> None:
@@ -271,10 +264,8 @@ class ClientInput:
         if not hdr.fin:
             return
         if self.utf8 is not None:
-            try:
-                self.utf8.decode(b"", True)
-            except UnicodeDecodeError:
-                raise FrameError(INVALID_DATA, "incomplete UTF-8 in a text message") from None
+            if not utf8.feed(self.utf8, b"", True):
+                raise FrameError(INVALID_DATA, "incomplete UTF-8 in a text message")
             self.utf8 = None
         if self.msg_compressed and inflater is not None:
             inflater.end_message()
@@ -289,10 +280,8 @@ class ClientInput:
                 (code,) = struct.unpack_from("!H", payload)
                 if not valid_close_code(code):
                     raise FrameError(PROTOCOL_ERROR, f"close code {code} not allowed")
-                try:
-                    payload[2:].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise FrameError(INVALID_DATA, "close reason is not UTF-8") from None
+                if not utf8.valid(payload[2:]):
+                    raise FrameError(INVALID_DATA, "close reason is not UTF-8")
                 fields = {"code": code, "body": payload[2:]}
             self.credits -= len(payload)
             s._send(ClosePacket, **fields)
