@@ -47,6 +47,14 @@ _MISSED = Throttled("closed WebSockets with 1012: their handler's packets were m
 _MISSED_HTTP = Throttled("ended HTTP requests (connection closed, response cut short): "
                          "their handler's packets were missed while they moved",
                          time.monotonic)
+# Sessions whose handler no longer had them when they resumed after a move
+# (it answered the resume with a cancel for an unknown id): info, throttled.
+_GONE_WS = Throttled("closed WebSockets with 1012: their handler no longer had them when "
+                     "they resumed after a move (its last packets were probably lost "
+                     "meanwhile)", time.monotonic)
+_GONE_HTTP = Throttled("ended HTTP requests (connection closed, response cut short): their "
+                       "handler no longer had them when they resumed after a move (its last "
+                       "packets, probably the answer, were lost meanwhile)", time.monotonic)
 
 LINGER = 2.0  # seconds to wait for the client's FIN after a graceful close
 # A graceful close writes out what is queued first; a client that takes
@@ -356,8 +364,12 @@ class Conn:
 
     def _close(self, action: Close) -> None:
         log.debug("slot %d closing: %s", self.slot, action.reason)
-        if action.missed:
-            missed = _MISSED_HTTP if self.session.kind is Kind.HTTP else _MISSED
+        if action.missed or action.gone:
+            http = self.session.kind is Kind.HTTP
+            if action.gone:
+                missed = _GONE_HTTP if http else _GONE_WS
+            else:
+                missed = _MISSED_HTTP if http else _MISSED
             if (since := missed.due()) is not None:
                 logging.getLogger("condure").info("%s%s", missed.what, since)
         if action.unanswered:

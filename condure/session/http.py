@@ -335,7 +335,7 @@ class HttpSession(HttpMoves):
         # A request moved here in flight kept its id and address; the next
         # one is this process's own (http_snapshot).
         self.instance_id = self.home_id
-        self.adopted = False
+        self.adopted = self.unheard = False
         self.handoff = Handoff.NONE
         self.credits_owed = 0
         # A new connection owes its head at once; a kept-alive one from its first byte.

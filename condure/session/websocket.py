@@ -36,7 +36,7 @@ from typing import Protocol
 from condure.session.actions import Action, Close, Send, SwitchSession, Write
 from condure.session.contract import Kind, Settings
 from condure.session.httpwire import request_uri, response_fault
-from condure.session.peer import MISSED_IN_MOVE, ZhttpPeer
+from condure.session.peer import HANDLER_GONE, MISSED_IN_MOVE, ZhttpPeer
 from condure.session.records import WsRecord
 from condure.session.states import CLOSED, OPEN, WAIT, WS_TABLE, Event
 from condure.session.ws_frames import PING, PONG
@@ -87,7 +87,6 @@ class Upgrading(Protocol):
     def leftover(self) -> bytes: ...
 
 __all__ = ["WebSocketSession", "is_upgrade", "upgrade"]
-
 
 
 class Handoff(enum.IntEnum):
@@ -317,7 +316,7 @@ class WebSocketSession(ZhttpPeer):
         """In the adopting process: tell the handler the session is back (its
         next packet, a keep-alive), then carry on with any leftover input."""
         self.handoff = Handoff.NONE
-        self._send(KeepAlive)
+        self._send_resume()
         if self.credits_owed:
             credits, self.credits_owed = self.credits_owed, 0
             self._send(Credit, credits=credits)
@@ -405,6 +404,9 @@ class WebSocketSession(ZhttpPeer):
     def _missed(self, gap: str) -> None:
         self._fail(SERVICE_RESTART, f"{MISSED_IN_MOVE} ({gap})", missed=True)  # may reconnect
 
+    def _gone(self) -> None:
+        self._fail(SERVICE_RESTART, HANDLER_GONE, gone=True)  # (no cancel: see peer._gone)
+
     def abort_unknown(self, reason: str) -> None:
         if self.state is not CLOSED:
             self._close(graceful=False, reason=reason)
@@ -487,10 +489,10 @@ class WebSocketSession(ZhttpPeer):
 
     # -- endings ------------------------------------------------------------
 
-    def _fail(self, code: int, reason: str, missed: bool = False) -> None:
+    def _fail(self, code: int, reason: str, missed: bool = False, gone: bool = False) -> None:
         """Fail the WebSocket connection (RFC 6455 7.1.7): close frame,
-        cancel to the handler, then a graceful TCP close."""
+        cancel to the handler (not when ``gone``), then a graceful TCP close."""
         out = self.output.close(code)
         if out:
             self.actions.append(Write(out))
-        self._cancel_and_close(reason, graceful=True, missed=missed)
+        self._cancel_and_close(reason, graceful=True, missed=missed, gone=gone)
