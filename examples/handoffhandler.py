@@ -14,6 +14,11 @@
 - Packets are published through an XPUB socket and held for an address
   until condure's subscription for it is there, so that nothing is lost
   while condure's SUB socket (re)connects after a restart.
+- A packet for a session it does not have (ended, or never its own) is
+  answered with `cancel` (no seq), as a ZHTTP peer does; never a cancel or
+  an error. Condure then ends its side at once: after a restart, a moved
+  long-poll whose answer was lost meanwhile (see `--no-hold`) ends when
+  condure's resume reaches the handler, not after the 60 s session timeout.
 
 Flow control follows condure's credits: an echo goes out only when condure
 has room for it (the rest waits in order), and the credits condure spent on
@@ -78,7 +83,7 @@ BODY_KEY = t_str(b"body")
 CREDITS_KEY = t_str(b"credits")
 MORE_TRUE = t_str(b"more") + b"4:true!"
 TYPE_FIELD = {name: t_str(b"type") + t_str(name) for name in
-              (b"credit", b"keep-alive", b"handoff-proceed", b"close", b"pong")}
+              (b"credit", b"keep-alive", b"handoff-proceed", b"close", b"pong", b"cancel")}
 TEXT_PLAIN = [[b"Content-Type", b"text/plain"]]
 
 
@@ -318,6 +323,7 @@ class Handler:
         if sess is None:
             if self.verbose:
                 self.log(f"IN unknown id {rid!r}: {packet}")
+            self.cancel_unknown(rid, packet)
             return
         if self.verbose:
             self.log(f"IN {rid!r} seq {seq}: {packet}")
@@ -365,6 +371,23 @@ class Handler:
             del self.sessions[rid]
             return
         self.flush(sess)
+
+    def cancel_unknown(self, rid, packet):
+        """A packet for a session this handler does not have (it ended here,
+        or was never ours): answer `cancel`, as a ZHTTP peer does, so that
+        condure ends its side at once instead of after its session timeout
+        (a long-poll whose answer was lost while condure restarted, say).
+        Never in answer to a cancel or an error; no seq (there is no session
+        to number it in)."""
+        addr = packet.get(b"from")
+        if packet.get(b"type") in (b"cancel", b"error"):
+            return
+        if not isinstance(rid, bytes) or not isinstance(addr, bytes):
+            return
+        if self.verbose:
+            self.log(f"OUT {addr} {rid} cancel (unknown id)")
+        body = self.from_item + t_str(b"id") + t_str(rid) + TYPE_FIELD[b"cancel"]
+        self.gate.send(addr, addr + b" T%d:%b}" % (len(body), body))
 
     def expire(self):
         limit = self.now - EXPIRY

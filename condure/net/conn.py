@@ -350,8 +350,8 @@ class Conn:
 
     def _close(self, action: Close) -> None:
         log.debug("slot %d closing: %s", self.slot, action.reason)
-        if action.missed:
-            note_missed(self.session.kind is Kind.HTTP)
+        if action.missed or action.gone:
+            note_missed(self.session.kind is Kind.HTTP, gone=action.gone)
         if action.unanswered:
             self.worker.note_unanswered(self.slot)
         if action.handler_fault:

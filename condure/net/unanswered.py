@@ -70,10 +70,23 @@ _MISSED = {
 }
 
 
-def note_missed(http: bool) -> None:
+# Sessions whose handler no longer had them when they resumed after a move
+# (it answered the resume with a cancel for an unknown id): info, throttled.
+_GONE = {
+    False: Throttled("closed WebSockets with 1012: their handler no longer had them when "
+                     "they resumed after a move (its last packets were probably lost "
+                     "meanwhile)", time.monotonic),
+    True: Throttled("ended HTTP requests (connection closed, response cut short): their "
+                    "handler no longer had them when they resumed after a move (its last "
+                    "packets, probably the answer, were lost meanwhile)", time.monotonic),
+}
+
+
+def note_missed(http: bool, gone: bool = False) -> None:
     """A session (``http``: an HTTP request, else a WebSocket) was closed
-    for its handler's packets missed while it moved."""
-    missed = _MISSED[http]
+    for its handler's packets missed while it moved (``gone``: the handler
+    no longer had it when it resumed)."""
+    missed = (_GONE if gone else _MISSED)[http]
     if (since := missed.due()) is not None:
         log.info("%s%s", missed.what, since)
 

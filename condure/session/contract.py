@@ -78,6 +78,9 @@ class Close:
     # The handler's packets were missed while the session moved without its
     # handoff (the adapter logs it at info level, throttled).
     missed: bool = False
+    # The handler no longer had the session when it resumed after a move
+    # (it answered with a cancel for an unknown id; logged the same way).
+    gone: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,12 +48,14 @@ from condure.session.states import (
     CLOSED,
     HEAD,
     HTTP_TABLE,
+    PROCEEDED,
+    UNANSWERED,
     WAIT,
     BodyState,
     Event,
+    Handoff,
     ResponseState,
 )
-from condure.session.websocket import PROCEEDED, UNANSWERED, Handoff
 from condure.zhttp.packets import (
     Cancel,
     Credit,
@@ -335,7 +337,7 @@ class HttpSession(HttpMoves):
         # A request moved here in flight kept its id and address; the next
         # one is this process's own (http_snapshot).
         self.instance_id = self.home_id
-        self.adopted = False
+        self.adopted = self.unheard = False
         self.handoff = Handoff.NONE
         self.credits_owed = 0
         # A new connection owes its head at once; a kept-alive one from its first byte.

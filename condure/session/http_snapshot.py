@@ -28,11 +28,20 @@ from __future__ import annotations
 
 from condure.session.head import HeadReader
 from condure.session.http_limits import HttpEndings
-from condure.session.peer import MISSED_IN_MOVE
+from condure.session.peer import HANDLER_GONE, MISSED_IN_MOVE
 from condure.session.records import HttpRecord, InFlight
-from condure.session.states import ACTIVE, HEAD, BodyState, Event, ResponseState
-from condure.session.websocket import ASKED, PROCEEDED, UNANSWERED, Handoff
-from condure.zhttp.packets import Credit, HandoffStart, Ident, KeepAlive
+from condure.session.states import (
+    ACTIVE,
+    ASKED,
+    HEAD,
+    PROCEEDED,
+    UNANSWERED,
+    BodyState,
+    Event,
+    Handoff,
+    ResponseState,
+)
+from condure.zhttp.packets import Credit, HandoffStart, Ident
 
 
 class HttpMoves(HttpEndings):
@@ -197,7 +206,7 @@ class HttpMoves(HttpEndings):
         if not self.adopted:
             return
         self.handoff = Handoff.NONE
-        self._send(KeepAlive)
+        self._send_resume()
         if self.credits_owed:
             credits, self.credits_owed = self.credits_owed, 0
             self._send(Credit, credits=credits)
@@ -218,10 +227,18 @@ class HttpMoves(HttpEndings):
         cancel."""
         self._end_request(f"{MISSED_IN_MOVE} ({gap})", missed=True)
 
-    def _end_request(self, reason: str, missed: bool = False) -> None:
+    def _gone(self) -> None:
+        """The handler answered the resume's keep-alive with a cancel for an
+        id it does not know: the request ended on its side while it moved,
+        and what it sent last (most likely the answer) was lost in the
+        restart's gap. Ended as in _missed, without a cancel back; without
+        this, the client would wait for the session timeout (60 s, 504)."""
+        self._end_request(HANDLER_GONE, gone=True)
+
+    def _end_request(self, reason: str, missed: bool = False, gone: bool = False) -> None:
         # (graceful only while nothing of the response was written)
         graceful = self.response.state is ResponseState.NONE
-        self._cancel_and_close(reason, graceful=graceful, missed=missed)
+        self._cancel_and_close(reason, graceful=graceful, missed=missed, gone=gone)
 
     def going_away(self, now: float | None = None, code: int | None = None) -> None:
         """Graceful stop (http_limits), or a handover that gives up on this

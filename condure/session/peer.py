@@ -19,7 +19,7 @@ from typing import Any
 from condure.session.actions import Action, Close, Send, Write
 from condure.session.httpwire import error_response
 from condure.session.states import CLOSED, Event, Phase, Table, advance
-from condure.zhttp.packets import Cancel, Credit, Data, Ident, Packet
+from condure.zhttp.packets import Cancel, Credit, Data, Ident, KeepAlive, Packet
 from condure.zhttp.plain import encode_credit, encode_message
 
 SESSION_TIMEOUT = 60.0  # handler silence that ends a session (reference 5.8)
@@ -112,13 +112,16 @@ class ZhttpLink:
 # The start of the reason of a session closed for handler packets missed
 # while it moved (the adapter logs these at info level, throttled).
 MISSED_IN_MOVE = "handler packets missed while it moved"
+# The reason of a session whose handler no longer had it when it resumed
+# (see ZhttpPeer._accept_packet; logged the same way).
+HANDLER_GONE = "the handler no longer had it when it resumed after a move"
 
 
 class ZhttpPeer(ZhttpLink):
     """The ZHTTP end of a stream-mode session (see the module docstring)."""
 
     __slots__ = ("actions", "adopted", "buffer_size", "instance_id", "paused", "peer_address",
-                 "peer_port", "scheme", "state", "stream_timeout")
+                 "peer_port", "scheme", "state", "stream_timeout", "unheard")
 
     table: Table  # the session kind's transition table (condure/session/states.py)
     state: Phase
@@ -135,6 +138,7 @@ class ZhttpPeer(ZhttpLink):
         self.peer_port = peer_port
         self.actions: list[Action] = []
         self.adopted = False  # rebuilt from a record exported by another process
+        self.unheard = False  # resumed after a move, nothing from the handler since
 
     def _advance(self, event: Event) -> None:
         try:
@@ -205,26 +209,52 @@ class ZhttpPeer(ZhttpLink):
     def _accept_packet(self, packet: Packet, ident: Ident, now: float) -> bool:
         if not super()._accept_packet(packet, ident, now):
             return False
+        if self.unheard:
+            # The handler's first packet since the resume's keep-alive. A
+            # cancel outside its numbering (no seq) is what a ZHTTP peer
+            # answers for an id it does not know: the session ended on its
+            # side while it moved (its last packets, the answer of a long-
+            # poll say, went out while no condure was subscribed).
+            self.unheard = False
+            if ident.seq is None and type(packet) is Cancel:
+                self._gone()
+                return False
         self.paused = False
         return True
 
-    def _cancel_and_close(self, reason: str, graceful: bool = False,
-                          fault: bool = False, missed: bool = False) -> None:
+    def _send_resume(self) -> None:
+        """In the adopting process: the keep-alive that tells the handler
+        the session is back; the session is ``unheard`` until the handler's
+        next packet (see _accept_packet)."""
+        self.unheard = True
+        self._send(KeepAlive)
+
+    def _gone(self) -> None:
+        """The handler no longer had this session when it resumed after a
+        move (see _accept_packet): end it, with nothing to tell the handler.
+        Dropped here; the HTTP and WebSocket sessions end it as one whose
+        handler packets were missed (``_missed``), but for the cancel."""
+        self._close(graceful=False, reason=HANDLER_GONE, gone=True)
+
+    def _cancel_and_close(self, reason: str, graceful: bool = False, fault: bool = False,
+                          missed: bool = False, gone: bool = False) -> None:
         """``fault``: the handler broke a rule (the adapter warns);
-        ``missed``: its packets were missed in a move (see Close)."""
-        if self.handler is not None and self.state is not CLOSED:
+        ``missed``: its packets were missed in a move; ``gone``: the handler
+        no longer has the session, so no cancel goes to it (see Close)."""
+        if self.handler is not None and self.state is not CLOSED and not gone:
             self._send(Cancel)
-        self._close(graceful=graceful, reason=reason, fault=fault, missed=missed)
+        self._close(graceful=graceful, reason=reason, fault=fault, missed=missed, gone=gone)
 
     def _abort(self, reason: str) -> None:
         """Handler-caused end: close, and tell the handler nothing."""
         self._close(graceful=False, reason=reason, fault=True)
 
     def _close(self, *, graceful: bool, reason: str, unanswered: bool = False,
-               fault: bool = False, missed: bool = False) -> None:
+               fault: bool = False, missed: bool = False, gone: bool = False) -> None:
         if self.state is CLOSED:
             return
         reset = self.cut_unmarked  # (whatever the cause: the client must see the cut)
         self._advance(Event.CLOSE)
         self.actions.append(Close(graceful=graceful and not reset, reason=reason, reset=reset,
-                                  unanswered=unanswered, handler_fault=fault, missed=missed))
+                                  unanswered=unanswered, handler_fault=fault, missed=missed,
+                                  gone=gone))

@@ -140,3 +140,19 @@ NO_BODY, BODY_PENDING, BODY_READING, BODY_DONE, BODY_ABANDONED = (
     BodyState.NONE, BodyState.PENDING, BodyState.READING, BodyState.DONE, BodyState.ABANDONED)
 RESP_NONE, RESP_STREAMING, RESP_DONE = (
     ResponseState.NONE, ResponseState.STREAMING, ResponseState.DONE)
+
+
+class Handoff(enum.IntEnum):
+    """A session's handoff (WebSocketSession, HttpSession): moving to another process (handover)."""
+
+    NONE = 0
+    ASKED = 1  # handoff-start went to the handler
+    PROCEEDED = 2  # the handler answered and sends nothing more
+    # Moving without the handler's answer: it was not asked (--handoff
+    # skip) or did not answer in time. What it sends meanwhile is served
+    # here until the export, then reaches the adopting worker (a reload) or
+    # is missed, which the adopter sees as a gap in the seq numbers.
+    UNANSWERED = 3
+
+
+ASKED, PROCEEDED, UNANSWERED = Handoff.ASKED, Handoff.PROCEEDED, Handoff.UNANSWERED

@@ -31,15 +31,24 @@ frame), it can be exported (``export_record``, :mod:`condure.session.records`).
 
 from __future__ import annotations
 
-import enum
 from typing import Protocol
 
 from condure.session.actions import Action, Close, Send, SwitchSession, Write
 from condure.session.contract import Kind, Settings
 from condure.session.httpwire import request_uri, response_fault
-from condure.session.peer import MISSED_IN_MOVE, ZhttpPeer
+from condure.session.peer import HANDLER_GONE, MISSED_IN_MOVE, ZhttpPeer
 from condure.session.records import WsRecord
-from condure.session.states import CLOSED, OPEN, WAIT, WS_TABLE, Event
+from condure.session.states import (
+    ASKED,
+    CLOSED,
+    OPEN,
+    PROCEEDED,
+    UNANSWERED,
+    WAIT,
+    WS_TABLE,
+    Event,
+    Handoff,
+)
 from condure.session.ws_frames import PING, PONG
 from condure.session.ws_handshake import (
     Deflate,
@@ -90,21 +99,6 @@ class Upgrading(Protocol):
 __all__ = ["WebSocketSession", "is_upgrade", "upgrade"]
 
 
-
-class Handoff(enum.IntEnum):
-    """WebSocketSession.handoff: moving to another process (handover)."""
-
-    NONE = 0
-    ASKED = 1  # handoff-start went to the handler
-    PROCEEDED = 2  # the handler answered and sends nothing more
-    # Moving without the handler's answer: it was not asked (--handoff
-    # skip) or did not answer in time. What it sends meanwhile is served
-    # here until the export, then reaches the adopting worker (a reload) or
-    # is missed, which the adopter sees as a gap in the seq numbers.
-    UNANSWERED = 3
-
-
-ASKED, PROCEEDED, UNANSWERED = Handoff.ASKED, Handoff.PROCEEDED, Handoff.UNANSWERED
 GOING_AWAY, SERVICE_RESTART = 1001, 1012  # close codes (RFC 6455 7.4.1, IANA registry)
 # Client payload read but not yet forwarded (no credits) that may travel
 # with an exported session; more than this and the session is closed instead.
@@ -317,7 +311,7 @@ class WebSocketSession(ZhttpPeer):
         """In the adopting process: tell the handler the session is back (its
         next packet, a keep-alive), then carry on with any leftover input."""
         self.handoff = Handoff.NONE
-        self._send(KeepAlive)
+        self._send_resume()
         if self.credits_owed:
             credits, self.credits_owed = self.credits_owed, 0
             self._send(Credit, credits=credits)
@@ -405,6 +399,9 @@ class WebSocketSession(ZhttpPeer):
     def _missed(self, gap: str) -> None:
         self._fail(SERVICE_RESTART, f"{MISSED_IN_MOVE} ({gap})", missed=True)  # may reconnect
 
+    def _gone(self) -> None:
+        self._fail(SERVICE_RESTART, HANDLER_GONE, gone=True)  # (no cancel: see peer._gone)
+
     def abort_unknown(self, reason: str) -> None:
         if self.state is not CLOSED:
             self._close(graceful=False, reason=reason)
@@ -490,9 +487,10 @@ class WebSocketSession(ZhttpPeer):
 
     # -- endings ------------------------------------------------------------
 
-    def _fail(self, code: int, reason: str, missed: bool = False, fault: bool = False) -> None:
+    def _fail(self, code: int, reason: str, missed: bool = False, fault: bool = False,
+              gone: bool = False) -> None:
         """Fail the WebSocket connection (RFC 6455 7.1.7): close frame,
-        cancel to the handler, then a graceful TCP close."""
+        cancel to the handler (not when ``gone``), then a graceful TCP close."""
         if out := self.output.close(code):
             self.actions.append(Write(out))
-        self._cancel_and_close(reason, graceful=True, missed=missed, fault=fault)
+        self._cancel_and_close(reason, graceful=True, missed=missed, fault=fault, gone=gone)

@@ -8,7 +8,7 @@ condure's handoff.
   bound on the handler's endpoints): handoff-start is answered with
   handoff-proceed, nothing is sent until condure's next keep-alive, then the
   held echoes follow in order; credits, several ids in one packet, a session
-  cancelled while held.
+  cancelled while held; packets for unknown ids answered with cancel.
 
 "Nothing is sent" is checked with a barrier, not a pause: the handler reads
 the ROUTER socket in order, so once the echo of a later packet for another
@@ -258,12 +258,13 @@ def test_several_ids_in_one_keep_alive(fake):
     fake.data(c, b"for c")
     fake.send(c, type=b"cancel")  # c ends while held: its echo is dropped
     fake.send([a, b, c], type=b"keep-alive")
-    got = [fake.recv(), fake.recv()]
-    assert sorted((p[b"id"], p[b"seq"], p[b"body"]) for p in got) == \
-        [(a, 2, b"for a"), (b, 2, b"for b")]
+    got = [fake.recv(), fake.recv(), fake.recv()]
+    # c is unknown now: its keep-alive is answered with a cancel, no seq
+    assert sorted((p[b"id"], p.get(b"seq"), p.get(b"type"), p.get(b"body")) for p in got) == \
+        [(a, 2, None, b"for a"), (b, 2, None, b"for b"), (c, None, b"cancel", None)]
     d = b"0-4-1"
     fake.open(d)
-    assert fake.echo(d, b"barrier") == 1  # and nothing came for c
+    assert fake.echo(d, b"barrier") == 1  # and nothing more came for c
 
 
 def test_echoes_respect_condure_credits(fake):
@@ -295,10 +296,29 @@ def test_close_is_answered_and_ends_the_session(fake):
     fake.send(a, type=b"close", code=1001, body=b"going")
     packet = fake.recv()
     assert (packet[b"seq"], packet[b"type"], packet[b"code"]) == (1, b"close", 1001)
-    fake.data(a, b"after close")  # the session is gone: no echo
+    fake.data(a, b"after close")  # the session is gone: no echo, a cancel
+    cancel = fake.recv()
+    assert (cancel[b"id"], cancel[b"type"], b"seq" in cancel) == (a, b"cancel", False)
     b = b"0-2-1"
     fake.open(b)
     assert fake.echo(b, b"barrier") == 1
+
+
+def test_packets_for_unknown_ids_are_answered_with_cancel(fake):
+    """As a ZHTTP peer does (Pushpin's zhttpmanager answers so on its
+    first-packet socket): every packet type but cancel and error, with no
+    seq, to the sender's address; so that condure ends at once a session
+    the handler no longer has (after a restart, docs/restarts.md)."""
+    gone = b"0-9-9"
+    for kind in (b"keep-alive", b"credit", b"", b"handoff-start"):
+        fake.send(gone, type=kind, seq=3, credits=10)
+        cancel = fake.recv()
+        assert cancel == {b"from": IDENTITY, b"id": gone, b"type": b"cancel"}, (kind, cancel)
+    fake.send(gone, type=b"cancel", seq=4)
+    fake.send(gone, type=b"error", seq=5, condition=b"bad-request")
+    b = b"0-2-1"
+    fake.open(b)
+    assert fake.echo(b, b"barrier") == 1  # nothing for the cancel and the error
 
 
 def test_http_request(fake):

@@ -1166,3 +1166,86 @@ def test_handler_packets_lost_in_a_restart_close_their_websockets_with_1012(tmp_
     assert handler_log.count("b'type': b'cancel'") == clients, handler_log[-3000:]
     assert "from condure, expected" not in handler_log, handler_log[-3000:]
 
+
+def _wait_for_line(path: Path, pattern: str, timeout: float = 10.0) -> str:
+    """The first line of ``path`` matching ``pattern`` (waits for it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in path.read_text(errors="replace").splitlines():
+            if re.search(pattern, line):
+                return line
+        assert time.monotonic() < deadline, f"no {pattern!r} in {path}"
+        time.sleep(0.02)
+
+
+def test_a_long_poll_answered_in_a_restarts_gap_ends_at_once(tmp_path):
+    """A long-poll moves through a restart (--handoff skip) while its
+    handler (ignoring handoff, publishing into the gap) is stopped; the
+    handler goes on once the old process is gone and the next start is held
+    (ExecStartPre, as held_setup), answers the poll to no one and forgets
+    the request. When the adopter resumes it with a keep-alive, the handler
+    answers with a cancel for an id it does not know (as a ZHTTP peer
+    does), and condure closes the connection at once, nothing written (the
+    client may retry), logging why; before, the client waited for the
+    session timeout (60 s) and got 504."""
+    from tests.harness.http_client import Conn
+
+    wait = f"while [ -e {tmp_path / HOLD} ]; do sleep 0.02; done"
+    hold = tmp_path / HOLD
+    restart = None
+    paused = False
+    with contextlib.contextmanager(_setup)(
+            tmp_path, {("Service", "ExecStartPre"): [f"/bin/sh -c '{wait}'"]},
+            verbose=True, condure_args=("--handoff", "skip"),
+            handler_options=IGNORING) as setup:
+        log = setup.workdir / "handler.log"
+        try:
+            with Conn(setup.port, timeout=20) as conn:
+                conn.send(b"GET /poll/1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+                # the handler holds it: its keep-alive went out (seq 0)
+                line = _wait_for_line(log, r"^OUT \S+ b'[^']+' seq 0 .*keep-alive")
+                rid = re.escape(line.split()[2])  # (as the handler prints it: b'...')
+                # A request after it answered: the handler has published
+                # that keep-alive (it flushes in order), condure holds the poll.
+                with Conn(setup.port, timeout=10) as other:
+                    other.send(b"GET /after HTTP/1.1\r\nHost: example.com\r\n\r\n")
+                    assert other.read_response().body == b"ok /after\n"
+                hold.touch()
+                os.kill(setup.handler.pid, signal.SIGSTOP)
+                paused = True
+                restart = setup.ns.systemctl_async("restart", SERVICE)
+                deadline = time.monotonic() + 30
+                while not (setup.ns.show(SERVICE, "SubState") == "start-pre"
+                           and setup.fd_store() >= 2):  # the connection and the manifest
+                    assert time.monotonic() < deadline, "the connection never reached the store"
+                    time.sleep(0.05)
+                os.kill(setup.handler.pid, signal.SIGCONT)
+                paused = False
+                # the poll is due: its answer goes out, to no one
+                _wait_for_line(log, rf"^OUT \S+ {rid} seq 1 .*ok /poll/1")
+                hold.unlink()
+                released = time.monotonic()
+                _, errors = restart.communicate(timeout=60)
+                assert restart.returncode == 0, errors
+                started = time.monotonic() - released
+                end = conn.expect_closed(timeout=20)  # (the session timeout is 60 s)
+                ended = time.monotonic() - released
+        finally:
+            if paused:
+                os.kill(setup.handler.pid, signal.SIGCONT)
+            hold.unlink(missing_ok=True)
+            _end_calls(restart)
+        journal = setup.ns.journal(SERVICE)
+        setup.handler.terminate()
+        setup.handler.wait(10)
+        handler_log = log.read_text(errors="replace")
+    print(f"\na long-poll answered in the restart's gap: the next start took {started:.2f} s "
+          f"once let go, the connection ended {ended:.2f} s after ({end}, nothing written)")
+    assert end == "eof"
+    assert "restart: 1 connections adopted, 0 lost" in journal, journal[-5000:]
+    assert "ended HTTP requests (connection closed, response cut short): their handler no " \
+           "longer had them when they resumed after a move" in journal, journal[-5000:]
+    # the handler answered the resume's keep-alive for the id it forgot
+    assert re.search(rf"IN unknown id {rid}: .*keep-alive", handler_log), handler_log[-3000:]
+    assert re.search(rf"^OUT \S+ {rid} cancel \(unknown id\)", handler_log, re.M), \
+        handler_log[-3000:]

@@ -15,11 +15,18 @@ import pytest
 from condure.session import records
 from condure.session.contract import Settings
 from condure.session.http import HttpSession
-from condure.session.peer import MISSED_IN_MOVE
+from condure.session.peer import HANDLER_GONE, MISSED_IN_MOVE
 from condure.session.records import HttpRecord, RecordError
 from condure.session.resume import restore
-from condure.session.states import ACTIVE, HEAD, ResponseState
-from condure.session.websocket import ASKED, PROCEEDED, UNANSWERED, Handoff
+from condure.session.states import (
+    ACTIVE,
+    ASKED,
+    HEAD,
+    PROCEEDED,
+    UNANSWERED,
+    Handoff,
+    ResponseState,
+)
 from condure.zhttp.packets import (
     Cancel,
     Credit,
@@ -260,6 +267,60 @@ def test_a_seq_gap_during_a_stream_cuts_it():
     d2.handler(Data, body=b"def", more=True)
     assert d2.output == b"" and [type(p) for p in d2.new_packets()] == [Cancel]
     assert not d2.close.graceful and d2.close.reason.startswith(MISSED_IN_MOVE)
+
+
+def _cancel_without_seq(d: Driver) -> None:
+    """What a ZHTTP peer answers for an id it does not know (Pushpin's
+    tryRespondCancel, examples/handoffhandler.py): a cancel with no seq."""
+    d.handler(Cancel, seq=None)
+
+
+def test_a_cancel_for_an_unknown_id_after_the_move_ends_the_request():
+    """A restart's gap: the handler answered the long-poll (lost) and
+    forgot the session, so it answers the resume's keep-alive with a cancel
+    outside its numbering. Nothing was written: the connection closes
+    gracefully at once (the client may retry) instead of waiting for the
+    session timeout, and nothing goes back to the handler."""
+    d = Driver()
+    d.client(GET)
+    d.handler(KeepAlive)
+    d2 = move(d, answer=False)
+    assert [type(p) for p in d2.new_packets()] == [KeepAlive]  # the resume
+    _cancel_without_seq(d2)
+    assert d2.output == b"" and d2.new_packets() == []
+    assert d2.close.graceful and d2.close.gone and d2.close.reason == HANDLER_GONE
+    assert not d2.close.missed and not d2.close.handler_fault
+
+
+def test_a_cancel_for_an_unknown_id_after_the_move_cuts_a_stream():
+    d = Driver()
+    d.client(GET)
+    d.handler(Data, code=200, reason=b"OK", body=b"abc", more=True)
+    d2 = move(d, answer=False)
+    d2.new_packets()
+    _cancel_without_seq(d2)
+    assert d2.new_packets() == [] and not d2.close.graceful and d2.close.gone
+
+
+@pytest.mark.parametrize("case", ["not moved", "heard since the move", "numbered"])
+def test_other_cancels_end_the_request_as_before(case):
+    """A cancel from a handler that has the session: one with its seq, or
+    any once the handler was heard after the move, or to a request that did
+    not move: the handler ended it (dropped, nothing back, not logged)."""
+    d = Driver()
+    d.client(GET)
+    d.handler(KeepAlive)
+    if case != "not moved":
+        d = move(d, answer=False)
+    d.new_packets()
+    if case == "heard since the move":
+        d.handler(KeepAlive)
+    if case == "numbered":
+        d.handler(Cancel)
+    else:
+        _cancel_without_seq(d)
+    assert d.closed and not d.close.graceful and d.close.reason == "ended by handler"
+    assert not d.close.gone and d.new_packets() == []
 
 
 def test_copies_the_old_process_took_and_a_late_proceed_are_ignored():

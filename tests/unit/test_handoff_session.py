@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from condure.session.websocket import ASKED, PROCEEDED, UNANSWERED, WebSocketSession
+from condure.session.peer import HANDLER_GONE
+from condure.session.states import ASKED, PROCEEDED, UNANSWERED
+from condure.session.websocket import WebSocketSession
 from condure.session.ws_snapshot import export_ws, restore_ws
 from condure.zhttp.packets import (
     Cancel,
@@ -431,3 +433,26 @@ def test_a_gap_in_the_handlers_seq_after_a_move_closes_with_1012_and_cancel():
     assert d2.new_output().startswith(CLOSE_1012)
     assert [type(p) for p in d2.new_packets()] == [Cancel]
     assert d2.closed and not d2.close.handler_fault
+
+
+
+@pytest.mark.parametrize("heard", [False, True])
+def test_a_cancel_for_an_unknown_id_after_a_move_closes_with_1012(heard):
+    """The handler no longer has the session when it resumes (its answer
+    to the resume's keep-alive is a cancel without seq): close 1012, so
+    that the client may reconnect, and no cancel back. Once the handler was
+    heard after the move, such a cancel ends the session as any cancel."""
+    d = handing_off()
+    assert d.session.move_unanswered()
+    d2 = adopt(d)
+    assert [type(p) for p in d2.new_packets()] == [KeepAlive]  # the resume
+    if heard:
+        d2.handler(KeepAlive)
+    d2.handler(Cancel, seq=None)
+    assert d2.closed and d2.new_packets() == []
+    if heard:
+        assert d2.new_output() == b"" and not d2.close.gone
+        assert d2.close.reason == "ended by handler"
+    else:
+        assert d2.new_output() == CLOSE_1012 and d2.close.graceful
+        assert d2.close.gone and not d2.close.missed and d2.close.reason == HANDLER_GONE
