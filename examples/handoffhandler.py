@@ -46,6 +46,11 @@ condure's handoff, such as Pushpin 1.36 (for tests):
   restarting) gets its packets published all the same, so ZeroMQ drops
   them while nobody is subscribed, as a plain PUB socket does. Packets are
   still held for an address never subscribed yet (this handler's start).
+
+And one for a handler that is slow to answer (for tests):
+
+- `--handoff-delay SECONDS`: `handoff-start` is answered that much later;
+  the session is served as usual meanwhile, and held once answered.
 """
 
 import argparse
@@ -193,6 +198,8 @@ class Handler:
         self.from_item = t_str(b"from") + t_str(self.identity)
         self.verbose = args.verbose
         self.ignore_handoff = args.ignore_handoff
+        self.handoff_delay = args.handoff_delay
+        self.late = []  # (due, id) of handoff-proceeds held back (--handoff-delay)
         self.sessions = {}
         self.polls = []  # (due, id) of long-polls to answer
         self.now = time.monotonic()
@@ -356,7 +363,9 @@ class Handler:
                 # Condure ends a session whose handler is silent for 60 s.
                 self.emit(sess, TYPE_FIELD[b"keep-alive"])
         elif kind == b"handoff-start":
-            if not self.ignore_handoff:
+            if self.handoff_delay:
+                self.late.append((self.now + self.handoff_delay, rid))
+            elif not self.ignore_handoff:
                 self.emit(sess, TYPE_FIELD[b"handoff-proceed"])
                 sess.held = True
         elif kind == b"ping":
@@ -404,7 +413,7 @@ class Handler:
             poller.register(sock, zmq.POLLIN)
         next_expiry = time.monotonic() + 5.0
         while True:
-            ready = dict(poller.poll(100 if self.polls else 1000))
+            ready = dict(poller.poll(100 if self.polls or self.late else 1000))
             self.now = time.monotonic()
             if self.gate.sock in ready:
                 self.gate.drain()
@@ -417,7 +426,23 @@ class Handler:
                 next_expiry = self.now + 5.0
             if self.polls:
                 self.answer_polls()
+            if self.late:
+                self.answer_late()
             self.gate.flush()
+
+    def answer_late(self):
+        """--handoff-delay: the handoff-proceeds that are due, then hold."""
+        waiting = []
+        for due, rid in self.late:
+            sess = self.sessions.get(rid)
+            if sess is None:
+                continue
+            if due > self.now:
+                waiting.append((due, rid))
+            else:
+                self.emit(sess, TYPE_FIELD[b"handoff-proceed"])
+                sess.held = True
+        self.late = waiting
 
     def answer_polls(self):
         """Answer the long-polls that are due (not while held: after the resume)."""
@@ -476,6 +501,9 @@ def main():
     parser.add_argument("--no-hold", action="store_true",
                         help="publish packets for an address whose subscriber went away "
                         "(ZeroMQ drops them), as a plain PUB socket does; for tests")
+    parser.add_argument("--handoff-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="answer handoff-start that much later, serving the session "
+                        "meanwhile (a handler that is slow to answer); for tests")
     args = parser.parse_args()
 
     def stop(signum, frame):

@@ -297,7 +297,7 @@ class HttpSession(HttpMoves):
                                          or self.handoff is UNANSWERED):
             self.handoff = PROCEEDED  # (late: it still makes the move safe)
         elif kind is HandoffProceed and self.adopted and not self.handoff:
-            pass  # it answered the process this request moved from
+            self._send(KeepAlive)  # a late answer: it holds until one (as WebSocketSession)
         else:
             self._abort(f"unexpected {kind.__name__} packet")
 

@@ -361,7 +361,7 @@ class WebSocketSession(ZhttpPeer):
         elif isinstance(packet, HandoffProceed) and self.handoff in (ASKED, UNANSWERED):
             self.handoff = PROCEEDED  # (late: it still makes the move safe)
         elif isinstance(packet, HandoffProceed) and self.adopted and not self.handoff:
-            pass  # it answered the process this session moved from
+            self._send(KeepAlive)  # late, to where it moved from: it holds until one
         elif isinstance(packet, HandoffStart):
             self._send(HandoffProceed)
             if self.handoff:

@@ -534,3 +534,43 @@ def test_deflate_with_server_max_window_bits_moves(start, handoff_handler):
         assert resp.header("Sec-WebSocket-Extensions") == (DEFLATE_BOTH + bits).encode(), resp.raw
         one_closed_one_moved(condure, keeping, fresh, deflate_echo)
     assert_no_complaints(condure, handler)
+
+
+def test_a_late_handoff_proceed_reaching_the_adopter_resumes_the_handler(start, tmp_path):
+    """The handler answers handoff-start after --handoff-timeout: the session
+    has moved without its answer, and the adopter's resume (a keep-alive)
+    reached the handler before it answered. The handler then holds its
+    packets until condure's next keep-alive (docs/handoff.md), which the
+    adopter sends on the late answer: echoes go on at once, not after the
+    next round of keep-alives (45 s)."""
+    condure = start("--handoff", "ask", "--handoff-timeout", "1")
+    log_path = tmp_path / "late.log"
+    with open(log_path, "wb") as out:
+        handler = subprocess.Popen(
+            [sys.executable, "-u", str(HANDOFF_HANDLER), "--base", condure.base,
+             "--handoff-delay", "3", "--verbose"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=procs.python_env(), cwd=str(REPO))
+    proceeded = re.compile(r"^OUT .*handoff-proceed", re.M)
+    try:
+        _wait_for(lambda: "ready" in log_path.read_text(), log_path)
+        with wc.WsConn.open(condure.port) as ws:
+            assert ws.read_handshake().code == 101
+            echo(ws, b"before")
+            condure.reload()  # moved without the answer after 1 s
+            _wait_for(lambda: proceeded.search(log_path.read_text()), log_path)
+            echo(ws, b"after")  # within 5 s
+    finally:
+        handler.terminate()
+        handler.wait(10)
+    text = log_path.read_text()
+    late = proceeded.search(text).end()
+    assert "keep-alive" in text[late:], text[-3000:]  # what let it go on
+    assert_no_complaints(condure)
+
+
+def _wait_for(predicate, path: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, path.read_text()[-3000:]
+        time.sleep(0.05)

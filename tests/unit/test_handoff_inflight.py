@@ -331,7 +331,9 @@ def test_copies_the_old_process_took_and_a_late_proceed_are_ignored():
     rid = d.session.rid
     stale = Ident(rid, 0)
     d2.send_raw(KeepAlive(from_=HANDLER, ids=(stale,)), stale)
-    d2.handler(HandoffProceed)
+    d2.new_packets()
+    d2.handler(HandoffProceed)  # late: the handler holds until a keep-alive
+    assert [type(p) for p in d2.new_packets()] == [KeepAlive]
     d2.handler(Data, code=200, reason=b"OK", body=b"ok")
     assert d2.new_output().endswith(b"\r\n\r\nok") and not d2.closed
 
