@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from condure.net.conn import Conn
 from condure.net.control import MAX_FDS
+from condure.net.limits import peer_host
 from condure.session import records
 from condure.session.contract import Kind, Session, Settings
 from condure.session.records import Record, RecordError
@@ -370,6 +371,8 @@ def _rebuild(worker: Worker, text: object, sock: socket.socket, settings: Settin
     sock.setblocking(False)
     conn = Conn(worker, sock, slot, session, None)
     worker.install(conn)
+    # it counts against --max-conns-per-ip (never refused; net/limits.py)
+    worker.conn_limits.adopted(slot, peer_host(sock, session.peer_address))
     if record.keeps_id:
         worker.track_moved(conn, session.rid, session.instance_id)
     return conn

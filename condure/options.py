@@ -254,8 +254,9 @@ OPTIONS: tuple[Option, ...] = (
         "connections in the worker that accepted it is closed at once, before "
         "anything is read or written. The count is per worker (with N workers "
         "an address may hold up to N times this). Unix-socket clients are not "
-        "counted. 0, the default, sets no limit: clients behind one proxy or "
-        "NAT share an address. See docs/operations.md. Not a Condure option.",
+        "counted. Connections moved in by a reload or a restart count too (they "
+        "are never closed for it). 0, the default, sets no limit: clients "
+        "behind one proxy or NAT share an address. See docs/operations.md. Not a Condure option.",
         metavar="N", default="0",
     ),
     Option(

@@ -65,9 +65,10 @@ ORDER = os.environ.get("CONDURE_RESTART_ORDER", "alternate")
 def build_units(workdir: Path, port: int,
                 extra: dict[tuple[str, str], list[str]] | None = None,
                 handoff_timeout: str = HANDOFF_TIMEOUT,
-                condure_args: tuple[str, ...] = (), drain_timeout: str = "5") -> dict[str, str]:
+                condure_args: tuple[str, ...] = (), drain_timeout: str = "5",
+                workers: int = 2) -> dict[str, str]:
     """``condure_args``: further condure options (``--handoff skip``)."""
-    args = ["--workers", "2",
+    args = ["--workers", str(workers),
             "--listen", "fd-name=http",
             "--zclient-stream", f"ipc://{workdir}/client",
             "--drain-timeout", drain_timeout, "--handoff-timeout", handoff_timeout, *condure_args]
@@ -133,10 +134,10 @@ def verbose_setup(tmp_path):
 def _setup(tmp_path: Path, extra: dict[tuple[str, str], list[str]] | None = None,
            verbose: bool = False, handoff_timeout: str = HANDOFF_TIMEOUT,
            condure_args: tuple[str, ...] = (), handler_options: tuple[str, ...] = (),
-           drain_timeout: str = "5"):
+           drain_timeout: str = "5", workers: int = 2):
     port = procs.free_port()
     ns = SystemdNamespace(tmp_path, build_units(tmp_path, port, extra, handoff_timeout,
-                                                condure_args, drain_timeout))
+                                                condure_args, drain_timeout, workers))
     handler = None
     try:
         ns.start()

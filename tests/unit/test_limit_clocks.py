@@ -5,11 +5,12 @@ condure/net/limits.py. The integration side is tests/integration/test_limits.py.
 from __future__ import annotations
 
 import math
+import socket
 
 import pytest
 
 from condure.config import Config
-from condure.net.limits import ConnLimits
+from condure.net.limits import ConnLimits, peer_host
 from condure.session import records
 from condure.session.contract import Settings
 from condure.session.http import HttpSession
@@ -329,7 +330,47 @@ def test_connections_per_address_are_capped_and_given_back():
     assert limits.per_address == {} and limits.by_slot == {}
 
 
+def test_adopted_connections_count_but_are_never_refused():
+    """A reload or restart hands a worker connections accepted elsewhere:
+    they all stay, even over the limit, and new ones from their address
+    are refused until enough of them are gone."""
+    limits = ConnLimits(Config(max_conns_per_ip=2))
+    for slot in range(3):  # (more than the limit: say it was lowered)
+        limits.adopted(slot, "127.0.0.2")
+    limits.adopted(3, None)  # a Unix-socket client
+    assert limits.per_address == {"127.0.0.2": 3}
+    assert not limits.admit(4, "127.0.0.2")
+    limits.release(0)
+    assert not limits.admit(4, "127.0.0.2")  # 2 held: still at the limit
+    limits.release(1)
+    assert limits.admit(4, "127.0.0.2")
+    assert limits.admit(5, "127.0.0.3")  # other addresses were never held back
+    for slot in (2, 3, 4, 5):
+        limits.release(slot)
+    assert limits.per_address == {} and limits.by_slot == {}
+    assert limits.stats()["per_ip_refused"] == 2
+
+
+def test_an_adopted_connection_is_counted_by_its_peer_address():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.socket() as client:
+            client.bind(("127.0.0.2", 0))
+            client.connect(listener.getsockname())
+            server, _ = listener.accept()
+            with server:
+                assert peer_host(server, b"127.0.0.9") == "127.0.0.2"
+    with socket.socket() as unconnected:  # the peer gone: the record says
+        assert peer_host(unconnected, b"127.0.0.9") == "127.0.0.9"
+        assert peer_host(unconnected, None) is None
+    a, b = socket.socketpair()
+    with a, b:
+        assert peer_host(a, b"127.0.0.9") is None  # Unix sockets are not counted
+
+
 def test_no_per_address_limit_by_default():
     limits = ConnLimits(Config())
     assert all(limits.admit(n, "127.0.0.2") for n in range(1000))
+    limits.adopted(1000, "127.0.0.2")
     assert limits.per_address == {}
