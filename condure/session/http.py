@@ -82,6 +82,7 @@ class HttpSession(HttpMoves):
     kind = Kind.HTTP
     table = HTTP_TABLE
     can_move = True
+    close_wait = None  # (a WebSocket's; see contract.Session)
 
     def __init__(
         self,

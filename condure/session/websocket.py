@@ -217,10 +217,24 @@ class WebSocketSession(ZhttpPeer):
                 and self.snapshot_obstacle() is None)
 
     @property
+    def close_wait(self) -> str | None:
+        """A close frame went one way and not yet the other: the close
+        frame this session waits for, else None. Such a session does not
+        move; a handover lets its close finish here."""
+        if self.state is not OPEN or self.input.closed == self.output.closed:
+            return None
+        return "the handler's close frame" if self.input.closed else "the client's close frame"
+
+    @property
     def handoff_wait(self) -> str:
-        """What a handover is still waiting for (the log line when it gives up)."""
+        """What a handover is still waiting for, or why the session cannot
+        move (the log line when it gives up)."""
         if self.state is WAIT:
             return "the upgrade still waits for the handler's answer"
+        if self.close_wait:
+            return f"closing: {self.close_wait} did not come in time"
+        if not self.handoff and (obstacle := self.snapshot_obstacle()):
+            return obstacle  # (begin_handoff refused it)
         if self.handoff == ASKED:
             return "no handoff-proceed in time"
         if self.output.unflushed:
@@ -314,6 +328,8 @@ class WebSocketSession(ZhttpPeer):
             self.handoff = PROCEEDED  # (late: it still makes the move safe)
         elif isinstance(packet, HandoffProceed) and self.adopted and not self.handoff:
             pass  # it answered the process this session moved from
+        elif isinstance(packet, HandoffProceed) and self.output.closed:
+            pass  # its close left the handoff (see _out_close): it stays here
         elif isinstance(packet, HandoffStart):
             self._send(HandoffProceed)
             if self.handoff:
@@ -436,6 +452,14 @@ class WebSocketSession(ZhttpPeer):
             self.actions.append(Write(out))
             if self.input.closed:
                 self._close(graceful=True, reason="closed by both sides")
+            elif self.handoff:
+                # The handler's close crossed the handoff (sent before it
+                # read handoff-start, or in answer to it): the session can
+                # no longer move. It stays here and reads the client again,
+                # whose close frame (RFC 6455 7.1.1) goes to the handler as
+                # any would, and ends it; a late handoff-proceed is ignored.
+                self.handoff = Handoff.NONE
+                self.credits_owed = 0  # (the handler sends nothing more)
 
     # -- endings ------------------------------------------------------------
 
