@@ -33,7 +33,10 @@ What cannot move is closed politely instead: TLS connections and
 WebSockets with compression context takeover (WebSocket close 1012),
 requests still under way when the drain time is over, and WebSockets
 whose handler did not answer ``handoff-proceed`` in time, or that did not
-reach a resumable point in time (1012; the log line says which).
+reach a resumable point in time (1012; the log line says which). A
+WebSocket whose close is under way (``close_wait``) does not move either:
+it ends here once the other side's close frame comes, which the handover
+waits for within the handoff timeout.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class _Moving:
     not_before: float = 0.0  # not exported before this time (SETTLE)
     unanswered: bool = False  # moving without the handler's handoff-proceed
     asked: bool = False  # its handoff with the handler began (the deadline is set)
+    closing: bool = False  # a WebSocket whose close is under way: not moving, ends here
 
 
 class Exporter:
@@ -144,7 +148,11 @@ class Exporter:
 
     def _begin(self, conn: Conn, now: float) -> None:
         session: Session = conn.session
+        if conn.closing:
+            return  # ending on its own (the drain that follows waits for it)
         if not conn.exportable or not session.can_move:
+            if session.kind is Kind.WEBSOCKET:  # (a close frame 1012 is coming)
+                log.info("%s: cannot move (TLS); closing it", describe(conn))
             self._give_up(conn, now)  # TLS, req mode: finished or closed by the drain
             return
         item = _Moving(conn, self.drain_deadline)
@@ -161,10 +169,23 @@ class Exporter:
         it cannot move after all (it was closed politely)."""
         conn = item.conn
         session: Session = conn.session
+        if item.closing:
+            return True
+        if session.close_wait:
+            # Closing (a close frame went one way): it cannot move and ends
+            # here once the other side's close frame comes, within the
+            # handoff timeout; the handover waits for that, no longer.
+            log.debug("%s: closing, not moved (waiting for %s)", describe(conn),
+                      session.close_wait)
+            item.closing = True
+            item.deadline = now + self.handoff_timeout
+            return True
         if not session.handing_off:
             if session.begin_handoff(self.ask):
                 conn.run()
             elif not session.awaiting_handler:
+                log.info("%s: cannot move (%s); closing it", describe(conn),
+                         session.handoff_wait)
                 self._give_up(conn, now)
                 return False
             else:
@@ -215,12 +236,20 @@ class Exporter:
         still: list[_Moving] = []
         for item in self.moving:
             conn = item.conn
-            if conn.closed:
-                continue
+            if conn.closed or conn.closing:
+                continue  # it ended on its own (a close finished, say)
             session: Session = conn.session
             try:
                 # new, an upgrade that was under way, or a handshake now answered
                 if not self._ask(item, now):
+                    continue
+                if item.closing:  # (a closed one was left out above)
+                    if self._overdue(item, now):
+                        log.info("%s: cannot move (%s); closing it", describe(conn),
+                                 session.handoff_wait)
+                        self._give_up(conn, now)
+                    else:
+                        still.append(item)
                     continue
                 if item.not_before:  # moving without the handler's answer: settling
                     settled = self._settled(item, now)

@@ -207,6 +207,12 @@ class Session(Protocol):
         """:meth:`begin_handoff` was called and accepted."""
 
     @property
+    def close_wait(self) -> str | None:
+        """A WebSocket whose close is under way (a close frame went one way):
+        the close frame it waits for, in words; else None. It cannot move;
+        a handover lets the close finish (within the handoff timeout)."""
+
+    @property
     def resumable(self) -> bool:
         """Between requests or frames with nothing owed: exportable now."""
 

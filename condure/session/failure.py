@@ -106,6 +106,7 @@ class Ended:
     handoff_needs_handler = False
     awaiting_handler = False
     handing_off = False
+    close_wait = None
     handler = None
     deadline = None
     wants_read = False

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from condure.session import http_simple, httpwire, websocket
+from condure.session import http_simple, httpwire, ws_upgrade
 from condure.session.actions import Write
 from condure.session.contract import Kind, Settings
 from condure.session.head import MAX_HEADERS, Head, HeadReader, Refusal
@@ -82,6 +82,7 @@ class HttpSession(HttpMoves):
     kind = Kind.HTTP
     table = HTTP_TABLE
     can_move = True
+    close_wait = None  # (a WebSocket's; see contract.Session)
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class HttpSession(HttpMoves):
                          stream_timeout=stream_timeout, scheme=scheme,
                          peer_address=peer_address, peer_port=peer_port)
         self.new_id = new_id
-        self.compression = compression  # WebSocket options (websocket.upgrade)
+        self.compression = compression  # WebSocket options (ws_upgrade.upgrade)
         self.messages_max = messages_max
         self.max_message_size = max_message_size
         self.stream_deadline = now + stream_timeout
@@ -364,10 +365,10 @@ class HttpSession(HttpMoves):
         if len(uri) > httpwire.MAX_URI:
             self._refuse(414)
             return
-        if websocket.is_upgrade(headers, http11=head.http11):
+        if ws_upgrade.is_upgrade(headers, http11=head.http11):
             # A WebSocket session takes the connection over (reference 5.7).
             self._advance(Event.UPGRADE)
-            self.actions += websocket.upgrade(self, method, target, headers)
+            self.actions += ws_upgrade.upgrade(self, method, target, headers)
             return
         has_length = False
         more = False

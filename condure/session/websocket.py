@@ -24,6 +24,9 @@ requires of a server (7.1.7, 8.1): on a protocol error or invalid UTF-8 it
 sends a close frame (1002 or 1007), ``cancel`` to the handler, and closes;
 1011 when the handler's text is not UTF-8 (:mod:`condure.session.ws_output`).
 
+The upgrade itself (checks, and the switch from the HTTP session) is in
+:mod:`condure.session.ws_upgrade`.
+
 The session never reads the clock; at a frame boundary with nothing owed,
 or in a handover once the handler let go (even in the middle of a client
 frame), it can be exported (``export_record``, :mod:`condure.session.records`).
@@ -31,11 +34,9 @@ frame), it can be exported (``export_record``, :mod:`condure.session.records`).
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from condure.session.actions import Action, Close, Send, SwitchSession, Write
+from condure.session.actions import Send, Write
 from condure.session.contract import Kind, Settings
-from condure.session.httpwire import request_uri, response_fault
+from condure.session.httpwire import response_fault
 from condure.session.peer import HANDLER_GONE, MISSED_IN_MOVE, ZhttpPeer
 from condure.session.records import WsRecord
 from condure.session.states import (
@@ -50,15 +51,7 @@ from condure.session.states import (
     Handoff,
 )
 from condure.session.ws_frames import PING, PONG
-from condure.session.ws_handshake import (
-    Deflate,
-    HandshakeError,
-    accept_head,
-    check_upgrade,
-    is_upgrade,
-    refusal,
-    rejection,
-)
+from condure.session.ws_handshake import Deflate, accept_head, rejection
 from condure.session.ws_input import ClientInput
 from condure.session.ws_output import HandlerOutput, OutputError
 from condure.zhttp.packets import (
@@ -77,54 +70,13 @@ from condure.zhttp.packets import (
 )
 from condure.zhttp.packets import Close as ClosePacket
 
-
-class Upgrading(Protocol):
-    """What :func:`upgrade` reads of the HTTP session it ends."""
-
-    compression: bool
-    scheme: bytes
-    instance_id: bytes
-    rid: bytes
-    buffer_size: int
-    stream_timeout: float
-    messages_max: int
-    max_message_size: int
-    peer_address: bytes | None
-    peer_port: int | None
-    session_deadline: float
-    stream_deadline: float
-
-    def leftover(self) -> bytes: ...
-
-__all__ = ["WebSocketSession", "is_upgrade", "upgrade"]
+__all__ = ["WebSocketSession"]
 
 
 GOING_AWAY, SERVICE_RESTART = 1001, 1012  # close codes (RFC 6455 7.4.1, IANA registry)
 # Client payload read but not yet forwarded (no credits) that may travel
 # with an exported session; more than this and the session is closed instead.
 MAX_PENDING_EXPORT = 16384
-
-
-def upgrade(http: Upgrading, method: bytes, target: bytes, headers: tuple[Header, ...]
-            ) -> list[Action]:
-    """Actions that end the HTTP session ``http`` on an upgrade request: the
-    switch to a WebSocket session, or condure's refusal of a bad upgrade
-    (400, or 426 for another version; Condure closed silently)."""
-    try:
-        up = check_upgrade(method, headers, compression=http.compression)
-    except HandshakeError as e:
-        return [Write(refusal(e.status, e.detail)),
-                Close(graceful=True, reason=f"bad upgrade: {e.detail}")]
-    scheme = b"wss" if http.scheme == b"https" else b"ws"
-    ws = WebSocketSession(
-        instance_id=http.instance_id, rid=http.rid, key=up.key, deflate=up.deflate,
-        buffer_size=http.buffer_size, stream_timeout=http.stream_timeout,
-        messages_max=http.messages_max, max_message_size=http.max_message_size,
-        scheme=http.scheme, peer_address=http.peer_address, peer_port=http.peer_port,
-        session_deadline=http.session_deadline, stream_deadline=http.stream_deadline,
-        leftover=http.leftover())
-    ws.send_request(method, request_uri(scheme, headers, target), headers)
-    return [SwitchSession(ws)]
 
 
 class WebSocketSession(ZhttpPeer):
@@ -265,10 +217,24 @@ class WebSocketSession(ZhttpPeer):
                 and self.snapshot_obstacle() is None)
 
     @property
+    def close_wait(self) -> str | None:
+        """A close frame went one way and not yet the other: the close
+        frame this session waits for, else None. Such a session does not
+        move; a handover lets its close finish here."""
+        if self.state is not OPEN or self.input.closed == self.output.closed:
+            return None
+        return "the handler's close frame" if self.input.closed else "the client's close frame"
+
+    @property
     def handoff_wait(self) -> str:
-        """What a handover is still waiting for (the log line when it gives up)."""
+        """What a handover is still waiting for, or why the session cannot
+        move (the log line when it gives up)."""
         if self.state is WAIT:
             return "the upgrade still waits for the handler's answer"
+        if self.close_wait:
+            return f"closing: {self.close_wait} did not come in time"
+        if not self.handoff and (obstacle := self.snapshot_obstacle()):
+            return obstacle  # (begin_handoff refused it)
         if self.handoff == ASKED:
             return "no handoff-proceed in time"
         if self.output.unflushed:
@@ -362,6 +328,8 @@ class WebSocketSession(ZhttpPeer):
             self.handoff = PROCEEDED  # (late: it still makes the move safe)
         elif isinstance(packet, HandoffProceed) and self.adopted and not self.handoff:
             self._send(KeepAlive)  # late, to where it moved from: it holds until one
+        elif isinstance(packet, HandoffProceed) and self.output.closed:
+            pass  # its close left the handoff (see _out_close): it stays here
         elif isinstance(packet, HandoffStart):
             self._send(HandoffProceed)
             if self.handoff:
@@ -484,6 +452,14 @@ class WebSocketSession(ZhttpPeer):
             self.actions.append(Write(out))
             if self.input.closed:
                 self._close(graceful=True, reason="closed by both sides")
+            elif self.handoff:
+                # The handler's close crossed the handoff (sent before it
+                # read handoff-start, or in answer to it): the session can
+                # no longer move. It stays here and reads the client again,
+                # whose close frame (RFC 6455 7.1.1) goes to the handler as
+                # any would, and ends it; a late handoff-proceed is ignored.
+                self.handoff = Handoff.NONE
+                self.credits_owed = 0  # (the handler sends nothing more)
 
     # -- endings ------------------------------------------------------------
 

@@ -441,6 +441,7 @@ def test_tls_websocket_closed_plain_one_moved(start, handoff_handler, tmp_path):
         assert secure.read_handshake().code == 101
         assert plain.read_handshake().code == 101
         one_closed_one_moved(condure, secure, plain, echo)
+    assert "cannot move (TLS); closing it" in condure.log()
     assert_no_complaints(condure, handler)
 
 
@@ -513,6 +514,10 @@ def test_deflate_moves_only_without_context_takeover(start, handoff_handler):
         assert resp.code == 101
         assert resp.header("Sec-WebSocket-Extensions") == DEFLATE_BOTH.encode(), resp.raw
         one_closed_one_moved(condure, keeping, fresh, deflate_echo)
+    # one line for the session that could not move, with the reason
+    lines = [line for line in condure.log().splitlines() if "cannot move" in line]
+    assert len(lines) == 1 and lines[0].endswith(
+        ": cannot move (permessage-deflate with context takeover); closing it"), lines
     assert_no_complaints(condure, handler)
 
 
