@@ -7,7 +7,9 @@ The adapter holds no protocol policy; what to do is the session's call.
 Invariants: the socket is non-blocking; output the kernel did not take sits
 in ``out`` and is written when the socket is writable; the session is told
 ``output_flushed`` each time ``out`` empties, which is when flow-control
-credits go back to the handler.
+credits go back to the handler. How a connection ends (graceful close,
+cuts that spare the complete responses still queued, resets, the
+worker's stop, failures) is in condure/net/conn_end.py.
 
 A session that raises (a bug in condure) costs its connection only: every
 call into it is guarded, and :meth:`Conn.fail` logs the traceback once and
@@ -28,26 +30,21 @@ import asyncio
 import errno
 import logging
 import socket
-import struct
 import time
 from typing import Protocol, cast
 
+from condure.net import conn_end
+from condure.net.conn_end import LINGER, ConnEndings
 from condure.net.tls import TlsError, TlsLayer
-from condure.net.unanswered import note_missed
-from condure.session import failure
 from condure.session.actions import Close, Send, SwitchSession, Write
-from condure.session.contract import Kind, Session
+from condure.session.contract import Session
 from condure.zhttp.packets import Packet
+
+__all__ = ["LINGER", "Conn", "ConnHost"]
 
 log = logging.getLogger("condure.conn")
 
-LINGER = 2.0  # seconds to wait for the client's FIN after a graceful close
-# A graceful close writes out what is queued first; a client that takes
-# nothing of it for this long is dropped (else it would hold its slot forever).
-CLOSE_FLUSH_TIMEOUT = 30.0
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT)
-_FAILED = Close(graceful=True, reason="internal error")
-_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset (RST)
 
 
 class ConnHost(Protocol):
@@ -86,23 +83,11 @@ class ConnHost(Protocol):
         """``conn`` is finished here (closed or detached): free its slot."""
 
 
-class Conn:
-    __slots__ = (
-        "closed",
-        "closing",
-        "fd",
-        "flush_until",
-        "linger_until",
-        "out",
-        "reading",
-        "session",
-        "slot",
-        "sock",
-        "timer_key",
-        "tls",
-        "worker",
-        "writing",
-    )
+class Conn(ConnEndings):
+    """One client connection (module docstring); its endings are in
+    condure/net/conn_end.py."""
+
+    __slots__ = ()  # (ConnEndings has them all)
 
     def __init__(self, worker: ConnHost, sock: socket.socket, slot: int, session: Session,
                  tls: TlsLayer | None = None) -> None:
@@ -120,6 +105,9 @@ class Conn:
         self.linger_until: float | None = None
         self.flush_until: float | None = None  # a graceful close's write-out (see _close)
         self.tls = tls  # None for plain connections
+        self.sent = 0  # bytes the kernel took
+        self.owed_to = 0  # the end of the last complete response, in sent's count
+        self.reset_after = False  # a cut that resets once the owed bytes are acknowledged
 
     def __repr__(self) -> str:
         return f"<Conn slot={self.slot} fd={self.fd} out={len(self.out)} {self.session!r}>"
@@ -131,6 +119,8 @@ class Conn:
         if self.linger_until is not None:
             return self.linger_until
         if self.flush_until is not None:
+            if self.reset_after and not self.out:  # waiting for acknowledgements:
+                return 0.0  # due at once, so looked at again on the next tick
             return self.flush_until
         try:
             return self.session.deadline
@@ -156,7 +146,7 @@ class Conn:
             data = b""
         if self.closing:
             if not data:
-                self._finish()
+                self._closing_eof()
             return  # discard what a client sends after we are done
         if self.tls is not None:
             self._tls_received(data)
@@ -216,8 +206,10 @@ class Conn:
         if self.flush_until is not None:
             if time.monotonic() >= self.flush_until:
                 log.debug("slot %d: the client took nothing of the last output for %g s",
-                          self.slot, CLOSE_FLUSH_TIMEOUT)
+                          self.slot, conn_end.CLOSE_FLUSH_TIMEOUT)
                 self._reset()  # what it did not take is lost: not an end to show it
+            elif self.reset_after and not self.out:
+                self._half_close()  # (acknowledged yet?)
             else:
                 self.worker.schedule(self)
             return
@@ -243,6 +235,8 @@ class Conn:
                             self.out += action.data
                         else:
                             self.out += self.tls.encrypt(action.data)
+                        if action.ends_response:  # owed in full, even if a cut follows
+                            self.owed_to = self.sent + len(self.out)
                         wrote = True
                     elif isinstance(action, Send):
                         worker.send_packet(action.packet, action.to, action.wire)
@@ -294,8 +288,9 @@ class Conn:
                 self.run()
             return False
         del out[:sent]
+        self.sent += sent
         if self.flush_until is not None and sent:
-            self.flush_until = time.monotonic() + CLOSE_FLUSH_TIMEOUT
+            self.flush_until = time.monotonic() + conn_end.CLOSE_FLUSH_TIMEOUT
         if out:
             if not self.writing:
                 self.writing = True
@@ -345,148 +340,3 @@ class Conn:
             self.worker.loop.add_reader(self.fd, self.on_readable)
         else:
             self.worker.loop.remove_reader(self.fd)
-
-    # -- endings --------------------------------------------------------------
-
-    def _close(self, action: Close) -> None:
-        log.debug("slot %d closing: %s", self.slot, action.reason)
-        if action.missed or action.gone:
-            note_missed(self.session.kind is Kind.HTTP, gone=action.gone)
-        if action.unanswered:
-            self.worker.note_unanswered(self.slot)
-        if action.handler_fault:
-            self.worker.note_handler_fault(action.reason)
-        if action.reset:
-            self._reset()
-            return
-        if not action.graceful or self.closed:
-            self._finish()
-            return
-        self.closing = True
-        if not self.out:
-            self._half_close()
-            return
-        self.flush_until = time.monotonic() + CLOSE_FLUSH_TIMEOUT
-        if not self.writing:
-            self._flush()
-        if not self.closed and self.linger_until is None:
-            self.worker.schedule(self)
-
-    def _half_close(self) -> None:
-        """All output is out: send FIN, then wait briefly for the client's,
-        discarding input, so that unread request bytes do not turn our
-        last response into a reset (RFC 9112 9.6)."""
-        if self.closed or self.linger_until is not None:
-            return
-        try:
-            if self.tls is not None:
-                self.sock.send(self.tls.close_notify())  # a few bytes: best effort
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._finish()
-            return
-        self.flush_until = None
-        self.linger_until = time.monotonic() + LINGER
-        if not self.reading:
-            self._set_reading(True)
-        self.worker.schedule(self)
-
-    def _stop_watching(self) -> None:
-        """No more callbacks for this connection."""
-        self.closed = True
-        loop = self.worker.loop
-        if self.reading:
-            loop.remove_reader(self.fd)
-        if self.writing:
-            loop.remove_writer(self.fd)
-        self.reading = self.writing = False
-
-    def _finish(self) -> None:
-        if self.closed:
-            return
-        self._stop_watching()
-        self.sock.close()
-        self.worker.release(self)
-
-    def _reset(self) -> None:
-        """Abortive close: queued output and what the kernel still holds are
-        dropped, and the client gets a reset (ECONNRESET) instead of an end
-        that would make a cut response look complete (RFC 9112 9.6). A Unix
-        socket has no reset: its client sees an end."""
-        if not self.closed:
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-            except OSError as e:
-                log.debug("slot %d: no reset: %s", self.slot, e)
-            self._finish()
-
-    def detach(self) -> socket.socket:
-        """Stop serving the connection here without closing it: its socket
-        is returned, still open, to be handed to another process (the
-        session was exported). Closing our copy later sends nothing."""
-        self._stop_watching()
-        self.worker.release(self)
-        return self.sock
-
-    def abort(self) -> None:
-        """Drop the connection now, after ``session.shutdown()``: with a
-        reset if the Close it left says so (a response it cuts)."""
-        try:
-            reset = any(type(a) is Close and a.reset for a in self.session.take_actions())
-        except Exception:  # a bug in the session: drop the connection all the same
-            log.exception("slot %d: reading the session's last actions failed", self.slot)
-            reset = False
-        if reset:
-            self._reset()
-        else:
-            self._finish()
-
-    def fail(self, where: str, sender: bytes | None = None, reading: bool = False) -> None:
-        """The session raised while ``where`` (call from the ``except``
-        block): a bug in condure, which costs this connection only. The
-        traceback is logged once; the client gets a 500 or a WebSocket
-        close 1011 if owed, the handler a ``cancel`` if known (``sender``:
-        the ``from`` of the packet being delivered, if any; ``reading``:
-        client bytes were being delivered); then the
-        connection closes and its slot is freed. The broken session is not
-        called again (condure/session/failure.py); nothing raised here
-        escapes."""
-        session = self.session
-        try:
-            log.exception("slot %d (%s): unexpected error while %s; ending the connection",
-                          self.slot, failure.describe(session), where)
-            if type(session) is failure.Ended:
-                self._drop()  # the adapter itself failed on an ended connection
-                return
-            words, cancel = failure.last_words(session, sender, reading)
-            cut = failure.cut_unmarked(session)
-            self.session = failure.Ended(session)
-            if words and not self.closed and not self.closing:
-                self.out += words if self.tls is None else self.tls.encrypt(words)
-                self._close(_FAILED)  # write, FIN, linger, then free the slot
-            elif cut and not self.closing:
-                self._reset()  # a close-delimited response cut short
-            else:
-                self._finish()
-            if cancel is not None:
-                self.worker.send_packet(cancel[1], cancel[0])
-        except Exception:
-            log.exception("slot %d: ending the connection failed; dropping it", self.slot)
-            self._drop()
-
-    def _drop(self) -> None:
-        """Forget the connection whatever state it is in."""
-        if not isinstance(self.session, failure.Ended):
-            self.session = failure.Ended(self.session)
-        try:
-            self._stop_watching()
-        except Exception:  # noqa: BLE001 - best effort, the slot matters more
-            self.closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        try:
-            self.worker.release(self)
-        except Exception:
-            log.exception("slot %d: releasing the connection failed", self.slot)

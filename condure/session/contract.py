@@ -31,9 +31,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """Bytes for the client, in order."""
+    """Bytes for the client, in order. ``ends_response``: these bytes end
+    a response (they may be empty): everything queued up to here is owed
+    to the client in full, and a later cut of the connection (a ``Close``
+    that is not graceful, or resets) drops only what was queued after it
+    (a pipelined response that is cut), once the rest is written."""
 
     data: bytes
+    ends_response: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +61,17 @@ class Close:
 
     ``graceful``: write out what is queued, then shut down the write side
     and let the client close (so an error response is not lost to a reset).
-    Otherwise drop the connection at once, discarding queued output.
+    Otherwise drop the connection at once, discarding queued output, but
+    for the responses already complete (``Write.ends_response``): those are
+    written out first.
 
     ``reset``: drop it with a TCP reset (an abortive close: ``SO_LINGER``
     on with a timeout of 0, then close) instead of a FIN, so that the
     client sees an error. Set when a response under way is cut whose
     framing cannot show the cut, a body delimited by the close (RFC 9112
     6.3 item 8): a FIN would make what came so far look complete. Never
-    with ``graceful``.
+    with ``graceful``. Complete responses queued before it are written
+    and acknowledged by the client first.
     """
 
     graceful: bool = True
@@ -174,7 +182,10 @@ class Session(Protocol):
         """Stop at once (process exit); (handler address, id+seq) of the
         cancel owed, or None. Leaves no action behind but its
         :class:`Close`, if it had not closed before, which tells the
-        adapter's drop whether to reset (``Conn.abort``)."""
+        adapter's drop whether to reset (``Conn.abort``), and before it,
+        when a request is waiting whose response has not started, the
+        ``503 Service Unavailable`` that answers it (a :class:`Write`;
+        the Close is graceful then)."""
 
     def going_away(self, now: float | None = None, code: int | None = None) -> None:
         """Graceful stop of the process, called repeatedly while draining.

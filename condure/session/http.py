@@ -455,8 +455,8 @@ class HttpSession(HttpMoves):
         except ResponseError as e:
             self._cancel_and_close(str(e), fault=True)
             return
-        if write:
-            self.actions.append(Write(write))
+        if write or response.done:  # (the end of a response is marked, if empty)
+            self.actions.append(Write(write, ends_response=response.done))
         if response.returned:
             credits, response.returned = response.returned, 0
             if self.handoff:

@@ -188,7 +188,7 @@ def answer(s: _Session, packet: Data, ident: Ident, now: float) -> bool:
     response.credits -= len(body)
     response.discard_body = response.is_head
     response.state = ResponseState.DONE
-    s.actions.append(Write(head if response.is_head else head + body))
+    s.actions.append(Write(head if response.is_head else head + body, ends_response=True))
     s.stream_deadline = now + s.stream_timeout
     s._maybe_finish(now)
     return True

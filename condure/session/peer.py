@@ -200,10 +200,19 @@ class ZhttpPeer(ZhttpLink):
 
     def shutdown(self) -> tuple[bytes, Ident] | None:
         """Stop now (process exit): the cancel owed to the handler, if any.
-        Only the Close stays queued (it says whether the drop resets)."""
+        Only the Close stays queued (it says whether the drop resets),
+        after a ``503 Service Unavailable`` for a request still waiting
+        whose response has not started (``timeout_answerable``): condure
+        gives up on it because it stops or restarts, not because the
+        handler is silent (that is the 504 of handle_timer), and the
+        client may try again (RFC 9110 15.6.4)."""
         owed = ZhttpPeer.keep_alive(self)  # even while moving (see WebSocketSession)
         self.actions.clear()
-        self._close(graceful=False, reason="shutdown")
+        if self.state is not CLOSED and self.timeout_answerable:
+            self.actions.append(Write(error_response(503)))
+            self._close(graceful=True, reason="stopping: answered 503")
+        else:
+            self._close(graceful=False, reason="shutdown")
         return owed
 
     def _accept_packet(self, packet: Packet, ident: Ident, now: float) -> bool:

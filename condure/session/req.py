@@ -231,8 +231,15 @@ class ReqSession:
         return None  # req mode sends nothing but requests
 
     def shutdown(self) -> None:
-        self._close(graceful=False, reason="shutdown")
+        """Stop now: a request sent to the handler and not answered yet
+        gets ``503 Service Unavailable`` (as ZhttpPeer.shutdown)."""
         self.actions.clear()
+        if self.state is WAIT:
+            self.actions.append(Write(error_response(503)))
+            self._close(graceful=True, reason="stopping: answered 503")
+        else:
+            self._close(graceful=False, reason="shutdown")
+            self.actions.clear()
         return None
 
     # -- request cycle ----------------------------------------------------
@@ -389,7 +396,7 @@ class ReqSession:
         if len(head) > self.buffer_size:
             self._fail(502, "response head larger than the buffer", fault=True)
             return
-        self.actions.append(Write(head + body if body else head))
+        self.actions.append(Write(head + body if body else head, ends_response=True))
         if persistent:
             self._advance(Event.NEXT)
             self._start_cycle(now, self.reader.leftover())

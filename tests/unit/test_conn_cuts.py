@@ -21,7 +21,7 @@ import time
 import pytest
 
 from condure.config import Config
-from condure.net import conn as conn_module
+from condure.net import conn_end as conn_module
 from condure.net.conn import Conn
 from condure.worker import Worker
 from condure.zhttp import encode

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from condure.net import conn as conn_module
+from condure.net import conn_end as conn_module
 from condure.net.conn import Conn
 from condure.net.timers import TimerWheel
 from condure.session.http import HttpSession

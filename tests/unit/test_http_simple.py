@@ -224,5 +224,6 @@ def test_a_whole_response_takes_the_one_step_path() -> None:
                   headers=((b"Content-Type", b"text/plain"),), body=b"hello")
     assert http_simple.answer(s, packet, packet.ids[0], 2.0)
     assert s.take_actions() == [Write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                                      b"Content-Length: 5\r\n\r\nhello")]
+                                      b"Content-Length: 5\r\n\r\nhello",
+                                          ends_response=True)]
     assert s.served == 1 and s.rid != rid and s.handler is None and s.in_seq == 0

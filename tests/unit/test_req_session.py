@@ -337,3 +337,19 @@ def test_dealer_envelope(frames: list[bytes], expected: bytes | None) -> None:
     from condure.net.zmqreq import packet_frame
 
     assert packet_frame(frames) == expected
+
+
+def test_a_stop_answers_a_waiting_request_with_503() -> None:
+    """Condure stops (the drain deadline, a fast stop) while the handler
+    has not answered: the client gets a 503 and the connection closes
+    gracefully; between requests it just closes."""
+    d = make()
+    d.client(GET)
+    only_request(d)
+    assert d.session.shutdown() is None
+    actions = d.session.take_actions()
+    assert [type(a).__name__ for a in actions] == ["Write", "Close"]
+    assert actions[0].data.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nConnection: close\r\n" in actions[0].data and actions[1].graceful
+    idle = make()
+    assert idle.session.shutdown() is None and idle.session.take_actions() == []
