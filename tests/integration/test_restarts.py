@@ -1111,14 +1111,10 @@ def test_handler_packets_lost_in_a_restart_close_their_websockets_with_1012(tmp_
     each of those WebSockets with 1012 (a close frame, never a silent
     loss), with a cancel to the handler."""
     clients = 50
-    wait = f"while [ -e {tmp_path / HOLD} ]; do sleep 0.02; done"
     hold = tmp_path / HOLD
     restart = None
     paused = False
-    with contextlib.contextmanager(_setup)(
-            tmp_path, {("Service", "ExecStartPre"): [f"/bin/sh -c '{wait}'"]},
-            verbose=True, condure_args=("--handoff", "skip"),
-            handler_options=IGNORING) as setup:
+    with _held_skip_setup(tmp_path) as setup:
         load = _EchoClients(setup.port, clients, 0.05)
         try:
             load.ready()
@@ -1162,6 +1158,16 @@ def test_handler_packets_lost_in_a_restart_close_their_websockets_with_1012(tmp_
     assert "from condure, expected" not in handler_log, handler_log[-3000:]
 
 
+def _held_skip_setup(tmp_path: Path):
+    """As held_setup (the next start waits while HOLD exists), with
+    --handoff skip and a handler that ignores handoff and drops what it
+    sends while condure is away, printing every packet."""
+    wait = f"while [ -e {tmp_path / HOLD} ]; do sleep 0.02; done"
+    return contextlib.contextmanager(_setup)(
+        tmp_path, {("Service", "ExecStartPre"): [f"/bin/sh -c '{wait}'"]},
+        verbose=True, condure_args=("--handoff", "skip"), handler_options=IGNORING)
+
+
 def _wait_for_line(path: Path, pattern: str, timeout: float = 10.0) -> str:
     """The first line of ``path`` matching ``pattern`` (waits for it)."""
     deadline = time.monotonic() + timeout
@@ -1185,14 +1191,10 @@ def test_a_long_poll_answered_in_a_restarts_gap_ends_at_once(tmp_path):
     session timeout (60 s) and got 504."""
     from tests.harness.http_client import Conn
 
-    wait = f"while [ -e {tmp_path / HOLD} ]; do sleep 0.02; done"
     hold = tmp_path / HOLD
     restart = None
     paused = False
-    with contextlib.contextmanager(_setup)(
-            tmp_path, {("Service", "ExecStartPre"): [f"/bin/sh -c '{wait}'"]},
-            verbose=True, condure_args=("--handoff", "skip"),
-            handler_options=IGNORING) as setup:
+    with _held_skip_setup(tmp_path) as setup:
         log = setup.workdir / "handler.log"
         try:
             with Conn(setup.port, timeout=20) as conn:

@@ -18,26 +18,13 @@ import time
 from condure import handover
 from condure.config import Config
 from condure.worker import Worker
-from condure.zhttp import decode, encode
+from condure.zhttp import encode
 from condure.zhttp.packets import Cancel, Data, Ident
+from tests.unit.test_fault_containment import ZmqRecorder
 from tests.unit.test_websocket_session import SIMPLE
 
 HANDLER = b"handler1"
 BURST = 250  # more than --messages-max (100)
-
-
-class ZmqRecorder:
-    def __init__(self) -> None:
-        self.first: list = []
-        self.later: list = []
-        self.congested = False
-        self.router_queue = 0
-
-    def send_first(self, payload: bytes) -> None:
-        self.first.append(decode(payload))
-
-    def send_to(self, address: bytes, payload: bytes) -> None:
-        self.later.append((address, decode(payload)))
 
 
 def until(loop: asyncio.AbstractEventLoop, predicate, timeout: float = 3.0) -> None:

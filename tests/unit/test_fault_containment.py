@@ -58,6 +58,7 @@ class ZmqRecorder:
         self.first: list = []
         self.later: list = []
         self.congested = False
+        self.router_queue = 0  # (nothing waits for handlers: --handoff skip moves at once)
 
     def send_first(self, payload: bytes) -> None:
         self.first.append(decode(payload))
