@@ -30,7 +30,9 @@ worker, which carries on as if nothing happened.
   again.
 
 What cannot move is closed politely instead: TLS connections and
-WebSockets with compression context takeover (WebSocket close 1012),
+WebSockets whose client keeps its compression context (WebSocket close
+1012; see ``--compression-context``), or that are still reading a
+compressed client message when the handoff timeout is over,
 requests still under way when the drain time is over, and WebSockets
 whose handler did not answer ``handoff-proceed`` in time, or that did not
 reach a resumable point in time (1012; the log line says which).
@@ -94,6 +96,7 @@ class _Moving:
     not_before: float = 0.0  # not exported before this time (SETTLE)
     unanswered: bool = False  # moving without the handler's handoff-proceed
     asked: bool = False  # its handoff with the handler began (the deadline is set)
+    later: bool = False  # waiting for a compressed client message to end (deadline set)
 
 
 class Exporter:
@@ -164,6 +167,13 @@ class Exporter:
         if not session.handing_off:
             if session.begin_handoff(self.ask):
                 conn.run()
+            elif session.handoff_later:
+                # A compressed client message under way: the session reads
+                # it to its end and no further, within the handoff timeout.
+                if not item.later:
+                    item.later = True
+                    item.deadline = min(now + self.handoff_timeout, self.drain_deadline)
+                return True
             elif not session.awaiting_handler:
                 self._give_up(conn, now)
                 return False
@@ -347,7 +357,8 @@ def _settings(worker: Worker) -> Settings:
     config = worker.config
     return Settings(
         buffer_size=config.buffer_size, stream_timeout=float(config.stream_timeout),
-        compression=config.compression, messages_max=config.messages_max,
+        compression=config.compression, deflate_context=config.compression_context,
+        messages_max=config.messages_max,
         max_message_size=config.max_message_size, read_limits=worker.conn_limits.read)
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from condure.session import http_simple, httpwire, websocket
+from condure.session import http_simple, httpwire, websocket, ws_upgrade
 from condure.session.actions import Write
 from condure.session.contract import Kind, Settings
 from condure.session.head import MAX_HEADERS, Head, HeadReader, Refusal
@@ -76,12 +76,13 @@ class HttpSession(HttpMoves):
     # Slots (with those of its bases): its 33 attributes are more than an
     # instance dict shares keys for, so every idle keep-alive connection
     # carried a dict of its own, 1.5 KiB.
-    __slots__ = ("body", "client_gone", "compression", "limits", "max_message_size",
-                 "messages_max", "new_id", "response")
+    __slots__ = ("body", "client_gone", "compression", "deflate_context", "limits",
+                 "max_message_size", "messages_max", "new_id", "response")
 
     kind = Kind.HTTP
     table = HTTP_TABLE
     can_move = True
+    handoff_later = False
 
     def __init__(
         self,
@@ -96,6 +97,7 @@ class HttpSession(HttpMoves):
         peer_port: int | None = None,
         leftover: bytes = b"",
         compression: bool = False,
+        deflate_context: str = "keep",
         messages_max: int = 100,
         max_message_size: int = 0,
         read_limits: ReadLimits | None = None,
@@ -104,7 +106,8 @@ class HttpSession(HttpMoves):
                          stream_timeout=stream_timeout, scheme=scheme,
                          peer_address=peer_address, peer_port=peer_port)
         self.new_id = new_id
-        self.compression = compression  # WebSocket options (websocket.upgrade)
+        self.compression = compression  # WebSocket options (ws_upgrade.upgrade)
+        self.deflate_context = deflate_context
         self.messages_max = messages_max
         self.max_message_size = max_message_size
         self.stream_deadline = now + stream_timeout
@@ -130,6 +133,7 @@ class HttpSession(HttpMoves):
             buffer_size=settings.buffer_size, stream_timeout=settings.stream_timeout,
             scheme=record.scheme, peer_address=record.peer_address,
             peer_port=record.peer_port, compression=settings.compression,
+            deflate_context=settings.deflate_context,
             messages_max=settings.messages_max, max_message_size=settings.max_message_size,
             read_limits=settings.read_limits)
         self.restore(record, now)
@@ -367,7 +371,7 @@ class HttpSession(HttpMoves):
         if websocket.is_upgrade(headers, http11=head.http11):
             # A WebSocket session takes the connection over (reference 5.7).
             self._advance(Event.UPGRADE)
-            self.actions += websocket.upgrade(self, method, target, headers)
+            self.actions += ws_upgrade.upgrade(self, method, target, headers)
             return
         has_length = False
         more = False

@@ -61,6 +61,7 @@ class ReqSession:
     can_move = False
     handoff_needs_handler = False
     handing_off = False
+    handoff_later = False
     ready_to_export = False
     handoff_wait = "req mode"
     resumable = False  # snapshots cover stream-mode sessions only

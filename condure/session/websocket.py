@@ -31,11 +31,9 @@ frame), it can be exported (``export_record``, :mod:`condure.session.records`).
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from condure.session.actions import Action, Close, Send, SwitchSession, Write
+from condure.session.actions import Send, Write
 from condure.session.contract import Kind, Settings
-from condure.session.httpwire import request_uri, response_fault
+from condure.session.httpwire import response_fault
 from condure.session.peer import HANDLER_GONE, MISSED_IN_MOVE, ZhttpPeer
 from condure.session.records import WsRecord
 from condure.session.states import (
@@ -52,11 +50,8 @@ from condure.session.states import (
 from condure.session.ws_frames import PING, PONG
 from condure.session.ws_handshake import (
     Deflate,
-    HandshakeError,
     accept_head,
-    check_upgrade,
     is_upgrade,
-    refusal,
     rejection,
 )
 from condure.session.ws_input import ClientInput
@@ -77,54 +72,16 @@ from condure.zhttp.packets import (
 )
 from condure.zhttp.packets import Close as ClosePacket
 
-
-class Upgrading(Protocol):
-    """What :func:`upgrade` reads of the HTTP session it ends."""
-
-    compression: bool
-    scheme: bytes
-    instance_id: bytes
-    rid: bytes
-    buffer_size: int
-    stream_timeout: float
-    messages_max: int
-    max_message_size: int
-    peer_address: bytes | None
-    peer_port: int | None
-    session_deadline: float
-    stream_deadline: float
-
-    def leftover(self) -> bytes: ...
-
-__all__ = ["WebSocketSession", "is_upgrade", "upgrade"]
+__all__ = ["WebSocketSession", "is_upgrade"]
 
 
 GOING_AWAY, SERVICE_RESTART = 1001, 1012  # close codes (RFC 6455 7.4.1, IANA registry)
 # Client payload read but not yet forwarded (no credits) that may travel
 # with an exported session; more than this and the session is closed instead.
 MAX_PENDING_EXPORT = 16384
-
-
-def upgrade(http: Upgrading, method: bytes, target: bytes, headers: tuple[Header, ...]
-            ) -> list[Action]:
-    """Actions that end the HTTP session ``http`` on an upgrade request: the
-    switch to a WebSocket session, or condure's refusal of a bad upgrade
-    (400, or 426 for another version; Condure closed silently)."""
-    try:
-        up = check_upgrade(method, headers, compression=http.compression)
-    except HandshakeError as e:
-        return [Write(refusal(e.status, e.detail)),
-                Close(graceful=True, reason=f"bad upgrade: {e.detail}")]
-    scheme = b"wss" if http.scheme == b"https" else b"ws"
-    ws = WebSocketSession(
-        instance_id=http.instance_id, rid=http.rid, key=up.key, deflate=up.deflate,
-        buffer_size=http.buffer_size, stream_timeout=http.stream_timeout,
-        messages_max=http.messages_max, max_message_size=http.max_message_size,
-        scheme=http.scheme, peer_address=http.peer_address, peer_port=http.peer_port,
-        session_deadline=http.session_deadline, stream_deadline=http.stream_deadline,
-        leftover=http.leftover())
-    ws.send_request(method, request_uri(scheme, headers, target), headers)
-    return [SwitchSession(ws)]
+# What keeps a compressed session from moving (snapshot_obstacle).
+CLIENT_CONTEXT = "permessage-deflate with the client's context takeover"
+MID_MESSAGE = "a compressed client message is under way"
 
 
 class WebSocketSession(ZhttpPeer):
@@ -236,7 +193,7 @@ class WebSocketSession(ZhttpPeer):
         if self.state is WAIT:
             # Only to notice a disconnect; frames wait for the acceptance.
             return not self.client_gone and len(self.input.inbuf) < self.buffer_size
-        if self.handoff:
+        if self.handoff or self.input.at_boundary:
             # Nothing, not even the rest of a frame under way (it moves with
             # its parsing state): the client's bytes stay in the kernel.
             return False
@@ -292,7 +249,13 @@ class WebSocketSession(ZhttpPeer):
         if self.handoff:
             return True
         if (self.state is not OPEN or self.handler is None or self.output.closed
-                or self.input.closed or self.snapshot_obstacle() is not None):
+                or self.input.closed):
+            return False
+        obstacle = self.snapshot_obstacle()
+        if obstacle is not None:
+            # A compressed client message under way: read on to its end
+            # only, then begin (handoff_later).
+            self.input.stop_at_boundary = obstacle is MID_MESSAGE
             return False
         if ask:
             self._send(HandoffStart)
@@ -323,12 +286,22 @@ class WebSocketSession(ZhttpPeer):
         return super().keep_alive()
 
     def snapshot_obstacle(self) -> str | None:
-        d = self.deflate
-        if d is not None and not (d.client_no_context_takeover and d.server_no_context_takeover):
-            return "permessage-deflate with context takeover"
-        if d is not None and (self.input.msg_compressed or self.output.msg_type):
-            return "a compressed message is under way"
+        """What keeps this session from moving now. Only the client's
+        compression context matters: condure's own compressor may start
+        afresh at any point of its output (a sync flush ends every frame
+        on a deflate block boundary, and RFC 7692 never obliges a sender to
+        refer back), so an adopted session does, mid-message too."""
+        if self.deflate is not None and not self.deflate.client_no_context_takeover:
+            return CLIENT_CONTEXT
+        if self.input.mid_compressed:
+            return MID_MESSAGE
         return None
+
+    @property
+    def handoff_later(self) -> bool:
+        """begin_handoff waits for a compressed client message to end; it
+        may begin once no more of it is under way."""
+        return self.input.stop_at_boundary and self.state is OPEN and not self.input.closed
 
     def receive_data(self, data: bytes, now: float) -> None:
         if self.state is CLOSED:
