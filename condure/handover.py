@@ -173,6 +173,8 @@ class Exporter:
                 if not item.later:
                     item.later = True
                     item.deadline = min(now + self.handoff_timeout, self.drain_deadline)
+                    log.debug("%s: moves once the compressed client message under way "
+                              "has ended", describe(conn))
                 return True
             elif not session.awaiting_handler:
                 self._give_up(conn, now)

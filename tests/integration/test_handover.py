@@ -135,7 +135,9 @@ def start(tmp_path):
         env = procs.python_env()
         env["NOTIFY_SOCKET"] = notify.path
         cmd = [sys.executable, "-m", "condure", "--zclient-stream", base,
-               "--workers", str(workers), "--drain-timeout", "5", "--log-level", "3"]
+               "--workers", str(workers), "--drain-timeout", "5"]
+        if "--log-level" not in args:
+            cmd += ["--log-level", "3"]
         for spec, port in zip(listen, ports):
             cmd += ["--listen", spec.format(port=port)]
         proc = procs._spawn("condure", cmd + list(args),
