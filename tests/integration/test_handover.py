@@ -504,7 +504,7 @@ def deflate_echo(ws: wc.WsConn, text: bytes) -> None:
 
 
 def test_deflate_moves_only_without_context_takeover(start, handoff_handler):
-    condure = start("--compression")
+    condure = start("--compression", "--compression-context", "keep")
     handler = handoff_handler(condure.base)
     with wc.WsConn.open(condure.port, extensions=["permessage-deflate"]) as keeping, \
             wc.WsConn.open(condure.port, extensions=[DEFLATE_BOTH]) as fresh:
@@ -522,7 +522,7 @@ def test_deflate_with_server_max_window_bits_moves(start, handoff_handler):
     """The answer echoes server_max_window_bits=15 (RFC 7692 7.1.2.1); the
     record carries that value, so the session still moves when it has no
     context takeover."""
-    condure = start("--compression")
+    condure = start("--compression", "--compression-context", "keep")
     handler = handoff_handler(condure.base)
     bits = "; server_max_window_bits=15"
     with wc.WsConn.open(condure.port, extensions=["permessage-deflate" + bits]) as keeping, \
