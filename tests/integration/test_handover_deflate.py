@@ -34,7 +34,7 @@ def tick(n: int) -> str:
 
 
 @pytest.mark.parametrize("context", ["server", "none", "keep"])
-def test_a_browser_like_client_survives_a_reload(start, handoff_handler, context):
+def test_a_browser_like_client_survives_a_reload(start, handoff_handler, context):  # noqa: F811
     condure = start("--compression", "--compression-context", context)
     handler = handoff_handler(condure.base)
     with connect(f"ws://127.0.0.1:{condure.port}/ws", open_timeout=10) as ws:
@@ -68,7 +68,8 @@ def read_compressed(ws: wc.WsConn, inflater) -> bytes:
     return inflater.decompress(payload + wc.DEFLATE_TAIL)
 
 
-def test_a_compressed_message_under_way_ends_before_the_session_moves(start, handoff_handler):
+def test_a_compressed_message_under_way_ends_before_the_session_moves(
+        start, handoff_handler):  # noqa: F811
     """The client has sent part of a 70 KB compressed message in several
     frames when the reload starts: the session reads the message to its end
     (and no further), the echo comes back, then it moves, and a message

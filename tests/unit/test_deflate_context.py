@@ -82,7 +82,7 @@ def test_a_browser_like_client_accepts_the_answer(context):
                           for k, v in factory.get_request_params()])
     chosen = negotiate(parse_extensions(offer), context)
     assert chosen is not None
-    (name, params), = parse_extensions(chosen.header)
+    ((_, params),) = parse_extensions(chosen.header)
     ext = factory.process_response_params(
         [(k.decode(), v.decode() if v else None) for k, v in params], [])
     assert ext.local_no_context_takeover  # the client: no context between messages
@@ -148,7 +148,7 @@ def test_server_context_moves_between_messages_and_mid_handler_message():
     d.handler(HandoffProceed)
     out = d.new_output()
     d2 = adopt(d)
-    assert [type(p) for p in d2.new_packets()][0] is KeepAlive
+    assert type(d2.new_packets()[0]) is KeepAlive
     d2.handler(Data, body=text[20:])
     d2.handler(Data, body=text)
     out += d2.new_output()
