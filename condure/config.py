@@ -77,6 +77,7 @@ class Config:
     ipc_file_mode: int = 0
     tls_identities_dir: str = "."
     compression: bool = False
+    compression_context: str = "server"  # what --compression adds (ws_handshake.CONTEXTS)
     deny_out_internal: bool = False
     accept_mode: str = "auto"
     drain_timeout: int = 30
@@ -95,6 +96,9 @@ class Config:
                               + ", ".join(ACCEPT_MODES))
         if self.handoff not in HANDOFF_MODES:
             raise ConfigError("failed to parse handoff: expected auto, ask or skip")
+        if self.compression_context not in COMPRESSION_CONTEXTS:
+            raise ConfigError("failed to parse compression-context: expected one of "
+                              + ", ".join(COMPRESSION_CONTEXTS))
         self._check_curve()
 
     def _check_curve(self) -> None:
@@ -132,6 +136,7 @@ class Config:
         return any(spec.mode == "req" for spec in self.listen)
 
 
+COMPRESSION_CONTEXTS = ("server", "none", "keep")  # session/ws_handshake.CONTEXTS
 HANDOFF_MODES = ("auto", "ask", "skip")  # --handoff values (docs/handover.md)
 # --accept-mode values; "auto" is reuseport when condure binds its listeners,
 # shared under socket activation (docs/accept-modes.md).

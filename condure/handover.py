@@ -30,7 +30,9 @@ worker, which carries on as if nothing happened.
   again.
 
 What cannot move is closed politely instead: TLS connections and
-WebSockets with compression context takeover (WebSocket close 1012),
+WebSockets whose client keeps its compression context (WebSocket close
+1012; see ``--compression-context``), or that are still reading a
+compressed client message when the handoff timeout is over,
 requests still under way when the drain time is over, and WebSockets
 whose handler did not answer ``handoff-proceed`` in time, or that did not
 reach a resumable point in time (1012; the log line says which). A
@@ -98,6 +100,7 @@ class _Moving:
     unanswered: bool = False  # moving without the handler's handoff-proceed
     asked: bool = False  # its handoff with the handler began (the deadline is set)
     closing: bool = False  # a WebSocket whose close is under way: not moving, ends here
+    later: bool = False  # waiting for a compressed client message to end (deadline set)
 
 
 class Exporter:
@@ -183,6 +186,15 @@ class Exporter:
         if not session.handing_off:
             if session.begin_handoff(self.ask):
                 conn.run()
+            elif session.handoff_later:
+                # A compressed client message under way: the session reads
+                # it to its end and no further, within the handoff timeout.
+                if not item.later:
+                    item.later = True
+                    item.deadline = min(now + self.handoff_timeout, self.drain_deadline)
+                    log.debug("%s: moves once the compressed client message under way "
+                              "has ended", describe(conn))
+                return True
             elif not session.awaiting_handler:
                 log.info("%s: cannot move (%s); closing it", describe(conn),
                          session.handoff_wait)
@@ -376,7 +388,8 @@ def _settings(worker: Worker) -> Settings:
     config = worker.config
     return Settings(
         buffer_size=config.buffer_size, stream_timeout=float(config.stream_timeout),
-        compression=config.compression, messages_max=config.messages_max,
+        compression=config.compression, deflate_context=config.compression_context,
+        messages_max=config.messages_max,
         max_message_size=config.max_message_size, read_limits=worker.conn_limits.read)
 
 

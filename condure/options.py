@@ -379,6 +379,23 @@ OPTIONS: tuple[Option, ...] = (
         default=False,
     ),
     Option(
+        "--compression-context", TEXT,
+        "Which side keeps its compression context: server, none or keep",
+        "With --compression, what condure adds to its permessage-deflate "
+        "answer (RFC 7692 7.1.1). `server`: `client_no_context_takeover`, "
+        "so the client compresses each message on its own and the session "
+        "can move to another process (reload, restart) between its "
+        "messages; condure's own messages still refer back to earlier "
+        "ones (an adopted session starts afresh). `none`: "
+        "`server_no_context_takeover` too: neither side keeps anything "
+        "between messages (less memory per idle WebSocket, larger "
+        "messages). `keep`: Condure's answer, only what the client "
+        "offered: a client that keeps its context (browsers do) cannot "
+        "move, and is closed with 1012 on every reload and restart. See "
+        "docs/performance.md for the cost. Not a Condure option.",
+        metavar="MODE", default="server",
+    ),
+    Option(
         "--deny-out-internal", FLAG, "Refuse outgoing connections to internal addresses",
         "Client role: refuse to connect to loopback, private and link-local "
         "ranges (127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, "

@@ -367,6 +367,7 @@ class Worker(Slots):
             peer_address=peer_address,
             peer_port=peer_port,
             compression=self.config.compression,
+            deflate_context=self.config.compression_context,
             read_limits=self.conn_limits.read,
             messages_max=self.config.messages_max,
             max_message_size=self.config.max_message_size,

@@ -214,6 +214,11 @@ class Session(Protocol):
         """A request went out and its handler has not answered yet."""
 
     @property
+    def handoff_later(self) -> bool:
+        """:meth:`begin_handoff` returned False but may begin soon: retry it
+        (a WebSocket reading a compressed client message to its end)."""
+
+    @property
     def handing_off(self) -> bool:
         """:meth:`begin_handoff` was called and accepted."""
 
@@ -240,8 +245,8 @@ class Session(Protocol):
         """Start a handover: finish what is under way, start nothing new.
         ``ask``: ask the handler to hold its packets (``handoff-start``),
         else move without its answer (``--handoff skip``). False when it
-        cannot start now (retried while ``awaiting_handler``; otherwise the
-        session is closed politely)."""
+        cannot start now (retried while ``awaiting_handler`` or
+        ``handoff_later``; otherwise the session is closed politely)."""
 
     def move_unanswered(self) -> bool:
         """The handler did not answer ``handoff-start`` in time: move
@@ -263,6 +268,7 @@ class Settings:
     buffer_size: int = 8192
     stream_timeout: float = 1800.0
     compression: bool = False
+    deflate_context: str = "keep"  # --compression-context (ws_handshake.CONTEXTS)
     messages_max: int = 100
     max_message_size: int = 0  # 0: no limit
     read_limits: ReadLimits = OFF  # --head-timeout, --body-min-rate (session/limits.py)

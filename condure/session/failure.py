@@ -105,6 +105,7 @@ class Ended:
     can_move = False
     handoff_needs_handler = False
     awaiting_handler = False
+    handoff_later = False
     handing_off = False
     close_wait = None
     handler = None

@@ -76,13 +76,14 @@ class HttpSession(HttpMoves):
     # Slots (with those of its bases): its 33 attributes are more than an
     # instance dict shares keys for, so every idle keep-alive connection
     # carried a dict of its own, 1.5 KiB.
-    __slots__ = ("body", "client_gone", "compression", "limits", "max_message_size",
-                 "messages_max", "new_id", "response")
+    __slots__ = ("body", "client_gone", "compression", "deflate_context", "limits",
+                 "max_message_size", "messages_max", "new_id", "response")
 
     kind = Kind.HTTP
     table = HTTP_TABLE
     can_move = True
     close_wait = None  # (a WebSocket's; see contract.Session)
+    handoff_later = False
 
     def __init__(
         self,
@@ -97,6 +98,7 @@ class HttpSession(HttpMoves):
         peer_port: int | None = None,
         leftover: bytes = b"",
         compression: bool = False,
+        deflate_context: str = "keep",
         messages_max: int = 100,
         max_message_size: int = 0,
         read_limits: ReadLimits | None = None,
@@ -106,6 +108,7 @@ class HttpSession(HttpMoves):
                          peer_address=peer_address, peer_port=peer_port)
         self.new_id = new_id
         self.compression = compression  # WebSocket options (ws_upgrade.upgrade)
+        self.deflate_context = deflate_context
         self.messages_max = messages_max
         self.max_message_size = max_message_size
         self.stream_deadline = now + stream_timeout
@@ -131,6 +134,7 @@ class HttpSession(HttpMoves):
             buffer_size=settings.buffer_size, stream_timeout=settings.stream_timeout,
             scheme=record.scheme, peer_address=record.peer_address,
             peer_port=record.peer_port, compression=settings.compression,
+            deflate_context=settings.deflate_context,
             messages_max=settings.messages_max, max_message_size=settings.max_message_size,
             read_limits=settings.read_limits)
         self.restore(record, now)

@@ -62,6 +62,7 @@ class ReqSession:
     handoff_needs_handler = False
     handing_off = False
     close_wait = None
+    handoff_later = False
     ready_to_export = False
     handoff_wait = "req mode"
     resumable = False  # snapshots cover stream-mode sessions only

@@ -77,6 +77,9 @@ GOING_AWAY, SERVICE_RESTART = 1001, 1012  # close codes (RFC 6455 7.4.1, IANA re
 # Client payload read but not yet forwarded (no credits) that may travel
 # with an exported session; more than this and the session is closed instead.
 MAX_PENDING_EXPORT = 16384
+# What keeps a compressed session from moving (snapshot_obstacle).
+CLIENT_CONTEXT = "permessage-deflate with the client's context takeover"
+MID_MESSAGE = "a compressed client message is under way"
 
 
 class WebSocketSession(ZhttpPeer):
@@ -188,7 +191,7 @@ class WebSocketSession(ZhttpPeer):
         if self.state is WAIT:
             # Only to notice a disconnect; frames wait for the acceptance.
             return not self.client_gone and len(self.input.inbuf) < self.buffer_size
-        if self.handoff:
+        if self.handoff or self.input.at_boundary:
             # Nothing, not even the rest of a frame under way (it moves with
             # its parsing state): the client's bytes stay in the kernel.
             return False
@@ -258,7 +261,13 @@ class WebSocketSession(ZhttpPeer):
         if self.handoff:
             return True
         if (self.state is not OPEN or self.handler is None or self.output.closed
-                or self.input.closed or self.snapshot_obstacle() is not None):
+                or self.input.closed):
+            return False
+        obstacle = self.snapshot_obstacle()
+        if obstacle is not None:
+            # A compressed client message under way: read on to its end
+            # only, then begin (handoff_later).
+            self.input.stop_at_boundary = obstacle is MID_MESSAGE
             return False
         if ask:
             self._send(HandoffStart)
@@ -289,12 +298,22 @@ class WebSocketSession(ZhttpPeer):
         return super().keep_alive()
 
     def snapshot_obstacle(self) -> str | None:
-        d = self.deflate
-        if d is not None and not (d.client_no_context_takeover and d.server_no_context_takeover):
-            return "permessage-deflate with context takeover"
-        if d is not None and (self.input.msg_compressed or self.output.msg_type):
-            return "a compressed message is under way"
+        """What keeps this session from moving now. Only the client's
+        compression context matters: condure's own compressor may start
+        afresh at any point of its output (a sync flush ends every frame
+        on a deflate block boundary, and RFC 7692 never obliges a sender to
+        refer back), so an adopted session does, mid-message too."""
+        if self.deflate is not None and not self.deflate.client_no_context_takeover:
+            return CLIENT_CONTEXT
+        if self.input.mid_compressed:
+            return MID_MESSAGE
         return None
+
+    @property
+    def handoff_later(self) -> bool:
+        """begin_handoff waits for a compressed client message to end; it
+        may begin once no more of it is under way."""
+        return self.input.stop_at_boundary and self.state is OPEN and not self.input.closed
 
     def receive_data(self, data: bytes, now: float) -> None:
         if self.state is CLOSED:

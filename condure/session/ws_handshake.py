@@ -14,12 +14,23 @@ import binascii
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from condure.zhttp.packets import Header
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 KEY_BYTES = 16  # Sec-WebSocket-Key is the base64 of this many bytes (RFC 6455 4.1)
+
+# --compression-context: which side keeps its permessage-deflate context
+# (LZ77 window) from one message to the next. ``keep``: as the client
+# offers (Condure's answer); the client's context cannot travel, so such a
+# session never moves. ``server``: condure adds client_no_context_takeover
+# (RFC 7692 7.1.1.2), so the session can move between client messages;
+# condure's own compressor keeps its context (a moved session starts a
+# fresh one, which the client cannot tell). ``none``: condure adds
+# server_no_context_takeover too (7.1.1.1): nothing is kept between
+# messages on either side.
+CONTEXTS = ("server", "none", "keep")
 
 # Headers condure writes itself in a 101 or a rejection; the handler's
 # copies are dropped (reference 5.7.3, 5.7.7).
@@ -93,8 +104,10 @@ def is_upgrade(headers: Iterable[Header], *, http11: bool) -> bool:
     return False
 
 
-def check_upgrade(method: bytes, headers: Iterable[Header], *, compression: bool) -> Upgrade:
-    """Validate an upgrade request (reference 5.7.1); raises HandshakeError."""
+def check_upgrade(method: bytes, headers: Iterable[Header], *, compression: bool,
+                  context: str = "keep") -> Upgrade:
+    """Validate an upgrade request (reference 5.7.1); raises HandshakeError.
+    ``context``: see :data:`CONTEXTS`."""
     if method != b"GET":
         raise HandshakeError(400, "WebSocket upgrade must be a GET")
     key = version = None
@@ -128,7 +141,7 @@ def check_upgrade(method: bytes, headers: Iterable[Header], *, compression: bool
             parsed += parse_extensions(value)
         except ValueError as e:
             raise HandshakeError(400, f"bad Sec-WebSocket-Extensions: {e}") from None
-    return Upgrade(key, negotiate(parsed) if compression else None)
+    return Upgrade(key, negotiate(parsed, context) if compression else None)
 
 
 def valid_key(key: bytes) -> bool:
@@ -236,12 +249,18 @@ def _acceptable(params: list[tuple[bytes, bytes | None]]) -> Deflate | None:
                    15 if b"server_max_window_bits" in seen else None)
 
 
-def negotiate(offers: list[Offer]) -> Deflate | None:
-    """The first acceptable permessage-deflate offer (reference 10.1)."""
+def negotiate(offers: list[Offer], context: str = "keep") -> Deflate | None:
+    """The first acceptable permessage-deflate offer (reference 10.1), with
+    the no-context-takeover parameters ``context`` adds (:data:`CONTEXTS`;
+    RFC 7692 lets a server add both to any offer it accepts)."""
     for name, params in offers:
         if name.lower() == b"permessage-deflate":
             chosen = _acceptable(params)
             if chosen is not None:
+                if context != "keep":
+                    chosen = replace(chosen, client_no_context_takeover=True)
+                if context == "none":
+                    chosen = replace(chosen, server_no_context_takeover=True)
                 return chosen
     return None
 

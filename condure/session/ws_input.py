@@ -63,7 +63,7 @@ class ClientInput:
 
     __slots__ = ("buffer_size", "closed", "credits", "frame", "frame_left", "frame_offset",
                  "inbuf", "inflater", "max_message_size", "msg_compressed", "msg_done",
-                 "msg_opcode", "msg_size", "pending", "utf8")
+                 "msg_opcode", "msg_size", "pending", "stop_at_boundary", "utf8")
     # Reads one frame header; a client's frames come masked. (The origin
     # side of client mode reads unmasked ones: client_ws.OriginInput.)
     read_header = staticmethod(parse_header)
@@ -85,6 +85,9 @@ class ClientInput:
         self.credits = 0  # bytes condure may still send the handler
         self.closed = False  # the client sent its close frame
         self.inflater = Inflater(deflate.client_no_context_takeover) if deflate else None
+        # A handover waits for the compressed message under way to end:
+        # nothing after it is read (see mid_compressed).
+        self.stop_at_boundary = False
 
     # -- moving (handover): see condure.session.records -------------------------
 
@@ -94,6 +97,19 @@ class ClientInput:
         frame boundary, or inside an uncompressed frame (its parsing state
         travels, the rest of its bytes in ``leftover`` or the kernel)."""
         return self.frame is None or (self.frame_left > 0 and not self.msg_compressed)
+
+    @property
+    def mid_compressed(self) -> bool:
+        """A compressed client message is being read: the inflater's state
+        (its window, a deflate block half read) cannot travel, so the
+        session cannot move before the message's end."""
+        return self.msg_compressed and not self.msg_done
+
+    @property
+    def at_boundary(self) -> bool:
+        """A handover waits for this point (``stop_at_boundary``): the
+        compressed message under way was read to its end."""
+        return self.stop_at_boundary and not self.mid_compressed
 
     def frame_fields(self) -> tuple[int, int, bytes, bool]:
         """(frame_left, frame_offset, frame_mask, frame_fin) of the record."""
@@ -139,7 +155,8 @@ class ClientInput:
         left to the general path (:meth:`_parse`, :meth:`_forward`), which
         gives the same result one step at a time."""
         inbuf = self.inbuf
-        if len(inbuf) < 6 or self.frame is not None or self.msg_opcode or s.handoff:
+        if (len(inbuf) < 6 or self.frame is not None or self.msg_opcode or s.handoff
+                or self.stop_at_boundary):
             return False
         b0, b1 = inbuf[0], inbuf[1]
         if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80:  # FIN + text/binary; masked
@@ -192,7 +209,7 @@ class ClientInput:
     def _parse(self, s: Owner) -> bool:
         """Read from the client's bytes what may be read now; with no
         credits nothing is (reference 5.7.4)."""
-        if s.handoff or self.credits <= 0:
+        if s.handoff or self.credits <= 0 or self.at_boundary:
             # Moving: nothing more is read, not even the rest of a frame
             # under way; its state travels in the record (frame_*), its
             # bytes in leftover or the kernel.

@@ -6,9 +6,10 @@ written and nothing is owed (``resumable``), or in a handover once the
 handler answered ``handoff-proceed`` (``ready_to_export``; client payload
 may then wait in ``pending``, and a client frame may be half read: its
 parsing state travels in the ``frame_*`` fields). permessage-deflate with
-context takeover keeps a compressor history that does not travel, so such
-sessions never move; with both no-context-takeover parameters they do,
-between compressed messages.
+the client's context takeover needs the inflater's history, which does not
+travel, so such sessions never move; with ``client_no_context_takeover``
+they do, outside compressed client messages (condure's compressor starts
+afresh in the adopting process, mid-message too).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ class Upgrading(Protocol):
     """What :func:`upgrade` reads of the HTTP session it ends."""
 
     compression: bool
+    deflate_context: str
     scheme: bytes
     instance_id: bytes
     rid: bytes
@@ -42,7 +43,8 @@ def upgrade(http: Upgrading, method: bytes, target: bytes, headers: tuple[Header
     switch to a WebSocket session, or condure's refusal of a bad upgrade
     (400, or 426 for another version; Condure closed silently)."""
     try:
-        up = check_upgrade(method, headers, compression=http.compression)
+        up = check_upgrade(method, headers, compression=http.compression,
+                           context=http.deflate_context)
     except HandshakeError as e:
         return [Write(refusal(e.status, e.detail)),
                 Close(graceful=True, reason=f"bad upgrade: {e.detail}")]

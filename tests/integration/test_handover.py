@@ -135,7 +135,9 @@ def start(tmp_path):
         env = procs.python_env()
         env["NOTIFY_SOCKET"] = notify.path
         cmd = [sys.executable, "-m", "condure", "--zclient-stream", base,
-               "--workers", str(workers), "--drain-timeout", "5", "--log-level", "3"]
+               "--workers", str(workers), "--drain-timeout", "5"]
+        if "--log-level" not in args:
+            cmd += ["--log-level", "3"]
         for spec, port in zip(listen, ports):
             cmd += ["--listen", spec.format(port=port)]
         proc = procs._spawn("condure", cmd + list(args),
@@ -503,7 +505,7 @@ def deflate_echo(ws: wc.WsConn, text: bytes) -> None:
 
 
 def test_deflate_moves_only_without_context_takeover(start, handoff_handler):
-    condure = start("--compression")
+    condure = start("--compression", "--compression-context", "keep")
     handler = handoff_handler(condure.base)
     with wc.WsConn.open(condure.port, extensions=["permessage-deflate"]) as keeping, \
             wc.WsConn.open(condure.port, extensions=[DEFLATE_BOTH]) as fresh:
@@ -525,7 +527,7 @@ def test_deflate_with_server_max_window_bits_moves(start, handoff_handler):
     """The answer echoes server_max_window_bits=15 (RFC 7692 7.1.2.1); the
     record carries that value, so the session still moves when it has no
     context takeover."""
-    condure = start("--compression")
+    condure = start("--compression", "--compression-context", "keep")
     handler = handoff_handler(condure.base)
     bits = "; server_max_window_bits=15"
     with wc.WsConn.open(condure.port, extensions=["permessage-deflate" + bits]) as keeping, \

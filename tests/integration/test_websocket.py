@@ -49,7 +49,9 @@ def plain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def compressing(tmp_path_factory):
-    with flows.running(tmp_path_factory.mktemp("ws-deflate"), ["--compression"]) as server:
+    # Condure's answers (ours adds client_no_context_takeover by default)
+    keep = ["--compression-context", "keep"] if IMPL == "ours" else []
+    with flows.running(tmp_path_factory.mktemp("ws-deflate"), ["--compression", *keep]) as server:
         yield server
 
 

@@ -48,7 +48,8 @@ def echo(tmp_path_factory):
     """Our condure with --compression and the echo handler; yields condure
     once the handler has answered a first request."""
     workdir = tmp_path_factory.mktemp("ws-handshake-rules")
-    with echo_condure.running(workdir, ["--compression"]) as condure:
+    args = ["--compression", "--compression-context", "keep"]  # the client's offer only
+    with echo_condure.running(workdir, args) as condure:
         yield condure
 
 def handshake(version: str = "1.1", path: str = "/ws", keys=(KEY,), extra: str = "") -> bytes:

@@ -113,9 +113,9 @@ def _refused_case(case: str) -> WsDriver:
         assert isinstance(d.session, WebSocketSession) and d.session.handler is None
     elif case == "context takeover":
         d = opened(compression=True, headers=PMD)
-    elif case == "compressed message under way":
+    elif case == "compressed client message under way":
         d = opened(compression=True, headers=PMD_NCT)
-        d.handler(Data, body=b"half", more=True)
+        d.client(cframe(1, b"\xf2\x48\xcd", fin=False, rsv=0x40))
     else:
         d = opened()
         {"client closed": lambda: d.client(cframe(8, b"\x03\xe8")),
@@ -126,7 +126,7 @@ def _refused_case(case: str) -> WsDriver:
 
 @pytest.mark.parametrize("case", ["client closed", "handler closed", "cancelled",
                                   "waiting for the acceptance", "context takeover",
-                                  "compressed message under way"])
+                                  "compressed client message under way"])
 def test_begin_handoff_refused(case):
     d = _refused_case(case)
     d.new_sends()

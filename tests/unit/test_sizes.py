@@ -50,9 +50,12 @@ def test_figures_are_per_connection(first: dict[str, int]) -> None:
 
 
 def test_deflate_includes_zlibs_own_allocations(first: dict[str, int]) -> None:
-    # zlib's window and tables (its documented formula) are the bulk; the
-    # Python objects around them and zlib's small state add a few KiB.
-    floor = sizes.ZLIB_DEFLATE + sizes.ZLIB_INFLATE
+    # zlib's compressor window and tables (its documented formula) are the
+    # bulk; the Python objects around them and zlib's small state add a few
+    # KiB. By default (--compression-context server) the client compresses
+    # each message on its own, so no inflate window is kept between
+    # messages (ZLIB_INFLATE, 32 KiB, was counted with Condure's answer).
+    floor = sizes.ZLIB_DEFLATE
     assert floor < first["deflate_codec_state"] < floor + (32 << 10), first
 
 
