@@ -519,7 +519,7 @@ def test_deflate_moves_only_without_context_takeover(start, handoff_handler):
     # one line for the session that could not move, with the reason
     lines = [line for line in condure.log().splitlines() if "cannot move" in line]
     assert len(lines) == 1 and lines[0].endswith(
-        ": cannot move (permessage-deflate with context takeover); closing it"), lines
+        ": cannot move (permessage-deflate with the client's context takeover); closing it"), lines
     assert_no_complaints(condure, handler)
 
 

@@ -6,9 +6,12 @@ frames were exchanged (RFC 6455 7.1.1), and condure answers nothing itself
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from condure.session.states import ASKED, UNANSWERED
+from condure.session.websocket import CLIENT_CONTEXT, MID_MESSAGE
 from condure.zhttp.packets import Cancel, Data, HandoffProceed, HandoffStart
 from condure.zhttp.packets import Close as ClosePacket
 from tests.unit.test_websocket_session import PMD, PMD_NCT, WsDriver, cframe, opened
@@ -98,16 +101,26 @@ def test_open_or_closed_sessions_have_no_close_wait():
     assert d.closed and d.session.close_wait is None
 
 
-@pytest.mark.parametrize(("headers", "why"), [
-    (PMD, "permessage-deflate with context takeover"),
-    (PMD_NCT, "a compressed message is under way"),
-])
-def test_why_a_compressed_session_cannot_move(headers, why):
+def test_why_a_compressed_session_cannot_move():
     """The reason begin_handoff refused the session, for the handover's
     ``cannot move (...)`` line, even with output not yet flushed (which a
     session that was never handing off does not wait for)."""
-    d = opened(compression=True, headers=headers)
+    d = opened(compression=True, headers=PMD)  # (the driver answers as Condure)
     d.handler(Data, body=b"half", more=True)
     assert d.session.output.unflushed
     assert d.session.begin_handoff() is False
-    assert d.session.handoff_wait == why
+    assert d.session.handoff_wait == CLIENT_CONTEXT
+
+
+def test_why_a_compressed_session_waits():
+    """In the middle of a compressed client message the session waits for
+    its end (handoff_later); past the handoff timeout the handover's line
+    gives that reason, even with output not yet flushed."""
+    d = opened(compression=True, headers=PMD_NCT)
+    d.handler(Data, body=b"half", more=True)
+    z = zlib.compressobj(wbits=-15)
+    part = z.compress(b"half of a message " * 10) + z.flush(zlib.Z_SYNC_FLUSH)
+    d.client(cframe(1, part, rsv=0x40, fin=False))  # (its last frame still to come)
+    assert d.session.output.unflushed
+    assert d.session.begin_handoff() is False and d.session.handoff_later
+    assert d.session.handoff_wait == MID_MESSAGE
