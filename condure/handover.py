@@ -154,9 +154,9 @@ class Exporter:
         if conn.closing:
             return  # ending on its own (the drain that follows waits for it)
         if not conn.exportable or not session.can_move:
-            if session.kind is Kind.WEBSOCKET:  # (a close frame 1012 is coming)
-                log.info("%s: cannot move (TLS); closing it", describe(conn))
-            self._give_up(conn, now)  # TLS, req mode: finished or closed by the drain
+            # TLS, req mode: finished or closed by the drain; a WebSocket gets
+            # a close frame 1012, so it is logged
+            self._give_up(conn, now, "TLS" if session.kind is Kind.WEBSOCKET else None)
             return
         item = _Moving(conn, self.drain_deadline)
         try:
@@ -196,9 +196,7 @@ class Exporter:
                               "has ended", describe(conn))
                 return True
             elif not session.awaiting_handler:
-                log.info("%s: cannot move (%s); closing it", describe(conn),
-                         session.handoff_wait)
-                self._give_up(conn, now)
+                self._give_up(conn, now, session.handoff_wait)
                 return False
             else:
                 return True  # a handshake still waiting for its handler: asked later
@@ -211,7 +209,10 @@ class Exporter:
                 item.unanswered = True
         return True
 
-    def _give_up(self, conn: Conn, now: float) -> None:
+    def _give_up(self, conn: Conn, now: float, why: str | None = None) -> None:
+        """Close the session politely; ``why`` it cannot move, for the log."""
+        if why is not None:
+            log.info("%s: cannot move (%s); closing it", describe(conn), why)
         session: Session = conn.session
         self.closed += 1
         try:
@@ -230,11 +231,17 @@ class Exporter:
         session: Session = item.conn.session
         if not session.handoff_needs_handler:
             return True
-        extended = min(self.heard_at + self.handoff_timeout, self.drain_deadline)
+        extended = self._heard_until()
         if now < extended:
             item.deadline = extended
             return False
         return True
+
+    def _heard_until(self) -> float:
+        """How long a wait may go on: a handler heard from is behind, not
+        gone, for the handoff timeout after its last packet, up to the drain
+        deadline."""
+        return min(self.heard_at + self.handoff_timeout, self.drain_deadline)
 
     def poll(self) -> None:
         """Export what is ready, give up on what is overdue, send batches."""
@@ -257,18 +264,15 @@ class Exporter:
                     continue
                 if item.closing:  # (a closed one was left out above)
                     if self._overdue(item, now):
-                        log.info("%s: cannot move (%s); closing it", describe(conn),
-                                 session.handoff_wait)
-                        self._give_up(conn, now)
+                        self._give_up(conn, now, session.handoff_wait)
                     else:
                         still.append(item)
                     continue
                 if item.not_before:  # moving without the handler's answer: settling
                     settled = self._settled(item, now)
                     if settled is None:
-                        log.info("%s: cannot move (the handler has not taken what this "
-                                 "worker sent it); closing it", describe(conn))
-                        self._give_up(conn, now)
+                        self._give_up(conn, now, "the handler has not taken what this "
+                                      "worker sent it")
                         continue
                     if not settled:
                         still.append(item)
@@ -292,8 +296,7 @@ class Exporter:
                 elif overdue:
                     why = ("the client does not take what was written to it" if conn.out
                            else session.handoff_wait)
-                    log.info("%s: cannot move (%s); closing it", describe(conn), why)
-                    self._give_up(conn, now)
+                    self._give_up(conn, now, why)
                 else:
                     still.append(item)
                 continue
@@ -331,9 +334,7 @@ class Exporter:
             return True
         if not queued or now < item.deadline:
             return False
-        if now < min(self.heard_at + self.handoff_timeout, self.drain_deadline):
-            return False
-        return None
+        return False if now < self._heard_until() else None
 
     def _export(self, conn: Conn, now: float) -> Record | None:
         """The session's record if it is ready to leave now, else None."""

@@ -450,8 +450,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         # Done once the replaced workers have handed over too: until then
         # systemd keeps the reload job (a restart queued behind it would
         # otherwise find sessions moving without the handler's handoff).
-        if not st.successors and self.all_ready() and not any(
-                c.handing_over and c.handed_over is None for c in st.retiring):
+        if not st.successors and self.all_ready() and not self._reload_moving():
             st.reloading = False
             log.info("reloaded")
             self.notify.ready(self.status())

@@ -49,6 +49,19 @@ def next_packet(h):
     return pkt
 
 
+def ended_in_place(condure: Condure, h, req, t0: float, at: int, line: str) -> None:
+    """The session's close finished where it was, well within the handoff
+    timeout: nothing moved, nothing closed by the handover, no ``cancel``
+    to the handler; ``line`` is in the log."""
+    took = reload_ended(condure, t0, at)
+    assert took < HANDOFF_TIMEOUT / 2, took
+    assert condure.handovers() == [(0, 0, 0)]  # nothing moved, nothing closed by it
+    log = condure.log()
+    assert line in log and "cannot move" not in log, log[-3000:]
+    pkt = next_packet(h)
+    assert pkt is None or pkt.id != req.id or pkt.type != "cancel", pkt
+
+
 def test_handler_close_crossing_handoff_start_ends_at_once(start, tmp_path):  # noqa: F811 - the fixture
     """The handler answers ``handoff-start`` with a close (4001) and then
     ``handoff-proceed``, the order a close already on its way gives. The
@@ -75,14 +88,8 @@ def test_handler_close_crossing_handoff_start_ends_at_once(start, tmp_path):  # 
             relayed = recv(h, timeout=5)
             assert (relayed.type, relayed.id, relayed.get("code")) == ("close", req.id, 4001)
             assert relayed.seq == start_pkt.seq + 1, (start_pkt, relayed)
-        took = reload_ended(condure, t0, at)
-        assert took < HANDOFF_TIMEOUT / 2, took
-        assert condure.handovers() == [(0, 0, 0)]  # nothing moved, nothing closed by it
-        log = condure.log()
-        assert "cannot move" not in log, log[-3000:]
-        assert "closing: closed by both sides" in log, log[-3000:]  # (a debug line)
-        pkt = next_packet(h)
-        assert pkt is None or pkt.id != req.id or pkt.type != "cancel", pkt
+        ended_in_place(condure, h, req, t0, at,
+                       "closing: closed by both sides")  # (a debug line)
     finally:
         h.close()
     assert_no_complaints(condure)
@@ -108,13 +115,7 @@ def test_client_close_before_the_handover_gets_the_handlers_answer(start, tmp_pa
             close(h, req, code=1000, reason="bye")
             assert ws.read_close(timeout=10) == (1000, b"bye")
             assert ws.expect_closed(timeout=10) == "eof"
-        took = reload_ended(condure, t0, at)
-        assert took < HANDOFF_TIMEOUT / 2, took
-        assert condure.handovers() == [(0, 0, 0)]
-        log = condure.log()
-        assert waiting in log and "cannot move" not in log, log[-3000:]
-        pkt = next_packet(h)
-        assert pkt is None or pkt.id != req.id or pkt.type != "cancel", pkt
+        ended_in_place(condure, h, req, t0, at, waiting)
     finally:
         h.close()
     assert_no_complaints(condure)
