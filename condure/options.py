@@ -214,7 +214,9 @@ OPTIONS: tuple[Option, ...] = (
         "--req-timeout", UINT, "Connection timeout in req mode (seconds)",
         "Req mode: time allowed for one request cycle (receiving the request, "
         "the handler's answer and writing it out). It also limits how long "
-        "an idle persistent connection is kept.",
+        "an idle persistent connection is kept. When it passes, a client still "
+        "sending its request gets `408 Request Timeout`, one awaiting the "
+        "handler `504 Gateway Timeout`; an idle connection is closed.",
         metavar="N", default="30",
     ),
     Option(

@@ -17,8 +17,9 @@ packet, written to the client with a ``Content-Length``. A cycle goes:
 
 One timer (``--req-timeout``) covers a whole cycle from the moment condure
 starts waiting for a request, so it also bounds idle keep-alive time. When
-it fires while the handler is awaited, the client gets ``504``; otherwise
-the connection just closes. A persistent connection starts the next cycle
+it fires while the handler is awaited, the client gets ``504``; while a
+request is still being read (part of its head or body came), ``408``; on an
+idle connection it just closes. A persistent connection starts the next cycle
 with a new id once the response is queued.
 """
 
@@ -225,6 +226,10 @@ class ReqSession:
             self.actions.append(Write(error_response(504)))
             self._close(graceful=True, reason="req timeout waiting for the handler",
                         unanswered=True)
+        elif self.state is BODY or self.reader.buffered(True):
+            # Part of a request came and the rest did not in time (RFC
+            # 9110 15.5.9), as stream mode answers a late head or body.
+            self._refuse(408, "req timeout reading the request")
         else:
             self._close(graceful=False, reason="req timeout")
 

@@ -195,6 +195,24 @@ def test_other_packet_types_ignored(stack) -> None:
     assert conn.read_response().body == b"late but fine"
 
 
+@pytest.mark.parametrize("part", [
+    b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\nabc",
+    b"POST /up HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    b"GET /up HTTP/1.1\r\nHost: exam",
+], ids=["length", "chunked", "head"])
+def test_req_timeout_mid_request_gets_408(stack, part) -> None:
+    """A client that stops partway through its request gets 408 when the
+    req timeout passes, as a stream listener answers a late head or body."""
+    c, h = serve(stack, "router", ["--req-timeout", "1"])
+    conn = stack.conn(c.port)
+    conn.send(part)
+    resp = conn.read_response(timeout=4)
+    assert (resp.code, resp.reason) == (408, b"Request Timeout")
+    assert resp.header("Connection") == b"close"
+    conn.expect_closed()
+    h.expect_nothing()
+
+
 def test_req_timeout_waiting_gets_504_and_idle_just_closes(stack) -> None:
     c, h = serve(stack, "router", ["--req-timeout", "1"])
     conn = stack.conn(c.port)

@@ -241,6 +241,34 @@ def test_timeout_covers_the_whole_cycle_and_idle_time() -> None:
     assert d.new_output() == b"" and d.closed and not d.close.graceful
 
 
+@pytest.mark.parametrize("part", [
+    b"GET /hello HTTP/1.1\r\nHost: exa",
+    b"POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 11\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+], ids=["head", "length", "chunked"])
+def test_timeout_mid_request_gets_408(part: bytes) -> None:
+    d = make(req_timeout=2.0)
+    d.client(part)
+    assert d.new_sends() == []
+    d.advance(1.9)
+    assert not d.closed and d.new_output() == b""
+    d.advance(0.2)
+    assert d.new_output().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert d.closed and d.close.graceful and not d.close.unanswered
+    assert d.new_sends() == []
+
+
+def test_timeout_after_a_response_with_part_of_the_next_request_gets_408() -> None:
+    d = make(req_timeout=2.0)
+    d.client(GET + b"GET /next HTT")
+    only_request(d)
+    reply(d)
+    assert d.new_output() == HELLO
+    d.advance(2.1)
+    assert d.new_output().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert d.closed and d.close.graceful
+
+
 def test_response_body_over_body_buffer_gets_502() -> None:
     d = make(body_buffer_size=5)
     d.client(GET)
