@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """An echo handler whose sessions survive condure's reloads and restarts.
 
-- An HTTP request gets `200 OK` with the body `ok <path>\\n`. One for
+- An HTTP request gets `200 OK` with the body `ok <path>\\n`; one with a
+  body is answered once all of it came, with its SHA-256 in a
+  `Body-Sha256` header (hex) and its size in `Body-Size`. One for
   `/poll/<seconds>` is a long-poll: it is answered with a `keep-alive` at
   once (condure then holds it in flight, and can move it) and with the
   `200 OK` that many seconds later (later still while condure moves it).
@@ -54,6 +56,7 @@ And one for a handler that is slow to answer (for tests):
 """
 
 import argparse
+import hashlib
 import os
 import signal
 import sys
@@ -103,6 +106,7 @@ class Session:
         "addr",
         "cap",
         "credits",
+        "digest",
         "held",
         "id_item",
         "in_seq",
@@ -112,6 +116,7 @@ class Session:
         "path",
         "queue",
         "rid",
+        "size",
         "ws",
     )
 
@@ -129,6 +134,8 @@ class Session:
         self.last_in = now
         self.last_out = now
         self.path = b"/"
+        self.digest = None  # of an HTTP request body (hashlib), once it has one
+        self.size = 0
 
 
 class Gate:
@@ -307,12 +314,17 @@ class Handler:
             self.polls.append((self.now + delay, rid))
         elif req.get(b"more"):
             self.sessions[rid] = sess  # answered once the body is complete
+            sess.digest, sess.size = hashlib.sha256(), 0
             self.emit(sess, TYPE_FIELD[b"credit"] + CREDITS_KEY + t_int(IN_CREDITS))
         else:
             self.answer_http(sess)
 
     def answer_http(self, sess):
-        self.emit(sess, tnet_fields({b"code": 200, b"reason": b"OK", b"headers": TEXT_PLAIN,
+        headers = TEXT_PLAIN
+        if sess.digest is not None:
+            headers = [*TEXT_PLAIN, [b"Body-Sha256", sess.digest.hexdigest().encode()],
+                       [b"Body-Size", b"%d" % sess.size]]
+        self.emit(sess, tnet_fields({b"code": 200, b"reason": b"OK", b"headers": headers,
                                      b"body": b"ok " + sess.path + b"\n"}))
         self.sessions.pop(sess.rid, None)
 
@@ -350,12 +362,16 @@ class Handler:
             if sess.ws:
                 type_item = TYPE_BINARY if packet.get(b"content-type") == b"binary" else TYPE_TEXT
                 sess.queue.append([DATA, type_item, body, bool(packet.get(b"more")), len(body)])
-            elif packet.get(b"more"):
-                if body:
-                    sess.queue.append((CREDIT, len(body)))
             else:
-                self.answer_http(sess)
-                return
+                if sess.digest is not None:
+                    sess.digest.update(body)
+                    sess.size += len(body)
+                if packet.get(b"more"):
+                    if body:
+                        sess.queue.append((CREDIT, len(body)))
+                else:
+                    self.answer_http(sess)
+                    return
         elif kind == b"keep-alive":
             if sess.held:
                 sess.held = False  # condure is back: resume

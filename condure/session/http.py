@@ -76,7 +76,7 @@ class HttpSession(HttpMoves):
     # Slots (with those of its bases): its 33 attributes are more than an
     # instance dict shares keys for, so every idle keep-alive connection
     # carried a dict of its own, 1.5 KiB.
-    __slots__ = ("body", "client_gone", "compression", "deflate_context", "limits",
+    __slots__ = ("client_gone", "compression", "deflate_context", "limits",
                  "max_message_size", "messages_max", "new_id", "response")
 
     kind = Kind.HTTP
@@ -423,6 +423,8 @@ class HttpSession(HttpMoves):
         brought), split further only by credits and the buffer size. The
         last piece carries no ``more`` when the end is already known."""
         body = self.body
+        if self.handoff:
+            return  # (moving: nothing goes to the handler; credits travel)
         while body.credits > 0:
             if not body.pieces and not body.eom and (
                     not self._pull_body() or (not body.pieces and not body.eom)):

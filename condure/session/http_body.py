@@ -1,10 +1,23 @@
 """The request body of a stream-mode request: moved from the client to
-the handler against the handler's credits (reference 5.2)."""
+the handler against the handler's credits (reference 5.2); and where it
+stands when the request moves to another process while its body is being
+read (:func:`position`, :func:`resumed`; :mod:`condure.session.body_record`).
+
+h11 parses the body. The position of its body reader (bytes left of a
+Content-Length body or of a chunk, or the trailers of a chunked one) is
+read from the reader's state, the one place that looks inside h11; a
+reader it does not recognise is not at a resumable position, so the
+request does not move. The adopting process builds a fresh parser at the
+same position from a head of its own (and a chunk-size line or the last
+chunk's, for a position inside a chunk or among the trailers) before the
+client's unparsed bytes.
+"""
 
 from __future__ import annotations
 
 import h11
 
+from condure.session.body_record import CARRY_MAX, BodyAt
 from condure.session.head import HeadReader
 from condure.session.states import BodyState
 
@@ -73,3 +86,63 @@ class RequestBody:
 NO_BODY = RequestBody()
 """The body of every request without one (shared: never changed, as its
 state stays ``NONE``; the session adds no credits to it)."""
+
+
+def position(body: RequestBody, reader: HeadReader) -> BodyAt | None:
+    """Where ``body`` (being read) stands, if at a resumable position (see
+    :mod:`condure.session.body_record`), else None."""
+    pending = b"".join(body.pieces)
+    if len(pending) + reader.buffered(False) > CARRY_MAX:
+        return None  # (until the handler's credits take some)
+    at = BodyAt(chunked=False, left=0, trailer=False, eom=True, pending=pending,
+                credits=body.credits)
+    if body.eom:
+        return at
+    parser = reader.parser
+    h11_reader = getattr(parser, "_reader", None)
+    kind = type(h11_reader).__name__
+    if kind == "ContentLengthReader":
+        left = getattr(h11_reader, "_remaining", None)
+        if type(left) is not int or left < 0:
+            return None
+        return at if left == 0 else BodyAt(False, left, False, False, pending, body.credits)
+    if kind == "ChunkedReader":
+        left = getattr(h11_reader, "_bytes_in_chunk", None)
+        discard = getattr(h11_reader, "_bytes_to_discard", None)
+        trailer = getattr(h11_reader, "_reading_trailer", None)
+        if type(left) is not int or left < 0 or discard is None or type(trailer) is not bool:
+            return None
+        if discard:
+            return None  # between a chunk's data and its CRLF
+        return BodyAt(True, left, trailer, False, pending, body.credits)
+    return None
+
+
+def resumed(at: BodyAt, buffer_size: int, leftover: bytes) -> tuple[RequestBody, HeadReader]:
+    """The body and the reader of a request whose body was at ``at`` when
+    it moved, with ``leftover`` (unparsed client bytes) to parse next."""
+    body = RequestBody()
+    body.state = BodyState.READING
+    body.eom = at.eom
+    body.credits = at.credits
+    if at.pending:
+        body.pieces.append(at.pending)
+    if at.eom:
+        reader = HeadReader(buffer_size, b"")
+        reader.inbuf += leftover  # (a pipelined request: parsed next cycle)
+        return body, reader
+    head = b"POST / HTTP/1.1\r\nHost: condure\r\n"
+    if at.chunked:
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        after = b"0\r\n" if at.trailer else b"%x\r\n" % at.left if at.left else b""
+    else:
+        head += b"Content-Length: %d\r\n\r\n" % at.left
+        after = b""
+    reader = HeadReader(buffer_size, b"")
+    parser = reader.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=buffer_size)
+    parser.receive_data(head + after)
+    if type(parser.next_event()) is not h11.Request or parser.next_event() is not h11.NEED_DATA:
+        raise AssertionError("h11 did not take the body position")  # (h11 changed)
+    if leftover:
+        reader.feed(leftover, False)
+    return body, reader

@@ -5,8 +5,14 @@ A connection moves between requests (``HEAD``, nothing owed: bytes of a
 partly read next request travel as ``leftover``), or with its request in
 flight once that request is at a resumable point (:attr:`HttpMoves.movable`):
 the handler answered (``ACTIVE``: its address is known, so it can be asked
-to hold its packets and told where the session went), the request body was
-read to its end and sent, and the response has not started or is streaming.
+to hold its packets and told where the session went), and either the
+response has not started or is streaming, with the request body read to
+its end and sent, or no response yet and the body still being read, at a
+resumable position of its framing (:mod:`condure.session.body_record`:
+anywhere in a Content-Length body; in a chunked one anywhere but between a
+chunk's data and its CRLF, which the session reads on past). Such a body
+carries its position, its credits and what was read of it and not sent
+(bounded), and the adopting process reads on from the client.
 Such a request asks its handler ``handoff-start`` like a WebSocket (or, with
 ``--handoff skip`` or no answer in time, moves without: ``UNANSWERED``), and
 from then on sends it nothing (credits for flushed bytes wait in
@@ -26,8 +32,11 @@ unseen. The handover waits for that first packet (within the drain time).
 
 from __future__ import annotations
 
+from condure.session.body_record import BodyAt
 from condure.session.head import HeadReader
+from condure.session.http_body import RequestBody, position, resumed
 from condure.session.http_limits import HttpEndings
+from condure.session.limits import BodyRate
 from condure.session.peer import HANDLER_GONE, MISSED_IN_MOVE
 from condure.session.records import HttpRecord, InFlight
 from condure.session.states import (
@@ -47,8 +56,8 @@ from condure.zhttp.packets import Credit, HandoffStart, Ident
 class HttpMoves(HttpEndings):
     """The handover part of :class:`condure.session.http.HttpSession`."""
 
-    __slots__ = ("credits_owed", "handoff", "handoff_ask", "hold", "home_id", "keep_alive_asked",
-                 "reader", "rid", "served", "stream_deadline")
+    __slots__ = ("body", "credits_owed", "handoff", "handoff_ask", "hold", "home_id",
+                 "keep_alive_asked", "reader", "restored_at", "rid", "served", "stream_deadline")
 
     hold: bool  # handover: no new request from here on
     handoff: Handoff  # of the request in flight (NONE between requests)
@@ -56,8 +65,15 @@ class HttpMoves(HttpEndings):
     credits_owed: int  # earned while moving, sent after the resume
     home_id: bytes  # this process's own address, for the next request
     keep_alive_asked: bool
+    body: RequestBody
 
     def receive_data(self, data: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    def _pump_body(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _pull_body(self) -> bool:
         raise NotImplementedError
 
     # -- the record -----------------------------------------------------------
@@ -79,7 +95,7 @@ class HttpMoves(HttpEndings):
                 is_head=response.is_head, head_ends=response.head_ends,
                 keep_alive=self.keep_alive_asked, chunked=response.chunked,
                 close_delimited=response.close_delimited, discard_body=response.discard_body,
-                owed=response.owed)
+                owed=response.owed, body=self._body_at())
         return HttpRecord(
             scheme=self.scheme, peer_address=self.peer_address, peer_port=self.peer_port,
             leftover=self.reader.leftover(), session_left=max(self.session_deadline - now, 0.0),
@@ -107,8 +123,14 @@ class HttpMoves(HttpEndings):
                 self.receive_data(record.leftover, now)
             return
         self.head_deadline = None
-        self.reader = HeadReader(self.buffer_size, b"")
-        self.reader.inbuf += record.leftover  # (a pipelined request: parsed next cycle)
+        self.restored_at = now
+        if f.body is not None:
+            self.body, self.reader = resumed(f.body, self.buffer_size, record.leftover)
+            if self.limits.body_min_rate:  # (a fresh window)
+                self.rate = BodyRate(self.limits.body_min_rate, self.limits.body_window)
+        else:
+            self.reader = HeadReader(self.buffer_size, b"")
+            self.reader.inbuf += record.leftover  # (a pipelined request: parsed next cycle)
         self.rid, self.instance_id, self.handler = f.rid, f.origin, f.handler
         self.out_seq, self.in_seq, self.credits_owed = f.out_seq, f.in_seq, f.credits_owed
         self.adopted = True
@@ -135,12 +157,23 @@ class HttpMoves(HttpEndings):
 
     @property
     def movable(self) -> bool:
-        """The request in flight is at a resumable point: answered, its body
-        read and sent, its response not started or streaming."""
+        """The request in flight is at a resumable point: answered, and its
+        body read and sent with the response not started or streaming, or
+        its body still being read at a resumable position."""
+        if self.state is not ACTIVE or self.handler is None or self.paused:
+            return False
         body = self.body.state
-        return (self.state is ACTIVE and self.handler is not None and not self.paused
-                and (body is BodyState.NONE or body is BodyState.DONE)
+        if body is BodyState.READING:
+            return self._body_at() is not None
+        return ((body is BodyState.NONE or body is BodyState.DONE)
                 and self.response.state is not ResponseState.DONE)
+
+    def _body_at(self) -> BodyAt | None:
+        """Where the request body being read stands, if it may move from
+        there (None too when no body is being read)."""
+        if self.body.state is not BodyState.READING:
+            return None
+        return position(self.body, self.reader)
 
     @property
     def handoff_needs_handler(self) -> bool:
@@ -165,6 +198,8 @@ class HttpMoves(HttpEndings):
             return "no handoff-proceed in time"
         if self.handoff and self.response.unflushed:
             return "the client does not take what was written to it"
+        if self.body.state is BodyState.READING and self.handler is not None:
+            return "request body still being read, not at a point it can move from"
         return "request still under way"
 
     @property
@@ -184,7 +219,17 @@ class HttpMoves(HttpEndings):
     def consider_handoff(self) -> None:
         """While holding: a request in flight that reached a resumable
         point starts its handoff (called after every input)."""
-        if self.hold and self.handoff is Handoff.NONE and self.movable:
+        if not self.hold or self.handoff is not Handoff.NONE:
+            return
+        body = self.body
+        # A body between a chunk's data and its CRLF: parse on past them
+        # (even without credits: the piece that follows waits, bounded by
+        # what one read brings).
+        if (body.state is BodyState.READING and self.state is ACTIVE and not self.paused
+                and not body.pieces and not body.eom and self._body_at() is None
+                and not self._pull_body()):
+            return
+        if self.movable:
             if self.handoff_ask:
                 self._send(HandoffStart)
                 self.handoff = ASKED
@@ -210,6 +255,8 @@ class HttpMoves(HttpEndings):
         if self.credits_owed:
             credits, self.credits_owed = self.credits_owed, 0
             self._send(Credit, credits=credits)
+        if self.body.state is BodyState.READING:
+            self._pump_body(self.restored_at)  # (body read before the move, and credits)
 
     def keep_alive(self) -> tuple[bytes, Ident] | None:
         if self.handoff:

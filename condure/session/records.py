@@ -48,6 +48,10 @@ across a restart loses such a connection)::
                    the response's framing once its head was written (0/1)
     owed           body bytes its Content-Length still promises (-1: none)
 
+A request whose body is still being read adds the ``body_*`` keys of
+:mod:`condure.session.body_record` (all or none, only with the keys above
+and ``resp`` 0; likewise written only then).
+
 WebSocket record, version 1: the HTTP fields but ``leftover`` (client bytes
 read, not parsed yet: starting at a frame, or inside the payload of the
 client frame under way when ``frame_left`` is not 0), and::
@@ -97,7 +101,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from condure.session import utf8
+from condure.session import body_record, utf8
+from condure.session.body_record import BodyAt
 from condure.session.ws_handshake import Deflate
 from condure.zhttp import tnetstring
 
@@ -129,6 +134,7 @@ class InFlight:
     close_delimited: bool
     discard_body: bool
     owed: int  # -1: no Content-Length of the handler's frames the body
+    body: BodyAt | None = None  # the request body still being read
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +218,7 @@ _FLIGHT = {"id": bytes, "from": bytes, "handler": bytes, "out_seq": int, "in_seq
 _FLIGHT_FLAGS = ("resp", "http11", "is_head", "head_ends", "keep_alive", "chunked",
                  "close_delimited", "discard_body")
 _HTTP_OPTIONAL: dict[str, tuple[type, object]] = {"head_left": (float, None)} | {
-    key: (kind, None) for key, kind in _FLIGHT.items()}
+    key: (kind, None) for key, kind in (_FLIGHT | body_record.KEYS).items()}
 # The four values earlier condure wrote, and since server_max_window_bits is
 # echoed (RFC 7692 7.1.2.1) the same with "; server_max_window_bits=15".
 _DEFLATES = {d.header: d for d in Deflate.variants()}
@@ -263,6 +269,8 @@ def from_fields(fields_: Mapping[str, object]) -> Record:
             http = replace(http, head_left=_float(values, "head_left"))
         present = [key for key in _FLIGHT if values[key] is not None]
         if not present:
+            if any(values[key] is not None for key in body_record.KEYS):
+                raise RecordError("a request body without a request in flight in record")
             return http
         if len(present) != len(_FLIGHT):
             raise RecordError("incomplete request in flight in record")
@@ -291,6 +299,15 @@ def _flight(values: dict[str, object]) -> InFlight:
     streaming = _int(values, "resp")
     if not streaming and (chunked or close or owed >= 0 or _int(values, "discard_body")):
         raise RecordError("response framing without a response in record")
+    body = None
+    present = [key for key in body_record.KEYS if values[key] is not None]
+    if present:
+        problem = ("incomplete request body in record" if len(present) != len(body_record.KEYS)
+                   else "a request body with a response in record" if streaming
+                   else body_record.problem(values))
+        if problem is not None:
+            raise RecordError(problem)
+        body = body_record.from_values(values)
     return InFlight(
         rid=_bytes(values, "id"), origin=_bytes(values, "from"),
         handler=_bytes(values, "handler"), out_seq=_int(values, "out_seq"),
@@ -299,7 +316,7 @@ def _flight(values: dict[str, object]) -> InFlight:
         http11=bool(_int(values, "http11")), is_head=bool(_int(values, "is_head")),
         head_ends=bool(_int(values, "head_ends")), keep_alive=bool(_int(values, "keep_alive")),
         chunked=bool(chunked), close_delimited=bool(close),
-        discard_body=bool(_int(values, "discard_body")), owed=owed)
+        discard_body=bool(_int(values, "discard_body")), owed=owed, body=body)
 
 
 def _int(values: Mapping[str, object], key: str) -> int:
@@ -391,6 +408,8 @@ def to_fields(record: Record) -> dict[str, object]:
             "head_ends": int(f.head_ends), "keep_alive": int(f.keep_alive),
             "chunked": int(f.chunked), "close_delimited": int(f.close_delimited),
             "discard_body": int(f.discard_body), "owed": f.owed})
+        if f.body is not None:  # (likewise)
+            out.update(body_record.to_fields(f.body))
     if isinstance(record, WsRecord):
         out.update({
             "id": record.rid, "handler": record.handler or b"", "out_seq": record.out_seq,

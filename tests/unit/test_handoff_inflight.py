@@ -193,10 +193,10 @@ def test_record_of_a_streamed_response_in_flight():
     assert "head_left" not in fields
 
 
-def test_wait_and_a_body_under_way_do_not_move_until_they_can():
+def test_wait_does_not_move_until_the_handler_answers():
     """No handler answer yet (WAIT): nothing to ask, no record; once it
-    answers the handoff starts. A body still being read: the same, until
-    its end went to the handler."""
+    answers the handoff starts, also with its body still being read
+    (tests/unit/test_handoff_body.py)."""
     d = Driver()
     d.client(POST[:-2])
     s = d.session
@@ -205,10 +205,7 @@ def test_wait_and_a_body_under_way_do_not_move_until_they_can():
     assert d.new_packets()[0].method == b"POST" and s.export_record(d.now) is None
     assert not s.handoff_needs_handler and s.handoff is Handoff.NONE
     d.handler(Credit, credits=100)
-    assert s.handoff is Handoff.NONE and not s.movable  # 3 of 5 bytes sent
-    assert s.export_record(d.now) is None
-    d.feed(POST[-2:])  # (the adapter reads the body on: it is not moving yet)
-    assert [type(p) for p in d.new_packets()] == [Data, Data, HandoffStart]
+    assert [type(p) for p in d.new_packets()] == [Data, HandoffStart]  # 3 of 5 bytes sent
     assert s.handoff is ASKED and s.handoff_needs_handler and not s.wants_read
 
 
