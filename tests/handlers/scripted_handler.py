@@ -212,7 +212,7 @@ class Handler:
             envelope = self.envelopes.get(fields.get("id"))
             if envelope is None:
                 return {"ok": False, "error": "no request seen for that id"}
-        self.req.send_multipart(envelope + [payload])
+        self.req.send_multipart([*envelope, payload])
         return {"ok": True}
 
     def send(self, address: bytes, payload: bytes, timeout: float) -> dict:

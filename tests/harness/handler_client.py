@@ -27,7 +27,7 @@ from tests.harness import tnet
 AUTO = object()
 
 
-def _ids(pkt: "Pkt") -> list[str]:
+def _ids(pkt: Pkt) -> list[str]:
     value = pkt.fields.get("id")
     if isinstance(value, bytes):
         return [value.decode()]
@@ -80,7 +80,7 @@ class Pkt:
         return self.fields.get("body", b"")
 
     def keys(self) -> list[str]:
-        return [k.decode() for k in self.fields.keys()]
+        return [k.decode() for k, _ in self.fields]
 
     def __repr__(self) -> str:
         return f"Pkt({self.socket}, {self.raw!r})"

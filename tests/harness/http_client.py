@@ -49,7 +49,7 @@ class Conn:
         self.received = b""  # everything received
         self.end: str | None = None
 
-    def __enter__(self) -> "Conn":
+    def __enter__(self) -> Conn:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -60,7 +60,8 @@ class Conn:
 
     def abort(self) -> None:
         """Close with a TCP reset."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        linger = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # on, 0 s
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
         self.sock.close()
 
     def send(self, data: bytes) -> None:
@@ -216,5 +217,6 @@ def request(method: str, path: str, headers=(("Host", "example.com"),), body: by
     """Build request bytes; ``headers`` is a sequence of (name, value) pairs."""
     lines = [f"{method} {path} {version}".encode()]
     for name, value in headers:
-        lines.append(name.encode() + b": " + (value if isinstance(value, bytes) else value.encode()))
+        raw = value if isinstance(value, bytes) else value.encode()
+        lines.append(name.encode() + b": " + raw)
     return b"\r\n".join(lines) + b"\r\n\r\n" + body

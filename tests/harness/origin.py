@@ -16,8 +16,14 @@ import threading
 from dataclasses import dataclass
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, Request,
-                            TextMessage)
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Request,
+    TextMessage,
+)
 
 
 @dataclass
@@ -98,7 +104,7 @@ class Origin:
                     return
         except OSError:
             return
-        except Exception as e:  # a test failure shows up as the client's error
+        except Exception as e:  # noqa: BLE001 - a failure here shows up as the test's error
             with self._lock:
                 self.errors.append(repr(e))
         finally:

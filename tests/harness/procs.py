@@ -198,7 +198,7 @@ def _wait_notify(sock: socket.socket, proc: Proc, timeout: float) -> None:
         sock.settimeout(min(remaining, 0.2))
         try:
             data = sock.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             if not proc.alive():
                 raise StartupError("exited") from None
             continue
@@ -227,7 +227,7 @@ def start_condure(impl: str, tmp_path: Path, extra_args=(), listen: list[str] | 
                 ports.append(p)
                 subst[key] = p
         listen_args += ["--listen", spec.format(**subst)]
-    args = listen_args + ["--zclient-stream", base, "--id", instance_id]
+    args = [*listen_args, "--zclient-stream", base, "--id", instance_id]
     if workers is not None:
         args += ["--workers", str(workers)]
     args += list(extra_args)

@@ -69,7 +69,7 @@ def _get(c: Conn, path: str = "/", headers=HOST, version: str = "HTTP/1.1") -> N
 
 def simple_get(ctx: Ctx) -> None:
     h, c = ctx.handler(), ctx.conn()
-    _get(c, "/path", HOST + [("User-Agent", "t"), ("Accept", "*/*")])
+    _get(c, "/path", [*HOST, ("User-Agent", "t"), ("Accept", "*/*")])
     req = h.recv()
     assert req.socket == "pull" and req.seq == 0
     assert req.keys() == ["from", "id", "seq", "ext", "method", "uri", "headers", "credits",
@@ -104,7 +104,7 @@ def http10_no_headers(ctx: Ctx) -> None:
 def post_credits_two_steps(ctx: Ctx) -> None:
     h, c = ctx.handler(), ctx.conn()
     body = b"abcdefghijklmnopqrst"
-    c.send(request("POST", "/upload", HOST + [("Content-Length", "20")], body))
+    c.send(request("POST", "/upload", [*HOST, ("Content-Length", "20")], body))
     req = h.recv()
     assert req["more"] is True and "body" not in req
     h.expect_nothing(SILENCE)  # no credits, no body
@@ -122,7 +122,7 @@ def post_credits_two_steps(ctx: Ctx) -> None:
 
 def chunked_request_body(ctx: Ctx) -> None:
     h, c = ctx.handler(), ctx.conn()
-    c.send(request("POST", "/chunked", HOST + [("Transfer-Encoding", "chunked")],
+    c.send(request("POST", "/chunked", [*HOST, ("Transfer-Encoding", "chunked")],
                    b"5\r\nhello\r\n6\r\n world\r\n"))
     req = h.recv()
     assert req["more"] is True
@@ -203,7 +203,7 @@ def pipelined(ctx: Ctx) -> None:
 
 def expect_continue(ctx: Ctx) -> None:
     h, c = ctx.handler(), ctx.conn()
-    c.send(request("POST", "/e", HOST + [("Content-Length", "5"), ("Expect", "100-continue")]))
+    c.send(request("POST", "/e", [*HOST, ("Content-Length", "5"), ("Expect", "100-continue")]))
     req = h.recv()
     c.expect_silence(SILENCE)
     h.credit(req, 100)
@@ -217,7 +217,7 @@ def expect_continue(ctx: Ctx) -> None:
 
 def early_response(ctx: Ctx) -> None:
     h, c = ctx.handler(), ctx.conn()
-    c.send(request("POST", "/big", HOST + [("Content-Length", "10")], b"12345"))
+    c.send(request("POST", "/big", [*HOST, ("Content-Length", "10")], b"12345"))
     req = h.recv()
     h.reply(req, code=413, reason="Too Large", headers=[("Content-Type", "text/plain")],
             body=b"nope\n")
@@ -349,7 +349,7 @@ def no_content_with_body(ctx: Ctx) -> None:
 
 def empty_post_after_credit(ctx: Ctx) -> None:
     h, c = ctx.handler(), ctx.conn()
-    c.send(request("POST", "/empty", HOST + [("Content-Length", "0")]))
+    c.send(request("POST", "/empty", [*HOST, ("Content-Length", "0")]))
     req = h.recv()
     h.credit(req, 1000)
     end = h.recv()

@@ -44,13 +44,13 @@ class OMap(list):
     def keys(self) -> list[bytes]:
         return [k for k, _ in self]
 
-    def replaced(self, key: bytes, value: Any) -> "OMap":
+    def replaced(self, key: bytes, value: Any) -> OMap:
         return OMap((k, value if k == key else v) for k, v in self)
 
 
 def encode(value: Any) -> bytes:
     """Encode a value; ``dict`` and ``OMap`` keep their iteration order."""
-    if isinstance(value, OMap) or isinstance(value, dict):
+    if isinstance(value, (OMap, dict)):
         items = value if isinstance(value, OMap) else list(value.items())
         parts = []
         for k, v in items:
@@ -123,7 +123,7 @@ def encode_packet(fields: Any) -> bytes:
 
 
 def to_json(value: Any) -> Any:
-    if isinstance(value, OMap) or isinstance(value, dict):
+    if isinstance(value, (OMap, dict)):
         items = value if isinstance(value, OMap) else list(value.items())
         return {(k.decode() if isinstance(k, bytes) else k): to_json(v) for k, v in items}
     if isinstance(value, (list, tuple)):

@@ -131,7 +131,7 @@ class WsConn(Conn):
 
     @classmethod
     def open(cls, port: int, path: str = "/ws", timeout: float = DEFAULT_TIMEOUT,
-             rcvbuf: int | None = None, **kw) -> "WsConn":
+             rcvbuf: int | None = None, **kw) -> WsConn:
         """Connect and send an upgrade request (see ``upgrade_request``)."""
         ws = cls(port, timeout=timeout, rcvbuf=rcvbuf)
         ws.key = kw.get("key", SAMPLE_KEY)

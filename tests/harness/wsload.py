@@ -63,7 +63,8 @@ class Totals:
     FIELDS = dict.fromkeys(("clients", "connected", "handshake_failed", "disconnects", "sent",
                             "echoed", "lost", "duplicated", "reordered", "unexpected",
                             "http_loops", "http_ok", "http_failed", "slow_echoes"), 0)
-    FIELDS.update(dict.fromkeys(("max_stall", "max_stall_at", "max_echo_gap", "http_max_time"), 0.0))
+    FIELDS.update(dict.fromkeys(
+        ("max_stall", "max_stall_at", "max_echo_gap", "http_max_time"), 0.0))
     TABLES = ("close_codes", "disconnect_kinds", "http_errors")
 
     def __init__(self) -> None:
@@ -96,7 +97,8 @@ def masked_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
     else:
         head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
     keys = (key * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
+    masked = int.from_bytes(payload, "little") ^ int.from_bytes(keys, "little")
+    body = masked.to_bytes(n, "little")
     return head + key + body
 
 
@@ -134,7 +136,8 @@ class WsClient(asyncio.Protocol):
             head = bytes(self.buf[:end]).lower()
             del self.buf[:end + 4]
             accept = base64.b64encode(hashlib.sha1(self.key + GUID).digest()).lower()
-            if not head.startswith(b"http/1.1 101 ") or b"sec-websocket-accept: " + accept not in head:
+            if (not head.startswith(b"http/1.1 101 ")
+                    or b"sec-websocket-accept: " + accept not in head):
                 self.transport.abort()
                 return
             self.state = "open"
@@ -175,7 +178,8 @@ class WsClient(asyncio.Protocol):
 
     def echo(self, message: bytes) -> None:
         name, _, number = message.partition(b":")
-        sent = self.outstanding.pop(int(number), None) if name == self.name and number.isdigit() else None
+        sent = (self.outstanding.pop(int(number), None)
+                if name == self.name and number.isdigit() else None)
         if sent is None:
             if name == self.name and number.isdigit() and int(number) <= self.seq:
                 self.t.duplicated += 1
@@ -280,7 +284,8 @@ class Run:
                     client.transport.abort()
 
     async def http_loop(self, first: asyncio.Future) -> None:
-        t, request = self.totals, b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % self.args.http_path.encode()
+        t = self.totals
+        request = b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % self.args.http_path.encode()
         writer = None
         while not self.stopping:
             try:
@@ -332,7 +337,8 @@ class Run:
         await stop_wait
         self.stopping = True
         deadline = self.loop.time() + self.args.final_wait
-        while self.loop.time() < deadline and any(c.outstanding for c in self.clients if c.state == "open"):
+        while self.loop.time() < deadline and any(
+                c.outstanding for c in self.clients if c.state == "open"):
             await asyncio.sleep(0.01)
         for c in self.clients:
             self.totals.lost += len(c.outstanding)
@@ -343,13 +349,14 @@ class Run:
                 c.transport.close()
         if loops:
             await asyncio.wait(loops, timeout=max(deadline - self.loop.time(), 0.5))
-        for task in loops + [started]:
+        for task in [*loops, started]:
             task.cancel()
         conn.send(self.totals.as_dict())
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tests.harness.wsload", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tests.harness.wsload",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--clients", type=int, default=10)

@@ -32,14 +32,14 @@ def worker_slots(pid: int) -> dict[int, int]:
 def serve_all(handler, conns, paths) -> list[str]:
     """Send one GET per connection, answer each, check every response;
     returns the ``from`` of each request packet."""
-    for conn, path in zip(conns, paths):
+    for conn, path in zip(conns, paths, strict=True):
         conn.send(request("GET", path, HOST))
     senders = []
     for _ in conns:
         pkt = handler.recv(timeout=20)
         senders.append(pkt.sender)
         handler.reply(pkt, body=pkt.get("uri"))
-    for conn, path in zip(conns, paths):
+    for conn, path in zip(conns, paths, strict=True):
         resp = conn.read_response(timeout=20)
         assert resp.code == 200 and resp.body.endswith(path.encode())
     return senders
@@ -120,4 +120,5 @@ def test_dispatch_accepts_again_after_its_only_worker_is_replaced(
     resp = waiting.read_response(timeout=20)
     assert resp.code == 200 and resp.body.endswith(b"/while-down")
     assert victim not in worker_slots(condure.pid)
-    serve_all(handler, [make_conn(condure.port) for _ in range(3)], [f"/after/{i}" for i in range(3)])
+    serve_all(handler, [make_conn(condure.port) for _ in range(3)],
+              [f"/after/{i}" for i in range(3)])

@@ -138,7 +138,7 @@ def test_inetd_style_serves_one_connection_and_exits(tmp_path, stack):
     stack.append(condure)
     server.close()  # condure has its own copy; ours must not keep it open
     handler = handler_for(stack, tmp_path, condure)
-    client.sendall(request("GET", "/once", HOST + [("Connection", "close")]))
+    client.sendall(request("GET", "/once", [*HOST, ("Connection", "close")]))
     pkt = handler.recv(timeout=10)
     assert pkt.get("uri").endswith(b"/once")
     handler.reply(pkt, body=b"bye")

@@ -73,13 +73,13 @@ def test_bad_header_line(srv, line):
 
 
 def test_head_over_buffer_size(small):
-    big = request("GET", "/", HOST + [("X-Big", "b" * 1100)])
+    big = request("GET", "/", [*HOST, ("X-Big", "b" * 1100)])
     refused(small, big, 431)
 
 
 def test_head_just_under_buffer_size_served(small):
     c = small.conn()
-    req = small.get(c, "/", HOST + [("X-Big", "b" * 900)])
+    req = small.get(c, "/", [*HOST, ("X-Big", "b" * 900)])
     assert req["headers"][1] == [b"X-Big", b"b" * 900]
     small.handler.reply(req, body=b"fits")
     assert c.read_response().body == b"fits"
@@ -99,7 +99,7 @@ def test_64_headers_served(srv):
 
 @pytest.mark.parametrize("value", ["gzip", "gzip, chunked", "identity"])
 def test_unsupported_transfer_encoding(srv, value):
-    refused(srv, request("POST", "/", HOST + [("Transfer-Encoding", value)]), 501)
+    refused(srv, request("POST", "/", [*HOST, ("Transfer-Encoding", value)]), 501)
 
 
 @pytest.mark.parametrize("values", [["abc"], ["-1"], ["5", "6"], ["0x10"]],
@@ -155,7 +155,7 @@ def test_refused_after_good_request_on_same_connection(srv):
                          ids=["bad-size", "no-crlf-after-data", "empty-size-line"])
 def test_malformed_chunked_body(srv, bad):
     h, c = srv.handler, srv.conn()
-    c.send(request("POST", "/c", HOST + [("Transfer-Encoding", "chunked")], b"5\r\nhello\r\n"))
+    c.send(request("POST", "/c", [*HOST, ("Transfer-Encoding", "chunked")], b"5\r\nhello\r\n"))
     req = h.recv()
     h.credit(req, 1000)
     first = h.recv()
@@ -171,7 +171,7 @@ def test_malformed_chunked_body(srv, bad):
 def test_body_longer_than_content_length_is_next_request(srv):
     """Bytes after a Content-Length body are a (here: broken) next request."""
     h, c = srv.handler, srv.conn()
-    c.send(request("POST", "/p", HOST + [("Content-Length", "2")], b"hiGARBAGE\r\n\r\n"))
+    c.send(request("POST", "/p", [*HOST, ("Content-Length", "2")], b"hiGARBAGE\r\n\r\n"))
     req = h.recv()
     h.credit(req, 100)
     assert h.recv().body == b"hi"

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 
 from tests.harness.browser import CHROMIUM, Browser
-from tests.integration.test_ws_bulk import echo_condure  # noqa: F401 - the fixture
+from tests.integration.test_ws_bulk import (
+    fixture_echo_condure,  # noqa: F401 - the fixture 'echo_condure': pytest finds it here
+)
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium missing")
 
@@ -20,7 +22,11 @@ ECHO = """
   const N = 300, B = 60;
   let n = 0, ok = 0;
   const text = (i) => JSON.stringify({i: i, pad: "h\u00e9llo \u20ac ".repeat(i * 7)});
-  const bin = (i) => { const a = new Uint8Array(i * 97 + 1); for (let k = 0; k < a.length; k++) a[k] = (k * 31 + i) & 255; return a; };
+  const bin = (i) => {
+    const a = new Uint8Array(i * 97 + 1);
+    for (let k = 0; k < a.length; k++) a[k] = (k * 31 + i) & 255;
+    return a;
+  };
   ws.onopen = () => {
     for (let i = 0; i < N; i++) ws.send(text(i));
     for (let i = 0; i < B; i++) ws.send(bin(i));
@@ -41,7 +47,7 @@ ECHO = """
 
 @pytest.mark.parametrize("echo_condure", [False, True], indirect=True,
                          ids=["plain", "deflate"])
-def test_a_browser_page_and_its_websocket(echo_condure, tmp_path):  # noqa: F811
+def test_a_browser_page_and_its_websocket(echo_condure, tmp_path):
     condure, compression = echo_condure
     with Browser(tmp_path / "profile") as browser:
         browser.navigate(f"http://127.0.0.1:{condure.port}/hello")

@@ -20,17 +20,15 @@ import sys
 import tempfile
 import time
 
-
 from tests.harness import procs
 from tests.harness import ws_client as wc
 from tests.harness.http_client import Conn
 from tests.harness.ws_scenarios import accept, recv
-from tests.integration.test_supervisor import (  # noqa: F401 - fixtures
-    AutoHandler,
+from tests.integration.test_supervisor import (
     children,
+    fixture_handler,  # noqa: F401 - the fixture 'handler': pytest finds it here
+    fixture_start,  # noqa: F401 - the fixture 'start': pytest finds it here
     get,
-    handler,
-    start,
 )
 
 

@@ -56,7 +56,7 @@ class LineReader:
             try:
                 line = self.lines.get(timeout=max(remaining, 0))
             except queue.Empty:
-                pytest.fail("no matching output line within {} s".format(timeout))
+                pytest.fail(f"no matching output line within {timeout} s")
             if line is None:
                 pytest.fail("process closed its output before the expected line")
             if predicate(line):
@@ -86,13 +86,13 @@ def wait_ready_notify(notify, proc):
     while time.monotonic() < deadline:
         try:
             datagram = notify.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             if proc.poll() is not None:
-                pytest.fail("condure exited with status {} before READY=1".format(proc.returncode))
+                pytest.fail(f"condure exited with status {proc.returncode} before READY=1")
             continue
         if b"READY=1" in datagram.split(b"\n"):
             return
-    pytest.fail("condure sent no READY=1 within {} s".format(STARTUP_TIMEOUT))
+    pytest.fail(f"condure sent no READY=1 within {STARTUP_TIMEOUT} s")
 
 
 class Condure:
@@ -146,7 +146,7 @@ def condure(request, tmp_path):
     port = free_port()
     args = [
         "--listen",
-        "127.0.0.1:{}".format(port),
+        f"127.0.0.1:{port}",
         "--zclient-stream",
         "ipc://{}".format(tmp_path / "client"),
     ]
@@ -159,7 +159,7 @@ def condure(request, tmp_path):
         args += ["--workers", "4", "--zclient-connect"]
     if request.param == "reference":
         if not os.access(REFERENCE_BINARY, os.X_OK):
-            pytest.skip("{} is not installed".format(REFERENCE_BINARY))
+            pytest.skip(f"{REFERENCE_BINARY} is not installed")
         proc = subprocess.Popen(
             [REFERENCE_BINARY, *args],
             cwd=tmp_path,
@@ -197,7 +197,7 @@ def run_example(request, condure):
 
     def start(name, *args, stdout=subprocess.DEVNULL):
         proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / "{}.py".format(name)), *args],
+            [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
             cwd=condure.workdir,
             stdout=stdout,
             stderr=None,
@@ -292,7 +292,7 @@ def test_streamhandler_websocket_sends_hello_and_closes(condure, run_example):
     handshake = (
         "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        "Sec-WebSocket-Key: {}\r\n\r\n".format(key)
+        f"Sec-WebSocket-Key: {key}\r\n\r\n"
     )
     with socket.create_connection(("127.0.0.1", condure.port), timeout=IO_TIMEOUT) as sock:
         sock.sendall(handshake.encode())
@@ -309,7 +309,7 @@ def start_elsewhere(request, tmp_path, name, *args, stdout=subprocess.DEVNULL):
     """examples/<name>.py run from a directory that is not condure's."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
-    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "{}.py".format(name)), *args],
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / f"{name}.py"), *args],
                             cwd=elsewhere, stdout=stdout)
     reader = LineReader(proc.stdout) if stdout == subprocess.PIPE else None
     request.addfinalizer(lambda: stop(proc, reader))
@@ -319,7 +319,7 @@ def start_elsewhere(request, tmp_path, name, *args, stdout=subprocess.DEVNULL):
 def test_handlers_take_base(condure, request, tmp_path):
     """basichandler, streamhandler and holdhandler serve condure's endpoints
     named by --base, one after the other, from another directory."""
-    base = "ipc://{}/client".format(condure.workdir)
+    base = f"ipc://{condure.workdir}/client"
     for name in ("basichandler", "streamhandler", "holdhandler"):
         proc, _ = start_elsewhere(request, tmp_path, name, "--base", base)
         conn = http.client.HTTPConnection("127.0.0.1", condure.port, timeout=IO_TIMEOUT)
@@ -335,7 +335,7 @@ def test_handlers_take_base(condure, request, tmp_path):
 
 
 def test_printreq_and_sendresp_take_base(condure, request, tmp_path):
-    base = "ipc://{}/client".format(condure.workdir)
+    base = f"ipc://{condure.workdir}/client"
     _, printed = start_elsewhere(request, tmp_path, "printreq", "--base", base,
                                  stdout=subprocess.PIPE)
     conn = http.client.HTTPConnection("127.0.0.1", condure.port, timeout=IO_TIMEOUT)

@@ -137,7 +137,7 @@ def open_session(srv, kind: str):
         return ws, req
     c = srv.conn()
     if kind == "post":
-        c.send(request("POST", "/post", HOST + [("Content-Length", "20")]))
+        c.send(request("POST", "/post", [*HOST, ("Content-Length", "20")]))
         req = next_request(h)
         c.send(b"0123456789abcdefghij")
     else:

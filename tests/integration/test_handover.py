@@ -119,8 +119,8 @@ class Condure:
         return self.proc.output()
 
 
-@pytest.fixture
-def start(tmp_path):
+@pytest.fixture(name="start")
+def fixture_start(tmp_path):
     """``start(*args, workers=1, listen=[...], base=None)`` -> Condure,
     ready. In ``listen``, ``{port}`` is replaced by a free port (one per
     entry); ``base`` is the --zclient-stream base (default: an ipc base in
@@ -138,7 +138,7 @@ def start(tmp_path):
                "--workers", str(workers), "--drain-timeout", "5"]
         if "--log-level" not in args:
             cmd += ["--log-level", "3"]
-        for spec, port in zip(listen, ports):
+        for spec, port in zip(listen, ports, strict=True):
             cmd += ["--listen", spec.format(port=port)]
         proc = procs._spawn("condure", cmd + list(args),
                             tmp_path / f"condure{len(started)}.log", None,
@@ -163,8 +163,8 @@ def start(tmp_path):
                 pass
 
 
-@pytest.fixture
-def handoff_handler(tmp_path):
+@pytest.fixture(name="handoff_handler")
+def fixture_handoff_handler(tmp_path):
     """``handoff_handler(base, bind=False)``: examples/handoffhandler.py,
     returned once it has printed its ready line. What it complains about
     (a seq out of order, for one) is in ``proc.stderr_path``."""
@@ -248,7 +248,7 @@ def test_reloads_under_load_lose_nothing(start, handoff_handler, load):
     for lines in reloads:
         # every connection moved: the WebSockets and the HTTP loops' ones
         assert sum(m for m, _, _ in lines) == clients + loops, reloads
-        assert all((c, l) == (0, 0) for _, c, l in lines), reloads
+        assert all((closed, lost) == (0, 0) for _, closed, lost in lines), reloads
     assert_no_complaints(condure, handler)
 
 
@@ -262,7 +262,7 @@ def test_reload_with_zclient_connect(start, handoff_handler, load, tmp_path):
     result = ld.finish()
     assert_clean_run(result, clients, condure)
     assert sum(m for m, _, _ in lines) == clients + loops, lines
-    assert all((c, l) == (0, 0) for _, c, l in lines), lines
+    assert all((closed, lost) == (0, 0) for _, closed, lost in lines), lines
     assert_no_complaints(condure, handler)
 
 

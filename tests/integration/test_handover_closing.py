@@ -14,11 +14,11 @@ import time
 from tests.harness import procs
 from tests.harness import ws_client as wc
 from tests.harness.ws_scenarios import accept, close, recv
-from tests.integration.test_handover import (  # noqa: F401 - fixtures
+from tests.integration.test_handover import (
     Condure,
     assert_no_complaints,
+    fixture_start,  # noqa: F401 - the fixture 'start': pytest finds it here
     has,
-    start,
 )
 
 HANDOFF_TIMEOUT = 20.0
@@ -62,7 +62,7 @@ def ended_in_place(condure: Condure, h, req, t0: float, at: int, line: str) -> N
     assert pkt is None or pkt.id != req.id or pkt.type != "cancel", pkt
 
 
-def test_handler_close_crossing_handoff_start_ends_at_once(start, tmp_path):  # noqa: F811 - the fixture
+def test_handler_close_crossing_handoff_start_ends_at_once(start, tmp_path):
     """The handler answers ``handoff-start`` with a close (4001) and then
     ``handoff-proceed``, the order a close already on its way gives. The
     client answers the close at once; condure reads that answer (it used to
@@ -95,7 +95,7 @@ def test_handler_close_crossing_handoff_start_ends_at_once(start, tmp_path):  # 
     assert_no_complaints(condure)
 
 
-def test_client_close_before_the_handover_gets_the_handlers_answer(start, tmp_path):  # noqa: F811 - the fixture
+def test_client_close_before_the_handover_gets_the_handlers_answer(start, tmp_path):
     """The client's close was read and passed to the handler just before
     the reload: the session cannot move. The client gets the handler's own
     answer to its close, not condure's 1012, and the handler no ``cancel``
@@ -121,7 +121,7 @@ def test_client_close_before_the_handover_gets_the_handlers_answer(start, tmp_pa
     assert_no_complaints(condure)
 
 
-def test_a_close_the_client_never_answers_is_ended_at_the_handoff_timeout(start, tmp_path):  # noqa: F811 - the fixture
+def test_a_close_the_client_never_answers_is_ended_at_the_handoff_timeout(start, tmp_path):
     """The handler closes while the handover asks; the client never answers
     the close. The handover waits for that answer for the handoff timeout
     (here 1 s), then ends the session, logging why."""

@@ -20,10 +20,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.harness import ws_client as wc
-from tests.integration.test_handover import (  # noqa: F401 - fixtures
+from tests.integration.test_handover import (
     assert_no_complaints,
-    handoff_handler,
-    start,
+    fixture_handoff_handler,  # noqa: F401 - the fixture 'handoff_handler': pytest finds it here
+    fixture_start,  # noqa: F401 - the fixture 'start': pytest finds it here
 )
 
 BROWSER_OFFER = "permessage-deflate; client_max_window_bits"  # Chromium's
@@ -34,7 +34,7 @@ def tick(n: int) -> str:
 
 
 @pytest.mark.parametrize("context", ["server", "none", "keep"])
-def test_a_browser_like_client_survives_a_reload(start, handoff_handler, context):  # noqa: F811
+def test_a_browser_like_client_survives_a_reload(start, handoff_handler, context):
     condure = start("--compression", "--compression-context", context)
     handler = handoff_handler(condure.base)
     with connect(f"ws://127.0.0.1:{condure.port}/ws", open_timeout=10) as ws:
@@ -69,7 +69,7 @@ def read_compressed(ws: wc.WsConn, inflater) -> bytes:
 
 
 def test_a_compressed_message_under_way_ends_before_the_session_moves(
-        start, handoff_handler):  # noqa: F811
+        start, handoff_handler):
     """The client has sent part of a 70 KB compressed message in several
     frames when the reload starts: the session reads the message to its end
     (and no further), the echo comes back, then it moves, and a message

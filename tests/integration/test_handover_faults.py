@@ -23,10 +23,10 @@ import pytest
 from tests.harness import procs
 from tests.harness import ws_client as wc
 from tests.harness.ws_scenarios import accept, recv
-from tests.integration.test_handover import (  # noqa: F401 - fixtures
+from tests.integration.test_handover import (
     Condure,
     assert_no_complaints,
-    start,
+    fixture_start,  # noqa: F401 - the fixture 'start': pytest finds it here
 )
 
 

@@ -13,10 +13,10 @@ import time
 from tests.harness import procs
 from tests.harness.http_client import Conn
 from tests.harness.ws_scenarios import recv
-from tests.integration.test_handover import (  # noqa: F401 - fixtures
+from tests.integration.test_handover import (
     Condure,
     assert_no_complaints,
-    start,
+    fixture_start,  # noqa: F401 - the fixture 'start': pytest finds it here
 )
 
 POLL = b"GET /poll HTTP/1.1\r\nHost: example.com\r\n\r\n"

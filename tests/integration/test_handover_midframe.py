@@ -12,11 +12,11 @@ import threading
 import time
 
 from tests.harness import ws_client as wc
-from tests.integration.test_handover import (  # noqa: F401 - fixtures
+from tests.integration.test_handover import (
     assert_no_complaints,
     echo,
-    handoff_handler,
-    start,
+    fixture_handoff_handler,  # noqa: F401 - the fixture 'handoff_handler': pytest finds it here
+    fixture_start,  # noqa: F401 - the fixture 'start': pytest finds it here
 )
 
 HANDOFF_TIMEOUT = 5.0  # condure's default --handoff-timeout

@@ -33,7 +33,7 @@ def srv(shared):
 
 def test_get_request_packet(srv):
     h, c = srv.handler, srv.conn()
-    c.send(request("GET", "/path?x=1", HOST + [("User-Agent", "t"), ("Accept", "*/*")]))
+    c.send(request("GET", "/path?x=1", [*HOST, ("User-Agent", "t"), ("Accept", "*/*")]))
     req = h.recv()
     assert req.socket == "pull" and req.seq == 0
     assert req.keys() == ["from", "id", "seq", "ext", "method", "uri", "headers", "credits",
@@ -55,7 +55,7 @@ def test_get_request_packet(srv):
 
 def test_post_request_packet_and_body(srv):
     h, c = srv.handler, srv.conn()
-    c.send(request("POST", "/up", HOST + [("Content-Length", "11")], b"hello world"))
+    c.send(request("POST", "/up", [*HOST, ("Content-Length", "11")], b"hello world"))
     req = h.recv()
     assert req.keys() == ["from", "id", "seq", "ext", "method", "uri", "headers", "credits",
                           "more", "stream", "peer-address", "peer-port"]
@@ -144,7 +144,7 @@ def test_persistence(srv, version, conn_header, persistent, written):
     expected = [(b"Content-Type", b"text/plain")]
     if written:
         expected.append((b"Connection", written))
-    assert resp.headers == expected + [(b"Content-Length", b"1")]
+    assert resp.headers == [*expected, (b"Content-Length", b"1")]
     if persistent:
         req2 = srv.get(c, "/p2", HOST, version=version)
         assert req2.id != req.id
@@ -156,7 +156,7 @@ def test_persistence(srv, version, conn_header, persistent, written):
 
 def test_http10_keep_alive_streamed_unknown_length_closes(srv):
     h, c = srv.handler, srv.conn()
-    req = srv.get(c, "/s", HOST + [("Connection", "keep-alive")], version="HTTP/1.0")
+    req = srv.get(c, "/s", [*HOST, ("Connection", "keep-alive")], version="HTTP/1.0")
     h.reply(req, more=True)
     assert c.read_head() == b"HTTP/1.0 200 OK\r\n\r\n"
     h.body(req, b"data")
@@ -165,7 +165,7 @@ def test_http10_keep_alive_streamed_unknown_length_closes(srv):
 
 def test_pipelining_three_requests(srv):
     h, c = srv.handler, srv.conn()
-    c.send(request("GET", "/a", HOST) + request("POST", "/b", HOST + [("Content-Length", "3")],
+    c.send(request("GET", "/a", HOST) + request("POST", "/b", [*HOST, ("Content-Length", "3")],
                                                  b"xyz") + request("GET", "/c", HOST))
     a = h.recv()
     assert a["uri"] == b"http://example.com/a"
@@ -191,7 +191,7 @@ def test_pipelining_three_requests(srv):
 ])
 def test_expect_continue(srv, version, expect, interim):
     h, c = srv.handler, srv.conn()
-    c.send(request("POST", "/e", HOST + [("Content-Length", "5"), ("Expect", expect)],
+    c.send(request("POST", "/e", [*HOST, ("Content-Length", "5"), ("Expect", expect)],
                    version=version))
     req = h.recv()
     c.expect_silence(SILENCE)  # nothing before the handler's first packet
@@ -209,7 +209,7 @@ def test_expect_continue(srv, version, expect, interim):
 
 def test_early_response_closes(srv):
     h, c = srv.handler, srv.conn()
-    c.send(request("POST", "/big", HOST + [("Content-Length", "10")], b"12345"))
+    c.send(request("POST", "/big", [*HOST, ("Content-Length", "10")], b"12345"))
     req = h.recv()
     h.reply(req, code=413, reason="Too Large", body=b"nope\n")
     assert c.read_until_close() == (b"HTTP/1.1 413 Too Large\r\nConnection: close\r\n"
@@ -221,8 +221,7 @@ def test_early_response_to_expect_continue_sends_no_100(srv):
     """RFC 9110 10.1.1: a final answer before the body is read needs no
     100 (Condure 1.9.1 writes ``100 Continue`` first)."""
     h, c = srv.handler, srv.conn()
-    c.send(request("POST", "/big", HOST + [("Content-Length", "10"),
-                                           ("Expect", "100-continue")]))
+    c.send(request("POST", "/big", [*HOST, ("Content-Length", "10"), ("Expect", "100-continue")]))
     req = h.recv()
     h.reply(req, code=413, reason="Too Large", body=b"nope\n")
     assert c.read_until_close() == (b"HTTP/1.1 413 Too Large\r\nConnection: close\r\n"
@@ -241,7 +240,7 @@ def test_client_disconnect_mid_stream_sends_cancel(srv):
 
 def test_client_disconnect_during_request_body_sends_cancel(srv):
     h, c = srv.handler, srv.conn()
-    c.send(request("POST", "/b", HOST + [("Content-Length", "100")], b"abc"))
+    c.send(request("POST", "/b", [*HOST, ("Content-Length", "100")], b"abc"))
     req = h.recv()
     h.credit(req, 1000)
     assert h.recv().body == b"abc"
@@ -279,7 +278,7 @@ def test_handler_ends_session(srv, kind, started):
 
 def test_handler_keep_alive_accepted(srv):
     h, c = srv.handler, srv.conn()
-    c.send(request("POST", "/k", HOST + [("Content-Length", "2")], b"hi"))
+    c.send(request("POST", "/k", [*HOST, ("Content-Length", "2")], b"hi"))
     req = h.recv()
     h.keep_alive(req)  # first packet: body reading starts, but no credits yet
     h.expect_nothing(SILENCE)

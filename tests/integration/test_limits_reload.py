@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 from tests.harness.http_client import Conn
-from tests.integration.test_handover import (  # noqa: F401 - fixtures
+from tests.integration.test_handover import (
     assert_no_complaints,
-    handoff_handler,
-    start,
+    fixture_handoff_handler,  # noqa: F401 - the fixture 'handoff_handler': pytest finds it here
+    fixture_start,  # noqa: F401 - the fixture 'start': pytest finds it here
 )
 
 LIMIT = 3
@@ -40,7 +40,7 @@ def refused(port: int, source: str) -> None:
         assert data == b"", f"a connection over the limit was answered: {data!r}"
 
 
-def test_adopted_connections_keep_counting_after_reloads(start, handoff_handler):  # noqa: F811
+def test_adopted_connections_keep_counting_after_reloads(start, handoff_handler):
     condure = start("--max-conns-per-ip", str(LIMIT), workers=1)
     handler = handoff_handler(condure.base)
     held = [Conn(condure.port, source=CLIENT) for _ in range(LIMIT)]

@@ -57,14 +57,14 @@ def s_get(ctx: Ctx) -> None:
 
 def s_post_body(ctx: Ctx) -> None:
     c = ctx.conn()
-    c.send(request("POST", "/p", HOST + [("Content-Length", "11")], b"hello there"))
+    c.send(request("POST", "/p", [*HOST, ("Content-Length", "11")], b"hello there"))
     ctx.answer(b"created\n", code=201, reason="Created")
     c.read_response()
 
 
 def s_chunked(ctx: Ctx) -> None:
     c = ctx.conn()
-    c.send(request("POST", "/c", HOST + [("Transfer-Encoding", "chunked")]))
+    c.send(request("POST", "/c", [*HOST, ("Transfer-Encoding", "chunked")]))
     c.send(b"5\r\nhello\r\n")
     c.send(b"6\r\n world\r\n0\r\n\r\n")
     ctx.answer(b"ok\n")
@@ -83,7 +83,7 @@ def s_keep_alive(ctx: Ctx) -> None:
     c.send(request("GET", "/one", HOST))
     ctx.answer(b"one\n")
     c.read_response()
-    c.send(request("POST", "/two", HOST + [("Content-Length", "3")], b"abc"))
+    c.send(request("POST", "/two", [*HOST, ("Content-Length", "3")], b"abc"))
     ctx.answer(b"two\n", extra=[("more", True)])
     c.read_response()
     c.send(request("GET", "/three", [("Host", "example.com"), ("Connection", "close")]))
@@ -94,7 +94,7 @@ def s_keep_alive(ctx: Ctx) -> None:
 
 def s_http10_keep_alive(ctx: Ctx) -> None:
     c = ctx.conn()
-    c.send(request("GET", "/a", HOST + [("Connection", "keep-alive")], version="HTTP/1.0"))
+    c.send(request("GET", "/a", [*HOST, ("Connection", "keep-alive")], version="HTTP/1.0"))
     ctx.answer(b"a\n")
     c.read_response()
     c.send(request("GET", "/b", HOST, version="HTTP/1.0"))
@@ -105,7 +105,7 @@ def s_http10_keep_alive(ctx: Ctx) -> None:
 def s_pipelining(ctx: Ctx) -> None:
     c = ctx.conn()
     c.send(request("GET", "/1", HOST)
-           + request("POST", "/2", HOST + [("Content-Length", "4")], b"body")
+           + request("POST", "/2", [*HOST, ("Content-Length", "4")], b"body")
            + request("GET", "/3", HOST))
     for i in range(3):
         ctx.answer(b"r%d\n" % i)
@@ -114,7 +114,7 @@ def s_pipelining(ctx: Ctx) -> None:
 
 def s_expect_continue(ctx: Ctx) -> None:
     c = ctx.conn()
-    c.send(request("PUT", "/e", HOST + [("Content-Length", "5"), ("Expect", "100-continue")]))
+    c.send(request("PUT", "/e", [*HOST, ("Content-Length", "5"), ("Expect", "100-continue")]))
     assert c.read_head() == b"HTTP/1.1 100 Continue\r\n\r\n"
     c.send(b"hello")
     ctx.answer(b"put\n")

@@ -70,7 +70,7 @@ def serve(stack, kind, extra_args=(), **kw):
 def test_get_and_keep_alive_new_ids(stack, kind) -> None:
     c, h = serve(stack, kind)
     conn = stack.conn(c.port)
-    conn.send(request("GET", "/hello?x=y", HOST + [("User-Agent", "t")]))
+    conn.send(request("GET", "/hello?x=y", [*HOST, ("User-Agent", "t")]))
     req = h.recv()
     assert req.socket == "req" and ID.fullmatch(req.id.encode())
     assert req.keys() == ["id", "ext", "method", "uri", "headers", "peer-address", "peer-port"]
@@ -79,7 +79,7 @@ def test_get_and_keep_alive_new_ids(stack, kind) -> None:
     h.req_reply(req, headers=[("Content-Type", "text/plain")], body=b"hello world\n")
     assert conn.read_response().raw == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                                         b"Content-Length: 12\r\n\r\nhello world\n")
-    conn.send(request("POST", "/p", HOST + [("Content-Length", "11")], b"hello there"))
+    conn.send(request("POST", "/p", [*HOST, ("Content-Length", "11")], b"hello there"))
     second = h.recv()
     assert second.id != req.id and second.body == b"hello there"
     h.req_reply(second, code=201, reason="Created", extra=[("more", True)])
@@ -89,7 +89,7 @@ def test_get_and_keep_alive_new_ids(stack, kind) -> None:
 def test_chunked_body_and_pipelining(stack, kind) -> None:
     c, h = serve(stack, kind)
     conn = stack.conn(c.port)
-    conn.send(request("POST", "/c", HOST + [("Transfer-Encoding", "chunked")])
+    conn.send(request("POST", "/c", [*HOST, ("Transfer-Encoding", "chunked")])
               + b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n" + request("GET", "/next", HOST))
     first = h.recv()
     assert first.body == b"abcdefg"
@@ -107,7 +107,7 @@ def test_a_half_closed_client_is_answered_then_closed(stack, kind) -> None:
     side. The answer still comes (Condure answers too), then the close."""
     c, h = serve(stack, kind)
     conn = stack.conn(c.port)
-    conn.send(request("POST", "/once", HOST + [("Content-Length", "3")], b"abc"))
+    conn.send(request("POST", "/once", [*HOST, ("Content-Length", "3")], b"abc"))
     conn.shutdown_write()
     req = h.recv()
     assert req.body == b"abc"
@@ -121,8 +121,8 @@ def test_transfer_encoding_with_content_length_closes_after_the_answer(stack, ki
     request pipelined behind it is not read."""
     c, h = serve(stack, kind)
     conn = stack.conn(c.port)
-    conn.send(request("POST", "/c", HOST + [("Content-Length", "3"),
-                                           ("Transfer-Encoding", "chunked")])
+    conn.send(request("POST", "/c", [*HOST, ("Content-Length", "3"),
+                                     ("Transfer-Encoding", "chunked")])
               + b"3\r\nabc\r\n0\r\n\r\n" + request("GET", "/next", HOST))
     req = h.recv()
     assert req.body == b"abc"
@@ -134,7 +134,7 @@ def test_transfer_encoding_with_content_length_closes_after_the_answer(stack, ki
 def test_expect_continue_answered_before_the_handler(stack, kind) -> None:
     c, h = serve(stack, kind)
     conn = stack.conn(c.port)
-    conn.send(request("PUT", "/e", HOST + [("Content-Length", "5"), ("Expect", "100-continue")]))
+    conn.send(request("PUT", "/e", [*HOST, ("Content-Length", "5"), ("Expect", "100-continue")]))
     assert conn.read_head() == b"HTTP/1.1 100 Continue\r\n\r\n"
     h.expect_nothing()
     conn.send(b"hello")
@@ -147,8 +147,8 @@ def test_expect_continue_answered_before_the_handler(stack, kind) -> None:
 def test_websocket_upgrade_refused(stack) -> None:
     c, h = serve(stack, "router")
     conn = stack.conn(c.port)
-    conn.send(request("GET", "/ws", HOST + [
-        ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"),
+    conn.send(request("GET", "/ws", [
+        *HOST, ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"),
         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]))
     assert conn.read_until_close() == (
         b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 48\r\n\r\n"

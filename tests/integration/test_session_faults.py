@@ -53,7 +53,7 @@ class Faulty(flows.Server):
         assert len(pids) == 1, pids
         return pids[0]
 
-    def setup(self) -> "Faulty":
+    def setup(self) -> Faulty:
         self.begin()
         return self
 
@@ -222,7 +222,7 @@ def test_fault_on_a_request_line(srv):
 def test_fault_on_request_body_bytes(srv):
     others = Bystanders(srv)
     c = srv.conn()
-    c.send(request("POST", "/upload", HOST + [("Content-Length", "10")]))
+    c.send(request("POST", "/upload", [*HOST, ("Content-Length", "10")]))
     req = srv.handler.recv()
     srv.handler.credit(req, 100)
     c.send(MARKER + b"12345")

@@ -4,8 +4,8 @@ graceful and fast stops, boot failure, pid file."""
 from __future__ import annotations
 
 import os
-import re
 import queue
+import re
 import signal
 import socket
 import struct
@@ -125,7 +125,7 @@ class Notify:
             self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
             try:
                 msg = self.sock.recv(4096).decode()
-            except socket.timeout:
+            except TimeoutError:
                 break
             self.messages.append(msg)
             if pred(msg):
@@ -133,8 +133,8 @@ class Notify:
         raise AssertionError(f"no such notification; got {self.messages}")
 
 
-@pytest.fixture
-def start(tmp_path):
+@pytest.fixture(name="start")
+def fixture_start(tmp_path):
     """``start(*args, workers=2, env_extra=None, wait=True, base=None)``:
     condure with RUNTIME_DIRECTORY=tmp_path (so its default control socket
     is ``tmp_path/condure-<id>.ctl``), ready (READY=1) unless ``wait`` is
@@ -172,8 +172,8 @@ def start(tmp_path):
                 pass
 
 
-@pytest.fixture
-def handler(tmp_path):
+@pytest.fixture(name="handler")
+def fixture_handler(tmp_path):
     h = AutoHandler(f"ipc://{tmp_path}/client")
     yield h
     h.halt.set()
@@ -372,7 +372,7 @@ def test_reload_under_load_loses_no_request(start, handler):
             except (AssertionError, OSError) as e:
                 conn.close()
                 conn = None
-                if fresh or conn is not None and conn.received:
+                if fresh or (conn is not None and conn.received):
                     failures.append(repr(e))
                 # a reused idle connection closed by a retiring worker: retry
                 # on a new one (RFC 9112 9.3.1)

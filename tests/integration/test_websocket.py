@@ -313,7 +313,7 @@ def test_library_handler_cancel(srv, lib_stack):
 
 def test_library_disconnect_sends_cancel(srv):
     h = srv.handler
-    conn, req = W.lib_open(h, srv.port)
+    conn, _req = W.lib_open(h, srv.port)
     conn.send("x")
     expect_packet(h, body=b"x")
     W.lib_closer(conn)()
@@ -369,7 +369,8 @@ def test_server_no_context_takeover(csrv):
     offer = "permessage-deflate; server_no_context_takeover"
     h, c = csrv.handler, ws(csrv, extensions=[offer])
     req, resp = accept(h, c)
-    assert resp.header("Sec-WebSocket-Extensions") == b"permessage-deflate; server_no_context_takeover"
+    assert (resp.header("Sec-WebSocket-Extensions")
+            == b"permessage-deflate; server_no_context_takeover")
     text = b"repeat repeat repeat repeat"
     payloads = []
     for _ in range(2):
@@ -384,7 +385,7 @@ def test_server_no_context_takeover(csrv):
 def test_compressed_client_fragments(csrv):
     """RFC 7692 6.1: RSV1 on the first frame only. Condure 1.9.1 cancels."""
     h, c = csrv.handler, ws(csrv, extensions=["permessage-deflate"])
-    req, _ = accept(h, c)
+    accept(h, c)
     data = b"fragmented and compressed " * 4
     payload = wc.deflate(data)
     half = len(payload) // 2
@@ -406,7 +407,7 @@ def test_compressed_handler_fragments(csrv):
     req, _ = accept(h, c)
     message(h, req, b"first half, ", more=True)
     message(h, req, b"second half")
-    op, payload, frames = c.read_message()
+    _, payload, frames = c.read_message()
     assert frames[0].rsv1 and not any(f.rsv1 for f in frames[1:])
     assert wc.inflate(payload) == b"first half, second half"
 

@@ -215,10 +215,10 @@ def test_upgrade_header_not_lowercase(srv):
     docs/differences-from-condure.md), plain HTTP for Condure."""
     h, c = srv.handler, wc.WsConn(srv.port)
     srv.conns.append(c)
-    c.send(request("GET", "/x", flows.HOST + [("Upgrade", "WebSocket"),
-                                              ("Connection", "Upgrade"),
-                                              ("Sec-WebSocket-Version", "13"),
-                                              ("Sec-WebSocket-Key", wc.SAMPLE_KEY)]))
+    c.send(request("GET", "/x", [*flows.HOST, ("Upgrade", "WebSocket"),
+                                 ("Connection", "Upgrade"),
+                                 ("Sec-WebSocket-Version", "13"),
+                                 ("Sec-WebSocket-Key", wc.SAMPLE_KEY)]))
     req = recv(h)
     if IMPL == "ours":
         assert req["uri"] == b"ws://example.com/x", req

@@ -83,20 +83,19 @@ async def exchange(port: int, compression: bool) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
-@pytest.fixture
-def echo_condure(make_condure, tmp_path, request):
+@pytest.fixture(name="echo_condure")
+def fixture_echo_condure(make_condure, tmp_path, request):
     compression = request.param
     condure = make_condure("ours", extra_args=["--compression"] if compression else [])
-    log = open(tmp_path / "handler.stderr", "wb")
-    handler = subprocess.Popen(
-        [sys.executable, str(HANDLER), "--base", condure.base],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-        env=procs.python_env())
-    try:
-        yield condure, compression
-    finally:
-        procs.terminate(handler)
-        log.close()
+    with open(tmp_path / "handler.stderr", "wb") as log:
+        handler = subprocess.Popen(
+            [sys.executable, str(HANDLER), "--base", condure.base],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            env=procs.python_env())
+        try:
+            yield condure, compression
+        finally:
+            procs.terminate(handler)
 
 
 @pytest.mark.parametrize("echo_condure", [False, True], indirect=True,

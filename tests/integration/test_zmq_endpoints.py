@@ -74,7 +74,7 @@ def test_packets_wait_for_a_handler_still_connecting(tmp_path):
         pub.connect(f"{condure.base}-in")
         assert pub.poll(5000) and pub.recv().startswith(b"\x01")  # condure subscribed
         with connect(condure.port) as c:
-            c.send(request("POST", "/late", HOST + [("Content-Length", "5")]) + b"hello")
+            c.send(request("POST", "/late", [*HOST, ("Content-Length", "5")]) + b"hello")
             assert pull.poll(5000)
             req = tnetstring.loads(pull.recv()[1:])
             credit = {b"from": b"late", b"id": req[b"id"], b"seq": 0,

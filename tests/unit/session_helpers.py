@@ -12,6 +12,7 @@ packets to the session's current id with a per-id seq counter.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from typing import Any
 
@@ -218,7 +219,7 @@ class Driver(SeamDriver):
         self.session.receive_packet(packet, ident, self.now)
         self.pump()
 
-    def handler(self, kind: type = Data, *, seq: int | None | str = "auto",
+    def handler(self, kind: type = Data, *, seq: int | str | None = "auto",
                 rid: bytes | None = None, from_: bytes = HANDLER, **fields: object) -> None:
         """The handler sends a packet of ``kind`` to the session's current
         id (or ``rid``); ``seq`` counts per id unless given (None: no seq)."""
@@ -291,7 +292,7 @@ def run_split(data: bytes, cuts: list[int], *, eof: bool = True, **kw: object) -
     d = Driver(**kw)  # type: ignore[arg-type]
     h = EchoHandler(d)
     bounds = [0, *cuts, len(data)]
-    for start, stop in zip(bounds, bounds[1:]):
+    for start, stop in itertools.pairwise(bounds):
         d.client(data[start:stop])
         h.react()
     if eof:

@@ -354,7 +354,7 @@ def restart(manager, monkeypatch, got, config, n_workers, mode=None):
     """Store ``got``'s bound listeners, close it as an exiting start does,
     and acquire again with what the store hands back."""
     up = Uploader(FdStore(manager.env), "g")
-    fds, entries = zip(*got.store_entries())
+    fds, entries = zip(*got.store_entries(), strict=True)
     up.add(fds, entries)
     assert up.finish() == len(fds)
     got.close(keep_files=True)

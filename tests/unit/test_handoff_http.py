@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from condure.session import snapshot
-from condure.session.states import HEAD
 from condure.session.snapshot import SnapshotError, export_http, restore_http
+from condure.session.states import HEAD
 from condure.session.websocket import WebSocketSession
 from condure.session.ws_snapshot import export_ws, restore_ws
 from condure.zhttp import tnetstring
@@ -196,7 +196,7 @@ def _seen(drivers) -> tuple[list, int]:
 def test_moved_session_equals_one_that_stayed(messages, data):
     stream = _client_stream(messages)
     cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=8)))
-    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     steps = data.draw(_handler_steps)
     credits = data.draw(st.sampled_from([4, 1 << 20]))
     after_client = [i + 1 for i, step in enumerate(steps) if step == ("client",)]

@@ -25,7 +25,8 @@ from condure.zhttp.plain import encode_request
 
 FIELDS = [
     b"Host: example.com", b"Host: 127.0.0.1:8080", b"host: ex\xc3\xa9mple", b"Host: ex\xffample",
-    b"HOST:a", b"Host:", b"Host: a@b", b"Host: a b", b"Host: [::1]:80", b"Connection: close", b"Connection: keep-alive",
+    b"HOST:a", b"Host:", b"Host: a@b", b"Host: a b", b"Host: [::1]:80", b"Connection: close",
+    b"Connection: keep-alive",
     b"connection: Keep-Alive, Upgrade", b"Connection: ,,close ,", b"Upgrade: websocket",
     b"Upgrade: h2c", b"Content-Length: 0", b"Content-Length: 5", b"Transfer-Encoding: chunked",
     b"X-Empty: ", b"X-Sp:   v  w  ", b"X-Tab:\tv\t", b"Bad Name: x", b"X: a\x00b", b" X: lead",
@@ -50,7 +51,7 @@ def state(s: HttpSession) -> tuple:
 
 def compare_actions(fast: list, general: list) -> None:
     assert len(fast) == len(general), (fast, general)
-    for a, b in zip(fast, general):
+    for a, b in zip(fast, general, strict=True):
         if isinstance(a, Send):
             assert isinstance(b, Send)
             assert (a.packet, a.to) == (b.packet, b.to)
@@ -105,7 +106,8 @@ def requests(draw) -> bytes:
                                    b"G@T"]))
     target = draw(st.sampled_from([b"/", b"/a?b=c", b"/%20x", b"*", b"http://example.com/x",
                                    b"/" + b"a" * 5000, b"/\xff", b"//x", b"e:443", b"x"]))
-    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"http/1.1"]))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0",
+                                    b"http/1.1"]))
     fields = draw(st.lists(st.sampled_from(FIELDS), max_size=MAX_HEADERS + 2))
     eol = draw(st.sampled_from([b"\r\n"] * 6 + [b"\n"]))
     head = eol.join([method + b" " + target + b" " + version, *fields]) + eol + b"\r\n"

@@ -14,7 +14,6 @@ from condure.session.httpwire import (
     request_uri,
     response_head,
     target_refusal,
-    valid_host,
 )
 
 # -- header_tokens ------------------------------------------------------------

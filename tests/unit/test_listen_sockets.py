@@ -235,13 +235,13 @@ def test_named_entry_takes_the_socket_address(tmp_path):
 
 def test_missing_name_is_an_error(passed):
     items = passed("web")
-    with pytest.raises(AcquireError, match="fd-name=api.*passed: web"):
+    with pytest.raises(AcquireError, match=r"fd-name=api.*passed: web"):
         match_listeners(listen("fd-name=web", "fd-name=api"), 2, "auto", True, items)
 
 
 def test_unnamed_passed_socket_is_an_error(passed):
     items = passed("web", "extra")
-    with pytest.raises(AcquireError, match="not named.*extra"):
+    with pytest.raises(AcquireError, match=r"not named.*extra"):
         match_listeners(listen("fd-name=web"), 2, "auto", True, items)
 
 
@@ -413,7 +413,7 @@ def test_worker_adopt_connection_refuses_bad_spec_and_full():
 
 
 def test_sockets_module_defaults():
-    assert sockets.AUTO == Config().accept_mode
+    assert Config().accept_mode == sockets.AUTO
     assert ListenSpec().fd_name is None
 
 

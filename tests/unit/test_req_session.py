@@ -142,7 +142,8 @@ def test_websocket_upgrade_refused() -> None:
 
 @pytest.mark.parametrize("raw", [
     b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n",
-    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nabcdef\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"6\r\nabcdef\r\n6\r\nabcdef\r\n",
 ], ids=["length", "chunked"])
 def test_body_too_large(raw: bytes) -> None:
     d = make(body_buffer_size=10)
@@ -292,7 +293,8 @@ def test_head_and_no_content_responses() -> None:
     d.client(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
     only_request(d)
     reply(d, body=b"abc")
-    assert d.new_output() == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\n"
+    assert d.new_output() == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                              b"Content-Length: 3\r\n\r\n")
     d.client(GET)
     only_request(d)
     reply(d, code=204, reason=b"No Content", body=b"")

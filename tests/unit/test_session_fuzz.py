@@ -27,9 +27,18 @@ from condure.session.snapshot import SnapshotError
 from condure.session.websocket import WebSocketSession
 from condure.zhttp import decode, encode
 from condure.zhttp.packets import (
-    Cancel, Close as ClosePacket, Credit, Data, Error, HandoffProceed, HandoffStart, Ident,
-    KeepAlive, Ping, Pong,
+    Cancel,
+    Credit,
+    Data,
+    Error,
+    HandoffProceed,
+    HandoffStart,
+    Ident,
+    KeepAlive,
+    Ping,
+    Pong,
 )
+from condure.zhttp.packets import Close as ClosePacket
 from tests.unit.session_helpers import HANDLER, INSTANCE, START, Driver, IdSource
 
 MASK = b"\x0a\x0b\x0c\x0d"

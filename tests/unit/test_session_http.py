@@ -199,8 +199,8 @@ def test_transfer_encoding_framing_closes_after_the_response(head):
 
 def test_handler_framing_headers_are_replaced():
     d = started(b"GET / HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
-    d.respond(headers=TEXT + ((b"Connection", b"keep-alive"), (b"content-length", b" 7 "),
-                              (b"Transfer-Encoding", b"chunked")), body=b"closed\n")
+    d.respond(headers=(*TEXT, (b"Connection", b"keep-alive"), (b"content-length", b" 7 "),
+                       (b"Transfer-Encoding", b"chunked")), body=b"closed\n")
     assert d.new_output() == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                               b"Connection: close\r\nContent-Length: 7\r\n\r\nclosed\n")
     assert d.close.graceful
@@ -311,7 +311,7 @@ def test_body_split_follows_credits_and_reads():
     packets = d.new_packets()
     assert [(len(p.body), p.more) for p in packets] == [(3085, True), (8192, True), (3723, False)]
     assert seqs(packets) == [2, 3, 4]
-    assert body_of([p1] + packets) == b"a" * 20000
+    assert body_of([p1, *packets]) == b"a" * 20000
     d.respond(headers=TEXT, body=b"got it\n")
     assert d.new_output() == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                               b"Content-Length: 7\r\n\r\ngot it\n")
@@ -978,7 +978,7 @@ def test_whole_bytewise_and_trailing_data_agree(request_bytes, buffer_size):
     assert bytewise == whole
     trailing = run_split(request_bytes + b"GET /next HTTP/1.1\r\n", [], eof=False,
                          buffer_size=buffer_size)
-    requests, bodies, cancels, output, closes = trailing
+    requests, bodies, _, output, _ = trailing
     assert requests[:1] == whole[0] and bodies == whole[1] and output == whole[3]
 
 

@@ -40,7 +40,8 @@ def test_dumps_accepts_text_and_tuples():
     assert dumps(bytearray(b"ab")) == b"2:ab,"
 
 
-@pytest.mark.parametrize("value", [object(), {1: 2}, {None: 1}, float("inf"), float("nan"), {b"k": {1.5: 1}}])
+@pytest.mark.parametrize("value", [object(), {1: 2}, {None: 1}, float("inf"), float("nan"),
+                                   {b"k": {1.5: 1}}])
 def test_dumps_rejects(value):
     with pytest.raises(TnetstringError):
         dumps(value)

@@ -76,7 +76,7 @@ def test_install_path_agrees_everywhere():
     what the man page's FILES and EXAMPLES name."""
     program = _exec_start((UNITS / "condure.service").read_text())[0]
     assert program == manpage.PROGRAM == f"{manpage.PREFIX}/bin/condure"
-    install = [commands(b) for b in code_blocks(SYSTEMD_MD, "Install", lang="sh")][0]
+    install = commands(code_blocks(SYSTEMD_MD, "Install", lang="sh")[0])
     assert f"python3 -m venv {manpage.PREFIX}" in install, install
     assert f"{manpage.PREFIX}/bin/pip install ." in install, install
     assert any(line.startswith("install ") and line.endswith(" /etc/systemd/system/")

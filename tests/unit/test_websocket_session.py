@@ -15,7 +15,15 @@ from condure.session.ws_handshake import Deflate
 from condure.session.ws_snapshot import export_ws, restore_ws
 from condure.zhttp import encode, tnetstring
 from condure.zhttp.packets import (
-    Cancel, Data, Error, HandoffProceed, HandoffStart, Ident, KeepAlive, Ping, Pong,
+    Cancel,
+    Data,
+    Error,
+    HandoffProceed,
+    HandoffStart,
+    Ident,
+    KeepAlive,
+    Ping,
+    Pong,
 )
 from condure.zhttp.packets import Close as ClosePacket
 from tests.unit.session_helpers import INSTANCE, Driver, checked
@@ -201,7 +209,8 @@ def test_cancel_or_error_before_acceptance_closes_silently(packet):
     d = WsDriver()
     d.client(SIMPLE + b"\r\n")
     d.new_sends()
-    d.handler(type(packet), **({"condition": packet.condition} if isinstance(packet, Error) else {}))
+    fields = {"condition": packet.condition} if isinstance(packet, Error) else {}
+    d.handler(type(packet), **fields)
     assert not d.output and not d.new_sends() and not d.close.graceful
 
 
@@ -569,7 +578,8 @@ def test_no_compression_without_the_option():
 def test_compressed_output_golden():  # reference 10.2
     d = opened(compression=True, headers=PMD)
     d.handler(Data, body=b"compress me compress me")
-    assert d.new_output() == bytes.fromhex("c1 11 4a ce cf 2d 28 4a 2d 2e 56 c8 4d 55 48 46 b0 01 00")
+    assert d.new_output() == bytes.fromhex(
+        "c1 11 4a ce cf 2d 28 4a 2d 2e 56 c8 4d 55 48 46 b0 01 00")
     d.flush()
     assert d.new_packets()[-1].credits == 23
     d.handler(Ping, body=b"p")

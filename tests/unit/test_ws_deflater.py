@@ -11,8 +11,9 @@ import zlib
 from condure.session.ws_frames import MEM_LEVEL, Deflater
 
 TAIL = b"\x00\x00\xff\xff"
-MESSAGES = [json.dumps({"seq": i, "channel": f"room-{i % 7}", "items": list(range(i % 50))}).encode()
-            for i in range(300)]
+MESSAGES = [
+    json.dumps({"seq": i, "channel": f"room-{i % 7}", "items": list(range(i % 50))}).encode()
+    for i in range(300)]
 
 
 def _inflate_all(chunks: list[bytes]) -> list[bytes]:

@@ -7,8 +7,17 @@ import base64
 import pytest
 
 from condure.session.ws_handshake import (
-    Deflate, HandshakeError, accept_head, accept_value, check_upgrade, is_upgrade, negotiate,
-    parse_extensions, refusal, rejection, valid_key,
+    Deflate,
+    HandshakeError,
+    accept_head,
+    accept_value,
+    check_upgrade,
+    is_upgrade,
+    negotiate,
+    parse_extensions,
+    refusal,
+    rejection,
+    valid_key,
 )
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="

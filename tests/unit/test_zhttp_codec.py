@@ -20,11 +20,11 @@ from condure.zhttp import (
     Ping,
     Pong,
     UnknownType,
+    codec,
     decode,
     encode,
     split_address,
 )
-from condure.zhttp import codec
 
 C = b"condure"
 H1 = b"handler1"
@@ -103,7 +103,8 @@ CONDURE_SENT = [
     ),
     pytest.param(
         Data(C, ids(b"0-0-0", 1), content_type=b"text", body=b"hello"),
-        b"T103:4:from,7:condure,2:id,5:0-0-0,3:seq,1:1#" + EXT + b"12:content-type,4:text,4:body,5:hello,}",
+        b"T103:4:from,7:condure,2:id,5:0-0-0,3:seq,1:1#" + EXT
+        + b"12:content-type,4:text,4:body,5:hello,}",
         id="ws-text",
     ),
     pytest.param(
@@ -120,7 +121,8 @@ CONDURE_SENT = [
     ),
     pytest.param(
         Data(C, ids(b"0-0-0", 4), content_type=b"text", body=b"ment"),
-        b"T102:4:from,7:condure,2:id,5:0-0-0,3:seq,1:4#" + EXT + b"12:content-type,4:text,4:body,4:ment,}",
+        b"T102:4:from,7:condure,2:id,5:0-0-0,3:seq,1:4#" + EXT
+        + b"12:content-type,4:text,4:body,4:ment,}",
         id="ws-fragment-end",
     ),
     pytest.param(
@@ -212,7 +214,8 @@ TEXT_PLAIN = (b"Content-Type", b"text/plain")
 HANDLER_SENT = [
     pytest.param(
         b"T157:4:from,8:handler1,2:id,5:0-0-0,3:seq,1:0#4:code,3:200#6:reason,2:OK,"
-        b"7:headers,52:30:12:Content-Type,10:text/plain,]14:5:X-Foo,3:bar,]]4:body,12:hello world\n,}",
+        b"7:headers,52:30:12:Content-Type,10:text/plain,]14:5:X-Foo,3:bar,]]"
+        b"4:body,12:hello world\n,}",
         Data(H1, ids(b"0-0-0", 0), code=200, reason=b"OK",
              headers=(TEXT_PLAIN, (b"X-Foo", b"bar")), body=b"hello world\n"),
         id="response",
@@ -255,7 +258,8 @@ HANDLER_SENT = [
         id="empty-final",
     ),
     pytest.param(
-        b"T239:4:from,8:handler1,2:id,5:0-0-0,3:seq,1:0#4:code,3:101#6:reason,19:Switching Protocols,"
+        b"T239:4:from,8:handler1,2:id,5:0-0-0,3:seq,1:0#4:code,3:101#"
+        b"6:reason,19:Switching Protocols,"
         b"7:headers,121:33:22:Sec-WebSocket-Protocol,4:chat,]18:7:Upgrade,5:bogus,]"
         b"22:10:Connection,5:bogus,]32:20:Sec-WebSocket-Accept,5:bogus,]]7:credits,4:1024#}",
         Data(H1, ids(b"0-0-0", 0), code=101, reason=b"Switching Protocols",
@@ -310,7 +314,8 @@ HANDLER_SENT = [
     pytest.param(
         b"T111:2:id,5:0-0-0,4:code,3:200#6:reason,2:OK,7:headers,34:30:12:Content-Type,"
         b"10:text/plain,]]4:body,12:hello world\n,}",
-        Data(ids=ids(b"0-0-0"), code=200, reason=b"OK", headers=(TEXT_PLAIN,), body=b"hello world\n"),
+        Data(ids=ids(b"0-0-0"), code=200, reason=b"OK", headers=(TEXT_PLAIN,),
+             body=b"hello world\n"),
         id="req-mode-response",
     ),
     pytest.param(
@@ -375,7 +380,8 @@ def test_single_id_list_form():
 
 def test_encode_omissions():
     assert encode(Data(), ext_multi=False) == b"T0:}"
-    assert encode(Error(C, ids(b"x"), condition=b"bad-request", code=400, body=b"b"), ext_multi=False) == (
+    error = Error(C, ids(b"x"), condition=b"bad-request", code=400, body=b"b")
+    assert encode(error, ext_multi=False) == (
         b"T68:4:from,7:condure,2:id,1:x,4:type,5:error,9:condition,11:bad-request,}"
     )
     rejected = encode(Error(ids=ids(b"x"), condition=b"rejected"), ext_multi=False)
@@ -446,14 +452,16 @@ def test_decode_long_from_is_not_an_error():
 
 
 def test_decode_accepts_ext():
-    assert decode(frame(BASE + s(b"ext") + b"24:5:multi,5:false!1:x,1:y,}")) == Data(H1, ids(b"1-0-0"))
+    raw = frame(BASE + s(b"ext") + b"24:5:multi,5:false!1:x,1:y,}")
+    assert decode(raw) == Data(H1, ids(b"1-0-0"))
 
 
 @pytest.mark.parametrize(
     "type_name", [b"data", b"bogus", b"Credit", b"\xc3\xa9"]
 )
 def test_unknown_type_carries_ids(type_name):
-    raw = frame(s(b"from") + s(H1) + s(b"id") + b"54:23:2:id,5:0-0-5,3:seq,1:1#}23:2:id,5:1-0-5,3:seq,1:2#}]"
+    raw = frame(s(b"from") + s(H1) + s(b"id")
+                + b"54:23:2:id,5:0-0-5,3:seq,1:1#}23:2:id,5:1-0-5,3:seq,1:2#}]"
                 + s(b"type") + s(type_name))
     with pytest.raises(UnknownType) as info:
         decode(raw)
@@ -541,7 +549,8 @@ REJECTED = {
     "header-three-items": frame(BASE + s(b"headers") + b"15:12:1:a,1:b,1:c,]]"),
     "header-value-int": frame(BASE + s(b"headers") + b"11:8:1:a,1:1#]]"),
     "header-name-not-utf8": frame(BASE + s(b"headers") + b"11:8:1:\xff,1:b,]]"),
-    "error-condition-not-utf8": frame(BASE + s(b"type") + s(b"error") + s(b"condition") + s(b"\xff")),
+    "error-condition-not-utf8": frame(BASE + s(b"type") + s(b"error")
+                                      + s(b"condition") + s(b"\xff")),
     "error-code-string": frame(BASE + s(b"type") + s(b"error") + s(b"code") + s(b"1")),
     "close-body-not-utf8": frame(BASE + s(b"type") + s(b"close") + s(b"code") + i(1000)
                                  + s(b"body") + s(b"\xff")),
@@ -608,10 +617,7 @@ header_list = st.lists(st.tuples(text, small_bytes), min_size=1, max_size=4).map
 def common(draw):
     id_list = draw(st.booleans())
     idents = st.builds(Ident, small_bytes, st.none() | u32)
-    if id_list:
-        ident_tuple = tuple(draw(st.lists(idents, max_size=4)))
-    else:
-        ident_tuple = (draw(idents),)
+    ident_tuple = tuple(draw(st.lists(idents, max_size=4))) if id_list else (draw(idents),)
     return {"from_": draw(small_bytes), "ids": ident_tuple, "id_list": id_list}
 
 
