@@ -19,10 +19,10 @@ import time
 from tests.harness import procs
 from tests.harness.http_client import Conn
 from tests.harness.ws_scenarios import recv
-from tests.integration.test_handover import (  # noqa: F401 - fixtures
+from tests.integration.test_handover import (
     REPO,
     assert_no_complaints,
-    start,
+    fixture_start,  # noqa: F401 - the fixture 'start': pytest finds it here
 )
 
 BODY = b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(3200))  # 100 KiB
@@ -58,7 +58,7 @@ def _chunked_pieces(data: bytes) -> list[bytes]:
     return [wire[i:i + PIECE] for i in range(0, len(wire), PIECE)]
 
 
-def test_an_upload_moves_on_reload_with_its_body(start, tmp_path):  # noqa: F811
+def test_an_upload_moves_on_reload_with_its_body(start, tmp_path):
     """--handoff ask: the old worker asks handoff-start in the middle of the
     body; the handler answers; the new worker resumes (a keep-alive) and
     goes on reading the body under the same id, with the next seqs; the
@@ -113,7 +113,7 @@ def test_an_upload_moves_on_reload_with_its_body(start, tmp_path):  # noqa: F811
     assert_no_complaints(condure)
 
 
-def test_a_chunked_upload_moves_on_reload_unasked(start, tmp_path):  # noqa: F811
+def test_a_chunked_upload_moves_on_reload_unasked(start, tmp_path):
     """--handoff skip, examples/handoffhandler.py (which returns credits as
     the body comes and answers with its digest): a chunked body cut
     anywhere by the client's writes moves at once, and the handler's

@@ -7,10 +7,10 @@ import ssl
 
 import pytest
 
-trustme = pytest.importorskip("trustme")
+from condure.net.certs import CertStore, valid_name
+from condure.net.tls import TlsError, TlsLayer
 
-from condure.net.certs import CertStore, valid_name  # noqa: E402
-from condure.net.tls import TlsError, TlsLayer  # noqa: E402
+trustme = pytest.importorskip("trustme")
 
 
 @pytest.fixture(scope="module")
