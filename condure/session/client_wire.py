@@ -10,6 +10,9 @@ client role has its own reader:
   neither (and a status that has a body) it runs to the connection's close
   (RFC 9112 6.3), and the connection is not reused; any other ``Transfer-Encoding`` is an error.
   Condure 1.10 read no body at all there;
+- a chunked body is read by :mod:`condure.session.chunked`, by the rules
+  request bodies follow (at most 16 hex digits in a chunk size, CRLF
+  line ends, checked extensions and trailers);
 - the answer to a HEAD request has no body whatever its headers say
   (RFC 9110 9.3.2); Condure 1.10 read a Content-Length's worth after it,
   and its handler never saw the response end;
@@ -27,15 +30,15 @@ import enum
 import re
 from dataclasses import dataclass
 
+from condure.session.chunked import MAX_LINE, ChunkedReader, ChunkError
 from condure.session.httpwire import header_tokens
 from condure.zhttp.packets import Header
 
 MAX_HEADERS = 64
-MAX_CHUNK_LINE = 1024  # longest chunk-size line (with extensions) or trailer line
+MAX_CHUNK_LINE = MAX_LINE  # longest chunk-size line (with extensions) or trailer line
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\Z")
 _FIELD = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*(.*?)[ \t]*\Z", re.S)
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_HEX = re.compile(rb"[0-9a-fA-F]{1,15}\Z")
 
 
 class WireError(Exception):
@@ -134,8 +137,8 @@ class ResponseReader:
         self.eof = False
         self.response: ResponseHead | None = None
         self.done = False
-        self._left = 0  # body bytes left: of the length, or of this chunk
-        self._chunk_state = 0  # 0: size line next, 1: in data, 2: CRLF after data, 3: trailers
+        self._left = 0  # body bytes left of the length
+        self._chunks = ChunkedReader(MAX_CHUNK_LINE)
 
     def feed(self, data: bytes) -> None:
         if data:
@@ -206,49 +209,21 @@ class ResponseReader:
         del self.buf[:n]
         return out
 
-    def _line(self) -> bytes | None:
-        end = self.buf.find(b"\n")
-        if end < 0:
-            if len(self.buf) > MAX_CHUNK_LINE:
-                raise WireError("chunk line too long")
-            return None
-        if end > MAX_CHUNK_LINE:
-            raise WireError("chunk line too long")
-        line = self._take(end + 1)[:-1]
-        return line[:-1] if line.endswith(b"\r") else line
-
     def _chunked(self, limit: int) -> bytes:
         out: list[bytes] = []
         got = 0
-        starved = False
-        while got < limit and not self.done:
-            if self._chunk_state == 1:
-                piece = self._take(min(limit - got, self._left))
+        chunks = self._chunks
+        try:
+            while got < limit:
+                piece = chunks.read(self.buf, limit - got)
                 if not piece:
-                    starved = True
                     break
                 out.append(piece)
                 got += len(piece)
-                self._left -= len(piece)
-                if not self._left:
-                    self._chunk_state = 2
-                continue
-            line = self._line()
-            if line is None:
-                starved = True
-                break
-            if self._chunk_state == 0:
-                size = line.split(b";", 1)[0].strip(b" \t")
-                if not _HEX.match(size):
-                    raise WireError("bad chunk size")
-                self._left = int(size, 16)
-                self._chunk_state = 1 if self._left else 3
-            elif self._chunk_state == 2:
-                if line:
-                    raise WireError("chunk data longer than its size")
-                self._chunk_state = 0
-            elif not line:  # the empty line after the trailers
-                self.done = True
-        if starved and not out and self.eof:
+        except ChunkError as e:
+            raise WireError(str(e)) from None
+        if chunks.done:
+            self.done = True
+        elif not out and self.eof:
             raise WireError("connection closed inside the body")
         return b"".join(out)

@@ -9,6 +9,10 @@ request, body included (:meth:`HeadReader.next_event`); the raw head is
 kept, because h11 normalises some values (Transfer-Encoding, repeated
 Content-Length) that condure forwards verbatim.
 
+A chunked body is not h11's: from the end of its head the reader decodes
+it with :mod:`condure.session.chunked` (the rules the client role reads
+origins' responses by), and hands out h11's events for it.
+
 The reader counts what it gave h11 (``fed``) and where h11's head ended,
 so the size of the head and the bytes still unparsed while a head is read
 come without looking into h11's private buffer.
@@ -23,6 +27,7 @@ from typing import NamedTuple
 import h11
 
 from condure.session import httpwire
+from condure.session.chunked import MAX_LINE, ChunkedReader, ChunkError
 from condure.zhttp.packets import Header
 
 MAX_HEADERS = 64  # most request headers accepted (reference 7)
@@ -61,7 +66,8 @@ class Refusal:
 class HeadReader:
     """The input of one request cycle (see the module docstring)."""
 
-    __slots__ = ("buffer_size", "fed", "inbuf", "parser", "raw_head")
+    __slots__ = ("body_buf", "buffer_size", "chunks", "ended", "fed", "inbuf", "parser",
+                 "raw_head")
 
     def __init__(self, buffer_size: int, leftover: bytes) -> None:
         self.buffer_size = buffer_size
@@ -69,11 +75,16 @@ class HeadReader:
         self.parser: h11.Connection | None = None
         self.raw_head = b""
         self.fed = 0  # bytes given to h11
+        self.chunks: ChunkedReader | None = None  # a chunked body's decoder
+        self.body_buf = bytearray()  # its input, not parsed yet
+        self.ended = False  # its end was handed out
 
     def feed(self, data: bytes, head: bool) -> None:
         """Client bytes (not empty); ``head``: a head is being read."""
         parser = self.parser
-        if parser is None:
+        if self.chunks is not None:
+            self.body_buf += data
+        elif parser is None:
             inbuf = self.inbuf
             if not inbuf and head:
                 # RFC 9112 2.2: ignore empty lines before a request line.
@@ -89,6 +100,8 @@ class HeadReader:
         """Client bytes read but not parsed yet. ``head``: no head has
         been read from them yet (h11 has consumed nothing of its input)."""
         parser = self.parser
+        if self.chunks is not None:
+            return len(self.body_buf)
         if parser is None:
             return len(self.inbuf)
         if head:
@@ -97,6 +110,8 @@ class HeadReader:
 
     def leftover(self) -> bytes:
         """The unparsed bytes, for the next cycle or a record."""
+        if self.chunks is not None:
+            return bytes(self.body_buf)
         if self.parser is None:
             return bytes(self.inbuf)
         return bytes(self.parser.trailing_data[0])
@@ -145,9 +160,29 @@ class HeadReader:
         refused = httpwire.target_refusal(event.method, event.target, headers)
         if refused is not None:
             return Refusal(*refused)
+        if any(name.lower() == b"transfer-encoding" for name, _ in headers):
+            # (h11 took no other coding than chunked: 501 above)
+            self.chunks = ChunkedReader(min(MAX_LINE, self.buffer_size - 2))
+            self.body_buf = bytearray(self.parser.trailing_data[0])
         return Head(event.method, event.target, event.http_version == b"1.1", headers)
 
     def next_event(self) -> object:
-        """The next h11 event of the request body (h11 owns the input)."""
-        assert self.parser is not None
-        return self.parser.next_event()
+        """The next h11 event of the request body: h11's own, or one made
+        for a chunked body (its ChunkError as h11's RemoteProtocolError)."""
+        chunks = self.chunks
+        if chunks is None:
+            assert self.parser is not None
+            return self.parser.next_event()
+        buf = self.body_buf
+        try:
+            data = chunks.read(buf, len(buf) or 1)
+        except ChunkError as e:
+            raise h11.RemoteProtocolError(str(e), error_status_hint=400) from None
+        if data:
+            return h11.Data(data=data)
+        if not chunks.done:
+            return h11.NEED_DATA
+        if self.ended:
+            return h11.PAUSED
+        self.ended = True
+        return h11.EndOfMessage()

@@ -441,9 +441,13 @@ class HttpSession(HttpMoves):
                 return
 
     def _pull_body(self) -> bool:
-        error = self.body.pull(self.reader)
+        body = self.body
+        error = body.pull(self.reader)
         if error is not None:
-            self._cancel_and_close(error)
+            answer = body.malformed and self.response.state is ResponseState.NONE
+            if answer:  # no response went out yet: say why, as req mode does
+                self.actions.append(Write(httpwire.error_response(400)))
+            self._cancel_and_close(error, graceful=answer)
             return False
         return True
 

@@ -28,7 +28,7 @@ class RequestBody:
     ``state`` follows :class:`BodyState`; the session sends what
     :meth:`take` gives and acts on the reasons :meth:`pull` reports."""
 
-    __slots__ = ("credits", "eom", "expect_continue", "pieces", "state")
+    __slots__ = ("credits", "eom", "expect_continue", "malformed", "pieces", "state")
 
     def __init__(self) -> None:
         self.state = BodyState.NONE
@@ -36,6 +36,7 @@ class RequestBody:
         self.eom = False  # its end was parsed
         self.credits = 0  # bytes the handler may still take
         self.expect_continue = False  # a 100 Continue is owed when reading starts
+        self.malformed = False  # the body broke its framing
 
     def expect(self, more: bool, expect_continue: bool) -> None:
         """The request has a body (``more``: of at least one byte)."""
@@ -49,8 +50,9 @@ class RequestBody:
         while not self.eom and not pieces:
             try:
                 event = reader.next_event()
-            except h11.RemoteProtocolError:
-                return "malformed request body"
+            except h11.RemoteProtocolError as e:
+                self.malformed = True
+                return f"malformed request body: {e}"
             kind = type(event)
             if kind is h11.Data:
                 data = event.data  # type: ignore[attr-defined]

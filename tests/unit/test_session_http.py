@@ -347,11 +347,14 @@ def test_empty_body_after_credit_keeps_the_connection():
     assert b"Connection" not in d.new_output() and not d.closed
 
 
-def test_malformed_chunk_cancels():
+def test_malformed_chunk_cancels_and_answers_400():
+    """No response went out yet: the client gets 400 (as in req mode)."""
     d = started(b"POST / HTTP/1.1\r\nHost: e\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
     d.credit(100)
     assert kinds(d.new_packets()) == ["Cancel"]
-    assert not d.close.graceful
+    out = d.new_output()
+    assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"Connection: close\r\n" in out
+    assert d.close.graceful
 
 
 def test_client_eof_mid_body_cancels():
