@@ -190,10 +190,10 @@ def show_status(answer: dict[str, Any]) -> str:
                      c.get("outgoing"), w.get("waiting"), w.get("lag_ms"), q.get("router"),
                      q.get("push"),
                      f"{h.get('moved')}/{h.get('closed')}/{h.get('lost')}" if h else None,
-                     w.get("respawns")))
+                     (w.get("limits") or {}).get("per_ip_refused"), w.get("respawns")))
     lines.append(_table(("SLOT", "PID", "ROLE", "STATE", "UP", "HTTP", "WS", "REQ", "OUT",
                          "WAITING", "LAG_MS", "ROUTER_Q", "PUSH_Q", "MOVED/CLOSED/LOST",
-                         "RESPAWNS"), rows))
+                         "PER_IP_REFUSED", "RESPAWNS"), rows))
     return "\n".join(lines)
 
 

@@ -104,6 +104,37 @@ def test_status_counts_connections_by_kind(start, handler, tmp_path):
                 what="all closed")
 
 
+def test_status_shows_connections_refused_per_ip(start, handler, tmp_path):
+    """--max-conns-per-ip 1: a second connection from 127.0.0.1 is closed at
+    once and counted; ``ctl status`` shows the count, in its JSON
+    (``limits.per_ip_refused``) and in its table (PER_IP_REFUSED)."""
+    proc = start("--max-conns-per-ip", "1", workers=1)
+    first = Conn(proc.port)
+    try:
+        assert get(first).startswith(b"condure")  # then idle, kept alive
+        second = Conn(proc.port)
+        try:
+            assert second.sock.recv(1) == b""  # closed without an answer
+        except ConnectionResetError:
+            pass
+        finally:
+            second.close()
+        answer = wait_status(tmp_path, lambda a: a["workers"][0]["limits"].get(
+            "per_ip_refused") == 1, what="per_ip_refused 1")
+        [w] = answer["workers"]
+        assert w["connections"]["http"] == 1, w
+        path = str(tmp_path / "condure-condure.ctl")
+        r = subprocess.run([sys.executable, "-m", "condure", "ctl", "--socket", path, "status"],
+                           capture_output=True, text=True, env=procs.python_env(),
+                           cwd=str(procs.REPO_ROOT), timeout=30)
+        assert r.returncode == 0, r.stderr
+        head, row = r.stdout.splitlines()[-2:]
+        cells = dict(zip(head.split(), row.split(), strict=True))
+        assert cells["PER_IP_REFUSED"] == "1" and cells["PID"] == str(w["pid"]), r.stdout
+    finally:
+        first.close()
+
+
 def test_status_shows_requests_waiting_for_a_handler(start, tmp_path):
     proc = start(workers=1)  # no handler at all
     with Conn(proc.port) as conn:
