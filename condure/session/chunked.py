@@ -69,6 +69,27 @@ class ChunkedReader:
         self.trailers = 0  # trailer fields read
         self.done = False  # the empty line after the last chunk was read
 
+    @classmethod
+    def at(cls, left: int, trailer: bool, max_line: int = MAX_LINE) -> ChunkedReader:
+        """A reader going on from where :meth:`position` said another
+        stood: ``left`` bytes of a chunk's data to come, or among the
+        trailers, or (neither) at the start of a size line."""
+        reader = cls(max_line)
+        if trailer:
+            reader.state = _TRAILERS
+        elif left:
+            reader.state, reader.left = _DATA, left
+        return reader
+
+    def position(self) -> tuple[int, bool] | None:
+        """(data bytes left of this chunk, among the trailers), for
+        :meth:`at`; None between a chunk's data and its CRLF, the one
+        point :meth:`at` does not take (and after the end: see
+        :attr:`done`)."""
+        if self.state == _DATA_END or self.done:
+            return None
+        return self.left, self.state == _TRAILERS
+
     def read(self, buf: bytearray, limit: int) -> bytes:
         """Up to ``limit`` (> 0) bytes of one chunk's data, taken from the
         front of ``buf`` with the framing before them; b"" when ``buf``

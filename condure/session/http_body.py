@@ -3,14 +3,15 @@ the handler against the handler's credits (reference 5.2); and where it
 stands when the request moves to another process while its body is being
 read (:func:`position`, :func:`resumed`; :mod:`condure.session.body_record`).
 
-h11 parses the body. The position of its body reader (bytes left of a
-Content-Length body or of a chunk, or the trailers of a chunked one) is
-read from the reader's state, the one place that looks inside h11; a
-reader it does not recognise is not at a resumable position, so the
-request does not move. The adopting process builds a fresh parser at the
-same position from a head of its own (and a chunk-size line or the last
-chunk's, for a position inside a chunk or among the trailers) before the
-client's unparsed bytes.
+A Content-Length body is parsed by h11, a chunked one by condure's own
+decoder (:mod:`condure.session.chunked`, set up by the head reader). The
+position of a Content-Length body (bytes left) is read from h11's body
+reader, the one place that looks inside h11; a reader it does not
+recognise is not at a resumable position, so the request does not move.
+A chunked body's position is its decoder's (bytes left of a chunk, or
+the trailers). The adopting process builds a fresh parser at the same
+position from a head of its own, and for a chunked body a decoder at the
+same point, before the client's unparsed bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import h11
 
 from condure.session.body_record import CARRY_MAX, BodyAt
+from condure.session.chunked import MAX_LINE, ChunkedReader
 from condure.session.head import HeadReader
 from condure.session.states import BodyState
 
@@ -100,23 +102,21 @@ def position(body: RequestBody, reader: HeadReader) -> BodyAt | None:
                 credits=body.credits)
     if body.eom:
         return at
+    chunks = reader.chunks
+    if chunks is not None:
+        if chunks.done:  # (its end not handed out yet)
+            return at
+        where = chunks.position()
+        if where is None:
+            return None  # between a chunk's data and its CRLF
+        return BodyAt(True, where[0], where[1], False, pending, body.credits)
     parser = reader.parser
     h11_reader = getattr(parser, "_reader", None)
-    kind = type(h11_reader).__name__
-    if kind == "ContentLengthReader":
+    if type(h11_reader).__name__ == "ContentLengthReader":
         left = getattr(h11_reader, "_remaining", None)
         if type(left) is not int or left < 0:
             return None
         return at if left == 0 else BodyAt(False, left, False, False, pending, body.credits)
-    if kind == "ChunkedReader":
-        left = getattr(h11_reader, "_bytes_in_chunk", None)
-        discard = getattr(h11_reader, "_bytes_to_discard", None)
-        trailer = getattr(h11_reader, "_reading_trailer", None)
-        if type(left) is not int or left < 0 or discard is None or type(trailer) is not bool:
-            return None
-        if discard:
-            return None  # between a chunk's data and its CRLF
-        return BodyAt(True, left, trailer, False, pending, body.credits)
     return None
 
 
@@ -136,15 +136,15 @@ def resumed(at: BodyAt, buffer_size: int, leftover: bytes) -> tuple[RequestBody,
     head = b"POST / HTTP/1.1\r\nHost: condure\r\n"
     if at.chunked:
         head += b"Transfer-Encoding: chunked\r\n\r\n"
-        after = b"0\r\n" if at.trailer else b"%x\r\n" % at.left if at.left else b""
     else:
         head += b"Content-Length: %d\r\n\r\n" % at.left
-        after = b""
     reader = HeadReader(buffer_size, b"")
     parser = reader.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=buffer_size)
-    parser.receive_data(head + after)
+    parser.receive_data(head)
     if type(parser.next_event()) is not h11.Request or parser.next_event() is not h11.NEED_DATA:
         raise AssertionError("h11 did not take the body position")  # (h11 changed)
+    if at.chunked:  # (condure's own decoder, as read_head sets it up)
+        reader.chunks = ChunkedReader.at(at.left, at.trailer, min(MAX_LINE, buffer_size - 2))
     if leftover:
         reader.feed(leftover, False)
     return body, reader
