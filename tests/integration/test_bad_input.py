@@ -102,8 +102,10 @@ def test_unsupported_transfer_encoding(srv, value):
     refused(srv, request("POST", "/", [*HOST, ("Transfer-Encoding", value)]), 501)
 
 
-@pytest.mark.parametrize("values", [["abc"], ["-1"], ["5", "6"], ["0x10"]],
-                         ids=["abc", "negative", "conflicting", "hex"])
+@pytest.mark.parametrize("values", [["abc"], ["-1"], ["5", "6"], ["0x10"], ["9" * 20],
+                                    ["0" * 15 + "12345"]],
+                         ids=["abc", "negative", "conflicting", "hex", "past 2**64",
+                              "20 digits"])
 def test_bad_content_length(srv, values):
     raw = request("POST", "/", HOST + [("Content-Length", v) for v in values], b"hello")
     refused(srv, raw, 400)
