@@ -13,6 +13,7 @@ queued there when ``condure ctl`` exits.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,11 @@ from tests.harness import procs
 from tests.harness import ws_client as wc
 from tests.harness.ws_scenarios import accept, recv
 from tests.integration.test_ctl import ctl, wait_for
-from tests.integration.test_supervisor import start  # noqa: F401 - fixture
+from tests.integration.test_supervisor import (
+    Notify,
+    children,
+    start,  # noqa: F401 - fixture
+)
 
 REPO = procs.REPO_ROOT
 
@@ -277,3 +282,40 @@ def test_without_a_control_socket_reload_falls_back_to_sighup(start, echo_handle
     for args in (("--fallback-pid", "0"), ("--timeout", "0")):
         r = ctl_run(tmp_path, "reload", "--wait", *args)
         assert r.returncode == 2 and "usage:" in r.stderr, (args, r.stderr)
+
+
+def test_a_reload_whose_workers_cannot_start_fails_ctl_reload_wait(tmp_path):
+    """condure runs from a copy of its package; once the copy's worker
+    module is made to exit at once, a reload's new workers cannot start:
+    `ctl reload --wait` exits 1 with the reason and the running workers
+    stay. With the module back, the next reload is done and exits 0."""
+    code = tmp_path / "code"
+    shutil.copytree(REPO / "condure", code / "condure",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    worker_module = code / "condure" / "workerproc.py"
+    good = worker_module.read_text()
+    notify = Notify(tmp_path / "notify")
+    env = ctl_env(tmp_path)
+    env.update(procs.python_env(code), NOTIFY_SOCKET=notify.path)
+    env.pop("XDG_RUNTIME_DIR", None)
+    cmd = [sys.executable, "-m", "condure", "--listen", f"127.0.0.1:{procs.free_port()}",
+           "--zclient-stream", f"ipc://{tmp_path}/client", "--workers", "2"]
+    proc = procs._spawn("condure", cmd, tmp_path / "condure.log", None, env=env, cwd=str(code))
+    try:
+        notify.wait(lambda m: "READY=1" in m.split("\n"), timeout=30)
+        running = children(proc.pid)
+        worker_module.write_text("raise SystemExit(3)\n")
+        r = ctl_run(tmp_path, "reload", "--wait")
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "condure ctl: reload failed: new workers cannot start (3 failures in a row)" \
+            in r.stderr, r.stderr
+        assert children(proc.pid) == running
+        assert ctl(tmp_path, "status")[1]["state"] == "running"
+        worker_module.write_text(good)
+        r = ctl_run(tmp_path, "reload", "--wait")
+        assert r.returncode == 0 and "reload 2 done" in r.stdout, (r.stdout, r.stderr)
+        assert not {w["pid"] for w in current(ctl(tmp_path, "status")[1])} & running
+        assert "reload 1 ended without replacing every worker" in proc.output()
+    finally:
+        proc.stop()
+        notify.sock.close()
