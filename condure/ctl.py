@@ -7,8 +7,11 @@ and ``condure ctl ...`` land here (cli.py). Output is for a person unless
 ``--json`` is given, which prints the supervisor's answer as it came.
 
 Exit status: 0 done, 1 the control socket could not be reached or the
-request (or the client) was refused, 2 a usage error, 141 (128 + SIGPIPE)
-when the reader of the output went away.
+request (or the client) was refused (for ``reload --wait``: the reload
+failed, was cut short by a stop, or did not end in time), 2 a usage error,
+141 (128 + SIGPIPE) when the reader of the output went away. ``reload
+--wait`` ended by SIGTERM (systemd stopping or restarting the service
+while its ExecReload= waits) exits 0, saying so on stderr.
 """
 
 from __future__ import annotations
@@ -49,15 +52,37 @@ COMMANDS: tuple[tuple[str, str, str, str], ...] = (
     ("log-level", "N", "change the log level at runtime",
      "Set the log level (as --log-level: 0 error .. 4 or more trace) of the supervisor "
      "and every worker, including workers started later, until condure stops."),
-    ("reload", "", "replace the workers (as SIGHUP)",
-     "Replace the workers one by one, moving their connections, as SIGHUP does."),
+    ("reload", "[--wait] [--timeout SECONDS] [--fallback-pid PID]",
+     "replace the workers (as SIGHUP)",
+     "Replace the workers one by one, moving their connections, as SIGHUP does; a "
+     "reload asked for during a reload follows it. --wait returns only once the reload "
+     "that covers this request is done (the `reloaded` log line, READY=1 to systemd), "
+     "with status 1 and the reason if it fails, is cut short by a stop or restart, or "
+     "is not done within --timeout (default 80 s with --wait; the reload goes on). "
+     "--fallback-pid: when the control socket cannot be reached, send SIGHUP to PID "
+     "instead (without waiting: said on stderr), for the unit's ExecReload= "
+     "with $MAINPID."),
 )
 KINDS = ("http", "websocket", "req", "outgoing")
 TIMEOUT = 10.0  # seconds to wait for an answer (workers get 2 s each, in parallel)
+RELOAD_WAIT = 80.0  # seconds `reload --wait` waits for the reload by default
+ANSWER_GRACE = 5.0  # beyond a wait the supervisor bounds: room for its answer
 
 
 class CtlError(Exception):
     """The control socket could not be used; the message says why."""
+
+
+class Unreachable(CtlError):
+    """Nothing to connect to: no control socket there, or nobody serving it."""
+
+
+class Terminated(Exception):
+    """SIGTERM while waiting for a reload."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _positive(text: str) -> float:
@@ -94,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the instance's --id: its socket is condure-ID.ctl in the "
                             "runtime directory [default: condure]")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
-    parser.add_argument("--timeout", type=_positive, default=TIMEOUT, metavar="SECONDS",
-                        help=f"wait this long for the answer [default: {TIMEOUT:g}]")
+    parser.add_argument("--timeout", type=_positive, metavar="SECONDS",
+                        help=f"wait this long for the answer [default: {TIMEOUT:g}; "
+                             f"reload --wait: {RELOAD_WAIT:g}]")
     # prog: the sub-commands' messages start "condure ctl log-level: ...",
     # not with the whole usage string.
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -112,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
                              help="list at most N [default: 100]")
         elif name == "log-level":
             cmd.add_argument("level", type=int, metavar="N")
+        elif name == "reload":
+            cmd.add_argument("--wait", action="store_true",
+                             help="return once the reload is done")
+            cmd.add_argument("--timeout", type=_positive, metavar="SECONDS",
+                             default=argparse.SUPPRESS,
+                             help=f"with --wait: wait this long [default: {RELOAD_WAIT:g}]")
+            cmd.add_argument("--fallback-pid", type=_pid, metavar="PID",
+                             help="no control socket: send SIGHUP to PID instead")
     return parser
 
 
@@ -123,7 +157,7 @@ def request(path: str, payload: dict[str, Any], timeout: float = TIMEOUT) -> dic
         try:
             sock.connect(path)
         except OSError as e:
-            raise CtlError(f"cannot connect to {path}: {e.strerror or e} "
+            raise Unreachable(f"cannot connect to {path}: {e.strerror or e} "
                            "(is condure running, with this --id or --socket?)") from None
         data = bytearray()
         try:
@@ -157,7 +191,42 @@ def payload_of(args: argparse.Namespace) -> dict[str, Any]:
         payload.update(worker=args.worker, kind=args.kind, limit=args.limit)
     elif args.command == "log-level":
         payload["level"] = args.level
+    elif args.command == "reload" and args.wait:
+        payload.update(wait=True, timeout=timeout_of(args))
     return payload
+
+
+def timeout_of(args: argparse.Namespace) -> float:
+    """The --timeout given, else the default for the command."""
+    if args.timeout is not None:
+        return float(args.timeout)
+    return RELOAD_WAIT if getattr(args, "wait", False) else TIMEOUT
+
+
+def _pid(text: str) -> int:
+    """--fallback-pid: a process id, more than 1 (0 and -1 would signal
+    groups; 1 is init)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
+    if value <= 1:
+        raise argparse.ArgumentTypeError(f"not a process id to signal: {text!r}")
+    return value
+
+
+def fall_back(path: str, why: CtlError, pid: int) -> int:
+    """reload --fallback-pid: the control socket is out of reach, so
+    SIGHUP does the reload, which cannot be waited for."""
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        print(f"condure ctl: {why}; and SIGHUP to pid {pid} failed: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+    print(f"condure ctl: {why}; sent SIGHUP to pid {pid} instead (the reload goes on "
+          "without this command waiting for it)", file=sys.stderr)
+    return 0
 
 
 # -- output for a person ------------------------------------------------------
@@ -227,7 +296,13 @@ def show(command: str, answer: dict[str, Any]) -> str:
     if command == "log-level":
         return f"log level {answer.get('log_level')} (supervisor and {answer.get('workers')} " \
                "workers)"
-    return f"reload {answer.get('reload')}"
+    how, number = answer.get("reload"), answer.get("number")
+    which = "reload" if number is None else f"reload {number}"
+    if how == "done":
+        return f"{which} done (waited {answer.get('waited')} s)"
+    if how == "queued":
+        return f"{which} queued: it follows the reload under way"
+    return f"{which} {how}"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -236,8 +311,28 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     path = args.socket or runtime.find_control_socket(args.id)
+    payload = payload_of(args)
+    # A reload waited for is bounded by the supervisor, which then says why.
+    timeout = timeout_of(args) + (ANSWER_GRACE if payload.get("wait") else 0.0)
+    if payload.get("wait"):
+        # systemd sends SIGTERM to ExecReload= when a stop or restart takes
+        # over the reload job; that is not a failed reload (which systemd
+        # would record as the unit's failure, result 'signal').
+        signal.signal(signal.SIGTERM, _terminated)
     try:
-        answer = request(path, payload_of(args), args.timeout)
+        try:
+            answer = request(path, payload, timeout)
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except Terminated:
+        print("condure ctl: terminated (a stop or restart of the service?); no longer "
+              "waiting for the reload", file=sys.stderr)
+        return 0
+    except Unreachable as e:
+        if getattr(args, "fallback_pid", None) is None:
+            print(f"condure ctl: {e}", file=sys.stderr)
+            return 1
+        return fall_back(path, e, args.fallback_pid)
     except (CtlError, ValueError) as e:
         print(f"condure ctl: {e}", file=sys.stderr)
         return 1

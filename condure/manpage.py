@@ -156,7 +156,10 @@ SIGNALS = [
     ("SIGQUIT", "The same as SIGINT."),
     ("SIGHUP", "Rolling reload: replace the workers one at a time; each new "
                "worker is ready before the one it replaces stops accepting "
-               "and drains. No connection is refused meanwhile."),
+               "and drains. No connection is refused meanwhile. A SIGHUP during "
+               "a reload is carried out once that reload is done (any number "
+               "of them give one more reload). `condure ctl reload --wait` "
+               "does the same and returns when the reload is done."),
 ]
 
 SIGNALS_AFTER = (
@@ -247,7 +250,7 @@ EXAMPLES = [
      "condure \\-\\-workers 4 \\-\\-listen 127.0.0.1:8080,req \\-\\-zclient\\-req ipc://client"),
     ("Under systemd, the socket unit passes a socket named `http`:",
      f"ExecStart={PROGRAM} \\-\\-listen fd\\-name=http"),
-    ("Rolling reload and status:",
+    ("Rolling reload (returns once it is done) and status:",
      "systemctl reload condure.service\nsystemctl status condure.service"),
     (f"What each worker of the service is doing, and its WebSocket connections (as root; "
      f"`condure` on Debian's PATH is the Rust original, which has no `ctl`: name "

@@ -17,7 +17,9 @@ JSON, ``{"command": ...}``, and gets one line of JSON back, ``{"ok": true,
   :data:`ASK_TIMEOUT` is reported as such.
 - ``log-level`` sets the supervisor's level and sends ``log-level`` to
   every worker; workers started later get it too (main.py).
-- ``reload`` is what SIGHUP does.
+- ``reload`` is what SIGHUP does (supervisor/reloads.py); with ``"wait":
+  true`` the answer comes once the reload that covers the request is done
+  (or failed, or did not end within the request's ``timeout``).
 
 :func:`open_server` checks the path as ipc files are checked
 (condure/net/ipcclaim.py) before binding it: a socket another process
@@ -31,14 +33,12 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import struct
 import sys
 import threading
 import time
 import traceback
-from collections import deque
 from typing import Any, Protocol
 
 from condure import log as condure_log
@@ -47,6 +47,7 @@ from condure.config import Config
 from condure.net import control, ipcclaim
 from condure.supervisor.children import Child, State
 from condure.supervisor.moves import Moves, RestartStore
+from condure.supervisor.reloads import ReloadRefused, Reloads
 
 log = logging.getLogger("condure")
 
@@ -54,6 +55,8 @@ ASK_TIMEOUT = 2.0  # seconds a worker has to answer connections/stacks
 IDLE_TIMEOUT = 60.0  # a client that sends nothing for this long is dropped
 LINE_MAX = 64 * 1024  # a request line longer than this is refused
 CLIENTS_MAX = 16  # control connections served at once
+WAIT_DEFAULT = 80.0  # seconds `reload --wait` waits when the request names no timeout
+WAIT_MAX = 3600.0
 LIMIT_DEFAULT = 100  # connections listed per request
 LIMIT_MAX = 500  # per worker: the answer must fit in one control message
 KINDS = ("http", "websocket", "req", "outgoing")  # what `connections --kind` can select
@@ -69,11 +72,13 @@ class Host(Protocol):
     moves: Moves
     stopping: str | None
     restart_store: RestartStore | None
+    reloads: Reloads
     announced: bool
-    signals: deque[int]
     wake: asyncio.Event
 
     def children(self) -> list[Child]: ...
+    def ask_reload(self, source: str) -> tuple[int, str]: ...
+    def reload_outcome(self, number: int) -> asyncio.Future[str | None]: ...
 
 
 class RequestError(Exception):
@@ -247,7 +252,7 @@ class ControlServer:
         if command == "log-level":
             return self.set_log_level(request.get("level"))
         if command == "reload":
-            return self.reload()
+            return await self.reload(request)
         raise RequestError(f"unknown command {command!r}; known: {', '.join(COMMANDS)}")
 
     # -- commands ------------------------------------------------------------------
@@ -346,15 +351,36 @@ class ControlServer:
         log.info("log level %d (condure ctl)", level)
         return {"log_level": level, "workers": told}
 
-    def reload(self) -> dict[str, Any]:
-        host = self.host
-        if host.stopping:
-            raise RequestError("condure is stopping")
-        if host.state.reloading:
-            return {"reload": "already under way"}
-        host.signals.append(signal.SIGHUP)  # as if the signal came
-        host.wake.set()
-        return {"reload": "started"}
+    async def reload(self, request: dict[str, Any]) -> dict[str, Any]:
+        wait, timeout = request.get("wait", False), request.get("timeout", WAIT_DEFAULT)
+        if not isinstance(wait, bool):
+            raise RequestError("wait: true or false")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout <= WAIT_MAX:
+            raise RequestError(f"timeout: seconds, more than 0 and at most {WAIT_MAX}")
+        try:
+            number, how = self.host.ask_reload("condure ctl")
+        except ReloadRefused as e:
+            raise RequestError(str(e)) from None
+        self.host.wake.set()
+        if not wait:
+            return {"reload": how, "number": number}
+        began = time.monotonic()
+        outcome = self.host.reload_outcome(number)
+        try:
+            failure = await asyncio.wait_for(asyncio.shield(outcome), timeout)
+        except TimeoutError:
+            outcome.cancel()  # (no longer waited for)
+            pending = list(self.host.state.reload_pending)
+            where = (f"reload {number - 1} still under way" if number > self.host.reloads.begun
+                     else f"slots still to replace {pending}" if pending
+                     else "replaced workers still handing over")
+            raise RequestError(f"reload {number} not done within {timeout:g} s ({where}); "
+                               "it goes on: see condure ctl status") from None
+        if failure is not None:
+            raise RequestError(failure)
+        return {"reload": "done", "number": number,
+                "waited": round(time.monotonic() - began, 3)}
 
 
 def refuse(writer: asyncio.StreamWriter, reason: str) -> None:

@@ -42,6 +42,7 @@ from condure.net.unanswered import UnansweredLog
 from condure.supervisor import children, ctl, dispatch, fdstore, moves, pidfile, sockets
 from condure.supervisor.children import Child, State, describe_exit
 from condure.supervisor.notify import Notifier, status_text
+from condure.supervisor.reloads import Reloads, SupervisorReloads
 from condure.supervisor.signals import HANDLED, SupervisorSignals
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def start_zmq(config: Config) -> tuple[ZmqProxy | None, dict[str, Any]]:
     return proxy, proxy.start()
 
 
-class Supervisor(SupervisorSignals, moves.SupervisorMoves):
+class Supervisor(SupervisorSignals, SupervisorReloads, moves.SupervisorMoves):
     # Set by run() before anything uses them.
     listeners: sockets.Listeners
     loop: asyncio.AbstractEventLoop
@@ -104,6 +105,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         self.stopping: str | None = None  # "graceful" or "fast"
         self.stop_deferred = False  # until the fd store's connections are adopted
         self.restart_deferred: tuple[int | None] | None = None
+        self.reloads = Reloads()  # asked for, under way, awaited (reloads.py)
         self.exit_status = 0
         self.announced = False
         self.zmq_spec: dict[str, Any] | None = None
@@ -348,8 +350,9 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
             if self.boot_failures >= BOOT_FAILURES:
                 log.error("reload failed: new workers cannot start (%d failures in a row); "
                           "keeping the running workers", self.boot_failures)
+                self.reload_failed(f"new workers cannot start ({self.boot_failures} "
+                                   "failures in a row)")
                 self.boot_failures = 0
-                st.reload_pending.clear()
             return
         if st.slots[child.slot] is child:
             st.slots[child.slot] = None
@@ -451,9 +454,7 @@ class Supervisor(SupervisorSignals, moves.SupervisorMoves):
         # systemd keeps the reload job (a restart queued behind it would
         # otherwise find sessions moving without the handler's handoff).
         if not st.successors and self.all_ready() and not self._reload_moving():
-            st.reloading = False
-            log.info("reloaded")
-            self.notify.ready(self.status())
+            self.reload_done()  # "reloaded", READY=1; the next one asked for (reloads.py)
 
     def all_ready(self) -> bool:
         return all(c is not None and c.ready for c in self.state.slots)

@@ -10,7 +10,8 @@ Signal handlers only enqueue (``main.py``); the loop then calls
   systemd runs ``systemctl`` in a thread, with a timeout, so the loop keeps
   serving the workers' control messages meanwhile.
 - SIGINT and SIGQUIT stop every worker at once (Condure's fast stop).
-- SIGHUP replaces the workers one slot at a time (a reload).
+- SIGHUP replaces the workers one slot at a time (a reload); one during a
+  reload is remembered and carried out after it (``reloads.py``).
 
 A stop that comes while a start after ``systemctl restart`` still has the
 previous start's connections to adopt (before ``READY=1``) waits until the
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 from condure.supervisor import early, fdstore
 from condure.supervisor.moves import Moves, RestartStore
 from condure.supervisor.notify import Notifier
+from condure.supervisor.reloads import ReloadRefused
 
 if TYPE_CHECKING:
     from condure.supervisor.children import Child, State
@@ -81,6 +83,8 @@ class SupervisorSignals:
         def hand_over(self, child: Child, target: Child | None) -> None: ...
         def adopt_recovered(self, now: float) -> bool: ...
         def _enqueue(self, sig: int) -> None: ...
+        def ask_reload(self, source: str) -> tuple[int, str]: ...
+        def reloads_cut_short(self) -> None: ...
 
     async def dispatch_signal(self, sig: int) -> None:
         if sig == signal.SIGTERM:
@@ -107,8 +111,8 @@ class SupervisorSignals:
             # into the store like any other (restart_after_reload).
             log.info("restarting, once the reload under way has moved its connections")
             self.notify.stopping()
-            self._no_more_starts()
             self.restart_deferred = (size,)
+            self._no_more_starts()
             return
         log.info("restarting: moving connections to the next start" if restart
                  else "stopping...")
@@ -168,16 +172,10 @@ class SupervisorSignals:
         self._begin_stop(graceful=False)
 
     def handle_hup(self) -> None:
-        st = self.state
-        if self.stopping or self.restart_deferred:
-            return
-        if st.reloading:
-            log.info("reload already under way")
-            return
-        log.info("reloading: replacing %d workers one by one", self.n)
-        self.notify.reloading()
-        st.reloading = True
-        st.reload_pending = list(range(self.n))
+        try:
+            self.ask_reload("SIGHUP")  # (reloads.py)
+        except ReloadRefused as e:
+            log.info("SIGHUP: no reload: %s", e)
 
     def take_early_signals(self) -> None:
         """The signals that came before the loop's handlers were installed
@@ -238,6 +236,7 @@ class SupervisorSignals:
     def _no_more_starts(self) -> None:
         """Stopping: no respawn, no reload step, no dispatched connection."""
         st = self.state
+        self.reloads_cut_short()  # (reloads.py)
         st.respawn_at.clear()
         st.reload_pending.clear()
         st.reloading = False

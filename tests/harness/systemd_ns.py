@@ -381,22 +381,35 @@ def exec_start_python(module_args: list[str]) -> str:
     return _quote_all([sys.executable, "-m", "condure", *module_args])
 
 
+def exec_reload_python(service_text: str) -> str:
+    """The unit's ExecReload= with its program (the installed condure)
+    replaced by ``python -m condure`` with this interpreter; its arguments
+    as the unit has them (``$MAINPID`` left for systemd)."""
+    joined = service_text.replace("\\\n", " ")
+    line = next(ln for ln in joined.splitlines() if ln.startswith("ExecReload="))
+    program, *rest = line[len("ExecReload="):].split()
+    assert program.endswith("/bin/condure"), program
+    return " ".join([_quote_all([sys.executable, "-m", "condure"]), *rest])
+
+
 def project_units(workdir: Path, port: int, args: list[str],
                   service: dict[tuple[str, str], list[str]] | None = None) -> dict[str, str]:
     """The project's systemd/condure.socket and condure.service, adapted for
     a test: the socket on 127.0.0.1:``port``, the service running this
-    checkout's ``python -m condure`` with ``args`` in ``workdir``, plus any
+    checkout's ``python -m condure`` with ``args`` in ``workdir`` (and its
+    ``condure ctl`` for ExecReload=), plus any
     ``service`` settings."""
     repo = Path(__file__).resolve().parents[2]
+    service_text = (repo / "systemd" / "condure.service").read_text()
     settings = {
         ("Service", "ExecStart"): [exec_start_python(args)],
+        ("Service", "ExecReload"): [exec_reload_python(service_text)],
         ("Service", "Environment"): [f"PYTHONPATH={repo}", "PYTHONUNBUFFERED=1"],
         ("Service", "WorkingDirectory"): [str(workdir)],
         **(service or {}),
     }
     return {
-        "condure.service": adapt_unit((repo / "systemd" / "condure.service").read_text(),
-                                      settings),
+        "condure.service": adapt_unit(service_text, settings),
         "condure.socket": adapt_unit((repo / "systemd" / "condure.socket").read_text(), {
             ("Socket", "ListenStream"): [f"127.0.0.1:{port}"],
         }),

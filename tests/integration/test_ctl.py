@@ -271,7 +271,7 @@ def test_log_level_at_runtime_and_reload_keeping_connections(start, handler, tmp
         old = {w["pid"] for w in ctl(tmp_path, "status")[1]["workers"]}
         assert old == children(proc.pid)
         _, answer = ctl(tmp_path, "reload")
-        assert answer == {"ok": True, "reload": "started"}
+        assert answer == {"ok": True, "reload": "started", "number": 1}
         # done: every worker new, none left handing over, the supervisor running
         answer = wait_status(
             tmp_path, lambda a: a["state"] == "running" and len(a["workers"]) == 2

@@ -269,11 +269,12 @@ def test_a_restart_during_a_reloads_moves_waits_for_them(congestible_setup):
     Those must not go into the fd store unasked: what the handler sends in
     the restart's gap would be lost (1012 closes). With the handler stopped,
     the reload's moves wait for the packets queued for it, and a restart is
-    asked for meanwhile. Either systemd holds the restart job until the
-    reload is done (when condure's RELOADING=1 reached it while the
-    ExecReload kill ran: `reloaded` and READY=1 come once the moves are
-    done), or condure gets the restart at once and holds it back until the
-    reload's moves are done. Either way, the restart asks."""
+    asked for meanwhile. systemd turns its reload job into the restart:
+    it sends SIGTERM to ExecReload= (`condure ctl reload --wait`, which
+    then stops waiting without failing the unit) and to condure, which
+    holds the restart back until the reload's moves are done (should the
+    reload be over first, the restart simply follows it). Either way, the
+    restart asks."""
     setup = congestible_setup
     load = start_load(setup, CLIENTS)
     call = reload = None
@@ -311,6 +312,78 @@ def test_a_restart_during_a_reloads_moves_waits_for_them(congestible_setup):
     assert "(not asked)" not in restart, journal[-5000:]  # none went in unasked
     assert re.search(r"restart: (\d+) connections adopted, 0 lost", journal), journal[-5000:]
     assert "missed while they moved" not in journal, journal[-5000:]
+    # the waiting ExecReload= that the restart ended is no failure of the unit
+    assert "Failed with result" not in journal, journal[-5000:]
+
+
+def _ctl_status(setup: Setup) -> dict:
+    """`condure ctl status` of the service, run inside the namespace."""
+    r = setup.ns.run(sys.executable, "-m", "condure", "ctl", "--socket",
+                     "/run/condure/condure-condure.ctl", "--json", "status", timeout=20)
+    return json.loads(r.stdout)
+
+
+def _reload_command_running(setup: Setup) -> bool:
+    """ExecReload='s `condure ctl reload` runs in the unit's cgroup."""
+    for pid in setup.ns.cgroup_pids(SERVICE):
+        try:
+            if b"ctl\0reload" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_systemctl_reload_returns_once_the_reload_is_done(setup):
+    """The unit's ExecReload= (`condure ctl reload --wait`) holds the reload
+    job until condure has replaced every worker and the replaced ones have
+    passed their connections on (`reloaded`, READY=1): at the moment
+    `systemctl reload` returns, `condure ctl status` already shows every
+    slot's worker new and none handing over, while WebSocket clients send
+    through the reload and lose nothing.
+
+    The supervisor is stopped (SIGSTOP) while systemd starts the reload
+    job, as a busy machine may leave it without a turn: its RELOADING=1
+    then comes after a `kill -HUP` would have returned, which ended the job
+    before the reload had begun (systemd 252). It is continued once the
+    job's command is running (or, with such a kill, has returned)."""
+    load = start_load(setup, CLIENTS)
+    call = None
+    try:
+        load.ready()
+        before = max(w["generation"] for w in _ctl_status(setup)["workers"])
+        main = setup.ns.main_pid(SERVICE)
+        os.kill(main, signal.SIGSTOP)
+        try:
+            call = setup.ns.systemctl_async("reload", SERVICE)
+            deadline = time.monotonic() + 30
+            while call.poll() is None and not _reload_command_running(setup):
+                assert time.monotonic() < deadline, "no reload command"
+                time.sleep(0.02)
+        finally:
+            os.kill(main, signal.SIGCONT)
+        _, errors = call.communicate(timeout=100)
+        assert call.returncode == 0, errors
+        after = _ctl_status(setup)
+        result = load.finish()
+    finally:
+        _end_calls(call)
+        load.kill()
+    assert after["state"] == "running", after
+    assert not any(w["state"] == "handing over" for w in after["workers"]), after
+    assert sorted(w["generation"] for w in after["workers"] if w["role"] == "current") == \
+        [before + 1, before + 2], after
+    assert after["moved"] >= CLIENTS and after["lost"] == 0, after
+    assert result["connected"] == CLIENTS and result["disconnects"] == 0, result
+    assert result["echoed"] == result["sent"] and result["lost"] == 0, result
+    journal = ""
+    deadline = time.monotonic() + 20
+    while "reloaded" not in journal:  # (the journal may show lines seconds late)
+        assert time.monotonic() < deadline, journal[-5000:]
+        time.sleep(0.2)
+        journal = setup.ns.journal(SERVICE)
+    assert "condure ctl: reloading (reload 1)" in journal, journal[-5000:]
+    assert "sent SIGHUP" not in journal, journal[-5000:]  # no fallback
 
 
 def test_a_long_poll_in_flight_moves_through_a_restart(setup):

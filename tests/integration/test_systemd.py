@@ -14,6 +14,7 @@ endpoints in the test's directory) and ``DefaultDependencies=no``. See
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -450,6 +451,16 @@ def test_documented_install_serves_through_the_shipped_units(tmp_path):
         # The supervisor is the venv's interpreter running its condure script.
         cmdline = Path(f"/proc/{ns.main_pid(SERVICE)}/cmdline").read_bytes().split(b"\0")
         assert manpage.PROGRAM.encode() in cmdline[:2], cmdline
+        # The unit's ExecReload= as shipped (the installed `condure ctl reload
+        # --wait`): `systemctl reload` returns with every worker replaced.
+        status = [manpage.PROGRAM, "ctl", "--socket", "/run/condure/condure-condure.ctl",
+                  "--json", "status"]
+        before = {w["pid"] for w in json.loads(ns.run(*status).stdout)["workers"]}
+        ns.systemctl("reload", SERVICE, timeout=100)
+        after = json.loads(ns.run(*status).stdout)
+        assert after["state"] == "running", after
+        current = {w["pid"] for w in after["workers"] if w["role"] == "current"}
+        assert len(current) == 2 and not current & before, (before, after)
         ns.systemctl("stop", SERVICE, SOCKET)
         assert ns.show(SERVICE, "Result") == "success"
     except BaseException:

@@ -51,6 +51,13 @@ def test_requests_built_from_the_arguments():
         "command": "connections", "worker": 1, "kind": "websocket", "limit": 5}
     assert ctl.payload_of(parse(["log-level", "4"])) == {"command": "log-level", "level": 4}
     assert ctl.payload_of(parse(["--id", "web", "reload"])) == {"command": "reload"}
+    # --wait: the supervisor bounds the wait (80 s unless --timeout, given
+    # before or after the command, says otherwise)
+    assert ctl.payload_of(parse(["reload", "--wait"])) == {
+        "command": "reload", "wait": True, "timeout": 80.0}
+    assert ctl.payload_of(parse(["--timeout", "7", "reload", "--wait"]))["timeout"] == 7.0
+    assert ctl.payload_of(parse(["reload", "--wait", "--timeout", "9"]))["timeout"] == 9.0
+    assert ctl.timeout_of(parse(["reload"])) == ctl.timeout_of(parse(["status"])) == 10.0
     assert not parse(["status"]).json
 
 
@@ -69,6 +76,12 @@ def test_usage_errors_exit_2(argv, capsys):
     (["connections", "--worker", "-1"], "condure ctl connections",
      "--worker: slots are numbered from 0"),
     (["log-level", "x"], "condure ctl log-level", "invalid int value"),
+    (["reload", "--wait", "--timeout", "0"], "condure ctl reload",
+     "--timeout: must be more than 0"),
+    (["reload", "--fallback-pid", "1"], "condure ctl reload",
+     "--fallback-pid: not a process id to signal"),
+    (["reload", "--fallback-pid", "-1"], "condure ctl reload",
+     "--fallback-pid: not a process id to signal"),
 ])
 def test_usage_errors_name_the_command_and_the_argument(argv, prog, says, capsys):
     """A usage error is exit 2 and one argparse line, "PROG: error: ...",
@@ -76,6 +89,16 @@ def test_usage_errors_name_the_command_and_the_argument(argv, prog, says, capsys
     assert cli_main(["ctl", "--socket", "/nonexistent.ctl", *argv]) == 2
     last = capsys.readouterr().err.rstrip().splitlines()[-1]
     assert last.startswith(f"{prog}: error: ") and says in last, last
+
+
+def test_a_waited_for_reload_that_fails_exits_1_and_says_why(tmp_path, capsys):
+    path = str(tmp_path / "s.ctl")
+    server = OneAnswer(path, b'{"ok": false, "error": "reload failed: new workers cannot '
+                             b'start (3 failures in a row)"}\n')
+    assert cli_main(["ctl", "--socket", path, "reload", "--wait"]) == 1
+    server.join(5)
+    assert json.loads(server.got) == {"command": "reload", "wait": True, "timeout": 80.0}
+    assert "condure ctl: reload failed: new workers cannot start" in capsys.readouterr().err
 
 
 def test_no_socket_exits_1(tmp_path, capsys):

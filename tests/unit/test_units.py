@@ -10,7 +10,7 @@ import pytest
 from condure import manpage
 from tests.harness.doccmds import code_blocks, commands
 from tests.harness.procs import REPO_ROOT
-from tests.harness.systemd_ns import adapt_unit, exec_start_python
+from tests.harness.systemd_ns import adapt_unit, exec_reload_python, exec_start_python
 
 UNITS = REPO_ROOT / "systemd"
 SYSTEMD_MD = REPO_ROOT / "docs" / "systemd.md"
@@ -30,9 +30,12 @@ def _verify(tmp_path, service: str) -> subprocess.CompletedProcess:
 
 @needs_analyze
 def test_units_verify_clean(tmp_path):
-    # ExecStart must name an existing binary: this checkout's interpreter.
-    service = adapt_unit((UNITS / "condure.service").read_text(), {
+    # ExecStart and ExecReload must name an existing binary: this
+    # checkout's interpreter.
+    text = (UNITS / "condure.service").read_text()
+    service = adapt_unit(text, {
         ("Service", "ExecStart"): [exec_start_python(["--listen", "fd-name=http"])],
+        ("Service", "ExecReload"): [exec_reload_python(text)],
     })
     r = _verify(tmp_path, service)
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
@@ -52,7 +55,12 @@ def test_service_contract():
     assert settings["Type"] == "notify"
     assert settings["NotifyAccess"] == "main"
     assert settings["KillMode"] == "mixed"
-    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # A reload that systemctl can wait for, bounded below systemd's own
+    # bound for it (TimeoutStartSec=), falling back to SIGHUP.
+    reload = _exec_line(text, "ExecReload")
+    assert reload[:4] == [manpage.PROGRAM, "ctl", "reload", "--wait"], reload
+    assert reload[reload.index("--fallback-pid") + 1] == "$MAINPID", reload
+    assert 0 < float(reload[reload.index("--timeout") + 1]) < int(settings["TimeoutStartSec"])
     assert settings["Restart"] == "on-failure"
     assert int(settings["LimitNOFILE"]) == 20000
     assert int(settings["FileDescriptorStoreMax"]) > 0
@@ -64,11 +72,15 @@ def test_service_contract():
     assert f"fd-name={name}" in text
 
 
-def _exec_start(text: str) -> list[str]:
-    """The ExecStart= words of a unit (continuation lines joined)."""
+def _exec_line(text: str, key: str) -> list[str]:
+    """The words of a unit's ``key=`` line (continuation lines joined)."""
     joined = text.replace("\\\n", " ")
-    line = next(ln for ln in joined.splitlines() if ln.startswith("ExecStart="))
-    return line[len("ExecStart="):].split()
+    line = next(ln for ln in joined.splitlines() if ln.startswith(key + "="))
+    return line[len(key) + 1:].split()
+
+
+def _exec_start(text: str) -> list[str]:
+    return _exec_line(text, "ExecStart")
 
 
 def test_install_path_agrees_everywhere():
