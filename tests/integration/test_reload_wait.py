@@ -27,7 +27,7 @@ from tests.integration.test_ctl import ctl, wait_for
 from tests.integration.test_supervisor import (
     Notify,
     children,
-    start,  # noqa: F401 - fixture
+    fixture_start,  # noqa: F401 - the fixture 'start': pytest finds it here
 )
 
 REPO = procs.REPO_ROOT
@@ -106,7 +106,7 @@ def echo(ws: wc.WsConn, text: str) -> None:
     assert data == text.encode(), data
 
 
-def test_ctl_reload_wait_returns_once_the_reload_is_done(start, echo_handler, tmp_path):  # noqa: F811 - the fixture
+def test_ctl_reload_wait_returns_once_the_reload_is_done(start, echo_handler, tmp_path):
     """`ctl reload --wait` exits 0 only once the reload is over: by then
     condure has sent READY=1 after its RELOADING=1, every slot has a new
     worker, no old worker is still handing over, and the WebSocket
@@ -141,7 +141,7 @@ def test_ctl_reload_wait_returns_once_the_reload_is_done(start, echo_handler, tm
     assert "Traceback" not in proc.output()
 
 
-def test_a_sighup_during_a_reload_gives_one_more_reload(start, echo_handler, tmp_path):  # noqa: F811 - the fixture
+def test_a_sighup_during_a_reload_gives_one_more_reload(start, echo_handler, tmp_path):
     """A second SIGHUP that comes while the first one's reload is under
     way is not dropped: a second reload follows the first, replacing the
     workers the first one started, and the connections move twice."""
@@ -173,7 +173,7 @@ def test_a_sighup_during_a_reload_gives_one_more_reload(start, echo_handler, tmp
 
 
 @pytest.fixture
-def held(start, tmp_path):  # noqa: F811 - the fixture
+def held(start, tmp_path):
     """One worker, `--handoff ask` and the scripted handler, which answers
     a handoff-start only when the test says so: a reload stays under way
     (its old worker handing over) until then. Yields (condure, handler,
@@ -267,7 +267,7 @@ def test_a_stop_cuts_a_waited_for_reload_short(held, tmp_path):
     assert proc.popen.wait(60) == 0
 
 
-def test_without_a_control_socket_reload_falls_back_to_sighup(start, echo_handler, tmp_path):  # noqa: F811 - the fixture
+def test_without_a_control_socket_reload_falls_back_to_sighup(start, echo_handler, tmp_path):
     """--control-socket "": `ctl reload --wait --fallback-pid PID` (the
     unit's ExecReload=) sends SIGHUP instead, says it cannot wait, and
     exits 0; without --fallback-pid it fails."""
