@@ -26,7 +26,7 @@ from typing import Any
 from condure.clients import Clients
 from condure.config import Config, ListenSpec
 from condure.log import TRACE, trace_enabled
-from condure.net import listeners
+from condure.net import conn_stop, listeners
 from condure.net.certs import CertStore
 from condure.net.conn import Conn
 from condure.net.limits import ConnLimits
@@ -162,7 +162,8 @@ class Worker(Slots):
 
     def stop(self) -> None:
         """Condure's shutdown: cancel every session a handler knows about
-        (batched per handler), drop the connections, close sockets."""
+        (batched per handler), close the connections (``Conn.abort``, then
+        :meth:`settle`) and the listeners."""
         self.set_accepting(False)
         owed = Owed()
         for conn in self.slots:
@@ -199,15 +200,14 @@ class Worker(Slots):
         if self.clients is not None:
             self.clients.stop_taking()  # exchanges under way finish
 
-    async def flush_cancels(self, budget: float) -> None:
-        """Give the packets queued for handlers (the cancels of :meth:`stop`)
-        up to ``budget`` seconds to leave."""
+    async def settle(self, budget: float) -> None:
+        """After :meth:`stop`: run until its connections have ended (within
+        conn_stop.STOP_LINGER) and the packets queued for handlers (its
+        cancels) have left (within ``budget`` seconds)."""
         zmq_io, clients = self.zmq, self.clients
-        # Only the cancels matter now; requests still waiting for a handler are moot.
-        deadline = time.monotonic() + budget
-        while ((zmq_io is not None and zmq_io.router_queue)
-               or (clients is not None and clients.pending)) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await conn_stop.settle(self.live_connections, self.timers, lambda: bool(
+            (zmq_io is not None and zmq_io.router_queue)
+            or (clients is not None and clients.pending)), budget)
 
     def take_stats(self) -> dict[str, Any]:
         """Connections now, request packets sent so far and, when counted

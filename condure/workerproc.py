@@ -251,7 +251,7 @@ class WorkerProcess:
             if graceful:
                 loop.run_until_complete(self.drain(drain))
             worker.stop()
-            loop.run_until_complete(worker.flush_cancels(CANCEL_FLUSH))
+            loop.run_until_complete(worker.settle(CANCEL_FLUSH))
             if graceful:
                 self.send({"type": "drained"})
         finally:

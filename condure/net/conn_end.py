@@ -15,10 +15,16 @@ a FIN, or a reset (for a close-delimited response cut short) only once
 the client acknowledged what it was owed, since a reset discards what
 the kernel still holds (``SIOCOUTQ``).
 
-The worker's stop (``abort``) cannot wait: what the session leaves
-(a 503 for a request it gives up on, condure/session/peer.py) and what
-is owed is written once, as far as the kernel takes it, and the
-connection is closed after discarding the client's unread input.
+The worker's stop (``abort``) writes what the session leaves (a 503 for
+a request it gives up on, a WebSocket's close frame 1001: see
+``shutdown`` in condure/session/peer.py) and what is owed of complete
+responses, then closes as a graceful close does: our FIN, the client's
+input read and discarded meanwhile and until its end (RFC 9112 9.6: a
+close with unread input would be a reset, which can destroy the reply
+before the client read it). All of it within the stop's bound
+(condure/net/conn_stop.py), after which ``give_up`` ends what is left. A
+connection with nothing to write and nothing unacknowledged (an idle
+keep-alive connection) closes at once, as before.
 """
 
 from __future__ import annotations
@@ -244,17 +250,22 @@ class ConnEndings:
         return self.sock
 
     def abort(self) -> None:
-        """Drop the connection now, after ``session.shutdown()``: what it
-        left to write (a 503) and what is owed of complete responses is
-        written once, as far as the kernel takes it; then a FIN, or a reset
-        if the Close it left says so (a response it cuts)."""
+        """The worker stops, after ``session.shutdown()`` (module
+        docstring): what the session left to write (a 503, a close frame)
+        goes out after what is owed of complete responses, then our FIN and
+        the client's end, its input discarded; a Close that resets (a
+        close-delimited response cut short) resets once the client has
+        what it is owed. Nothing here waits: the worker's event loop
+        carries it on until the stop's bound (``give_up``)."""
+        if self.closed:
+            return
         try:
             actions = self.session.take_actions()
         except Exception:  # a bug in the session: drop the connection all the same
             log.exception("slot %d: reading the session's last actions failed", self.slot)
             actions = []
-        graceful = self.closing
-        reset = self.reset_after  # (a cut waiting for the client's acknowledgements)
+        graceful = self.closing  # (a close or a cut's write-out under way goes on)
+        reset = self.reset_after
         for action in actions:
             if type(action) is Write:
                 self.out += action.data if self.tls is None else self.tls.encrypt(action.data)
@@ -262,30 +273,46 @@ class ConnEndings:
                 graceful = graceful or action.graceful
                 reset = action.reset
         if reset:
-            self._reset()
+            self._cut(True)  # (what is owed first, then the reset)
             return
         if not graceful:
             del self.out[max(self.owed_to - self.sent, 0):]
-        self._last_words()
+            if not self.out and not unacknowledged(self.sock):
+                self._last_words()  # nothing of ours the client could lose
+                return
+        if not self.reading:
+            self._set_reading(True)  # discarded while we write (on_readable)
+        if not self.closing:
+            self._begin_closing()
+
+    def give_up(self) -> None:
+        """The stop's bound passed (or a test is done): end the connection
+        now. Output the kernel never took is lost, and a reset says so
+        rather than an end that would make it look complete; otherwise the
+        client's unread input is discarded and the socket closed (the
+        kernel still delivers what it holds)."""
+        if self.closed:
+            return
+        if self.out or self.reset_after:  # (a cut whose reset waits: it must show)
+            self._reset()
+        else:
+            self._last_words()
 
     def _last_words(self) -> None:
-        """One write of what is queued, our FIN if it all went, the
-        client's unread input discarded (so that the close is no reset),
-        then close."""
+        """Our FIN, the client's unread input discarded (so that the close
+        is no reset), then close."""
         if self.closed:
             return
         try:
-            if self.out:
-                del self.out[:self.sock.send(self.out)]
-            if not self.out:
+            if self.linger_until is None:
                 if self.tls is not None:
                     self.sock.send(self.tls.close_notify())
                 self.sock.shutdown(socket.SHUT_WR)
-                for _ in range(_DISCARD):
-                    if not self.sock.recv(self.worker.read_size):
-                        break
+            for _ in range(_DISCARD):
+                if not self.sock.recv(self.worker.read_size):
+                    break
         except OSError:
-            pass  # (BlockingIOError: nothing more to write or read now)
+            pass  # (BlockingIOError: nothing more to read now)
         self._finish()
 
     def fail(self, where: str, sender: bytes | None = None, reading: bool = False) -> None:

@@ -117,6 +117,17 @@ class HttpEndings(ZhttpPeer):
         self.actions.append(Write(error_response(status)))
         self._close(graceful=True, reason=f"refused with {status}: {detail}")
 
+    def stop_words(self) -> bytes:
+        """A request head partly received when condure stops: 503 with
+        ``Connection: close`` (the request was not processed, and the
+        client may retry it, RFC 9110 15.6.4; RFC 9112 9.6 has a server
+        that closes send a close signal before it does). No bytes of a
+        request (an idle keep-alive connection, or only the empty lines
+        RFC 9112 2.2 lets a server ignore): nothing, the close says it."""
+        if self.state is HEAD and self.reader.buffered(True):
+            return error_response(503)
+        return b""
+
     def going_away(self, now: float | None = None, code: int | None = None) -> None:
         """Graceful stop of the process (called repeatedly while draining):
         an idle keep-alive connection closes now (its client retries, RFC

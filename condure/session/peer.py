@@ -205,15 +205,24 @@ class ZhttpPeer(ZhttpLink):
         whose response has not started (``timeout_answerable``): condure
         gives up on it because it stops or restarts, not because the
         handler is silent (that is the 504 of handle_timer), and the
-        client may try again (RFC 9110 15.6.4)."""
+        client may try again (RFC 9110 15.6.4); or after what else the
+        session kind owes its client at a stop (``stop_words``)."""
         owed = ZhttpPeer.keep_alive(self)  # even while moving (see WebSocketSession)
         self.actions.clear()
-        if self.state is not CLOSED and self.timeout_answerable:
-            self.actions.append(Write(error_response(503)))
-            self._close(graceful=True, reason="stopping: answered 503")
+        if self.state is CLOSED:
+            return owed
+        words = error_response(503) if self.timeout_answerable else self.stop_words()
+        if words:
+            self.actions.append(Write(words))
+            self._close(graceful=True, reason="stopping: answered with its last words")
         else:
             self._close(graceful=False, reason="shutdown")
         return owed
+
+    def stop_words(self) -> bytes:
+        """What the client is owed when condure stops, apart from the 503
+        of a request waiting for its handler (b"": nothing)."""
+        return b""
 
     def _accept_packet(self, packet: Packet, ident: Ident, now: float) -> bool:
         if not super()._accept_packet(packet, ident, now):

@@ -237,10 +237,12 @@ class ReqSession:
         return None  # req mode sends nothing but requests
 
     def shutdown(self) -> None:
-        """Stop now: a request sent to the handler and not answered yet
-        gets ``503 Service Unavailable`` (as ZhttpPeer.shutdown)."""
+        """Stop now: a request sent to the handler and not answered yet,
+        or one whose head or body is still being read, gets ``503 Service
+        Unavailable`` (as ZhttpPeer.shutdown and HttpEndings.stop_words)."""
         self.actions.clear()
-        if self.state is WAIT:
+        if self.state is WAIT or self.state is BODY or (
+                self.state is HEAD and self.reader.buffered(True)):
             self.actions.append(Write(error_response(503)))
             self._close(graceful=True, reason="stopping: answered 503")
         else:

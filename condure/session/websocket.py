@@ -402,6 +402,11 @@ class WebSocketSession(ZhttpPeer):
             code = code or GOING_AWAY
             self._fail(code, "going away" if code == GOING_AWAY else "service restart")
 
+    def stop_words(self) -> bytes:
+        """Condure stops: close frame 1001 (going away, RFC 6455 7.4.1), as
+        the graceful stop's, if none went out yet; not waited for."""
+        return self.output.close(GOING_AWAY) if self.state is OPEN else b""
+
     def output_flushed(self, now: float) -> None:
         output = self.output
         output.messages = 0

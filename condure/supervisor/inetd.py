@@ -91,7 +91,7 @@ def run(acquired: Listeners) -> int:
     try:
         loop.run_until_complete(worker.stopped)
         worker.stop()
-        loop.run_until_complete(worker.flush_cancels(CANCEL_FLUSH))
+        loop.run_until_complete(worker.settle(CANCEL_FLUSH))
     finally:
         worker.close()
         loop.close()

@@ -97,6 +97,6 @@ def test_a_burst_of_parked_messages_larger_than_messages_max_reaches_the_client(
     finally:
         for worker in (old, new):
             for conn in [c for c in worker.slots if c is not None]:
-                conn.abort()
+                conn.give_up()
         client.close()
         loop.close()

@@ -53,6 +53,7 @@ class Rig:
         self.zmq = self.worker.zmq = ZmqRecorder()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.socks: list[socket.socket] = []
+        self.settling: asyncio.Task | None = None
 
     def connect(self, request: bytes, small: bool = False) -> Client:
         sock = socket.socket()
@@ -107,9 +108,18 @@ class Rig:
         end = self.loop.run_until_complete(asyncio.wait_for(read(), 3.0))
         return bytes(got), end
 
+    def stop(self) -> None:
+        """The worker's stop, carried on while the test reads
+        (``Worker.settle``, as the worker process runs it)."""
+        self.worker.stop()
+        self.settling = self.loop.create_task(self.worker.settle(1.0))
+
     def close(self) -> None:
+        if self.settling is not None and not self.settling.done():
+            self.settling.cancel()
+            self.loop.run_until_complete(asyncio.gather(self.settling, return_exceptions=True))
         for conn in self.worker.live_connections():
-            conn.abort()
+            conn.give_up()
         for sock in [*self.socks, self.listener]:
             sock.close()
         self.loop.close()
@@ -171,7 +181,7 @@ def test_a_stop_cuts_a_response_as_the_session_says(rig, request_bytes, end):
     gets its cancel, every connection is dropped, a close-delimited
     response under way with a reset."""
     c = streaming(rig, request_bytes)
-    rig.worker.stop()
+    rig.stop()
     assert rig.zmq.ids_of(Cancel) == [c.rid]
     assert rig.read(c) == (b"", end)
 
@@ -181,7 +191,7 @@ def test_a_stop_ends_a_finished_connection_with_a_fin(rig):
     rig.handler(c, code=200, reason=b"OK", body=b"whole")
     got, _ = rig.read(c, until=b"whole")
     assert got.endswith(b"\r\n\r\nwhole")
-    rig.worker.stop()
+    rig.stop()
     assert rig.read(c) == (b"", "eof")
 
 

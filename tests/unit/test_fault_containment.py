@@ -122,7 +122,7 @@ class Rig:
 
     def close(self) -> None:
         for conn in self.conns:
-            conn.abort()
+            conn.give_up()
         for c in self.clients:
             c.close()
         self.loop.close()
@@ -172,6 +172,9 @@ def test_a_broken_session_at_a_fast_stop(rig_factory, caplog):
     break_method(rig.conns[0].session, "shutdown")
     rig.worker.stop()
     assert sorted(rig.zmq.ids_of(Cancel)) == sorted(rids)  # every handler told
+    for client in rig.clients:
+        client.close()  # (the clients leave: their connections end at once)
+    rig.loop.run_until_complete(rig.worker.settle(1.0))
     assert all(c is None for c in rig.worker.slots)
     assert rig.worker.counts["stream"] == 0
     one_fault_logged(caplog, rids[0])

@@ -383,3 +383,21 @@ def test_a_stop_answers_a_waiting_request_with_503() -> None:
     assert b"\r\nConnection: close\r\n" in actions[0].data and actions[1].graceful
     idle = make()
     assert idle.session.shutdown() is None and idle.session.take_actions() == []
+
+
+@pytest.mark.parametrize("sent", [GET[:20], POST[:-4]],
+                         ids=["head partly read", "body partly read"])
+def test_a_stop_answers_a_request_partly_read_with_503(sent: bytes) -> None:
+    """Bytes of a request came, not all of it: the client learns that it
+    was not processed (RFC 9110 15.6.4). Empty lines before a request
+    line (RFC 9112 2.2) are no request: the connection just closes."""
+    d = make()
+    d.client(sent)
+    assert d.session.shutdown() is None
+    actions = d.session.take_actions()
+    assert [type(a).__name__ for a in actions] == ["Write", "Close"]
+    assert actions[0].data.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert actions[1].graceful
+    blank = make()
+    blank.client(b"\r\n")
+    assert blank.session.shutdown() is None and blank.session.take_actions() == []

@@ -46,7 +46,7 @@ def test_congestion_stops_and_restarts_the_body_clock():
         assert conn.reading  # and the worker reads from the client again
     finally:
         for conn in [c for c in worker.slots if c is not None]:
-            conn.abort()
+            conn.give_up()
         client.close()
         loop.close()
 
