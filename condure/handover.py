@@ -8,6 +8,8 @@ worker, which carries on as if nothing happened.
 - :class:`Exporter` runs in the worker that lets go. HTTP connections
   start no new request; one in flight moves once it is at a resumable
   point (condure/session/http_snapshot.py), else it finishes first.
+  Req-mode connections likewise, but a request under way always finishes
+  first (condure/session/req_snapshot.py).
   WebSocket sessions, and HTTP requests in flight, send ``handoff-start``
   and wait for the handler's ``handoff-proceed`` (within the handoff
   timeout), so the handler holds what it would send.
@@ -58,6 +60,7 @@ from condure.net.limits import peer_host
 from condure.session import records
 from condure.session.contract import Kind, Session, Settings
 from condure.session.records import Record, RecordError
+from condure.session.req_record import ReqRecord
 from condure.session.resume import restore
 from condure.session.websocket import GOING_AWAY, SERVICE_RESTART
 
@@ -146,7 +149,9 @@ class Exporter:
 
     def start(self) -> None:
         now = time.monotonic()
-        for conn in self.worker.live_connections():
+        conns = self.worker.live_connections()
+        log.debug("handover begins: %d connections", len(conns))
+        for conn in conns:
             self._begin(conn, now)
 
     def _begin(self, conn: Conn, now: float) -> None:
@@ -154,8 +159,8 @@ class Exporter:
         if conn.closing:
             return  # ending on its own (the drain that follows waits for it)
         if not conn.exportable or not session.can_move:
-            # TLS, req mode: finished or closed by the drain; a WebSocket gets
-            # a close frame 1012, so it is logged
+            # TLS: finished or closed by the drain; a WebSocket gets a close
+            # frame 1012, so it is logged
             self._give_up(conn, now, "TLS" if session.kind is Kind.WEBSOCKET else None)
             return
         item = _Moving(conn, self.drain_deadline)
@@ -391,16 +396,21 @@ def _settings(worker: Worker) -> Settings:
         buffer_size=config.buffer_size, stream_timeout=float(config.stream_timeout),
         compression=config.compression, deflate_context=config.compression_context,
         messages_max=config.messages_max,
-        max_message_size=config.max_message_size, read_limits=worker.conn_limits.read)
+        max_message_size=config.max_message_size, read_limits=worker.conn_limits.read,
+        body_buffer_size=config.body_buffer_size, req_timeout=float(config.req_timeout))
 
 
 def _rebuild(worker: Worker, text: object, sock: socket.socket, settings: Settings,
              now: float) -> Conn | None:
     """The connection of one exported session, installed in ``worker``
     (nothing sent yet); None (and the socket closed) if it cannot be."""
-    slot = worker.take_slot("stream")
+    slot = None
     try:
         record = records.decode(text)
+        req = isinstance(record, ReqRecord)
+        if req and worker.req is None:  # (a restart whose req listeners went away)
+            raise RecordError("a req-mode connection, and req mode is not in use here")
+        slot = worker.take_slot("req" if req else "stream")
         session = restore(record, settings=settings, instance_id=worker.instance_id,
                           new_id=partial(worker.next_id, slot), now=now)
     except Exception as e:
@@ -409,7 +419,8 @@ def _rebuild(worker: Worker, text: object, sock: socket.socket, settings: Settin
         else:
             log.exception("cannot adopt a connection")
         sock.close()
-        worker.free_slot(slot)
+        if slot is not None:
+            worker.free_slot(slot)
         return None
     sock.setblocking(False)
     conn = Conn(worker, sock, slot, session, None)

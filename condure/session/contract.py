@@ -196,8 +196,8 @@ class Session(Protocol):
 
     @property
     def can_move(self) -> bool:
-        """Whether this kind of session can ever move (req mode and ended
-        sessions cannot: a handover closes them politely instead)."""
+        """Whether this kind of session can ever move (ended sessions
+        cannot: a handover closes them politely instead)."""
 
     @property
     def handoff_needs_handler(self) -> bool:
@@ -272,3 +272,5 @@ class Settings:
     messages_max: int = 100
     max_message_size: int = 0  # 0: no limit
     read_limits: ReadLimits = OFF  # --head-timeout, --body-min-rate (session/limits.py)
+    body_buffer_size: int = 100000  # req mode: --body-buffer-size
+    req_timeout: float = 30.0  # req mode: --req-timeout

@@ -90,6 +90,9 @@ client frame under way when ``frame_left`` is not 0), and::
     frame_offset  payload bytes of that frame read so far (optional)
     frame_mask    its 4-byte masking key (optional; b"" without a frame)
     frame_fin     1 when that frame ends its message (optional)
+
+Req record, version 1: an idle req-mode connection, its keys in
+:mod:`condure.session.req_record` (kind ``b"req"``).
 """
 
 from __future__ import annotations
@@ -101,8 +104,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from condure.session import body_record, utf8
+from condure.session import body_record, req_record, utf8
 from condure.session.body_record import BodyAt
+from condure.session.req_record import ReqRecord
 from condure.session.ws_handshake import Deflate
 from condure.zhttp import tnetstring
 
@@ -198,7 +202,7 @@ class WsRecord:
     version: int = VERSION
 
 
-Record = HttpRecord | WsRecord
+Record = HttpRecord | WsRecord | ReqRecord
 
 # -- version 1 keys: name -> (type, required) ----------------------------------
 
@@ -242,6 +246,8 @@ def from_fields(fields_: Mapping[str, object]) -> Record:
         table |= _HTTP_OPTIONAL
     elif kind == WsRecord.kind:
         table = {k: (t, ...) for k, t in (_COMMON | _WS_REQUIRED).items()} | _WS_OPTIONAL
+    elif kind == ReqRecord.kind:
+        table = {k: (t, ...) for k, t in req_record.KEYS.items()}
     else:
         raise RecordError(f"unknown record kind {kind!r}")
     unknown = set(fields_) - set(table)
@@ -255,6 +261,11 @@ def from_fields(fields_: Mapping[str, object]) -> Record:
             raise RecordError(f"incomplete record: {key!r} missing")
         else:
             values[key] = default
+    if kind == ReqRecord.kind:
+        problem = req_record.problem(values)
+        if problem is not None:
+            raise RecordError(problem)
+        return req_record.from_values(values)
     address = _bytes(values, "peer_address")
     http = HttpRecord(
         scheme=_bytes(values, "scheme"), peer_address=address or None,
@@ -392,6 +403,8 @@ def _ws_record(values: dict[str, object], common: HttpRecord) -> WsRecord:
 
 def to_fields(record: Record) -> dict[str, object]:
     """The version 1 map of ``record``."""
+    if isinstance(record, ReqRecord):
+        return req_record.to_fields(record)
     out: dict[str, object] = {
         "v": record.version, "kind": record.kind, "scheme": record.scheme,
         "peer_address": record.peer_address or b"", "peer_port": record.peer_port or 0,

@@ -21,6 +21,9 @@ it fires while the handler is awaited, the client gets ``504``; while a
 request is still being read (part of its head or body came), ``408``; on an
 idle connection it just closes. A persistent connection starts the next cycle
 with a new id once the response is queued.
+
+A connection between requests moves to another process on a reload or a
+restart (:mod:`condure.session.req_snapshot`).
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ import h11
 
 from condure.session import http_simple, httpwire
 from condure.session.actions import Action, Close, Send, Write
-from condure.session.contract import Kind
+from condure.session.contract import Kind, Settings
 from condure.session.head import Head, HeadReader, Refusal
 from condure.session.httpwire import error_response
+from condure.session.req_record import ReqRecord
+from condure.session.req_snapshot import ReqMoves
 from condure.session.states import BODY, CLOSED, HEAD, REQ_TABLE, WAIT, Event, Phase, advance
 from condure.session.ws_handshake import is_upgrade
 from condure.zhttp.packets import Data, Error, Header, Ident, Packet
@@ -55,18 +60,10 @@ WEBSOCKET_REFUSAL = (
     b"WebSockets not supported on req mode interface.\n")
 
 
-class ReqSession:
+class ReqSession(ReqMoves):
     """One req-mode HTTP/1.x connection (see the module docstring)."""
 
     kind = Kind.REQ
-    can_move = False
-    handoff_needs_handler = False
-    handing_off = False
-    close_wait = None
-    handoff_later = False
-    ready_to_export = False
-    handoff_wait = "req mode"
-    resumable = False  # snapshots cover stream-mode sessions only
     handler = None  # req-mode handlers are never addressed
 
     def __init__(
@@ -95,7 +92,24 @@ class ReqSession:
         self.state: Phase = HEAD
         self.leave_at: float | None = None  # when a fresh connection is closed in a drain
         self.client_eof = False  # the client shut its side down: close after this answer
+        # Handover: finish the request under way, start no new one, so the
+        # connection becomes resumable and can move (req_snapshot).
+        self.hold = False
         self._start_cycle(now, leftover)
+
+    @classmethod
+    def from_record(cls, record: ReqRecord, *, settings: Settings, instance_id: bytes,
+                    new_id: Callable[[], bytes], now: float) -> ReqSession:
+        """Rebuild an exported connection (handover, :mod:`req_snapshot`);
+        bytes of a next request that travelled are parsed now."""
+        self = cls(instance_id=instance_id, new_id=new_id, now=now,
+                   buffer_size=settings.buffer_size,
+                   body_buffer_size=settings.body_buffer_size,
+                   req_timeout=settings.req_timeout, scheme=record.scheme,
+                   peer_address=record.peer_address, peer_port=record.peer_port,
+                   leftover=record.leftover)
+        self.restore(record, now)
+        return self
 
     def __repr__(self) -> str:
         return (f"<ReqSession id={self.rid!r} state={self.state} body={len(self.body)} "
@@ -123,24 +137,18 @@ class ReqSession:
         actions, self.actions = self.actions, []
         return actions
 
-    def begin_handoff(self, ask: bool = True) -> bool:
-        return False
-
-    def move_unanswered(self) -> bool:
-        return False
-
-    def export_record(self, now: float) -> None:
-        return None
-
-    def resume(self) -> None:
-        pass
-
     def going_away(self, now: float | None = None, code: int | None = None) -> None:
-        """Graceful stop of the process (called repeatedly while draining):
-        an idle connection closes (after FRESH_GRACE when ``now`` is
-        given); a request under way is answered with ``Connection: close``."""
+        """Graceful stop of the process (called repeatedly while draining),
+        or a handover that gives up on this connection: an idle connection
+        closes (after FRESH_GRACE when ``now`` is given); a request under
+        way is answered with ``Connection: close``, and so is a next one
+        the handover kept from starting."""
         if self.state is CLOSED:
             return
+        if self.hold:
+            self.hold = False
+            if self.state is HEAD and self.reader.buffered(True):
+                self._read_head()
         if self.state is HEAD and not self.reader.buffered(True) and not self.actions:
             if now is None:
                 self._close(graceful=True, reason="going away")
@@ -159,7 +167,9 @@ class ReqSession:
 
     @property
     def wants_read(self) -> bool:
-        if self.state is HEAD or self.state is BODY:
+        if self.state is HEAD:
+            return not self.hold  # (moving: the client's bytes stay in the kernel)
+        if self.state is BODY:
             return True
         # Waiting for the handler: keep watching for a disconnect; bytes of
         # a pipelined next request wait, bounded.
@@ -184,6 +194,9 @@ class ReqSession:
             else:
                 # Nobody to tell: a req-mode handler cannot be cancelled.
                 self._close(graceful=False, reason="client closed")
+            return
+        if state is HEAD and self.hold:
+            self.reader.feed(data, True)  # (the next request waits for the move)
             return
         if state is HEAD:
             simple = http_simple.simple_head(data, self.reader, self.buffer_size, self.scheme)
@@ -268,7 +281,7 @@ class ReqSession:
         self.is_head = False
         self.keep_alive_asked = False
         self.cut_short = False  # a graceful stop began while this request was served
-        if self.reader.inbuf:
+        if self.reader.inbuf and not self.hold:
             self._read_head()
 
     def _read_head(self) -> None:

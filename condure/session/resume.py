@@ -10,6 +10,7 @@ from condure.session.failure import Ended
 from condure.session.http import HttpSession
 from condure.session.records import HttpRecord, Record, WsRecord
 from condure.session.req import ReqSession
+from condure.session.req_record import ReqRecord
 from condure.session.websocket import WebSocketSession
 
 
@@ -21,6 +22,9 @@ def restore(record: Record, *, settings: Settings, instance_id: bytes,
     if isinstance(record, WsRecord):
         return WebSocketSession.from_record(record, settings=settings,
                                             instance_id=instance_id, now=now)
+    if isinstance(record, ReqRecord):
+        return ReqSession.from_record(record, settings=settings, instance_id=instance_id,
+                                      new_id=new_id, now=now)
     assert isinstance(record, HttpRecord)
     return HttpSession.from_record(record, settings=settings, instance_id=instance_id,
                                    new_id=new_id, now=now)

@@ -1,6 +1,7 @@
 """Records written by an earlier condure still load, and yield the same
 sessions: the fixtures in tests/unit/fixtures/records were exported by the
-code before the typed records (version 1, dict based), and
+code before the typed records (version 1, dict based), the ``req_*`` ones
+by the first condure that moved req-mode connections, and
 ``expected.json`` holds what the sessions rebuilt from them then did when
 driven by ``replay.py``. Reading is strict: no unknown or misspelled key."""
 
@@ -15,6 +16,7 @@ import pytest
 from condure.session import records
 from condure.session.contract import Kind, Session, Settings
 from condure.session.records import HttpRecord, RecordError, WsRecord
+from condure.session.req_record import ReqRecord
 from condure.session.resume import restore
 from condure.session.ws_handshake import Deflate
 from tests.unit.fixtures.records.replay import FIXTURES, replay
@@ -23,7 +25,9 @@ from tests.unit.session_helpers import IdSource
 HERE = Path(__file__).parent / "fixtures" / "records"
 EXPECTED = json.loads((HERE / "expected.json").read_text())
 SETTINGS = Settings(buffer_size=8192, stream_timeout=1800.0, compression=True,
-                    messages_max=100)
+                    messages_max=100, body_buffer_size=100000, req_timeout=30.0)
+KINDS = {"http": (HttpRecord, Kind.HTTP), "ws": (WsRecord, Kind.WEBSOCKET),
+         "req": (ReqRecord, Kind.REQ)}
 
 
 def text(name: str) -> str:
@@ -42,12 +46,13 @@ def test_a_previous_record_yields_the_same_session(name):
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_a_previous_record_is_typed_and_round_trips(name):
+    record_type, kind = KINDS[name.partition("_")[0]]
     record = records.decode(text(name))
-    assert isinstance(record, HttpRecord if name.startswith("http") else WsRecord)
+    assert isinstance(record, record_type)
     assert record.version == 1
     assert records.decode(records.encode(record)) == record
     session = rebuilt(name, 0.0)
-    assert session.kind is (Kind.HTTP if name.startswith("http") else Kind.WEBSOCKET)
+    assert session.kind is kind
     assert isinstance(session, Session)
 
 
@@ -59,6 +64,10 @@ def test_record_fields_of_the_fixtures():
     unix = records.decode(text("http_unix_https"))
     assert isinstance(unix, HttpRecord)
     assert (unix.peer_address, unix.peer_port, unix.scheme) == (None, None, b"https")
+    req = records.decode(text("req_leftover"))
+    assert isinstance(req, ReqRecord)
+    assert (req.peer_address, req.peer_port, req.leftover, req.req_left) == (
+        b"127.0.0.1", 52996, b"GET /two HTTP/1.1\r\nHo", 30.0)
     deflate = records.decode(text("ws_deflate_nct"))
     assert isinstance(deflate, WsRecord) and deflate.deflate is not None
     assert deflate.deflate.client_no_context_takeover
@@ -85,14 +94,16 @@ def test_deflate_values_read_are_exactly_the_negotiated_ones():
             records.from_fields({**fields, "deflate": bad})
 
 
-@pytest.mark.parametrize("name", ["http_idle", "ws_plain"])
+@pytest.mark.parametrize("name", ["http_idle", "ws_plain", "req_idle"])
 @pytest.mark.parametrize("change", ["extra", "misspelled"])
 def test_unknown_or_misspelled_keys_are_refused(name, change):
     fields = records.unpack(records.base64.b64decode(text(name)))
+    timer, misspelled = (("req_left", "req_lefft") if name.startswith("req")
+                         else ("session_left", "sesion_left"))
     if change == "extra":
         fields["surprise"] = 1
     else:
-        fields["sesion_left"] = fields.pop("session_left")
+        fields[misspelled] = fields.pop(timer)
     with pytest.raises(RecordError):
         records.from_fields(fields)
 
