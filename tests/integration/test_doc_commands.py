@@ -173,16 +173,18 @@ def test_pushpin_runs_condure_through_the_documented_wrapper(tmp_path_factory, m
 
 OPERATIONS_MD = REPO / "docs" / "operations.md"
 SYSTEMD_MD = REPO / "docs" / "systemd.md"
-# Programs that have `ctl`: the service's (docs/systemd.md) and a checkout's.
-# `condure` alone is Debian's /usr/bin/condure, the Rust original.
-CTL_PROGRAMS = (f"sudo {PROGRAM} ctl ", ".venv/bin/condure ctl ")
+# Programs that have `ctl`: the service's (docs/systemd.md) and a checkout's,
+# as typed in the root shell docs/systemd.md installs from (no sudo: Debian
+# 12 installed with a root password has none). `condure` alone is Debian's
+# /usr/bin/condure, the Rust original.
+CTL_PROGRAMS = (f"{PROGRAM} ctl ", ".venv/bin/condure ctl ")
 
 
 def test_operations_ctl_commands_work_as_written(doc_shell, tmp_path):
     """docs/operations.md's `condure ctl` block and the man page's EXAMPLES
     name a program that has `ctl`; against the README's condure, the
     checkout's line runs as written, and the service's lines run with the
-    checkout's program in place of the installed one (no sudo)."""
+    checkout's program in place of the installed one."""
     from condure import manpage
 
     (block,) = code_blocks(OPERATIONS_MD, "Control socket and `condure ctl`", lang="sh")
