@@ -338,3 +338,23 @@ def test_readme_demo_answers_as_written_and_ctrl_c_stops_it(tmp_path):
         demo.wait()
         demo.stderr.close()
 
+
+SIZES = re.compile(r"`(\.venv/bin/condure --sizes)`")
+
+
+def test_operations_sizes_line_names_a_program_that_prints_them(doc_shell):
+    """docs/operations.md's ``--sizes``: the line names this project's
+    program (Debian's ``condure --sizes`` prints the Rust original's
+    figures), and the checkout's form prints the four figures the page
+    names, in that order."""
+    prose = " ".join(OPERATIONS_MD.read_text().split())
+    assert f"`{PROGRAM} --sizes`" in prose, "operations.md: --sizes of which program?"
+    line = SIZES.search(prose)
+    assert line, "operations.md: no checkout form of --sizes"
+    names = ["req_connection", "stream_connection", "websocket_connection",
+             "deflate_codec_state"]
+    assert all(f"`{name}`" in prose for name in names), names
+    out = doc_shell.run(line.group(1))
+    printed = [row.split(":")[0] for row in out.splitlines()]
+    assert printed == names, out
+    assert all(re.fullmatch(r"\w+: \d+ bytes", row) for row in out.splitlines()), out
