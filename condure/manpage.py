@@ -252,11 +252,12 @@ EXAMPLES = [
      f"ExecStart={PROGRAM} \\-\\-listen fd\\-name=http"),
     ("Rolling reload (returns once it is done) and status:",
      "systemctl reload condure.service\nsystemctl status condure.service"),
-    (f"What each worker of the service is doing, and its WebSocket connections (as root; "
+    (f"What each worker of the service is doing, and its WebSocket connections (as root, "
+     f"or with sudo from another account; "
      f"`condure` on Debian's PATH is the Rust original, which has no `ctl`: name "
      f"{PROGRAM}, or a checkout's `.venv/bin/condure`):",
-     f"sudo {PROGRAM} ctl status\n"
-     f"sudo {PROGRAM} ctl connections \\-\\-kind websocket \\-\\-limit 20"),
+     f"{PROGRAM} ctl status\n"
+     f"{PROGRAM} ctl connections \\-\\-kind websocket \\-\\-limit 20"),
 ]
 
 

@@ -174,7 +174,7 @@ class DocShell:
             # The shell goes at once; what it started (condure finishing a
             # graceful stop, removing its files) gets its 10 s as well.
             deadline = time.monotonic() + 10
-            while _group_alive(proc.pid) and time.monotonic() < deadline:
+            while group_alive(proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -187,7 +187,7 @@ class DocShell:
         self.notify.close()
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

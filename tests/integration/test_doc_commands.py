@@ -13,7 +13,9 @@ systemd unit's endpoints.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -22,7 +24,14 @@ import pytest
 
 from condure.manpage import PROGRAM
 from tests.harness import pushpin
-from tests.harness.doccmds import DEBIAN_PATH, DocShell, answered, code_blocks, commands
+from tests.harness.doccmds import (
+    DEBIAN_PATH,
+    DocShell,
+    answered,
+    code_blocks,
+    commands,
+    group_alive,
+)
 from tests.harness.procs import REPO_ROOT, free_port
 
 REPO = REPO_ROOT
@@ -164,16 +173,18 @@ def test_pushpin_runs_condure_through_the_documented_wrapper(tmp_path_factory, m
 
 OPERATIONS_MD = REPO / "docs" / "operations.md"
 SYSTEMD_MD = REPO / "docs" / "systemd.md"
-# Programs that have `ctl`: the service's (docs/systemd.md) and a checkout's.
-# `condure` alone is Debian's /usr/bin/condure, the Rust original.
-CTL_PROGRAMS = (f"sudo {PROGRAM} ctl ", ".venv/bin/condure ctl ")
+# Programs that have `ctl`: the service's (docs/systemd.md) and a checkout's,
+# as typed in the root shell docs/systemd.md installs from (no sudo: Debian
+# 12 installed with a root password has none). `condure` alone is Debian's
+# /usr/bin/condure, the Rust original.
+CTL_PROGRAMS = (f"{PROGRAM} ctl ", ".venv/bin/condure ctl ")
 
 
 def test_operations_ctl_commands_work_as_written(doc_shell, tmp_path):
     """docs/operations.md's `condure ctl` block and the man page's EXAMPLES
     name a program that has `ctl`; against the README's condure, the
     checkout's line runs as written, and the service's lines run with the
-    checkout's program in place of the installed one (no sudo)."""
+    checkout's program in place of the installed one."""
     from condure import manpage
 
     (block,) = code_blocks(OPERATIONS_MD, "Control socket and `condure ctl`", lang="sh")
@@ -264,3 +275,86 @@ def test_examples_readme_sendresp_cell_works_as_written(doc_shell):
             curl.kill()
             curl.wait()
     assert answered(out.decode(), "responding from another process\n"), out
+
+
+def setup_is_done() -> str | None:
+    """Why scripts/setup would install something now (it would then run
+    pip in the scratch checkout below, into this checkout's .venv), or None."""
+    pyproject = (REPO / "pyproject.toml").stat().st_mtime
+    for stamp in (".installed", ".installed[test]"):
+        path = VENV / stamp
+        if path.exists() and path.stat().st_mtime >= pyproject:
+            return None
+    return "the .venv is older than pyproject.toml: scripts/setup would install"
+
+
+def test_readme_demo_answers_as_written_and_ctrl_c_stops_it(tmp_path):
+    """README.md's "Try it": ``./scripts/demo`` with ``PORT`` set as the
+    page says, from a directory laid out like the checkout; the README's
+    curl, typed as soon as the demo says ``try:``, answers ``hello
+    world``; Ctrl-C (SIGINT to the terminal's process group) stops
+    everything it started and removes its scratch directory."""
+    if (why := setup_is_done()) is not None:
+        pytest.skip(why)
+    (block,) = code_blocks(REPO / "README.md", "Try it", lang="sh")
+    assert commands(block)[0] == "./scripts/demo", block
+    prose = " ".join((REPO / "README.md").read_text().split())
+    curl = re.search(r"then `(curl -i http://127\.0\.0\.1:8000/)` answers `hello world`", prose)
+    assert curl and "Set `PORT` to use another port" in prose, prose
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in (".venv", "examples", "scripts", "pyproject.toml"):
+        (checkout / name).symlink_to(REPO / name)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    port = free_port()
+    env = {"PATH": DEBIAN_PATH, "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "PORT": str(port), "TMPDIR": str(scratch), "XDG_RUNTIME_DIR": str(tmp_path)}
+    demo = subprocess.Popen(["sh", "-c", "./scripts/demo"], cwd=checkout, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    said = []
+    try:
+        while not any(line.startswith("try: ") for line in said):
+            line = demo.stderr.readline()  # the demo prints "try:" or exits
+            assert line, ("scripts/demo ended", demo.wait(timeout=10), said)
+            said.append(line)
+        assert f"try: curl -i http://127.0.0.1:{port}/" in said[-1], said
+        r = subprocess.run(curl.group(1).replace("8000", str(port)).split(),
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0 and answered(r.stdout, "hello world\n"), (r, said)
+        os.killpg(demo.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        demo.wait(timeout=20)
+        deadline = time.monotonic() + 10
+        while group_alive(demo.pid):
+            assert time.monotonic() < deadline, "processes of the demo left after Ctrl-C"
+            time.sleep(0.05)
+        assert list(scratch.iterdir()) == [], list(scratch.iterdir())
+    finally:
+        if group_alive(demo.pid):
+            os.killpg(demo.pid, signal.SIGKILL)
+        if demo.poll() is None:
+            demo.kill()
+        demo.wait()
+        demo.stderr.close()
+
+
+SIZES = re.compile(r"`(\.venv/bin/condure --sizes)`")
+
+
+def test_operations_sizes_line_names_a_program_that_prints_them(doc_shell):
+    """docs/operations.md's ``--sizes``: the line names this project's
+    program (Debian's ``condure --sizes`` prints the Rust original's
+    figures), and the checkout's form prints the four figures the page
+    names, in that order."""
+    prose = " ".join(OPERATIONS_MD.read_text().split())
+    assert f"`{PROGRAM} --sizes`" in prose, "operations.md: --sizes of which program?"
+    line = SIZES.search(prose)
+    assert line, "operations.md: no checkout form of --sizes"
+    names = ["req_connection", "stream_connection", "websocket_connection",
+             "deflate_codec_state"]
+    assert all(f"`{name}`" in prose for name in names), names
+    out = doc_shell.run(line.group(1))
+    printed = [row.split(":")[0] for row in out.splitlines()]
+    assert printed == names, out
+    assert all(re.fullmatch(r"\w+: \d+ bytes", row) for row in out.splitlines()), out
