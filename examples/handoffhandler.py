@@ -53,6 +53,14 @@ And one for a handler that is slow to answer (for tests):
 
 - `--handoff-delay SECONDS`: `handoff-start` is answered that much later;
   the session is served as usual meanwhile, and held once answered.
+
+And one for a handler that sends on its own (for tests):
+
+- `--keep-alive-every SECONDS`: from its first SIGUSR1 on, every WebSocket
+  session that is not held gets a `keep-alive` (with its seq) every that
+  many seconds, as Pushpin refreshes its sessions; paused while no condure
+  is subscribed to anything at all (between a restart's old process and
+  the next one's bind, nothing could take them).
 """
 
 import argparse
@@ -206,6 +214,9 @@ class Handler:
         self.verbose = args.verbose
         self.ignore_handoff = args.ignore_handoff
         self.handoff_delay = args.handoff_delay
+        self.keep_alive_every = args.keep_alive_every
+        self.ticking = False  # --keep-alive-every: since SIGUSR1
+        self.next_tick = 0.0
         self.late = []  # (due, id) of handoff-proceeds held back (--handoff-delay)
         self.sessions = {}
         self.polls = []  # (due, id) of long-polls to answer
@@ -429,7 +440,10 @@ class Handler:
             poller.register(sock, zmq.POLLIN)
         next_expiry = time.monotonic() + 5.0
         while True:
-            ready = dict(poller.poll(100 if self.polls or self.late else 1000))
+            wait = 100 if self.polls or self.late else 1000
+            if self.ticking:
+                wait = min(wait, max(int((self.next_tick - time.monotonic()) * 1000), 0))
+            ready = dict(poller.poll(wait))
             self.now = time.monotonic()
             if self.gate.sock in ready:
                 self.gate.drain()
@@ -444,7 +458,19 @@ class Handler:
                 self.answer_polls()
             if self.late:
                 self.answer_late()
+            if self.ticking and self.now >= self.next_tick:
+                self.tick()
             self.gate.flush()
+
+    def tick(self):
+        """--keep-alive-every: a keep-alive to each WebSocket not held,
+        while condure is subscribed to something."""
+        self.next_tick = self.now + self.keep_alive_every
+        if not self.gate.prefixes:
+            return
+        for sess in list(self.sessions.values()):
+            if sess.ws and not sess.held:
+                self.emit(sess, TYPE_FIELD[b"keep-alive"])
 
     def answer_late(self):
         """--handoff-delay: the handoff-proceeds that are due, then hold."""
@@ -520,6 +546,9 @@ def main():
     parser.add_argument("--handoff-delay", type=float, default=0.0, metavar="SECONDS",
                         help="answer handoff-start that much later, serving the session "
                         "meanwhile (a handler that is slow to answer); for tests")
+    parser.add_argument("--keep-alive-every", type=float, default=0.0, metavar="SECONDS",
+                        help="from the first SIGUSR1 on, a keep-alive to every WebSocket "
+                        "that often (while condure is subscribed); for tests")
     args = parser.parse_args()
 
     def stop(signum, frame):
@@ -529,6 +558,12 @@ def main():
     signal.signal(signal.SIGINT, stop)
     ctx = zmq.Context()
     handler = Handler(ctx, args)
+    if args.keep_alive_every > 0:
+
+        def start_ticking(signum, frame):
+            handler.ticking = True
+
+        signal.signal(signal.SIGUSR1, start_ticking)
     print(f"handoffhandler {args.identity} ready on {args.base}", flush=True)
     try:
         handler.run()

@@ -25,6 +25,13 @@ from condure.net.control import Outbox
 log = logging.getLogger("condure")
 
 
+def worker_address(base: str, n: int, slot: int) -> str:
+    """The ZHTTP address (``from``, SUB prefix) of slot ``slot``'s worker
+    of ``n``: ``--id`` with one worker, ``<id>.<slot>`` with several. The
+    same across restarts, so that a slot's moved sessions keep theirs."""
+    return base if n == 1 else f"{base}.{slot}"
+
+
 @dataclass(eq=False)
 class Child:
     slot: int

@@ -68,13 +68,15 @@ def acquire_listeners(config: Config, n_workers: int) -> sockets.Listeners:
     return sockets.acquire_listeners(config, n_workers)
 
 
-def start_zmq(config: Config) -> tuple[ZmqProxy | None, dict[str, Any]]:
-    """(proxy or None, the worker spec's ``zmq`` part)."""
+def start_zmq(config: Config, hold: int = 0) -> tuple[ZmqProxy | None, dict[str, Any]]:
+    """(proxy or None, the worker spec's ``zmq`` part). ``hold``: the number
+    of workers to hold handler packets for until they subscribe (subhold.py)."""
     from condure.supervisor.zmqproxy import ZmqProxy, clients_bound, connect_spec, serves_bound
 
     if not (serves_bound(config) or clients_bound(config)):
         return None, connect_spec(config)
-    proxy = ZmqProxy(config)
+    hold_for = [children.worker_address(config.id, hold, slot) for slot in range(hold)]
+    proxy = ZmqProxy(config, hold_for=hold_for)
     return proxy, proxy.start()
 
 
@@ -146,7 +148,9 @@ class Supervisor(SupervisorSignals, SupervisorReloads, moves.SupervisorMoves):
             return inetd.run(self.listeners)
         try:
             self.control = ctl.open_server(self, self.config)  # condure ctl
-            self.proxy, self.zmq_spec = start_zmq(self.listeners.config)
+            # Connections to adopt: hold what handlers send them meanwhile.
+            self.proxy, self.zmq_spec = start_zmq(self.listeners.config,
+                                                  self.n if self.recovered is not None else 0)
         except Exception as e:  # noqa: BLE001 - zmq.ZMQError, OSError: reported as Condure does
             log.error("%s", e)
             self.listeners.close()
@@ -222,7 +226,7 @@ class Supervisor(SupervisorSignals, SupervisorReloads, moves.SupervisorMoves):
             config = dataclasses.replace(config, log_level=self.control.log_level)
         sup_end, worker_end = control.socketpair()
         worker_listeners = self.listeners.worker_listeners(slot)
-        address = config.id if self.n == 1 else f"{config.id}.{slot}"
+        address = children.worker_address(config.id, self.n, slot)
         spec = {
             "index": slot, "generation": self.generation,
             "config": control.config_to_json(config), "address": address,

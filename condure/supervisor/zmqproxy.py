@@ -21,7 +21,9 @@ busy), sleeping meanwhile: ``zmq.proxy`` would poll in a loop there.
 Handler packets and subscriptions go through ``zmq.proxy_steerable``
 (the copying happens in libzmq, without the GIL): XSUB and XPUB never
 refuse a message, so that proxy never waits on its output and cannot
-spin; an ``XPUB_NODROP`` on the internal XPUB would change that.
+spin; an ``XPUB_NODROP`` on the internal XPUB would change that. At a
+restart's start that proxy is preceded by a hold: handler packets wait
+in this thread until the workers have subscribed (``subhold.py``).
 req mode has its own relay (``reqrelay``: replies go by packet id,
 handlers see no extra envelope frame); the later-packets relay is a loop
 here, because a packet for one handler may have to wait: while that
@@ -70,6 +72,7 @@ from condure.net.zmqio import (
 )
 from condure.supervisor.relay import relay_loop
 from condure.supervisor.reqrelay import relay_req
+from condure.supervisor.subhold import HOLD_TIME, SubscriptionHold, hold_then_relay
 
 log = logging.getLogger("condure")
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -111,8 +114,12 @@ class ZmqProxy:
     supervisor's main thread.
     """
 
-    def __init__(self, config: Config, *, runtime_dir: str | None = None) -> None:
+    def __init__(self, config: Config, *, runtime_dir: str | None = None,
+                 hold_for: list[str] | None = None) -> None:
+        """``hold_for``: the workers' addresses, when handler packets are to
+        be held for them until they subscribe (a restart's start, subhold.py)."""
         self.config = config
+        self.hold_for = hold_for
         self._parent = runtime_dir
         self.dir: str | None = None
         self.ctx: zmq.Context | None = None
@@ -183,6 +190,16 @@ class ZmqProxy:
                 self._bind_public(router, out_stream, mode)
                 self._bind_public(xsub, in_, mode)
                 log.info("zhttp client bind %s %s %s", out, out_stream, in_)
+            steer = _steerable
+            if self.hold_for:
+                # Subscribed now, before any handler's PUB can connect: each
+                # gets it with its connection's first frames (subhold.py).
+                prefix = config.id.encode()
+                xsub.send(b"\x01" + prefix)
+                hold = SubscriptionHold([a.encode() + b" " for a in self.hold_for],
+                                        max_packets=INTERNAL_HWM_FACTOR * config.hwm)
+                steer = partial(hold_then_relay, hold=hold, prefix=prefix,
+                                until=time.monotonic() + HOLD_TIME, then=_steerable)
             first = self._socket(zmq.PULL, rcvhwm=FIRST_PACKET_HWM)
             first.bind(in_out)
             later = self._socket(zmq.PULL, rcvhwm=LATER_HOP_HWM_FACTOR * config.hwm)
@@ -196,7 +213,7 @@ class ZmqProxy:
             xpub.bind(in_in)
             self._start_thread("out", partial(relay_loop, ready=ready, wait=HANDLER_WAIT),
                                first, push)
-            self._start_thread("in", _steerable, xsub, xpub)
+            self._start_thread("in", steer, xsub, xpub)
             self._start_thread("out-stream", partial(_relay_later, marks=congestion_marks(
                 config.hwm)), later, router)
             spec["stream"] = [base]
