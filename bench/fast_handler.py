@@ -84,7 +84,7 @@ def main():
 
     if count_path:
         signal.signal(signal.SIGTERM, write_counts)
-    instance_id = "fasthandler.{}".format(os.getpid()).encode()
+    instance_id = f"fasthandler.{os.getpid()}".encode()
 
     ctx = zmq.Context()
     requests = ctx.socket(zmq.PULL)

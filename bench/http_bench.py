@@ -54,12 +54,12 @@ def wait_for_line(proc, text, timeout):
     while text.encode() not in buf:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise RuntimeError("condure did not print {!r} within {} s".format(text, timeout))
+            raise RuntimeError(f"condure did not print {text!r} within {timeout} s")
         readable, _, _ = select.select([fd], [], [], remaining)
         if readable:
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise RuntimeError("condure exited with status {}".format(proc.wait()))
+                raise RuntimeError(f"condure exited with status {proc.wait()}")
             buf += chunk
 
 
@@ -71,10 +71,10 @@ def wait_for_notify(sock, proc, timeout):
         try:
             if b"READY=1" in sock.recv(4096).split(b"\n"):
                 return
-        except socket.timeout:
+        except TimeoutError:
             if proc.poll() is not None:
-                raise RuntimeError("condure exited with status {}".format(proc.returncode))
-    raise RuntimeError("condure sent no READY=1 within {} s".format(timeout))
+                raise RuntimeError(f"condure exited with status {proc.returncode}") from None
+    raise RuntimeError(f"condure sent no READY=1 within {timeout} s")
 
 
 def tree_pids(pid):
@@ -121,15 +121,15 @@ class Server:
         self.mode = mode
         self.dir = tempfile.TemporaryDirectory(prefix="condure-bench-")
         self.port = free_port()
-        listen = "127.0.0.1:{}".format(self.port)
+        listen = f"127.0.0.1:{self.port}"
         if mode == "req":
-            base = "ipc://{}/req".format(self.dir.name)
+            base = f"ipc://{self.dir.name}/req"
             zmq_options = ["--listen", listen + ",req", "--zclient-req", base]
         elif mode == "stream":
-            base = "ipc://{}/client".format(self.dir.name)
+            base = f"ipc://{self.dir.name}/client"
             zmq_options = ["--listen", listen, "--zclient-stream", base]
         else:
-            raise ValueError("unknown mode {!r}".format(mode))
+            raise ValueError(f"unknown mode {mode!r}")
         options = [*zmq_options, "--workers", str(args.workers), *extra]
         self.notify = None
         if impl == "ours":
@@ -210,7 +210,7 @@ class Server:
         finally:
             conn.close()
         if resp.status != 200 or (expected is not None and body != expected):
-            raise RuntimeError("probe got {} {!r}".format(resp.status, body))
+            raise RuntimeError(f"probe got {resp.status} {body!r}")
 
     def stop(self):
         for proc in (self.handler, self.condure):
@@ -235,7 +235,7 @@ UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 def to_ms(text):
     m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
     if not m:
-        raise ValueError("unknown wrk duration {!r}".format(text))
+        raise ValueError(f"unknown wrk duration {text!r}")
     return float(m.group(1)) * UNITS_MS[m.group(2)]
 
 
@@ -248,11 +248,12 @@ def parse_wrk(output):
     m = re.search(r"(\d+) requests in", output)
     result["requests"] = int(m.group(1)) if m else None
     for pct in ("50", "75", "90", "99"):
-        m = re.search(r"^\s+{}%\s+(\S+)".format(pct), output, re.M)
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", output, re.M)
         result["p" + pct + "_ms"] = to_ms(m.group(1)) if m else None
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     if m:
-        result["errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
+        names = ("connect", "read", "write", "timeout")
+        result["errors"] = dict(zip(names, map(int, m.groups()), strict=True))
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if m:
         result["non_2xx"] = int(m.group(1))
@@ -264,8 +265,8 @@ def run_wrk(args, port, connections, pid=None):
     process tree during the run, per request (``cpu_us``) and in all
     (``cpu_s``)."""
     cmd = [
-        args.wrk, "-t1", "-c{}".format(connections), "-d{}s".format(args.duration),
-        "--latency", "http://127.0.0.1:{}/".format(port),
+        args.wrk, "-t1", f"-c{connections}", f"-d{args.duration}s",
+        "--latency", f"http://127.0.0.1:{port}/",
     ]  # fmt: skip
     cpu_start = cpu_seconds(pid) if pid else None
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60)
@@ -310,7 +311,7 @@ def markdown(rows, impls, connection_counts):
                 "| {} | {} | {} | {} | {} | {} | {} |".format(
                     impl, c, fmt(r["rps"], ".0f"), fmt(r["p50_ms"], ".3f"),
                     fmt(r["p99_ms"], ".3f"), fmt(r["cpu_us"], ".1f"), r["rounds"],
-                )  # fmt: skip
+                )
             )
     if "ours" in impls and "ref" in impls:
         lines += ["", "| connections | req/s ours/ref | p50 ours/ref | p99 ours/ref "
@@ -360,7 +361,7 @@ def main():
                         "  cpu {:.1f} us/req  errors {} non-2xx {}".format(
                             round_no, args.mode, impl, c, r["rps"], r["p50_ms"], r["p99_ms"],
                             r["cpu_us"] or 0.0, sum(r["errors"].values()), r["non_2xx"],
-                        ),  # fmt: skip
+                        ),
                         file=sys.stderr,
                         flush=True,
                     )
@@ -387,7 +388,7 @@ def main():
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     print(table)
-    print("\nresults: {}".format(path), file=sys.stderr)
+    print(f"\nresults: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import http_bench  # noqa: E402 - Server, with our READY=1 / the reference's log line
+import http_bench
 
 REPO = http_bench.REPO
 

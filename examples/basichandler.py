@@ -21,7 +21,6 @@ import os
 
 import tnetstring
 import zmq
-
 from endpoints import add_base_option, stream_endpoints
 from publisher import Publisher
 
@@ -30,7 +29,7 @@ add_base_option(parser)
 args = parser.parse_args()
 out, _, inbound = stream_endpoints(args.base)
 
-instance_id = "basichandler.{}".format(os.getpid()).encode()
+instance_id = f"basichandler.{os.getpid()}".encode()
 
 ctx = zmq.Context()
 requests = ctx.socket(zmq.PULL)
@@ -41,7 +40,7 @@ while True:
     raw = requests.recv()
     # A packet is "T" followed by a tnetstring map.
     req = tnetstring.loads(raw[1:])
-    print("IN {}".format(req), flush=True)
+    print(f"IN {req}", flush=True)
 
     resp = {
         b"from": instance_id,
@@ -51,6 +50,6 @@ while True:
         b"headers": [[b"Content-Type", b"text/plain"]],
         b"body": b"hello world\n",
     }
-    print("OUT {}".format(resp), flush=True)
+    print(f"OUT {resp}", flush=True)
     # Address the packet to the condure instance that sent the request.
     responses.send(req[b"from"], resp)

@@ -31,5 +31,5 @@ def stream_endpoints(base):
     """(out, out-stream, in): condure's three stream endpoints for `base`."""
     if base.startswith("tcp://"):
         host, _, port = base[len("tcp://"):].rpartition(":")
-        return tuple("tcp://{}:{}".format(host, int(port) + i) for i in range(3))
+        return tuple(f"tcp://{host}:{int(port) + i}" for i in range(3))
     return (base + "-out", base + "-out-stream", base + "-in")

@@ -73,7 +73,6 @@ from collections import deque
 
 import tnetstring
 import zmq
-
 from endpoints import add_base_option, stream_endpoints
 
 IN_CREDITS = 65536  # what condure may send us at once per WebSocket
@@ -296,7 +295,8 @@ class Handler:
             else:  # CLOSE: the last packet of the session
                 queue.clear()
                 code = item[1]
-                self.emit(sess, TYPE_FIELD[b"close"] + (b"" if code is None else t_str(b"code") + t_int(code)))
+                code_field = b"" if code is None else t_str(b"code") + t_int(code)
+                self.emit(sess, TYPE_FIELD[b"close"] + code_field)
                 self.sessions.pop(sess.rid, None)
 
     # -- receiving ------------------------------------------------------
@@ -527,7 +527,8 @@ def tnet_fields(fields):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="ZHTTP echo handler that honours condure's handoff")
+    parser = argparse.ArgumentParser(
+        description="ZHTTP echo handler that honours condure's handoff")
     add_base_option(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--connect", dest="bind", action="store_false", help="connect (default)")

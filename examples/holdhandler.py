@@ -28,7 +28,6 @@ import time
 
 import tnetstring
 import zmq
-
 from endpoints import add_base_option, stream_endpoints
 from publisher import Publisher
 
@@ -40,7 +39,7 @@ add_base_option(parser)
 args = parser.parse_args()
 out, out_stream, inbound = stream_endpoints(args.base)
 
-instance_id = "holdhandler.{}".format(os.getpid()).encode()
+instance_id = f"holdhandler.{os.getpid()}".encode()
 
 ctx = zmq.Context()
 requests = ctx.socket(zmq.PULL)
@@ -78,13 +77,13 @@ class Session:
             b"headers": [[b"Content-Type", b"text/plain"]],
             b"more": True,
         }
-        print("OUT {} {}".format(self.address, packet), flush=True)
+        print(f"OUT {self.address} {packet}", flush=True)
         responses.send(self.address, packet)
 
 
 def send_event(address, group):
     """Send one message body to every session in `group` with a single packet."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     micros = int(now.timestamp()) * 1000000 + now.microsecond
     body = "id: TCPKaliMsgTS-{:016x}.\nevent: message\ndata: {}\n\n".format(
         micros, now.strftime("%Y-%m-%dT%H:%M:%S")
@@ -96,7 +95,7 @@ def send_event(address, group):
         b"body": body,
         b"more": True,
     }
-    print("OUT {} {}".format(address, packet), flush=True)
+    print(f"OUT {address} {packet}", flush=True)
     responses.send(address, packet)
 
 
@@ -116,16 +115,13 @@ while True:
 
     if raw is not None:
         msg = tnetstring.loads(raw[1:])
-        print("IN {}".format(msg), flush=True)
+        print(f"IN {msg}", flush=True)
 
         address = msg[b"from"]
         kind = msg.get(b"type", b"")
         # A packet names one session, or several as a list of {id, seq}.
         ids = msg[b"id"]
-        if not isinstance(ids, list):
-            ids = [ids]
-        else:
-            ids = [entry[b"id"] for entry in ids]
+        ids = [entry[b"id"] for entry in ids] if isinstance(ids, list) else [ids]
 
         known = []
         for rid in ids:
@@ -148,5 +144,5 @@ while True:
     if now >= next_sweep:
         next_sweep = now + EXPIRE_INTERVAL
         for key in [k for k, s in sessions.items() if now >= s.expires]:
-            print("expired {}".format(key), flush=True)
+            print(f"expired {key}", flush=True)
             del sessions[key]

@@ -24,7 +24,6 @@ import argparse
 
 import tnetstring
 import zmq
-
 from endpoints import add_base_option, stream_endpoints
 
 parser = argparse.ArgumentParser(description="Print the address and id of every request.")

@@ -33,7 +33,7 @@ sock.connect(args.endpoint)
 while True:
     raw = sock.recv()
     req = tnetstring.loads(raw[1:])
-    print("IN {}".format(req), flush=True)
+    print(f"IN {req}", flush=True)
 
     resp = {
         b"id": req[b"id"],
@@ -42,6 +42,6 @@ while True:
         b"headers": [[b"Content-Type", b"text/plain"]],
         b"body": b"hello world\n",
     }
-    print("OUT {}".format(resp), flush=True)
+    print(f"OUT {resp}", flush=True)
     # REP sends the reply back to the DEALER that asked.
     sock.send(b"T" + tnetstring.dumps(resp))

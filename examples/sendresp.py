@@ -22,7 +22,6 @@ started (or with `--base`, see endpoints.py):
 import argparse
 
 import zmq
-
 from endpoints import add_base_option, stream_endpoints
 from publisher import Publisher
 
@@ -49,7 +48,7 @@ resp = {
     b"code": 200,
     b"reason": b"OK",
     b"headers": [[b"Content-Type", b"text/plain"]],
-    b"body": "{}\n".format(body).encode(),
+    b"body": f"{body}\n".encode(),
 }
 responses.send(address, resp)
 responses.close()

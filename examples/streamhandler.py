@@ -26,7 +26,6 @@ import os
 
 import tnetstring
 import zmq
-
 from endpoints import add_base_option, stream_endpoints
 from publisher import Publisher
 
@@ -35,7 +34,7 @@ add_base_option(parser)
 args = parser.parse_args()
 out, out_stream, inbound = stream_endpoints(args.base)
 
-instance_id = "streamhandler.{}".format(os.getpid()).encode()
+instance_id = f"streamhandler.{os.getpid()}".encode()
 
 ctx = zmq.Context()
 requests = ctx.socket(zmq.PULL)
@@ -69,7 +68,7 @@ while True:
         continue
 
     req = tnetstring.loads(raw[1:])
-    print("IN {}".format(req), flush=True)
+    print(f"IN {req}", flush=True)
 
     if req.get(b"type"):
         # Only new requests (data packets without a type) get an answer.
