@@ -36,6 +36,7 @@ from tests.integration.test_restarts import (
     _EchoClients,
     _end_calls,
     _ends,
+    _handler_log,
     _setup,
 )
 
@@ -100,9 +101,7 @@ def test_handler_packets_between_the_bind_and_the_subscriptions_are_not_lost(tmp
             _end_calls(restart)
             load.stop()
         journal = setup.ns.journal(SERVICE)
-        setup.handler.terminate()
-        setup.handler.wait(10)
-        handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+        handler_log = _handler_log(setup)
     ends = _ends(load)
     held = re.findall(r"restart: (\d+) handler packets that came before the workers "
                       r"subscribed were held and delivered", journal)

@@ -179,6 +179,14 @@ def _end_calls(*calls: subprocess.Popen | None) -> None:
             call.wait()
 
 
+def _handler_log(setup, log=None) -> str:
+    """Stop the setup's handler and read its log (``log``: another file
+    than the workdir's handler.log)."""
+    setup.handler.terminate()
+    setup.handler.wait(10)
+    return (log or setup.workdir / "handler.log").read_text(errors="replace")
+
+
 def _operate(setup: Setup, operation: str, handler_pause: float,
              connections: int | None = None) -> float:
     """``systemctl OPERATION``; its duration. With ``handler_pause``, the
@@ -779,9 +787,7 @@ def test_stop_during_a_restarts_start_closes_every_websocket_with_1001(verbose_s
                         r"stopping \(0 lost\)", journal)
     assert closed and int(closed[-1]) >= CLIENTS, journal[-5000:]
     assert setup.fd_store() == 0
-    setup.handler.terminate()
-    setup.handler.wait(10)
-    handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+    handler_log = _handler_log(setup)
     assert handler_log.count("b'type': b'cancel'") == CLIENTS, handler_log[-3000:]
 
 
@@ -987,9 +993,7 @@ def test_idle_websockets_of_a_handler_ignoring_handoff_move_through_a_restart(
                 ws.close()
         journal = setup.ns.journal(SERVICE)
         store = setup.fd_store()
-        setup.handler.terminate()
-        setup.handler.wait(10)
-        handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+        handler_log = _handler_log(setup)
     print(f"\n--handoff {handoff}: systemctl restart with {clients} idle WebSockets of a "
           f"handler ignoring handoff took {took:.2f} s (--handoff-timeout {IGNORED_TIMEOUT})")
     adopted = [int(n) for n in re.findall(r"restart: (\d+) connections adopted, 0 lost",
@@ -1195,9 +1199,7 @@ def test_restarts_under_load_with_a_handler_ignoring_handoff_lose_nothing_silent
         finally:
             load.stop()
         journal = setup.ns.journal(SERVICE)
-        setup.handler.terminate()
-        setup.handler.wait(10)
-        handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+        handler_log = _handler_log(setup)
     sent = sum(c.sent for c in load.clients)
     ends = _ends(load)
     print(f"\n--handoff {handoff}, handler {' '.join(handler_options)}: {sent} messages; "
@@ -1256,9 +1258,7 @@ def test_handler_packets_lost_in_a_restart_close_their_websockets_with_1012(tmp_
             _end_calls(restart)
             load.stop()
         journal = setup.ns.journal(SERVICE)
-        setup.handler.terminate()
-        setup.handler.wait(10)
-        handler_log = (setup.workdir / "handler.log").read_text(errors="replace")
+        handler_log = _handler_log(setup)
     ends = _ends(load)
     print(f"\nhandler stopped through a restart (--handoff skip): sessions {ends}")
     assert "restart: 50 connections adopted, 0 lost" in journal, journal[-5000:]
@@ -1346,9 +1346,7 @@ def test_a_long_poll_answered_in_a_restarts_gap_ends_at_once(tmp_path):
             hold.unlink(missing_ok=True)
             _end_calls(restart)
         journal = setup.ns.journal(SERVICE)
-        setup.handler.terminate()
-        setup.handler.wait(10)
-        handler_log = log.read_text(errors="replace")
+        handler_log = _handler_log(setup, log)
     print(f"\na long-poll answered in the restart's gap: the next start took {started:.2f} s "
           f"once let go, the connection ended {ended:.2f} s after ({end}, nothing written)")
     assert end == "eof"

@@ -379,6 +379,12 @@ def _flight_fields() -> dict:
 def test_bad_in_flight_records_are_refused(change):
     fields = _flight_fields()
     assert records.from_fields(fields).flight is not None
+    refused_with(fields, change)
+
+
+def refused_with(fields: dict, change: dict) -> None:
+    """``fields`` with ``change`` (a None value: the key left out) is
+    refused as a record."""
     for key, value in change.items():
         if value is None:
             del fields[key]
