@@ -160,15 +160,17 @@ class HeadReader:
         refused = httpwire.target_refusal(event.method, event.target, headers)
         if refused is not None:
             return Refusal(*refused)
+        chunked = False
         for name, value in headers:
-            if name.lower() == b"content-length" and any(
+            lower = name.lower()
+            if lower == b"content-length" and any(
                     len(part.strip(b" \t")) > httpwire.MAX_LENGTH_DIGITS
                     for part in value.split(b",")):
                 # (h11 reads up to 20 digits: past 2**64 at 20)
                 return Refusal(400, "Content-Length of more than "
                                     f"{httpwire.MAX_LENGTH_DIGITS} digits")
-        if any(name.lower() == b"transfer-encoding" for name, _ in headers):
-            # (h11 took no other coding than chunked: 501 above)
+            chunked = chunked or lower == b"transfer-encoding"
+        if chunked:  # (h11 took no other coding than chunked: 501 above)
             self.chunks = ChunkedReader(min(MAX_LINE, self.buffer_size - 2))
             self.body_buf = bytearray(self.parser.trailing_data[0])
         return Head(event.method, event.target, event.http_version == b"1.1", headers)

@@ -239,12 +239,16 @@ class ReqSession(ReqMoves):
             self.actions.append(Write(error_response(504)))
             self._close(graceful=True, reason="req timeout waiting for the handler",
                         unanswered=True)
-        elif self.state is BODY or self.reader.buffered(True):
-            # Part of a request came and the rest did not in time (RFC
-            # 9110 15.5.9), as stream mode answers a late head or body.
+        elif self._partly_read():
+            # The rest did not come in time (RFC 9110 15.5.9), as stream
+            # mode answers a late head or body.
             self._refuse(408, "req timeout reading the request")
         else:
             self._close(graceful=False, reason="req timeout")
+
+    def _partly_read(self) -> bool:
+        """Part of a request came (of its head or its body), not all of it."""
+        return self.state is BODY or (self.state is HEAD and bool(self.reader.buffered(True)))
 
     def keep_alive(self) -> None:
         return None  # req mode sends nothing but requests
@@ -254,8 +258,7 @@ class ReqSession(ReqMoves):
         or one whose head or body is still being read, gets ``503 Service
         Unavailable`` (as ZhttpPeer.shutdown and HttpEndings.stop_words)."""
         self.actions.clear()
-        if self.state is WAIT or self.state is BODY or (
-                self.state is HEAD and self.reader.buffered(True)):
+        if self.state is WAIT or self._partly_read():
             self.actions.append(Write(error_response(503)))
             self._close(graceful=True, reason="stopping: answered 503")
         else:

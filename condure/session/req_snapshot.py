@@ -57,10 +57,8 @@ class ReqMoves:
     def handing_off(self) -> bool:
         return self.hold
 
-    @property
-    def handoff_wait(self) -> str:
-        """What a handover is still waiting for (the log line when it gives up)."""
-        return "request still under way"
+    # what a handover is still waiting for (the log line when it gives up)
+    handoff_wait = "request still under way"
 
     def begin_handoff(self, ask: bool = True) -> bool:
         """Handover starts: no new request from here on. One under way
